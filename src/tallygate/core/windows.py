@@ -1,0 +1,65 @@
+"""Window arithmetic: which bucket `now` falls in and when it resets. Pure; UTC.
+
+Calendar windows (the default) reset at the top of the minute/hour, UTC midnight and
+the first of the month. Rolling windows are split into ROLLING_SLOTS slots; the used
+amount is the sum of the slots still inside the window."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, datetime
+
+from tallygate.types import Window
+
+ROLLING_SLOTS = 60
+_FIXED_SECONDS = {Window.MINUTE: 60, Window.HOUR: 3600, Window.DAY: 86400}
+_MONTH_SECONDS = 30 * 86400  # length of a rolling "month"
+
+
+def window_seconds(window: Window) -> int:
+    """Nominal length; a calendar month uses its real length via bucket_bounds()."""
+    return _FIXED_SECONDS.get(window, _MONTH_SECONDS)
+
+
+def bucket(window: Window, now: float) -> int:
+    """Calendar bucket number of `now` (months count from year 0)."""
+    if window is Window.MONTH:
+        t = datetime.fromtimestamp(now, UTC)
+        return t.year * 12 + t.month - 1
+    return int(now // _FIXED_SECONDS[window])
+
+
+def bucket_bounds(window: Window, number: int) -> tuple[float, float]:
+    """[start, end) of a calendar bucket in unix seconds."""
+    if window is Window.MONTH:
+        year, month0 = divmod(number, 12)
+        start = calendar.timegm((year, month0 + 1, 1, 0, 0, 0))
+        ny, nm0 = divmod(number + 1, 12)
+        end = calendar.timegm((ny, nm0 + 1, 1, 0, 0, 0))
+        return float(start), float(end)
+    size = _FIXED_SECONDS[window]
+    return float(number * size), float((number + 1) * size)
+
+
+def reset_at(window: Window, now: float) -> float:
+    """When the calendar window containing `now` ends."""
+    return bucket_bounds(window, bucket(window, now))[1]
+
+
+def slot_seconds(window: Window) -> float:
+    return window_seconds(window) / ROLLING_SLOTS
+
+
+def rolling_slot(window: Window, now: float) -> int:
+    """Slot number of `now` for a rolling window."""
+    return int(now // slot_seconds(window))
+
+
+def oldest_live_slot(window: Window, now: float) -> int:
+    """Slots >= this one are inside the rolling window ending at `now`."""
+    return rolling_slot(window, now) - ROLLING_SLOTS + 1
+
+
+def window_id(window: Window, now: float, rolling: bool) -> int:
+    """The bucket (calendar) or slot (rolling) a charge made at `now` belongs to."""
+    return rolling_slot(window, now) if rolling else bucket(window, now)

@@ -1,0 +1,150 @@
+"""One exception tree. Each error knows its HTTP status and wire code; only the
+gateway turns them into HTTP responses (in the protocol's own format)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TallygateError(Exception):
+    """Root of every error tallygate raises on purpose."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "invalid_request"
+    # OpenAI error "type" and Anthropic error "type" for this error.
+    openai_type: ClassVar[str] = "invalid_request_error"
+    anthropic_type: ClassVar[str] = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.details: dict[str, Any] = details
+
+
+class ConfigError(TallygateError):
+    """The policy file or an override is invalid."""
+
+    code = "invalid_config"
+
+
+class InvalidRequest(TallygateError):
+    """Malformed JSON, wrong types, missing fields."""
+
+
+class RequestTooLarge(TallygateError):
+    status = 413
+    code = "request_too_large"
+    anthropic_type = "request_too_large"
+
+
+class InputTooLarge(RequestTooLarge):
+    """Text handed to the counter is past the configured size cap."""
+
+
+class UnknownModel(TallygateError):
+    status = 400
+    code = "model_not_found"
+    openai_type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+
+    def __init__(self, model: str, suggestions: list[str] | None = None) -> None:
+        self.model = model
+        self.suggestions = list(suggestions or [])
+        hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"Unknown model {model!r}.{hint}", param="model")
+
+
+class InvalidApiKey(TallygateError):
+    status = 401
+    code = "invalid_api_key"
+    anthropic_type = "authentication_error"
+
+
+class PermissionDenied(TallygateError):
+    status = 403
+    code = "permission_denied"
+    openai_type = "permission_error"
+    anthropic_type = "permission_error"
+
+
+class FeatureDisabled(PermissionDenied):
+    code = "feature_disabled"
+
+
+class LimitError(TallygateError):
+    """A limit stopped the call. Carries the figures a caller needs to react."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit_key: str = "",
+        limit: int = 0,
+        used: int = 0,
+        requested: int = 0,
+        retry_after: float | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message, **details)
+        self.limit_key = limit_key
+        self.limit = limit
+        self.used = used
+        self.requested = requested
+        self.remaining = max(0, limit - used)
+        self.retry_after = retry_after
+
+
+class InputBudgetExceeded(LimitError):
+    """The input is over the feature's max_input and the feature rejects."""
+
+    status = 400
+    code = "input_budget_exceeded"
+
+
+class BudgetExceeded(LimitError):
+    """A token/cost budget (day, month …) has no room for the call."""
+
+    status = 429
+    code = "budget_exceeded"
+    openai_type = "tokens"
+    anthropic_type = "rate_limit_error"
+
+
+class RateLimited(BudgetExceeded):
+    """A short-window rate limit (per minute, requests) has no room."""
+
+    code = "rate_limited"
+    openai_type = "requests"
+
+
+class StoreUnavailable(BudgetExceeded):
+    """The state store cannot be reached and the policy is fail_closed."""
+
+    status = 503
+    code = "store_unavailable"
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+
+
+class UpstreamError(TallygateError):
+    """The provider failed; status and body are the provider's own."""
+
+    status = 502
+    code = "upstream_error"
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(message, **details)
+        self.upstream_status = status
+        self.body = body
+        self.headers = dict(headers or {})

@@ -1,0 +1,66 @@
+"""The state-store protocol: atomic all-or-nothing reservations on windowed limits.
+
+Every backend (memory, sqlite, redis) implements `StateStore` and is proven by one
+conformance suite (tests/conformance/test_state.py). Time is always passed in by the
+caller (`now`, unix seconds) so windows are testable and replicas agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Shared limit state. All methods are coroutines; each is one atomic operation."""
+
+    async def reserve(
+        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float
+    ) -> Denial | None:
+        """Hold every amount or nothing. Returns None on success, else the first Denial.
+
+        Expired leases on the touched keys are reclaimed first. A second call with the
+        same request_id while the first is held is a no-op success (idempotent)."""
+        ...
+
+    async def settle(
+        self, request_id: str, actual: Mapping[str, int], *, now: float
+    ) -> SettleResult:
+        """Replace the held amounts by the actual usage, per metric name
+        ("tokens", "requests", "cost"), charged to the window bucket the hold was made
+        in. Charges above what was held are still charged and reported as overrun.
+        Settling twice, or after expiry/release, charges nothing more."""
+        ...
+
+    async def release(self, request_id: str, *, now: float) -> None:
+        """Give every held amount back (idempotent)."""
+        ...
+
+    async def usage(
+        self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
+    ) -> LimitUsage:
+        """Used and reserved for the current window of `key`, and when it resets."""
+        ...
+
+    async def get_flag(self, name: str) -> bool | None:
+        """A feature flag set at run time, or None when never set."""
+        ...
+
+    async def set_flag(self, name: str, on: bool) -> None: ...
+
+    async def flags(self) -> dict[str, bool]:
+        """Every flag set at run time."""
+        ...
+
+    async def flags_version(self) -> int:
+        """A counter bumped by every set_flag: cheap to poll for change notification."""
+        ...
+
+    async def claim(self, key: str, ttl: float, *, now: float) -> bool:
+        """True for exactly one caller per key until ttl passes (alerts fire once)."""
+        ...
+
+    async def close(self) -> None: ...

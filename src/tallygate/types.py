@@ -1,0 +1,142 @@
+"""Frozen value objects shared by the core, the stores, the engine and the ledger.
+
+Tokens and money are integers everywhere: money is in nano-USD (1e-9 USD)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+NANO_PER_USD = 1_000_000_000
+
+
+class Window(StrEnum):
+    MINUTE = "minute"
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+
+
+class Metric(StrEnum):
+    TOKENS = "tokens"
+    REQUESTS = "requests"
+    COST = "cost"  # nano-USD
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a call used, as the provider reported it (or as estimated)."""
+
+    input_tokens: int = 0  # all prompt tokens, cached ones included (OpenAI convention)
+    output_tokens: int = 0  # reasoning tokens included
+    cached_tokens: int = 0  # subset of input_tokens read from the provider's cache
+    cache_write_tokens: int = 0  # subset of input_tokens written to the provider's cache
+    reasoning_tokens: int = 0  # subset of output_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A token count and whether it is exact (tiktoken) or an upper-bound estimate."""
+
+    tokens: int
+    exact: bool
+    encoding: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One line of a reservation: `amount` of `metric` on the limit `key`."""
+
+    key: str  # e.g. "user:u42:tokens:day"
+    amount: int
+    limit: int
+    window: Window
+    metric: Metric = Metric.TOKENS
+    rolling: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a reservation was refused: the first hold without room."""
+
+    key: str
+    limit: int
+    used: int  # used + reserved at the moment of the refusal
+    requested: int
+    reset_at: float  # unix seconds when room comes back at the latest
+    window: Window
+    metric: Metric
+
+
+@dataclass(frozen=True, slots=True)
+class LimitUsage:
+    key: str
+    limit: int
+    used: int
+    reserved: int
+    reset_at: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used - self.reserved)
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """Per key: what was charged, and how much more than held (an estimate was low)."""
+
+    charged: dict[str, int] = field(default_factory=dict)
+    overrun: dict[str, int] = field(default_factory=dict)
+    already_settled: bool = False
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    REJECTED = "rejected"
+    TRIMMED = "trimmed"
+    CACHED = "cached"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One ledger row: everything SPEC §7 records about one attempt of one call.
+
+    Idempotent on (request_id, attempt). No prompt/completion text unless the policy
+    sets log_content (then `content` holds it as JSON text)."""
+
+    request_id: str
+    ts: float  # unix seconds when the call started
+    outcome: Outcome
+    status: int  # HTTP status the client saw
+    attempt: int = 0  # gateway-side retry/fallback attempt number of this row
+    key_id: str | None = None
+    user: str | None = None
+    plan: str | None = None
+    feature: str | None = None
+    run: str | None = None
+    step: str | None = None
+    step_attempt: int | None = None  # X-Tallygate-Attempt (review loop number)
+    provider: str | None = None
+    model_requested: str | None = None
+    model_used: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    exact: bool = True  # False when the tokens are our estimate, not provider-reported
+    cost_nusd: int = 0
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    retries: int = 0
+    error_code: str | None = None
+    tokens_saved: int = 0  # cache hits: tokens the call would have used
+    trimmed_tokens: int = 0  # input tokens removed by trim/summarise
+    stream: bool = False
+    detail: str | None = None  # JSON text: what policy changed (clamp, route, halving …)
+    content: str | None = None

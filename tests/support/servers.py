@@ -1,0 +1,115 @@
+"""Real Redis and PostgreSQL servers for the tests, started on free loopback ports in
+temporary directories and stopped at the end. The test command (scripts/test.sh)
+installs the OS packages; here we only find and run the binaries."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout}s")
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    port: int
+
+
+@contextmanager
+def redis_server() -> Iterator[Server]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: run scripts/test.sh, which installs it")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tg-redis-") as tmp:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", tmp, "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_port(port, proc)
+            yield Server(url=f"redis://127.0.0.1:{port}/0", port=port)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not candidates:
+        raise RuntimeError(f"{name} not found: run scripts/test.sh, which installs PostgreSQL")
+    return candidates[-1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root: run it as Debian's `postgres` system user.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@contextmanager
+def postgres_server() -> Iterator[Server]:
+    port = free_port()
+    tmp = tempfile.mkdtemp(prefix="tg-pg-")
+    data = os.path.join(tmp, "data")
+    if os.geteuid() == 0:
+        shutil.chown(tmp, user="postgres", group="postgres")
+    subprocess.run(
+        _as_postgres([_pg_bin("initdb"), "-D", data, "-U", "postgres", "-A", "trust",
+                      "--no-sync", "-E", "UTF8"]),
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    proc = subprocess.Popen(
+        _as_postgres([_pg_bin("postgres"), "-D", data, "-p", str(port), "-h", "127.0.0.1",
+                      "-k", tmp, "-c", "fsync=off", "-c", "synchronous_commit=off",
+                      "-c", "full_page_writes=off"]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, proc)
+        # Accepting TCP is not the same as accepting logins: wait for readiness.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ok = subprocess.run(
+                [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ).returncode == 0
+            if ok:
+                break
+            time.sleep(0.1)
+        yield Server(url=f"postgresql://postgres@127.0.0.1:{port}/postgres", port=port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        shutil.rmtree(tmp, ignore_errors=True)
