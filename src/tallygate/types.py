@@ -140,3 +140,42 @@ class CallRecord:
     stream: bool = False
     detail: str | None = None  # JSON text: what policy changed (clamp, route, halving …)
     content: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the catalog knows about one model. Prices are integer nano-USD per million
+    tokens, so cost arithmetic stays exact (a 7-token call is priced to the nano-dollar)."""
+
+    name: str
+    provider: str
+    context_window: int
+    max_output_tokens: int
+    encoding: str | None  # tiktoken encoding name; None = no public tokenizer (estimate)
+    input_nusd_per_mtok: int = 0
+    output_nusd_per_mtok: int = 0
+    cached_input_nusd_per_mtok: int | None = None  # None = same as input
+    cache_write_nusd_per_mtok: int | None = None  # None = same as input
+
+    def cost_nusd(self, usage: Usage) -> int:
+        """Cost of a call, rounded up to the nano-dollar (never under-charges)."""
+        cached = usage.cached_tokens
+        written = usage.cache_write_tokens
+        plain = max(0, usage.input_tokens - cached - written)
+        cached_rate = (
+            self.input_nusd_per_mtok
+            if self.cached_input_nusd_per_mtok is None
+            else self.cached_input_nusd_per_mtok
+        )
+        write_rate = (
+            self.input_nusd_per_mtok
+            if self.cache_write_nusd_per_mtok is None
+            else self.cache_write_nusd_per_mtok
+        )
+        micro = (
+            plain * self.input_nusd_per_mtok
+            + cached * cached_rate
+            + written * write_rate
+            + usage.output_tokens * self.output_nusd_per_mtok
+        )
+        return -(-micro // 1_000_000)  # ceil division: per-mtok rate → per-token
