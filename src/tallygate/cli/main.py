@@ -19,9 +19,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from tallygate.cli import text
+    from tallygate.cli import keys, report, serve, sim, text
 
-    text.register(app)
+    for module in (text, serve, sim, keys, report):
+        module.register(app)
 
 
 _register()

@@ -63,3 +63,35 @@ def oldest_live_slot(window: Window, now: float) -> int:
 def window_id(window: Window, now: float, rolling: bool) -> int:
     """The bucket (calendar) or slot (rolling) a charge made at `now` belongs to."""
     return rolling_slot(window, now) if rolling else bucket(window, now)
+
+
+def live_range(window: Window, now: float, rolling: bool) -> tuple[int, int]:
+    """[oldest, current] window ids whose amounts count at `now`: one calendar bucket,
+    or the ROLLING_SLOTS slots of a rolling window."""
+    if rolling:
+        current = rolling_slot(window, now)
+        return current - ROLLING_SLOTS + 1, current
+    current = bucket(window, now)
+    return current, current
+
+
+def rolling_slot_leaves(window: Window, slot: int) -> float:
+    """When `slot` falls out of its rolling window (its amounts stop counting)."""
+    return (slot + ROLLING_SLOTS) * slot_seconds(window)
+
+
+def room_returns_at(
+    window: Window, now: float, rolling: bool, oldest_nonzero: int | None
+) -> float:
+    """When room comes back at the latest: the end of the calendar bucket, or when the
+    oldest slot still holding an amount leaves the rolling window."""
+    if not rolling:
+        return reset_at(window, now)
+    slot = rolling_slot(window, now) if oldest_nonzero is None else oldest_nonzero
+    return rolling_slot_leaves(window, slot)
+
+
+def counter_name(key: str, window: Window, rolling: bool) -> str:
+    """Storage name of a limit's counters: the same key under another window kind
+    never shares (or mixes up) buckets and slots."""
+    return f"{'r' if rolling else 'c'}:{window.value}:{key}"

@@ -1,0 +1,103 @@
+"""State stores: `from_url()` picks the backend, and the input checks every backend
+shares (bad input gets a clear InvalidRequest, never a crash inside a store).
+
+Every amount is a Python int bounded by MAX_AMOUNT (int64, what SQLite INTEGER and Redis
+HINCRBY hold: 9.2e18 nano-USD is $9.2 billion); totals of one window stay below it too."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from tallygate.core.windows import counter_name
+from tallygate.errors import ConfigError, InvalidRequest
+from tallygate.state.base import StateStore
+from tallygate.types import Hold, Metric, Window
+
+MAX_AMOUNT = 2**63 - 1
+MAX_REQUEST_ID = 200
+
+__all__ = ["MAX_AMOUNT", "StateStore", "check_actual", "check_holds", "from_url"]
+
+
+def from_url(url: str, **opts: Any) -> StateStore:
+    """memory://, sqlite:///PATH (or sqlite:///:memory:), redis://HOST:PORT/DB, rediss://."""
+    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    if scheme == "memory":
+        from tallygate.state.memory import MemoryStore
+
+        return MemoryStore(**opts)
+    if scheme == "sqlite":
+        from tallygate.state.sqlite import SqliteStore
+
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ConfigError(f"state URL {url!r}: expected sqlite:///PATH or sqlite:///:memory:")
+        return SqliteStore(path, **opts)
+    if scheme in ("redis", "rediss"):
+        from tallygate.state.redis import RedisStore
+
+        return RedisStore(url, **opts)
+    raise ConfigError(
+        f"state URL {url!r}: unknown scheme {scheme!r}; expected memory://, "
+        "sqlite:///PATH or redis://HOST:PORT/DB"
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_request(request_id: object, now: object) -> None:
+    if not isinstance(request_id, str) or not request_id or len(request_id) > MAX_REQUEST_ID:
+        raise InvalidRequest(f"request_id must be a non-empty string of at most "
+                             f"{MAX_REQUEST_ID} characters, got {request_id!r}")
+    check_time("now", now)
+
+
+def check_time(name: str, value: object) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be a finite number of seconds, got {value!r}")
+
+
+def check_holds(request_id: object, holds: Sequence[Hold], lease: object, now: object) -> None:
+    """Reject malformed reservations before any backend touches its state."""
+    check_request(request_id, now)
+    check_time("lease", lease)
+    if lease <= 0:  # type: ignore[operator]
+        raise InvalidRequest(f"lease must be positive, got {lease!r}")
+    seen: set[str] = set()
+    for hold in holds:
+        if not isinstance(hold, Hold) or not isinstance(hold.key, str) or not hold.key:
+            raise InvalidRequest(f"each hold must be a Hold with a non-empty key, got {hold!r}")
+        if not _is_int(hold.amount) or not 0 <= hold.amount <= MAX_AMOUNT:
+            raise InvalidRequest(f"hold {hold.key!r}: amount must be an int in "
+                                 f"[0, 2**63-1], got {hold.amount!r}")
+        if not _is_int(hold.limit) or abs(hold.limit) > MAX_AMOUNT:
+            raise InvalidRequest(f"hold {hold.key!r}: limit must be an int, got {hold.limit!r}")
+        if not isinstance(hold.window, Window) or not isinstance(hold.metric, Metric):
+            raise InvalidRequest(f"hold {hold.key!r}: window/metric must be Window/Metric")
+        name = counter_name(hold.key, hold.window, hold.rolling)
+        if name in seen:
+            raise InvalidRequest(f"hold {hold.key!r} appears twice in one reservation")
+        seen.add(name)
+
+
+def check_actual(request_id: object, actual: Mapping[str, int], now: object) -> None:
+    check_request(request_id, now)
+    if not isinstance(actual, Mapping):
+        raise InvalidRequest(f"actual must map metric names to ints, got {actual!r}")
+    for name, value in actual.items():
+        if not _is_int(value) or not 0 <= value <= MAX_AMOUNT:
+            raise InvalidRequest(f"actual[{name!r}] must be an int in [0, 2**63-1], "
+                                 f"got {value!r}")
+
+
+def check_usage_args(key: object, limit: object, window: object, now: object) -> None:
+    if not isinstance(key, str) or not key:
+        raise InvalidRequest(f"key must be a non-empty string, got {key!r}")
+    if not _is_int(limit) or not isinstance(window, Window):
+        raise InvalidRequest("usage(): limit must be an int and window a Window")
+    check_time("now", now)

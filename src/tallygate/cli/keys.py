@@ -1,0 +1,251 @@
+"""`tallygate keys create|list|revoke`: against the configured storage directly, or a
+running gateway's admin API with `--url` and `--admin-key` (env TALLYGATE_ADMIN_KEY)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from tallygate.errors import InvalidRequest, TallygateError
+
+T = TypeVar("T")
+
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Key store URL (default: the policy's storage.ledger).")]
+ConfigOpt = Annotated[str | None, typer.Option(
+    "--config", help="Policy file (default ./tallygate.yaml, then built-in defaults).")]
+UrlOpt = Annotated[str | None, typer.Option(
+    "--url", help="A running gateway, e.g. http://127.0.0.1:8080 (uses its admin API).")]
+AdminKeyOpt = Annotated[str | None, typer.Option(
+    "--admin-key", envvar="TALLYGATE_ADMIN_KEY", show_envvar=True,
+    help="The gateway's admin key (with --url).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+class Target:
+    """Where the keys live: a store URL, or a gateway URL plus admin key."""
+
+    def __init__(self, store: str | None, config: str | None, url: str | None,
+                 admin_key: str | None) -> None:
+        self.store, self.config, self.url, self.admin_key = store, config, url, admin_key
+
+    def store_url(self) -> str:
+        if self.store:
+            return self.store
+        from tallygate.config import load_policy
+
+        return str(load_policy(self.config).storage.ledger)
+
+    def with_store(self, action: Callable[[Any], Awaitable[T]]) -> T:
+        from tallygate.keys.store import open_keystore
+
+        async def run() -> T:
+            store = await open_keystore(self.store_url())
+            try:
+                return await action(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(run())
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One admin API call; errors become TallygateError with a one-line message."""
+        if not self.admin_key:
+            raise InvalidRequest("--url needs --admin-key or TALLYGATE_ADMIN_KEY.")
+        assert self.url is not None
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url.rstrip("/") + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {self.admin_key}",
+                     "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise TallygateError(f"gateway answered {exc.code}: {_error_text(exc)}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TallygateError(f"cannot reach the gateway at {self.url}: {reason}") from None
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    try:
+        error = json.loads(exc.read())["error"]
+        return f"{error.get('message')} ({error.get('code')})"
+    except (ValueError, KeyError, TypeError, OSError):
+        return str(exc.reason)
+
+
+def _fail(message: str) -> typer.Exit:
+    print(f"tallygate: error: {message}", file=sys.stderr)
+    return typer.Exit(2)
+
+
+def _public(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != "object"}
+
+
+def _when(ts: int | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def create_key(target: Target, fields: dict[str, Any]) -> dict[str, Any]:
+    if target.url:
+        return _public(target.call("POST", "/admin/keys", fields))
+
+    async def action(store: Any) -> dict[str, Any]:
+        user, plan = fields.pop("user"), fields.pop("plan")
+        key, secret = await store.create(user, plan, **fields)
+        return key.to_public_dict() | {"key": secret}
+
+    return target.with_store(action)
+
+
+def list_keys(target: Target, include_revoked: bool) -> list[dict[str, Any]]:
+    if target.url:
+        path = "/admin/keys?all=true" if include_revoked else "/admin/keys"
+        return [_public(k) for k in target.call("GET", path)["data"]]
+
+    async def action(store: Any) -> list[dict[str, Any]]:
+        return [k.to_public_dict() for k in await store.list(include_revoked)]
+
+    return target.with_store(action)
+
+
+def revoke_key(target: Target, key_id: str) -> bool:
+    if target.url:
+        try:
+            target.call("DELETE", f"/admin/keys/{urllib.request.quote(key_id, safe='')}")
+        except TallygateError as exc:
+            if "answered 404" in exc.message:
+                return False
+            raise
+        return True
+
+    async def action(store: Any) -> bool:
+        return bool(await store.revoke(key_id))
+
+    return target.with_store(action)
+
+
+def _show_created(data: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+
+    scope = []
+    if data.get("features"):
+        scope.append("features: " + ", ".join(data["features"]))
+    if data.get("models"):
+        scope.append("models: " + ", ".join(data["models"]))
+    if data.get("limits"):
+        scope.append("limits: " + ", ".join(f"{k}={v}" for k, v in data["limits"].items()))
+    body = "\n".join([
+        f"id:   {data['id']}", f"user: {data['user']}   plan: {data['plan']}", *scope, "",
+        f"[bold]{data['key']}[/bold]", "",
+        "[yellow]This secret is shown only once: store it now. "
+        "tallygate keeps only its hash.[/yellow]",
+    ])
+    Console().print(Panel(body, title="New virtual key", expand=False), soft_wrap=True)
+
+
+def _show_list(keys: list[dict[str, Any]], include_revoked: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    for title in ("name", "user", "plan", "features", "models", "limits"):
+        table.add_column(title)
+    table.add_column("created", no_wrap=True)
+    if include_revoked:
+        table.add_column("revoked", no_wrap=True)
+    for k in keys:
+        limits = ", ".join(f"{n}={v}" for n, v in k["limits"].items())
+        row = [k["id"], k.get("name") or "", k["user"], k["plan"],
+               ", ".join(k["features"]) or "all", ", ".join(k["models"]) or "all",
+               limits or "-", _when(k["created_at"])]
+        table.add_row(*row, *([_when(k["revoked_at"])] if include_revoked else []))
+    Console().print(table if keys else "No keys.")
+
+
+def _guard(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except TallygateError as exc:
+        raise _fail(exc.message) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `keys` command group to the main app."""
+    keys = typer.Typer(help="Virtual keys: create, list, revoke.", no_args_is_help=True)
+    app.add_typer(keys, name="keys")
+
+    @keys.command("create")
+    def create_cmd(
+        user: Annotated[str, typer.Option("--user", help="Owner of the key.")],
+        plan: Annotated[str, typer.Option("--plan", help="The user's plan.")],
+        feature: Annotated[list[str] | None, typer.Option(
+            "--feature", help="Allowed feature (repeat; none = all).")] = None,
+        model: Annotated[list[str] | None, typer.Option(
+            "--model", help="Allowed model (repeat; `*` wildcards; none = all).")] = None,
+        name: Annotated[str | None, typer.Option("--name", help="A label.")] = None,
+        limit: Annotated[list[str] | None, typer.Option(
+            "--limit", help="The key's own limit, e.g. tokens_per_day=50000 (repeat).")] = None,
+        as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
+        url: UrlOpt = None, admin_key: AdminKeyOpt = None,
+    ) -> None:
+        """Create a key; its secret is printed once."""
+        from tallygate.keys.model import parse_limit_items
+
+        target = Target(store, config, url, admin_key)
+
+        def run() -> dict[str, Any]:
+            fields: dict[str, Any] = {"user": user, "plan": plan, "name": name,
+                                      "features": list(feature or []),
+                                      "models": list(model or []),
+                                      "limits": parse_limit_items(limit or [])}
+            return create_key(target, fields)
+
+        data = _guard(run)
+        if as_json:
+            print(json.dumps({"id": data["id"], "key": data["key"], **data}))
+        else:
+            _show_created(data)
+
+    @keys.command("list")
+    def list_cmd(
+        include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked keys.")]
+        = False,
+        as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
+        url: UrlOpt = None, admin_key: AdminKeyOpt = None,
+    ) -> None:
+        """List keys (never their secrets)."""
+        target = Target(store, config, url, admin_key)
+        found = _guard(lambda: list_keys(target, include_revoked))
+        if as_json:
+            print(json.dumps({"keys": found}))
+        else:
+            _show_list(found, include_revoked)
+
+    @keys.command("revoke")
+    def revoke_cmd(
+        key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (key_…).")],
+        as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
+        url: UrlOpt = None, admin_key: AdminKeyOpt = None,
+    ) -> None:
+        """Revoke a key: refused by every gateway within about a second."""
+        target = Target(store, config, url, admin_key)
+        if not _guard(lambda: revoke_key(target, key_id)):
+            raise _fail(f"no key with id {key_id!r}")
+        print(json.dumps({"id": key_id, "revoked": True}) if as_json else f"Revoked {key_id}.")

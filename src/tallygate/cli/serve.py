@@ -1,0 +1,46 @@
+"""`tallygate serve`: run the gateway with uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+CONFIG_ENV = "TALLYGATE_CONFIG"
+
+
+def app_from_env() -> object:
+    """uvicorn factory (one per worker process): the policy named by TALLYGATE_CONFIG."""
+    from tallygate.config import load_policy
+    from tallygate.gateway.app import create_app
+
+    return create_app(load_policy(os.environ.get(CONFIG_ENV) or None))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        config: Annotated[Path | None, typer.Option(help="Policy file (tallygate.yaml).")] = None,
+        host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+        port: Annotated[int | None, typer.Option(help="Port.")] = None,
+        workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+        log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    ) -> None:
+        """Run the OpenAI- and Anthropic-compatible gateway."""
+        import uvicorn
+
+        from tallygate.config import load_policy
+
+        policy = load_policy(config)  # validate before forking workers
+        if config is not None:
+            os.environ[CONFIG_ENV] = str(config.resolve())
+        bind_host = host or policy.server.host
+        bind_port = policy.server.port if port is None else port
+        typer.echo(f"tallygate gateway on http://{bind_host}:{bind_port} ({workers} worker(s))")
+        uvicorn.run(
+            "tallygate.cli.serve:app_from_env", factory=True, host=bind_host, port=bind_port,
+            workers=workers, loop="uvloop", http="httptools", lifespan="on",
+            log_level=log_level, access_log=False,
+        )

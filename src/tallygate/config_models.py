@@ -1,0 +1,380 @@
+"""The policy document (SPEC §2) as frozen pydantic models.
+
+Loading, `${VAR}` expansion and error formatting live in `config.py`; this module only
+says what a valid document looks like. After validation every USD amount is an integer
+number of nano-USD (converted exactly from the decimal text, never through a float)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from tallygate.types import NANO_PER_USD, Metric, Window
+
+if TYPE_CHECKING:
+    from tallygate.core.limits import LimitIndex
+
+_MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+# ---------------------------------------------------------------- scalar types
+
+
+class Problems(ValueError):
+    """Cross-field problems, each already prefixed with its document path."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def _reject_bool(value: Any) -> Any:
+    """`True` is an int in Python; a token count of `yes` is a typo, not 1."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number, not true/false")
+    return value
+
+
+def to_decimal(value: Any) -> Decimal:
+    """Exact decimal of a YAML/JSON number or numeric string (floats via their repr)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip().replace("_", ""))
+        except InvalidOperation:
+            raise ValueError("expected a number") from None
+    raise ValueError("expected a number")
+
+
+def usd_to_nano(value: Any) -> int:
+    """USD decimal → integer nano-USD, exactly; NaN, infinity, negatives and more than
+    nine decimal places are refused (they cannot be charged exactly)."""
+    amount = to_decimal(value)
+    if not amount.is_finite():
+        raise ValueError("expected a finite USD amount, not NaN or infinity")
+    if amount < 0:
+        raise ValueError("expected a USD amount >= 0")
+    nano = amount * NANO_PER_USD
+    if nano != nano.to_integral_value():
+        raise ValueError("expected a USD amount with at most 9 decimal places (1 nano-USD)")
+    return int(nano)
+
+
+def _finite_ratio(value: Any) -> Decimal:
+    amount = to_decimal(value)
+    if not amount.is_finite() or amount < 0:
+        raise ValueError("expected a finite number >= 0")
+    return amount
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_SCALE = {"ms": Decimal("0.001"), "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def _duration(value: Any) -> float:
+    """Seconds from `30`, `30s`, `5m`, `1h`, `2d` or `250ms`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, 30s, 5m, 1h")
+    if isinstance(value, int | float | Decimal):
+        seconds = to_decimal(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("expected a duration such as 30, 30s, 5m, 1h")
+        seconds = Decimal(match.group(1)) * Decimal(_DURATION_SCALE[match.group(2)])
+    if not seconds.is_finite() or seconds <= 0:
+        raise ValueError("expected a duration > 0")
+    return float(seconds)
+
+
+def _empty_secret_is_none(value: Any) -> Any:
+    """`api_key: ${OPENAI_API_KEY:-}` with the variable unset means 'no key'."""
+    if value is None or (isinstance(value, str) and value == ""):
+        return None
+    return value
+
+
+Tokens = Annotated[int, BeforeValidator(_reject_bool), Field(ge=0)]
+PositiveInt = Annotated[int, BeforeValidator(_reject_bool), Field(ge=1)]
+NanoUsd = Annotated[int, BeforeValidator(usd_to_nano)]
+Ratio = Annotated[Decimal, BeforeValidator(_finite_ratio)]
+Seconds = Annotated[float, BeforeValidator(_duration)]
+Secret = Annotated[SecretStr | None, BeforeValidator(_empty_secret_is_none)]
+
+
+# ---------------------------------------------------------------- limits
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRule:
+    """One limit after loading: `amount` of `metric` per `window` (cost in nano-USD)."""
+
+    metric: Metric
+    window: Window
+    amount: int
+    rolling: bool = False
+
+
+class LimitFields(BaseModel):
+    """`<metric>_per_<window>` limits of one scope. Cost limits are written in USD
+    (`cost_usd_per_day: 12.5`, or SPEC's `cost_per_day_usd`) and held as nano-USD."""
+
+    model_config = _MODEL_CONFIG
+
+    tokens_per_minute: Tokens | None = None
+    tokens_per_hour: Tokens | None = None
+    tokens_per_day: Tokens | None = None
+    tokens_per_month: Tokens | None = None
+    requests_per_minute: Tokens | None = None
+    requests_per_hour: Tokens | None = None
+    requests_per_day: Tokens | None = None
+    requests_per_month: Tokens | None = None
+    cost_usd_per_minute: NanoUsd | None = None
+    cost_usd_per_hour: NanoUsd | None = None
+    cost_usd_per_day: NanoUsd | None = None
+    cost_usd_per_month: NanoUsd | None = None
+    cost_per_minute_usd: NanoUsd | None = None
+    cost_per_hour_usd: NanoUsd | None = None
+    cost_per_day_usd: NanoUsd | None = None
+    cost_per_month_usd: NanoUsd | None = None
+    rolling: bool = False
+
+    @model_validator(mode="after")
+    def _one_spelling_per_cost(self) -> LimitFields:
+        for window in Window:
+            a = getattr(self, f"cost_usd_per_{window.value}")
+            b = getattr(self, f"cost_per_{window.value}_usd")
+            if a is not None and b is not None:
+                raise ValueError(
+                    f"give cost_usd_per_{window.value} or cost_per_{window.value}_usd, not both"
+                )
+        return self
+
+    @functools.cached_property
+    def rules(self) -> tuple[LimitRule, ...]:
+        """Every limit set here, in a stable order (metric, then window)."""
+        out: list[LimitRule] = []
+        for metric, prefix in ((Metric.TOKENS, "tokens"), (Metric.REQUESTS, "requests")):
+            for window in Window:
+                amount = getattr(self, f"{prefix}_per_{window.value}")
+                if amount is not None:
+                    out.append(LimitRule(metric, window, amount, self.rolling))
+        for window in Window:
+            amount = getattr(self, f"cost_usd_per_{window.value}")
+            if amount is None:
+                amount = getattr(self, f"cost_per_{window.value}_usd")
+            if amount is not None:
+                out.append(LimitRule(Metric.COST, window, amount, self.rolling))
+        return tuple(out)
+
+
+class LimitSet(LimitFields):
+    """A scope's limits (plans, limits.global, limits.user, a key's own limits …)."""
+
+
+class Limits(BaseModel):
+    """Limits per scope. `feature` and `model` map a name (or `default`, applied to
+    every name not listed) to limits; `user`, `key` and `run` apply to each user, key
+    and run separately; `plan` limits are shared by all users of that plan."""
+
+    model_config = ConfigDict(**_MODEL_CONFIG, populate_by_name=True)
+
+    global_: LimitSet = Field(default_factory=LimitSet, alias="global")
+    feature: dict[str, LimitSet] = Field(default_factory=dict)
+    user: LimitSet = Field(default_factory=LimitSet)
+    plan: dict[str, LimitSet] = Field(default_factory=dict)
+    key: LimitSet = Field(default_factory=LimitSet)
+    model: dict[str, LimitSet] = Field(default_factory=dict)
+    run: LimitSet = Field(default_factory=LimitSet)
+
+
+# ---------------------------------------------------------------- sections
+
+
+class Storage(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    state: str = "sqlite:///tallygate.db"
+    ledger: str = "sqlite:///tallygate.db"
+    fail_mode: Literal["fail_closed", "fail_open"] = "fail_closed"
+    lease_seconds: Seconds = 600.0
+
+    @field_validator("state")
+    @classmethod
+    def _state_scheme(cls, url: str) -> str:
+        return _check_scheme(url, ("memory", "sqlite", "redis", "rediss"))
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger_scheme(cls, url: str) -> str:
+        return _check_scheme(url, ("memory", "sqlite", "postgresql", "postgres"))
+
+
+def _check_scheme(url: str, schemes: tuple[str, ...]) -> str:
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in schemes:
+        wanted = ", ".join(f"{s}://" for s in schemes)
+        raise ValueError(f"expected a URL starting with one of {wanted}")
+    return url
+
+
+def _check_http_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return url
+
+
+class Provider(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    protocol: Literal["openai", "anthropic"]
+    base_url: str
+    api_key: Secret = None
+    timeout: Seconds = 600.0
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        return _check_http_url(url)
+
+
+class Feature(LimitFields):
+    """One LLM feature: input/output caps, its model, and what happens past them.
+    Limits on the feature scope may be written inline (`tokens_per_day: 50000`)."""
+
+    max_input: Tokens | None = None
+    max_output: PositiveInt | None = None
+    model: str | None = None
+    on_exceed: Literal["reject", "trim", "summarize"] = "reject"
+    summarize_model: str | None = None
+    cache: bool = False
+    cache_ttl: Seconds | None = None
+    fallbacks: tuple[str, ...] = ()
+    on_limit: Literal["reject", "fallback"] = "reject"
+    retries: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0, le=10)] = 2
+    output_schema: dict[str, Any] | None = None
+    log_content: bool | None = None  # None: the policy-wide log_content
+    enabled: bool = True
+
+
+class Routing(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    steps: dict[str, str] = Field(default_factory=dict)  # step → tier name or model
+
+
+class Alert(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    metric: Literal["cost_usd", "context_utilization", "budget_used", "rejection_rate"]
+    above: Ratio
+    notify: str
+    window: Window | None = None
+    scope: str | None = None  # e.g. user, feature, feature:chat
+
+    @field_validator("notify")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        return _check_http_url(url)
+
+    @property
+    def above_nusd(self) -> int:
+        """The threshold of a cost_usd alert in nano-USD."""
+        return usd_to_nano(self.above)
+
+
+class Cache(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    hmac_key: Secret = None
+    ttl: Seconds = 3600.0
+    backend: str | None = None  # None: the state store
+
+
+class Server(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0, le=65535)] = 8080
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    max_chars: PositiveInt = 4_000_000  # counting refuses longer texts (InputTooLarge)
+
+
+class Metrics(BaseModel):
+    model_config = _MODEL_CONFIG
+
+    high_cardinality_labels: tuple[Literal["user", "run", "key"], ...] = ()
+
+
+_TIER_PREFIX = "tier:"
+
+
+class PolicyModel(BaseModel):
+    """The whole document. See docs/policy.md for every key."""
+
+    model_config = _MODEL_CONFIG
+
+    storage: Storage = Field(default_factory=Storage)
+    providers: dict[str, Provider] = Field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tiers: dict[str, str] = Field(default_factory=dict)
+    features: dict[str, Feature] = Field(default_factory=dict)
+    plans: dict[str, LimitSet] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    routing: Routing = Field(default_factory=Routing)
+    alerts: tuple[Alert, ...] = ()
+    flags: dict[str, bool] = Field(default_factory=dict)
+    cache: Cache = Field(default_factory=Cache)
+    server: Server = Field(default_factory=Server)
+    admin_key: Secret = None
+    log_content: bool = False
+    metrics: Metrics = Field(default_factory=Metrics)
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> PolicyModel:
+        problems = list(self._bad_tier_references())
+        problems += [
+            f"limits.plan.{name}: no plan {name!r} in plans (or use 'default')"
+            for name in self.limits.plan
+            if name != "default" and name not in self.plans
+        ]
+        if problems:
+            raise Problems(problems)
+        return self
+
+    def _bad_tier_references(self) -> list[str]:
+        out = []
+        for name, feature in self.features.items():
+            pairs = (("model", feature.model), ("summarize_model", feature.summarize_model))
+            for field, model in pairs:
+                if model and model.startswith(_TIER_PREFIX) and model[5:] not in self.tiers:
+                    out.append(f"features.{name}.{field}: no tier {model[5:]!r} in tiers")
+        return out
+
+    @functools.cached_property
+    def limit_index(self) -> LimitIndex:
+        """Per-scope limits merged once at load, so a decision only does lookups."""
+        from tallygate.core.limits import LimitIndex
+
+        return LimitIndex.build(self)

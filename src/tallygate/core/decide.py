@@ -1,0 +1,368 @@
+"""The verdict on one call, before any I/O. Pure and fast (lookups and integer maths).
+
+The engine calls, in order: `resolve_model` (routing) → catalog lookup → count →
+`decide` → reserve `Decision.holds` → on a `Denial`, `denial_to_error`. When the verdict
+is TRIM/SUMMARIZE the engine shortens the input to `trim_to` tokens, counts again and
+calls `decide` again with the new count."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from tallygate.core.limits import Amounts, Identity, holds_for, parse_key
+from tallygate.errors import (
+    BudgetExceeded,
+    InputBudgetExceeded,
+    InvalidRequest,
+    RateLimited,
+    UnknownModel,
+)
+from tallygate.types import (
+    NANO_PER_USD,
+    Count,
+    Denial,
+    Hold,
+    LimitUsage,
+    Metric,
+    ModelInfo,
+    Usage,
+    Window,
+)
+
+if TYPE_CHECKING:
+    from tallygate.config import Policy
+
+AUTO = "auto"
+TIER_PREFIX = "tier:"
+DEFAULT_MAX_OUTPUT = 4096  # only when neither the feature, the model nor the client bounds it
+NO_RETRY_AFTER_SECONDS = 60  # a reset further away than this: tell SDKs not to retry
+
+
+class Action(StrEnum):
+    ADMIT = "admit"
+    TRIM = "trim"
+    SUMMARIZE = "summarize"
+    REJECT = "reject"
+
+
+class ClampReason(StrEnum):
+    FEATURE_CAP = "feature_cap"  # features.<f>.max_output, shared by the n choices
+    CONTEXT_WINDOW = "context_window"  # what the context window leaves after the input
+    MODEL_MAX_OUTPUT = "model_max_output"  # the model's own output limit
+    DEFAULT = "default"  # nothing else bounded it
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the engine knows about a call before deciding. `model` is the resolved name."""
+
+    protocol: str  # "openai" | "anthropic"
+    model: str
+    feature: str | None
+    input: Count
+    max_output: int | None = None  # max_tokens / max_completion_tokens as sent, per choice
+    n: int = 1
+    step: str | None = None
+    identity: Identity = field(default_factory=Identity)
+
+
+@dataclass(frozen=True, slots=True)
+class Clamp:
+    """Max output per choice was set (requested None) or lowered, and why."""
+
+    value: int
+    reason: ClampReason
+    requested: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    model: str
+    feature: str | None
+    input_tokens: int
+    exact: bool
+    max_output: int = 0  # per choice, to send upstream (ADMIT only)
+    clamp: Clamp | None = None
+    trim_to: int | None = None  # TRIM/SUMMARIZE: shorten the input to this many tokens
+    error: InputBudgetExceeded | None = None  # REJECT: raise this
+    holds: tuple[Hold, ...] = ()
+    amounts: Amounts | None = None
+
+
+# ---------------------------------------------------------------- routing
+
+
+def resolve_model(
+    requested: str | None, *, feature: str | None, step: str | None, policy: Policy
+) -> str:
+    """The model a call goes to. `tier:NAME` → tiers; `auto` or no model → the step's
+    routing (routing.steps), else the feature's model. Any other name is kept."""
+    name = (requested or "").strip()
+    if name and name != AUTO:
+        return _tier(name[len(TIER_PREFIX) :], policy) if name.startswith(TIER_PREFIX) else name
+    if step:
+        routed = policy.routing.steps.get(step)
+        if routed:
+            if routed.startswith(TIER_PREFIX):
+                return _tier(routed[len(TIER_PREFIX) :], policy)
+            return policy.tiers.get(routed, routed)
+    own = policy.feature(feature).model
+    if own:
+        return _tier(own[len(TIER_PREFIX) :], policy) if own.startswith(TIER_PREFIX) else own
+    steps = ", ".join(sorted(policy.routing.steps)) or "none configured"
+    raise InvalidRequest(
+        f"model {name or '(none)'!r} needs a routed step (X-Tallygate-Step: {steps}) "
+        f"or a feature with a model",
+        param="model",
+    )
+
+
+def _tier(tier: str, policy: Policy) -> str:
+    found = policy.tiers.get(tier)
+    if found is None:
+        raise UnknownModel(TIER_PREFIX + tier, [TIER_PREFIX + t for t in sorted(policy.tiers)])
+    return found
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+def decide(facts: RequestFacts, policy: Policy, model: ModelInfo) -> Decision:
+    """Admit (with the output clamp and the holds), trim, or reject the input."""
+    if facts.n < 1:
+        raise InvalidRequest("n must be at least 1", param="n")
+    if facts.max_output is not None and facts.max_output < 1:
+        raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+    feature = policy.feature(facts.feature)
+    over = _over_input(facts, feature.max_input, model)
+    if over is not None:
+        return _on_exceed(facts, policy, model, over)
+    value, clamp = _clamp_output(facts, feature.max_output, model)
+    out_total = value * facts.n
+    tokens = facts.input.tokens
+    amounts = Amounts(
+        tokens=tokens + out_total,
+        cost_nusd=model.cost_nusd(Usage(input_tokens=tokens, output_tokens=out_total)),
+    )
+    holds = holds_for(
+        policy, facts.identity, feature=facts.feature, model=model.name, amounts=amounts
+    )
+    return Decision(
+        Action.ADMIT,
+        model.name,
+        facts.feature,
+        tokens,
+        facts.input.exact,
+        max_output=value,
+        clamp=clamp,
+        holds=holds,
+        amounts=amounts,
+    )
+
+
+def _over_input(facts: RequestFacts, max_input: int | None, model: ModelInfo) -> str | None:
+    """Which input bound the call breaks: "feature", "context" or None.
+    The boundary is exact: input == max_input is admitted, max_input + 1 is not."""
+    tokens = facts.input.tokens
+    if max_input is not None and tokens > max_input:
+        return "feature"
+    if model.context_window > 0 and tokens >= model.context_window:
+        return "context"  # not even one output token would fit
+    return None
+
+
+def _on_exceed(facts: RequestFacts, policy: Policy, model: ModelInfo, over: str) -> Decision:
+    feature = policy.feature(facts.feature)
+    base = (model.name, facts.feature, facts.input.tokens, facts.input.exact)
+    if feature.on_exceed == "reject":
+        error = _input_error(facts, feature.max_input, model, over)
+        return Decision(Action.REJECT, *base, error=error)
+    targets = [] if feature.max_input is None else [feature.max_input]
+    ctx = model.context_window
+    if ctx > 0:
+        # Leave the output room the call would want, but never more than half the window.
+        want = min(_wanted_output(facts, feature.max_output, model), ctx // 2)
+        targets.append(ctx - max(1, want))
+    action = Action.TRIM if feature.on_exceed == "trim" else Action.SUMMARIZE
+    return Decision(action, *base, trim_to=min(targets))
+
+
+def _wanted_output(facts: RequestFacts, cap: int | None, model: ModelInfo) -> int:
+    candidates = [v for v in (facts.max_output, model.max_output_tokens) if v]
+    if cap is not None:
+        candidates.append(max(1, cap // facts.n))
+    return min(candidates, default=DEFAULT_MAX_OUTPUT)
+
+
+def _input_error(
+    facts: RequestFacts, max_input: int | None, model: ModelInfo, over: str
+) -> InputBudgetExceeded:
+    tokens = facts.input.tokens
+    approx = "" if facts.input.exact else " (estimated)"
+    name = facts.feature or "default"
+    if over == "feature":
+        assert max_input is not None
+        return InputBudgetExceeded(
+            f"Input of {tokens} tokens{approx} is over the max_input of {max_input} tokens "
+            f"for feature {name!r}",
+            param="messages",
+            limit_key=f"feature:{name}:max_input",
+            limit=max_input,
+            requested=tokens,
+            feature=name,
+        )
+    return InputBudgetExceeded(
+        f"Input of {tokens} tokens{approx} does not fit the {model.context_window}-token "
+        f"context window of model {model.name!r} (no room left for any output)",
+        param="messages",
+        limit_key=f"model:{model.name}:context_window",
+        limit=model.context_window,
+        requested=tokens,
+        feature=name,
+    )
+
+
+def _clamp_output(
+    facts: RequestFacts, cap: int | None, model: ModelInfo
+) -> tuple[int, Clamp | None]:
+    """Max output per choice: the tightest of the feature cap (divided among the n
+    choices), the model's own maximum, and what the context window leaves."""
+    bounds: list[tuple[int, ClampReason]] = []
+    if cap is not None:
+        per_choice = cap // facts.n
+        if per_choice < 1:
+            raise InvalidRequest(
+                f"n={facts.n} choices cannot share the max_output of {cap} tokens "
+                f"of feature {facts.feature or 'default'!r}",
+                param="n",
+            )
+        bounds.append((per_choice, ClampReason.FEATURE_CAP))
+    if model.max_output_tokens > 0:
+        bounds.append((model.max_output_tokens, ClampReason.MODEL_MAX_OUTPUT))
+    if model.context_window > 0:
+        bounds.append((model.context_window - facts.input.tokens, ClampReason.CONTEXT_WINDOW))
+    tightest = min(bounds, key=lambda b: b[0], default=(DEFAULT_MAX_OUTPUT, ClampReason.DEFAULT))
+    requested = facts.max_output
+    if requested is not None and requested <= tightest[0]:
+        return requested, None
+    return tightest[0], Clamp(tightest[0], tightest[1], requested)
+
+
+# ---------------------------------------------------------------- denials
+
+
+_WINDOW_WORD = {Window.MINUTE: "per-minute", Window.HOUR: "hourly", Window.DAY: "daily",
+                Window.MONTH: "monthly"}
+_METRIC_WORD = {Metric.TOKENS: "token", Metric.REQUESTS: "request", Metric.COST: "cost"}
+
+
+def denial_to_error(denial: Denial, now: float) -> BudgetExceeded | RateLimited:
+    """A refused reservation as the error the client gets. RateLimited for minute windows
+    and request counts, BudgetExceeded otherwise. `retry_after` is the whole seconds to
+    the reset (at least 1); `details["should_retry"]` is False when the reset is more
+    than a minute away or the call alone is larger than the limit (send
+    `x-should-retry: false`)."""
+    retry_after = max(1, math.ceil(denial.reset_at - now))
+    too_big = denial.requested > denial.limit
+    should_retry = not too_big and retry_after <= NO_RETRY_AFTER_SECONDS
+    rate = denial.window is Window.MINUTE or denial.metric is Metric.REQUESTS
+    cls = RateLimited if rate else BudgetExceeded
+    return cls(
+        _denial_message(denial, retry_after, too_big),
+        limit_key=denial.key,
+        limit=denial.limit,
+        used=denial.used,
+        requested=denial.requested,
+        retry_after=retry_after,
+        should_retry=should_retry,
+        reset_at=denial.reset_at,
+        window=denial.window.value,
+        metric=denial.metric.value,
+    )
+
+
+def _denial_message(denial: Denial, retry_after: int, too_big: bool) -> str:
+    what = f"{_WINDOW_WORD[denial.window]} {_METRIC_WORD[denial.metric]} limit"
+    try:
+        parsed = parse_key(denial.key)
+        who = parsed.scope if parsed.ident is None else f"{parsed.scope} {parsed.ident!r}"
+    except ValueError:
+        who = denial.key
+    fmt = _money if denial.metric is Metric.COST else str
+    if too_big:
+        return (
+            f"This call needs up to {fmt(denial.requested)}, more than the {what} of {who} "
+            f"({fmt(denial.limit)}); lower max_tokens or shorten the input"
+        )
+    return (
+        f"The {what} of {who} has no room: {fmt(denial.used)} of {fmt(denial.limit)} used, "
+        f"this call needs up to {fmt(denial.requested)}; resets in {go_duration(retry_after)}"
+    )
+
+
+def _money(nano: int) -> str:
+    return f"${(Decimal(nano) / NANO_PER_USD).normalize():f}"
+
+
+# ---------------------------------------------------------------- headers
+
+
+def go_duration(seconds: float) -> str:
+    """A duration the way OpenAI writes x-ratelimit-reset-* (Go's time.Duration):
+    `12ms`, `1s`, `6m0s`, `1h2m3.5s`. Millisecond precision, rounded up."""
+    ms = max(0, math.ceil(seconds * 1000))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    sec_text = f"{secs}.{millis:03d}".rstrip("0").rstrip(".") if millis else str(secs)
+    if hours:
+        return f"{hours}h{minutes}m{sec_text}s"
+    if minutes:
+        return f"{minutes}m{sec_text}s"
+    return f"{sec_text}s"
+
+
+_HEADER_METRICS = {Metric.TOKENS: "tokens", Metric.REQUESTS: "requests"}
+
+
+def ratelimit_headers(usages: Iterable[LimitUsage], now: float) -> dict[str, str]:
+    """OpenAI-style `x-ratelimit-{limit,remaining,reset}-{tokens,requests}` for the
+    tightest limit of each metric (least remaining; then the sooner reset)."""
+    tightest: dict[Metric, LimitUsage] = {}
+    for usage in usages:
+        try:
+            metric = parse_key(usage.key).metric
+        except ValueError:
+            continue
+        if metric not in _HEADER_METRICS:
+            continue
+        best = tightest.get(metric)
+        if best is None or (usage.remaining, usage.reset_at) < (best.remaining, best.reset_at):
+            tightest[metric] = usage
+    headers: dict[str, str] = {}
+    for metric, usage in tightest.items():
+        suffix = _HEADER_METRICS[metric]
+        headers[f"x-ratelimit-limit-{suffix}"] = str(usage.limit)
+        headers[f"x-ratelimit-remaining-{suffix}"] = str(usage.remaining)
+        headers[f"x-ratelimit-reset-{suffix}"] = go_duration(usage.reset_at - now)
+    return headers
+
+
+def denial_headers(error: BudgetExceeded, denial: Denial, now: float) -> dict[str, str]:
+    """Headers of a 429: Retry-After, x-should-retry (only `false`), x-ratelimit-*."""
+    usage = LimitUsage(denial.key, denial.limit, denial.used, 0, denial.reset_at)
+    headers = ratelimit_headers([usage], now)
+    headers["retry-after"] = str(int(error.retry_after or 1))
+    if not error.details.get("should_retry", True):
+        headers["x-should-retry"] = "false"
+    return headers

@@ -1,0 +1,101 @@
+"""The gateway ASGI app. Hot routes are dispatched by a dict lookup to raw ASGI
+handlers (gateway/proxy.py); admin and the other operational pages go through a
+Starlette sub-app. Everything long-lived is created in the lifespan."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+
+from tallygate.config import Policy
+from tallygate.errors import TallygateError
+from tallygate.gateway import ops
+from tallygate.gateway.admin import admin_routes
+from tallygate.gateway.errors import render_error
+from tallygate.gateway.http import Receive, Scope, Send, encode_headers, send_json
+from tallygate.gateway.proxy import Proxy, Route
+from tallygate.gateway.upstream import Upstream
+from tallygate.runtime import Runtime
+
+PROXY_ROUTES = {
+    "/v1/chat/completions": Route("openai", "chat/completions"),
+    "/v1/responses": Route("openai", "responses"),
+    "/v1/embeddings": Route("openai", "embeddings"),
+    "/v1/messages": Route("anthropic", "messages"),
+}
+_NOT_FOUND = orjson.dumps(
+    {"error": {"message": "Not found.", "type": "invalid_request_error", "param": None,
+               "code": "not_found"}}
+)
+
+
+class Gateway:
+    """ASGI callable. `runtime` is opened at lifespan start (or injected by tests)."""
+
+    def __init__(self, policy: Policy, *, runtime: Runtime | None = None) -> None:
+        self.policy = policy
+        self.runtime = runtime
+        self._owns_runtime = runtime is None
+        self.upstream = Upstream()
+        self.proxy: Proxy | None = None
+        self.ops: Starlette | None = None
+
+    async def startup(self) -> None:
+        if self.runtime is None:
+            self.runtime = await Runtime.open(self.policy)
+        await self.upstream.start()
+        rt = self.runtime
+        self.proxy = Proxy(self.policy, rt.engine, rt.keys, self.upstream)
+        admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
+        self.ops = Starlette(
+            routes=[*ops.routes(rt), *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans))]
+        )
+
+    async def shutdown(self) -> None:
+        await self.upstream.close()
+        if self.runtime is not None and self._owns_runtime:
+            await self.runtime.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            route = PROXY_ROUTES.get(scope["path"])
+            if route is not None and scope["method"] == "POST":
+                assert self.proxy is not None
+                await self.proxy.handle(route, scope, receive, send)
+                return
+            if scope["path"] == "/v1/messages/count_tokens" and scope["method"] == "POST":
+                await ops.count_tokens(self, scope, receive, send)
+                return
+            assert self.ops is not None
+            await self.ops(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # report start-up failures to the server
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def send_error(self, send: Send, exc: TallygateError, protocol: str,
+                         request_id: str) -> None:
+        status, body, headers = render_error(exc, protocol, request_id=request_id,
+                                             now=time.time())
+        await send_json(send, status, body, encode_headers(headers))
+
+
+def create_app(policy: Policy, **kwargs: Any) -> Gateway:
+    return Gateway(policy, **kwargs)

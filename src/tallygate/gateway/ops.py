@@ -1,0 +1,124 @@
+"""Operational routes: health, the caller's models and usage, Anthropic token counting."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tallygate.core.limits import Amounts, Identity, holds_for
+from tallygate.core.tokens import acount_request
+from tallygate.errors import InvalidRequest, TallygateError
+from tallygate.gateway import auth
+from tallygate.gateway.errors import render_error
+from tallygate.gateway.http import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    encode_headers,
+    header_map,
+    read_body,
+    send_json,
+)
+from tallygate.providers import anthropic as anthropic_wire
+from tallygate.runtime import Runtime
+
+if TYPE_CHECKING:
+    from tallygate.gateway.app import Gateway
+
+
+def _json(status: int, obj: Any) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+
+
+def _error(exc: TallygateError) -> Response:
+    status, body, headers = render_error(exc, "openai", request_id="", now=time.time())
+    return Response(body, status_code=status, media_type="application/json",
+                    headers=dict(headers[1:]))
+
+
+def routes(rt: Runtime) -> list[Route]:
+    async def healthz(_: Request) -> Response:
+        return _json(200, {"status": "ok"})
+
+    async def models(request: Request) -> Response:
+        try:
+            key = await auth.authenticate(rt.keys, request.headers, anthropic=False)
+        except TallygateError as exc:
+            return _error(exc)
+        providers = set(rt.policy.providers)
+        data = []
+        for name in rt.catalog.names():
+            info = rt.catalog.get(name)
+            if info.provider in providers and key.allows_model(name):
+                data.append({"id": name, "object": "model", "created": 0,
+                             "owned_by": info.provider})
+        return _json(200, {"object": "list", "data": data})
+
+    async def usage(request: Request) -> Response:
+        try:
+            key = await auth.authenticate(rt.keys, request.headers, anthropic=False)
+        except TallygateError as exc:
+            return _error(exc)
+        return _json(200, {"object": "tallygate.usage", "user": key.user, "plan": key.plan,
+                           "limits": await _limits_of(rt, key, request)})
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/usage", usage, methods=["GET"]),
+    ]
+
+
+async def _limits_of(rt: Runtime, key: Any, request: Request) -> list[dict[str, Any]]:
+    from tallygate.config_models import LimitFields
+
+    feature = auth.resolve_feature(key, request.headers.get("x-tallygate-feature"))
+    limits = LimitFields.model_validate(dict(key.limits)) if key.limits else None
+    identity = Identity(key.id, key.user, key.plan, request.headers.get("x-tallygate-run"),
+                        limits)
+    model = request.query_params.get("model", "")
+    holds = holds_for(rt.policy, identity, feature=feature, model=model,
+                      amounts=Amounts(0, 0, 0))
+    now = time.time()
+    out = []
+    for hold in holds:
+        used = await rt.store.usage(hold.key, limit=hold.limit, window=hold.window,
+                                    rolling=hold.rolling, now=now)
+        out.append({
+            "key": hold.key, "metric": hold.metric.value, "window": hold.window.value,
+            "rolling": hold.rolling, "limit": used.limit, "used": used.used,
+            "reserved": used.reserved, "remaining": used.remaining,
+            "reset_at": int(used.reset_at),
+        })
+    return out
+
+
+async def count_tokens(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """POST /v1/messages/count_tokens, answered locally (no provider call, no budget).
+    Claude's tokenizer is not public: the figure is tallygate's upper-bound estimate."""
+    assert gw.runtime is not None
+    rt = gw.runtime
+    headers = header_map(scope)
+    try:
+        raw = await read_body(scope, receive, gw.policy.server.max_body_bytes)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+        anthropic_wire.validate_request("messages/count_tokens", body)
+        await auth.authenticate(rt.keys, headers, anthropic=True)
+        model = rt.catalog.get(body["model"])
+        count = await acount_request("anthropic", "messages/count_tokens", body, model)
+    except ClientGone:
+        return
+    except TallygateError as exc:
+        await gw.send_error(send, exc, "anthropic", "")
+        return
+    await send_json(send, 200, orjson.dumps({"input_tokens": count.tokens}),
+                    encode_headers([("x-tallygate-estimated", str(not count.exact).lower())]))

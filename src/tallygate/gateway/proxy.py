@@ -1,0 +1,302 @@
+"""The proxied routes: parse → authenticate → engine.admit → upstream → relay → settle.
+
+Non-streaming bodies are forwarded as received; streams are relayed chunk by chunk as
+they arrive, through the provider's usage tap (which only removes the usage chunk the
+client did not ask for). Every admitted call is settled or released in `finally`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tallygate.config import Policy, Provider
+from tallygate.engine import Admission, CallContext, Engine
+from tallygate.errors import InvalidRequest, TallygateError, UpstreamError
+from tallygate.gateway import auth
+from tallygate.gateway.errors import render_error
+from tallygate.gateway.http import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    encode_headers,
+    header_map,
+    read_body,
+    send_json,
+    watch_disconnect,
+)
+from tallygate.gateway.upstream import StreamHandle, Upstream, passthrough_headers
+from tallygate.keys.store import KeyStore
+from tallygate.providers import anthropic as anthropic_wire
+from tallygate.providers import openai as openai_wire
+from tallygate.types import Usage
+
+ANTHROPIC_VERSION = "2023-06-01"
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    protocol: str  # "openai" | "anthropic"
+    name: str  # "chat/completions" | "responses" | "embeddings" | "messages"
+
+    @property
+    def wire(self) -> Any:
+        return anthropic_wire if self.protocol == "anthropic" else openai_wire
+
+
+class Proxy:
+    def __init__(
+        self, policy: Policy, engine: Engine, keys: KeyStore, upstream: Upstream
+    ) -> None:
+        self.policy = policy
+        self.engine = engine
+        self.keys = keys
+        self.upstream = upstream
+        self.cap = policy.server.max_body_bytes
+
+    async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = header_map(scope)
+        try:
+            ctx, body = await self._admit_inputs(route, scope, receive, headers)
+            adm = await self.engine.admit(ctx, body)
+        except ClientGone:
+            return
+        except TallygateError as exc:
+            await self._send_error(send, exc, route.protocol, _request_id(headers))
+            return
+        try:
+            if ctx.stream:
+                await self._stream(route, adm, headers, receive, send)
+            else:
+                await self._forward(route, adm, headers, send)
+        finally:
+            if not adm.closed:
+                await self.engine.fail(adm, status=499, error_code="client_disconnected")
+
+    async def _admit_inputs(
+        self, route: Route, scope: Scope, receive: Receive, headers: Mapping[str, str]
+    ) -> tuple[CallContext, dict[str, Any]]:
+        raw = await read_body(scope, receive, self.cap)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+        route.wire.validate_request(route.name, body)
+        key = await auth.authenticate(self.keys, headers, anthropic=route.protocol == "anthropic")
+        feature = auth.resolve_feature(key, headers.get("x-tallygate-feature"))
+        auth.check_permission(key, feature, None)
+        ctx = CallContext(
+            protocol=route.protocol,
+            route=route.name,
+            feature=feature,
+            request_id=_request_id(headers),
+            key_id=key.id,
+            user=key.user,
+            end_user=_end_user(body),
+            plan=key.plan,
+            run=headers.get("x-tallygate-run"),
+            step=headers.get("x-tallygate-step"),
+            step_attempt=_attempt(headers.get("x-tallygate-attempt")),
+            key_limits=key.limits or None,
+            allowed_models=key.allows_model if key.models else None,
+            stream=body.get("stream") is True,
+        )
+        return ctx, body
+
+    # ------------------------------------------------------------ upstream
+
+    def _target(self, route: Route, adm: Admission) -> tuple[str, dict[str, str], Provider]:
+        provider = self.policy.providers.get(adm.model.provider)
+        if provider is None:
+            raise InvalidRequest(
+                f"No provider {adm.model.provider!r} is configured for model "
+                f"{adm.model.name!r} (add it under `providers:`).", param="model")
+        if provider.protocol != route.protocol:
+            raise InvalidRequest(
+                f"Model {adm.model.name!r} is served by {adm.model.provider!r}, which speaks "
+                f"the {provider.protocol} protocol: call it on its own route.", param="model")
+        base = provider.base_url.rstrip("/")
+        headers = {"content-type": "application/json", **provider.headers}
+        secret = provider.api_key.get_secret_value() if provider.api_key else ""
+        if route.protocol == "anthropic":
+            url = f"{base}/v1/{route.name}"
+            headers["x-api-key"] = secret
+            headers["anthropic-version"] = ANTHROPIC_VERSION
+        else:
+            url = f"{base}/{route.name}"
+            headers["authorization"] = f"Bearer {secret}"
+        return url, headers, provider
+
+    def _upstream_request(
+        self, route: Route, adm: Admission, client_headers: Mapping[str, str]
+    ) -> tuple[str, bytes, dict[str, str], float]:
+        url, headers, provider = self._target(route, adm)
+        if route.protocol == "anthropic":
+            for name in ("anthropic-version", "anthropic-beta"):
+                if name in client_headers:
+                    headers[name] = client_headers[name]
+        body = route.wire.prepare_body(
+            route.name, adm.body, model=adm.model.name, max_output=adm.max_output
+        )
+        return url, body, headers, provider.timeout
+
+    async def _forward(
+        self, route: Route, adm: Admission, client_headers: Mapping[str, str], send: Send
+    ) -> None:
+        try:
+            url, body, headers, timeout = self._upstream_request(route, adm, client_headers)
+            resp = await self.upstream.post(url, body, headers, timeout=timeout)
+        except TallygateError as exc:
+            await self._fail(adm, exc, route, send)
+            return
+        if resp.status != 200:
+            fault = route.wire.classify_error(resp.status, resp.body, resp.headers)
+            await self.engine.fail(adm, status=resp.status, error_code=fault.code or "upstream")
+        else:
+            usage, exact = self._usage_of(route, adm, resp.body)
+            await self.engine.complete(adm, usage, status=200, exact=exact)
+        # After settling, so x-ratelimit-remaining-* reflects the real usage.
+        out_headers = await self._response_headers(adm, resp.headers)
+        await send_json(send, resp.status, resp.body, out_headers)
+
+    def _usage_of(self, route: Route, adm: Admission, raw: bytes) -> tuple[Usage, bool]:
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        usage = route.wire.usage_from_body(route.name, parsed) if isinstance(parsed, dict) else None
+        if usage is None:  # no usage reported: charge what was held, marked estimated
+            return Usage(adm.count.tokens, (adm.max_output or 0)), False
+        return usage, True
+
+    async def _stream(
+        self,
+        route: Route,
+        adm: Admission,
+        client_headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        try:
+            url, body, headers, timeout = self._upstream_request(route, adm, client_headers)
+            handle = await self.upstream.open_stream(url, body, headers, timeout=timeout)
+        except TallygateError as exc:
+            await self._fail(adm, exc, route, send)
+            return
+        if handle.status != 200:
+            raw = await handle.read_all()
+            fault = route.wire.classify_error(handle.status, raw, handle.headers)
+            await self.engine.fail(adm, status=handle.status, error_code=fault.code or "upstream")
+            out = await self._response_headers(adm, handle.headers)
+            await send_json(send, handle.status, raw, out)
+            return
+        await self._relay(route, adm, handle, receive, send)
+
+    async def _relay(
+        self, route: Route, adm: Admission, handle: StreamHandle, receive: Receive, send: Send
+    ) -> None:
+        tap = route.wire.stream_tap(
+            route.name, client_wants_usage=openai_wire.client_wants_usage(adm.body),
+            model=adm.model.name,
+        )
+        out = encode_headers(await self._stream_headers(adm, handle.headers))
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + out})
+        first: list[float] = []
+
+        async def pump() -> None:
+            async for chunk in handle.chunks():
+                data = tap.feed(chunk)
+                if not first and tap.first_token_seen:
+                    first.append(time.perf_counter())
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        started = time.perf_counter()
+        pumping = asyncio.ensure_future(pump())
+        gone = watch_disconnect(receive)
+        try:
+            await asyncio.wait((pumping, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            disconnected = gone.done() and not pumping.done()
+            for task in (pumping, gone):
+                task.cancel()
+            handle.close()
+        ttft = int((first[0] - started) * 1000) if first else None
+        failed = pumping.cancelled() or pumping.exception() is not None
+        usage = tap.usage_so_far(input_tokens=adm.count.tokens)
+        if disconnected or failed:
+            code = "client_disconnected" if disconnected else "upstream_stream_error"
+            await self.engine.fail(adm, status=200 if not disconnected else 499,
+                                   error_code=code, usage=usage, ttft_ms=ttft)
+            if not disconnected:
+                await send({"type": "http.response.body", "body": tap.flush()})
+            return
+        tail = tap.flush()
+        await self.engine.complete(adm, usage, status=200, ttft_ms=ttft,
+                                   exact=tap.done and tap.usage is not None)
+        await send({"type": "http.response.body", "body": tail})
+
+    # ------------------------------------------------------------ responses
+
+    async def _response_headers(
+        self, adm: Admission, upstream_headers: Mapping[str, str]
+    ) -> list[tuple[bytes, bytes]]:
+        return encode_headers(await self._stream_headers(adm, upstream_headers))
+
+    async def _stream_headers(
+        self, adm: Admission, upstream_headers: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        limits = await self.engine.limit_headers(adm)
+        return [
+            ("x-tallygate-request-id", adm.ctx.request_id),
+            *passthrough_headers(upstream_headers),
+            *limits.items(),
+        ]
+
+    async def _fail(self, adm: Admission, exc: TallygateError, route: Route, send: Send) -> None:
+        status = exc.upstream_status if isinstance(exc, UpstreamError) else exc.status
+        await self.engine.fail(adm, status=status, error_code=exc.code)
+        await self._send_error(send, exc, route.protocol, adm.ctx.request_id)
+
+    async def _send_error(
+        self, send: Send, exc: TallygateError, protocol: str, request_id: str
+    ) -> None:
+        status, body, headers = render_error(exc, protocol, request_id=request_id,
+                                             now=self.engine.clock())
+        await send_json(send, status, body, encode_headers(headers))
+
+
+def _request_id(headers: Mapping[str, str]) -> str:
+    import uuid
+
+    given = headers.get("x-tallygate-request-id")
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return "tg-" + uuid.uuid4().hex
+
+
+def _end_user(body: Mapping[str, Any]) -> str | None:
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        return user[:256]
+    meta = body.get("metadata")
+    if isinstance(meta, Mapping):
+        uid = meta.get("user_id")
+        if isinstance(uid, str) and uid:
+            return uid[:256]
+    return None
+
+
+def _attempt(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise InvalidRequest("X-Tallygate-Attempt must be an integer.") from None

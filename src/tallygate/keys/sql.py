@@ -1,0 +1,214 @@
+"""SQLite and PostgreSQL key stores over one small shared schema (`tg_keys`).
+
+Statements are written once with `?` placeholders; PostgreSQL gets them as `%s`. SQLite
+runs on one worker thread (WAL, busy timeout) so the event loop never blocks and several
+processes can share the file; PostgreSQL uses one psycopg 3 async connection, serialised
+by a lock (key lookups are cached by `CachedKeyStore`, so traffic here is low).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from tallygate.errors import ConfigError, StoreUnavailable
+from tallygate.keys.model import VirtualKey
+from tallygate.keys.store import BaseKeyStore, Clock
+
+_FIELDS = "id, name, user_id, plan, features, models, limits, created_at, revoked_at"
+
+
+def schema(integer: str) -> str:
+    return (
+        "CREATE TABLE IF NOT EXISTS tg_keys ("
+        " id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, name TEXT,"
+        " user_id TEXT NOT NULL, plan TEXT NOT NULL, features TEXT NOT NULL,"
+        f" models TEXT NOT NULL, limits TEXT NOT NULL, created_at {integer} NOT NULL,"
+        f" revoked_at {integer})"
+    )
+
+
+INSERT = f"INSERT INTO tg_keys (hash, {_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+BY_HASH = f"SELECT hash, {_FIELDS} FROM tg_keys WHERE hash = ?"
+BY_ID = f"SELECT hash, {_FIELDS} FROM tg_keys WHERE id = ?"
+LIST_ALL = f"SELECT hash, {_FIELDS} FROM tg_keys ORDER BY created_at, id"
+LIST_ACTIVE = (
+    f"SELECT hash, {_FIELDS} FROM tg_keys WHERE revoked_at IS NULL ORDER BY created_at, id"
+)
+REVOKE = "UPDATE tg_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+EXISTS = "SELECT 1 FROM tg_keys WHERE id = ?"
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def key_params(key: VirtualKey, digest: str) -> tuple[Any, ...]:
+    return (digest, key.id, key.name, key.user, key.plan, _json(list(key.features)),
+            _json(list(key.models)), _json(key.limits), key.created_at, key.revoked_at)
+
+
+def key_from_row(row: Sequence[Any]) -> tuple[VirtualKey, str]:
+    digest, kid, name, user, plan, features, models, limits, created, revoked = row
+    key = VirtualKey(
+        id=kid, name=name, user=user, plan=plan,
+        features=tuple(orjson.loads(features)), models=tuple(orjson.loads(models)),
+        limits=dict(orjson.loads(limits)), created_at=int(created),
+        revoked_at=None if revoked is None else int(revoked),
+    )
+    return key, digest
+
+
+class SqliteKeyStore(BaseKeyStore):
+    """Keys in a SQLite file (the ledger's file by default), table `tg_keys`."""
+
+    def __init__(self, path: str, clock: Clock = time.time) -> None:
+        super().__init__(clock)
+        self._path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tg-keys")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: str, *, clock: Clock = time.time) -> SqliteKeyStore:
+        if not path:
+            raise ConfigError("sqlite key store needs a path: sqlite:///PATH")
+        store = cls(path, clock)
+        try:
+            await store._call(store._connect)
+        except sqlite3.Error as exc:
+            store._pool.shutdown(wait=False)
+            raise ConfigError(f"Cannot open key store {path!r}: {exc}") from None
+        return store
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self._path, timeout=10.0, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(schema("INTEGER"))
+        self._conn = conn
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"Key store unavailable: {exc}") from exc
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ConfigError("key store is closed")
+        return self._conn
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self._db().execute(sql, params).fetchall()
+
+    def _revoke_sync(self, key_id: str, now: int) -> bool:
+        db = self._db()
+        if db.execute(REVOKE, (now, key_id)).rowcount:
+            return True
+        return db.execute(EXISTS, (key_id,)).fetchone() is not None
+
+    async def _insert(self, key: VirtualKey, digest: str) -> None:
+        await self._call(self._fetch, INSERT, key_params(key, digest))
+
+    async def _find_by_hash(self, digest: str) -> tuple[VirtualKey, str] | None:
+        rows = await self._call(self._fetch, BY_HASH, (digest,))
+        return key_from_row(rows[0]) if rows else None
+
+    async def _mark_revoked(self, key_id: str, now: int) -> bool:
+        return bool(await self._call(self._revoke_sync, key_id, now))
+
+    async def get(self, key_id: str) -> VirtualKey | None:
+        rows = await self._call(self._fetch, BY_ID, (key_id,))
+        return key_from_row(rows[0])[0] if rows else None
+
+    async def list(self, include_revoked: bool = False) -> list[VirtualKey]:
+        rows = await self._call(self._fetch, LIST_ALL if include_revoked else LIST_ACTIVE, ())
+        return [key_from_row(row)[0] for row in rows]
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._call(self._close_sync)
+        self._pool.shutdown(wait=True)
+
+
+def _pg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+class PostgresKeyStore(BaseKeyStore):
+    """Keys in PostgreSQL (shared by every gateway replica), table `tg_keys`."""
+
+    def __init__(self, url: str, conn: Any, clock: Clock = time.time) -> None:
+        super().__init__(clock)
+        self._url = url
+        self._conn = conn
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str, *, clock: Clock = time.time) -> PostgresKeyStore:
+        import psycopg
+
+        try:
+            conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            async with conn.transaction():
+                # Replicas starting together must not race on CREATE TABLE.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tg_keys'))")
+                await conn.execute(schema("BIGINT"))
+        except psycopg.Error as exc:
+            raise ConfigError(f"Cannot open the key store: {exc}".strip()) from None
+        return cls(url, conn, clock)
+
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """Run one statement (caller holds the lock); reconnect once if the link broke."""
+        import psycopg
+
+        try:
+            if self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            return await self._conn.execute(_pg(sql), params)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"Key store unavailable: {exc}".strip()) from exc
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        async with self._lock:
+            cur = await self._execute(sql, params)
+            return await cur.fetchall() if cur.description else []
+
+    async def _insert(self, key: VirtualKey, digest: str) -> None:
+        await self._fetch(INSERT, key_params(key, digest))
+
+    async def _find_by_hash(self, digest: str) -> tuple[VirtualKey, str] | None:
+        rows = await self._fetch(BY_HASH, (digest,))
+        return key_from_row(rows[0]) if rows else None
+
+    async def _mark_revoked(self, key_id: str, now: int) -> bool:
+        async with self._lock:
+            cur = await self._execute(REVOKE, (now, key_id))
+            if cur.rowcount:
+                return True
+            cur = await self._execute(EXISTS, (key_id,))
+            return await cur.fetchone() is not None
+
+    async def get(self, key_id: str) -> VirtualKey | None:
+        rows = await self._fetch(BY_ID, (key_id,))
+        return key_from_row(rows[0])[0] if rows else None
+
+    async def list(self, include_revoked: bool = False) -> list[VirtualKey]:
+        rows = await self._fetch(LIST_ALL if include_revoked else LIST_ACTIVE, ())
+        return [key_from_row(row)[0] for row in rows]
+
+    async def close(self) -> None:
+        await self._conn.close()

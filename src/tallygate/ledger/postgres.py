@@ -1,0 +1,120 @@
+"""PostgreSQL ledger (several gateway replicas share it): psycopg 3 async connections in a
+small pool, each batch in one transaction with INSERT … ON CONFLICT DO NOTHING (pipelined
+executemany for small batches, COPY into a temporary table for large ones)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tallygate.errors import StoreUnavailable
+from tallygate.ledger.migrations import COLUMN_NAMES, migrate_postgres, quote
+from tallygate.ledger.rows import from_row, range_sql, to_row
+from tallygate.types import CallRecord
+
+_COLS = ", ".join(quote(c) for c in COLUMN_NAMES)
+_INSERT = (
+    f"INSERT INTO calls ({_COLS}) VALUES ({', '.join('%s' for _ in COLUMN_NAMES)}) "
+    "ON CONFLICT (request_id, attempt) DO NOTHING"
+)
+_COPY_AT = 500  # rows from which COPY beats pipelined INSERTs
+_STAGE = "CREATE TEMP TABLE IF NOT EXISTS calls_stage (LIKE calls) ON COMMIT DELETE ROWS"
+_COPY = f"COPY calls_stage ({_COLS}) FROM STDIN"
+_MERGE = (
+    f"INSERT INTO calls ({_COLS}) SELECT {_COLS} FROM calls_stage "
+    "ON CONFLICT (request_id, attempt) DO NOTHING"
+)
+
+
+def to_pg(sql: str) -> str:
+    """`?` placeholders → psycopg's `%s` (our SQL has no literal `?` or `%`)."""
+    return sql.replace("?", "%s")
+
+
+class PostgresLedger:
+    """`LedgerStore` on PostgreSQL."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, pool_size: int = 2) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: asyncio.Queue[Any] = asyncio.Queue()
+        self._conns: list[Any] = []
+
+    async def open(self) -> PostgresLedger:
+        import psycopg
+
+        try:
+            for _ in range(self.pool_size):
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                self._conns.append(conn)
+                self._pool.put_nowait(conn)
+            await migrate_postgres(self._conns[0], time.time())
+        except psycopg.Error as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot open ledger {_safe(self.url)}: {exc}") from exc
+        return self
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Any]:
+        if not self._conns:
+            raise StoreUnavailable(f"ledger {_safe(self.url)} is closed")
+        conn = await self._pool.get()
+        try:
+            yield conn
+        finally:
+            self._pool.put_nowait(conn)
+
+    async def write_batch(self, rows: Sequence[CallRecord]) -> None:
+        if not rows:
+            return
+        values = [to_row(r) for r in rows]
+        async with self._conn() as conn, conn.transaction():
+            if len(values) < _COPY_AT:
+                async with conn.cursor() as cur:
+                    await cur.executemany(_INSERT, values)
+                return
+            await conn.execute(_STAGE)
+            async with conn.cursor() as cur:
+                async with cur.copy(_COPY) as copy:
+                    for row in values:
+                        await copy.write_row(row)
+                await cur.execute(_MERGE)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._conn() as conn:
+            cur = await conn.execute(to_pg(sql), tuple(params))
+            return list(await cur.fetchall())
+
+    async def records(
+        self, *, since: float | None = None, until: float | None = None
+    ) -> list[CallRecord]:
+        sql, params = range_sql(since, until)
+        return [from_row(r) for r in await self.query(sql, params)]
+
+    async def count(self) -> int:
+        rows = await self.query("SELECT COUNT(*) FROM calls")
+        return int(rows[0][0])
+
+    async def schema_version(self) -> int:
+        rows = await self.query("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0] or 0)
+
+    async def close(self) -> None:
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            await conn.close()
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}@{host}"

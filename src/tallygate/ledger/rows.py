@@ -1,0 +1,65 @@
+"""CallRecord ↔ database row ↔ journal line. One place knows the column order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+import orjson
+
+from tallygate.errors import InvalidRequest
+from tallygate.ledger.migrations import COLUMN_NAMES, quote
+from tallygate.types import CallRecord, Outcome
+
+_FIELDS = tuple(f.name for f in fields(CallRecord))
+if _FIELDS != COLUMN_NAMES:  # a new CallRecord field needs a migration
+    raise RuntimeError(f"ledger columns out of date with CallRecord: {_FIELDS} vs {COLUMN_NAMES}")
+
+_BOOL_AT = tuple(i for i, name in enumerate(_FIELDS) if name in ("exact", "stream"))
+_OUTCOME_AT = _FIELDS.index("outcome")
+
+
+def to_row(record: CallRecord) -> tuple[Any, ...]:
+    """Column values in COLUMN_NAMES order (outcome as its text value)."""
+    values = [getattr(record, name) for name in _FIELDS]
+    values[_OUTCOME_AT] = str(record.outcome)
+    return tuple(values)
+
+
+def from_row(row: Sequence[Any]) -> CallRecord:
+    values = list(row)
+    values[_OUTCOME_AT] = Outcome(values[_OUTCOME_AT])
+    for i in _BOOL_AT:
+        values[i] = bool(values[i])
+    return CallRecord(*values)
+
+
+def to_line(record: CallRecord) -> bytes:
+    """One journal line: orjson of the record plus a newline."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def from_line(line: bytes) -> CallRecord:
+    try:
+        data = orjson.loads(line)
+        data["outcome"] = Outcome(data["outcome"])
+        return CallRecord(**data)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"bad ledger journal line: {exc}") from exc
+
+
+_SELECT = f"SELECT {', '.join(quote(c) for c in COLUMN_NAMES)} FROM calls"
+
+
+def range_sql(since: float | None, until: float | None) -> tuple[str, list[float]]:
+    """SELECT of every column for since <= ts < until (`?` placeholders)."""
+    where, params = [], []
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("ts < ?")
+        params.append(until)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"{_SELECT}{clause} ORDER BY ts, request_id, attempt", params

@@ -1,0 +1,111 @@
+"""SQLite ledger: WAL mode, one connection owned by one worker thread (the event loop never
+waits on the disk), each batch inserted in one transaction with INSERT OR IGNORE."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tallygate.errors import ConfigError, StoreUnavailable
+from tallygate.ledger.migrations import COLUMN_NAMES, migrate_sqlite, quote
+from tallygate.ledger.rows import from_row, range_sql, to_row
+from tallygate.types import CallRecord
+
+T = TypeVar("T")
+
+_INSERT = (
+    f"INSERT OR IGNORE INTO calls ({', '.join(quote(c) for c in COLUMN_NAMES)}) "
+    f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)})"
+)
+
+
+class SqliteLedger:
+    """`LedgerStore` on a SQLite file (or `:memory:`)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str, url: str) -> None:
+        self.path = path
+        self.url = url
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tg-ledger-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> SqliteLedger:
+        await self._call(self._open_sync)
+        return self
+
+    def _open_sync(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate_sqlite(conn, time.time())
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open ledger {self.url}: {exc}") from exc
+        self._conn = conn
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, partial(fn, *args))
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(f"ledger {self.url} is closed")
+        return self._conn
+
+    async def write_batch(self, rows: Sequence[CallRecord]) -> None:
+        if rows:
+            values = [to_row(r) for r in rows]
+            await self._call(self._write_sync, values)
+
+    def _write_sync(self, values: list[tuple[Any, ...]]) -> None:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT, values)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return await self._call(self._query_sync, sql, tuple(params))
+
+    def _query_sync(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self._db().execute(sql, params).fetchall()
+
+    async def records(
+        self, *, since: float | None = None, until: float | None = None
+    ) -> list[CallRecord]:
+        sql, params = range_sql(since, until)
+        rows = await self.query(sql, params)
+        return [from_row(r) for r in rows]
+
+    async def count(self) -> int:
+        rows = await self.query("SELECT COUNT(*) FROM calls")
+        return int(rows[0][0])
+
+    async def schema_version(self) -> int:
+        rows = await self.query("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0] or 0)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._call(self._close_sync)
+        self._pool.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+

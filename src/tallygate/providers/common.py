@@ -1,0 +1,358 @@
+"""Pieces shared by the protocol adapters: SSE framing, the stream-tap base,
+upstream-error classification and request-validation primitives.
+
+Pure: no network, no clock (times are passed in)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+
+from tallygate.errors import InvalidRequest
+from tallygate.types import Usage
+
+# --------------------------------------------------------------------------- routes
+
+
+def normalise_route(route: str) -> str:
+    """'/v1/chat/completions' → 'chat/completions' (adapters accept either form)."""
+    route = route.strip("/")
+    return route[3:] if route.startswith("v1/") else route
+
+
+# --------------------------------------------------------------------------- SSE
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    """One parsed server-sent event and the exact bytes it arrived as."""
+
+    raw: bytes
+    event: str | None
+    data: str | None  # data lines joined by "\n"; None when the event had no data line
+
+
+def parse_event(raw: bytes) -> SSEEvent:
+    name: str | None = None
+    data: list[str] = []
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if not line or line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+    return SSEEvent(raw, name, "\n".join(data) if data else None)
+
+
+def _event_end(buf: bytes | bytearray, start: int) -> int:
+    """Index just past the blank line ending the event that starts at `start`, or -1."""
+    if buf.startswith(b"\n", start):
+        return start + 1
+    if buf.startswith(b"\r\n", start):
+        return start + 2
+    lf = buf.find(b"\n\n", start)
+    crlf = buf.find(b"\n\r\n", start)
+    if lf < 0 and crlf < 0:
+        return -1
+    if crlf < 0 or 0 <= lf < crlf:
+        return lf + 2
+    return crlf + 3
+
+
+class StreamTap:
+    """Fed raw upstream bytes as they arrive; returns the bytes to forward.
+
+    Events may be split anywhere across chunks. When nothing needs stripping the
+    chunk is forwarded at once, byte for byte; when an event may have to be
+    dropped (see `_may_strip`), only complete events are forwarded and the
+    unfinished tail waits for the next chunk."""
+
+    def __init__(self, *, model: str | None = None) -> None:
+        self.model = model
+        self.usage: Usage | None = None
+        self.done = False
+        self.first_token_seen = False
+        self.error: dict[str, Any] | None = None  # an error event the upstream sent
+        self.finish_reason: str | None = None
+        self._buf = bytearray()
+        self._text: list[str] = []
+
+    # The subclasses decide per event: return True to drop it from the output.
+    def _on_event(self, event: SSEEvent, obj: Any) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _may_strip(self) -> bool:
+        return False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
+        self._buf += chunk
+        holding = self._may_strip()
+        out = bytearray()
+        start = 0
+        while True:
+            end = _event_end(self._buf, start)
+            if end < 0:
+                break
+            raw = bytes(self._buf[start:end])
+            start = end
+            if not self._handle(raw) and holding:
+                out += raw
+        del self._buf[:start]
+        if holding:
+            return bytes(out)
+        return chunk
+
+    def flush(self) -> bytes:
+        """End of upstream: whatever is left (an unterminated event) is parsed and returned."""
+        raw = bytes(self._buf)
+        self._buf.clear()
+        if not raw.strip():
+            return raw if self._may_strip() else b""
+        dropped = self._handle(raw)
+        return b"" if dropped or not self._may_strip() else raw
+
+    def _handle(self, raw: bytes) -> bool:
+        event = parse_event(raw)
+        if event.data is None:
+            return False
+        obj: Any = None
+        if event.data[:1] in ("{", "["):
+            try:
+                obj = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                obj = None
+        return self._on_event(event, obj)
+
+    def _saw_text(self, text: Any) -> None:
+        if isinstance(text, str) and text:
+            self._text.append(text)
+            self.first_token_seen = True
+
+    @property
+    def generated_text(self) -> str:
+        """Everything the model produced so far (text, tool arguments, reasoning)."""
+        return "".join(self._text)
+
+    def output_tokens_so_far(self, count: Callable[[str], int] | None = None) -> int:
+        """Output tokens generated so far: the provider's figure when it sent one,
+        else the generated text counted (`count`, default core.tokens), whichever is larger."""
+        reported = self.usage.output_tokens if self.usage else 0
+        text = self.generated_text
+        if not text:
+            return reported
+        counted = count(text) if count is not None else _count_text(text, self.model)
+        return max(reported, counted)
+
+    def usage_so_far(
+        self, *, input_tokens: int, count: Callable[[str], int] | None = None
+    ) -> Usage:
+        """The usage to settle: the provider's once the stream is done, else what we know
+        (the provider's input figure if it came, else `input_tokens`) plus output so far."""
+        if self.done and self.usage is not None:
+            return self.usage
+        base = self.usage or Usage(input_tokens=input_tokens)
+        out = self.output_tokens_so_far(count)
+        return Usage(
+            input_tokens=base.input_tokens or input_tokens,
+            output_tokens=out,
+            cached_tokens=base.cached_tokens,
+            cache_write_tokens=base.cache_write_tokens,
+            reasoning_tokens=min(base.reasoning_tokens, out),
+        )
+
+
+def _count_text(text: str, model: str | None) -> int:
+    try:
+        from tallygate.core import tokens
+    except ImportError:  # token counting not installed yet: a safe over-estimate
+        return -(-len(text.encode("utf-8")) // 3)
+    result = tokens.count_text(text, model) if model else tokens.count_text(text)
+    return int(getattr(result, "tokens", result))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFault:
+    """What an upstream error means for the retry logic."""
+
+    status: int
+    retryable: bool
+    context_length: bool
+    retry_after: float | None  # seconds to wait, when the upstream said (or `now` was given)
+    retry_at: float | None  # unix time from an HTTP-date retry-after
+    type: str | None
+    code: str | None
+    message: str
+
+
+def parse_json_body(body: bytes | Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if isinstance(body, Mapping):
+        return body
+    if not body:
+        return {}
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def retry_after_from(
+    headers: Mapping[str, str], now: float | None = None
+) -> tuple[float | None, float | None]:
+    """(seconds, absolute unix time) from `retry-after-ms` or `retry-after`
+    (seconds or HTTP date), per the Stainless SDKs' order."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    ms = _as_float(lower.get("retry-after-ms"))
+    if ms is not None and ms >= 0:
+        return ms / 1000.0, None
+    raw = lower.get("retry-after")
+    secs = _as_float(raw)
+    if secs is not None and secs >= 0:
+        return secs, None
+    if raw:
+        try:
+            when = parsedate_to_datetime(raw).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None, None
+        return (max(0.0, when - now) if now is not None else None), when
+    return None, None
+
+
+def _as_float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except ValueError:
+        return None
+    return out if math.isfinite(out) else None
+
+
+def should_retry_status(status: int, headers: Mapping[str, str]) -> bool:
+    """Stainless rule: x-should-retry first, then 408/409/429/5xx (529 included)."""
+    flag = next((v for k, v in headers.items() if k.lower() == "x-should-retry"), None)
+    if flag == "true":
+        return True
+    if flag == "false":
+        return False
+    return status in (408, 409, 429) or status >= 500
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def require_object(body: Any) -> Mapping[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, got {json_type(body)}.", param=None
+        )
+    return body
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+def require_model(body: Mapping[str, Any]) -> None:
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest(
+            f"Invalid type for 'model': expected a non-empty string, got {json_type(model)}.",
+            param="model",
+        )
+
+
+def check_int(
+    body: Mapping[str, Any], name: str, *, minimum: int, maximum: int | None = None,
+    required: bool = False,
+) -> None:
+    """`name` must be absent/null (unless required) or an integer in [minimum, maximum]."""
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(
+            f"Invalid type for '{name}': expected an integer, got {json_type(value)}.",
+            param=name,
+        )
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise InvalidRequest(
+            f"Invalid value for '{name}': {value}. It must be {bound}.", param=name
+        )
+
+
+def check_type(body: Mapping[str, Any], name: str, types: tuple[type, ...], label: str) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        raise InvalidRequest(
+            f"Invalid type for '{name}': expected {label}, got {json_type(value)}.", param=name
+        )
+
+
+def check_messages(body: Mapping[str, Any], roles: frozenset[str], name: str = "messages") -> None:
+    messages = body.get(name)
+    if messages is None:
+        raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
+    if not isinstance(messages, list):
+        raise InvalidRequest(
+            f"Invalid type for '{name}': expected an array, got {json_type(messages)}.",
+            param=name,
+        )
+    if not messages:
+        raise InvalidRequest(f"'{name}' must contain at least one message.", param=name)
+    for i, msg in enumerate(messages):
+        where = f"{name}[{i}]"
+        if not isinstance(msg, dict):
+            raise InvalidRequest(
+                f"Invalid type for '{where}': expected an object, got {json_type(msg)}.",
+                param=where,
+            )
+        role = msg.get("role")
+        if not isinstance(role, str) or role not in roles:
+            raise InvalidRequest(
+                f"Invalid value for '{where}.role': expected one of {sorted(roles)}.",
+                param=f"{where}.role",
+            )
+        content = msg.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"Invalid type for '{where}.content': expected a string or an array, "
+                f"got {json_type(content)}.",
+                param=f"{where}.content",
+            )
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)

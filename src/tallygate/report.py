@@ -1,0 +1,241 @@
+"""Usage reports over the ledger: by feature, user, model, run, step or day.
+
+Aggregation runs in SQL (the same statement on SQLite and PostgreSQL, with a dialect
+expression for the day and for null-safe joins). Money stays integer nano-USD; USD is
+derived exactly at the edge: `usd_text()` is the exact decimal text, JSON carries it as a
+JSON number written verbatim (orjson.Fragment), never through a float.
+
+Latency percentiles are nearest-rank (the ceil(p·n)-th smallest latency) over the calls that
+were not rejected, computed with window functions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from tallygate.errors import InvalidRequest
+from tallygate.ledger.base import LedgerStore
+from tallygate.types import NANO_PER_USD
+
+DIMENSIONS: tuple[str, ...] = ("feature", "user", "model", "run", "step", "day", "plan", "provider")
+
+_KEY_SQL = {
+    "feature": "feature",
+    "user": '"user"',
+    "model": "COALESCE(model_used, model_requested)",
+    "run": "run",
+    "step": "step",
+    "plan": "plan",
+    "provider": "provider",
+}
+_DAY_SQL = {
+    "sqlite": "date(ts, 'unixepoch')",
+    "postgres": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+}
+_SAME = {"sqlite": "{a} IS {b}", "postgres": "{a} IS NOT DISTINCT FROM {b}"}
+
+
+# ---------------------------------------------------------------- money and time at the edge
+
+
+def usd_text(nusd: int) -> str:
+    """Exact USD decimal text of a nano-USD amount: 1234 → "0.000001234", 0 → "0"."""
+    sign = "-" if nusd < 0 else ""
+    whole, frac = divmod(abs(nusd), NANO_PER_USD)
+    text = f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
+    return sign + text
+
+
+def usd(nusd: int) -> Decimal:
+    return Decimal(usd_text(nusd))
+
+
+def usd_display(nusd: int, places: int = 6) -> str:
+    """For tables: `$0.001235` (rounded half-up to `places`; the JSON stays exact)."""
+    q = usd(nusd).quantize(Decimal(1).scaleb(-places), rounding="ROUND_HALF_UP")
+    return f"${q}"
+
+
+def dumps(obj: Any) -> bytes:
+    """orjson with Decimals written as exact JSON numbers."""
+
+    def default(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return orjson.Fragment(format(value, "f"))
+        raise TypeError(type(value).__name__)
+
+    return orjson.dumps(obj, default=default, option=orjson.OPT_INDENT_2)
+
+
+_RELATIVE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(text: str, now: float) -> float:
+    """`24h`, `7d`, `30m`, `2w`, `90s` (that long before `now`), an ISO date (midnight UTC)
+    or an ISO date-time (UTC when it has no offset) → unix seconds."""
+    m = _RELATIVE.match(text)
+    if m:
+        return now - int(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        if len(text.strip()) == 10:
+            d = date.fromisoformat(text.strip())
+            return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidRequest(
+            f"bad time {text!r}: use e.g. 24h, 7d, 2026-11-01 or 2026-11-01T12:00"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def time_filter(since: float | None, until: float | None) -> tuple[str, list[Any]]:
+    """A WHERE fragment (always valid) and its parameters for since <= ts < until."""
+    where, params = ["1=1"], []
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("ts < ?")
+        params.append(until)
+    return " AND ".join(where), params
+
+
+def as_int(value: Any) -> int:
+    """SUM() is NUMERIC on PostgreSQL and may be NULL: normalise to int."""
+    return int(value) if value is not None else 0
+
+
+# ---------------------------------------------------------------- the usage report
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    key: str | None
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    cost_nusd: int = 0
+    rejected: int = 0
+    trimmed: int = 0
+    trimmed_tokens: int = 0
+    cache_hits: int = 0
+    tokens_saved: int = 0
+    errors: int = 0
+    estimated: int = 0  # calls whose tokens are our estimate, not provider-reported
+    p50_latency_ms: int | None = None
+    p95_latency_ms: int | None = None
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return usd(self.cost_nusd)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    by: str
+    since: float | None
+    until: float | None
+    rows: list[UsageRow] = field(default_factory=list)
+    total: UsageRow = field(default_factory=lambda: UsageRow(key=None))
+
+
+_SUMS = """COUNT(*) AS calls,
+  SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(cache_write_tokens),
+  SUM(reasoning_tokens), SUM(input_tokens + output_tokens), SUM(cost_nusd),
+  SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END),
+  SUM(CASE WHEN outcome = 'trimmed' THEN 1 ELSE 0 END), SUM(trimmed_tokens),
+  SUM(CASE WHEN outcome = 'cached' THEN 1 ELSE 0 END), SUM(tokens_saved),
+  SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END),
+  SUM(CASE WHEN exact THEN 0 ELSE 1 END)"""
+
+
+def _usage_sql(key_sql: str, dialect: str, where: str) -> str:
+    same = _SAME[dialect].format(a="agg.k", b="pct.k")
+    return f"""
+WITH base AS (
+  SELECT {key_sql} AS k, input_tokens, output_tokens, cached_tokens, cache_write_tokens,
+         reasoning_tokens, cost_nusd, outcome, trimmed_tokens, tokens_saved, exact, latency_ms
+  FROM calls WHERE {where}
+), ranked AS (
+  SELECT k, latency_ms,
+         ROW_NUMBER() OVER (PARTITION BY k ORDER BY latency_ms) AS rn,
+         COUNT(*) OVER (PARTITION BY k) AS n
+  FROM base WHERE outcome <> 'rejected'
+), pct AS (
+  SELECT k, MAX(CASE WHEN rn = (50 * n + 99) / 100 THEN latency_ms END) AS p50,
+            MAX(CASE WHEN rn = (95 * n + 99) / 100 THEN latency_ms END) AS p95
+  FROM ranked GROUP BY k
+), agg AS (
+  SELECT k, {_SUMS} FROM base GROUP BY k
+)
+SELECT agg.*, pct.p50, pct.p95 FROM agg LEFT JOIN pct ON {same}"""
+
+
+def _row(values: tuple[Any, ...]) -> UsageRow:
+    key, *nums, p50, p95 = values
+    return UsageRow(
+        None if key is None else str(key),
+        *(as_int(v) for v in nums),
+        p50_latency_ms=None if p50 is None else int(p50),
+        p95_latency_ms=None if p95 is None else int(p95),
+    )
+
+
+def _order(by: str, rows: list[UsageRow]) -> list[UsageRow]:
+    if by == "day":
+        return sorted(rows, key=lambda r: r.key or "")
+    return sorted(
+        rows,
+        key=lambda r: (-r.cost_nusd, -r.total_tokens, -r.calls, r.key is None, r.key or ""),
+    )
+
+
+async def usage_report(
+    store: LedgerStore, by: str = "feature", *, since: float | None = None,
+    until: float | None = None,
+) -> UsageReport:
+    """Calls, tokens, cost, rejections, trims, cache hits, errors and latency per `by`."""
+    if by not in DIMENSIONS:
+        raise InvalidRequest(f"cannot report by {by!r}: use one of {', '.join(DIMENSIONS)}")
+    key_sql = _DAY_SQL[store.dialect] if by == "day" else _KEY_SQL[by]
+    where, params = time_filter(since, until)
+    rows = await store.query(_usage_sql(key_sql, store.dialect, where), params)
+    totals = await store.query(_usage_sql("CAST(NULL AS TEXT)", store.dialect, where), params)
+    total = _row(totals[0]) if totals else UsageRow(key=None)
+    return UsageReport(by, since, until, _order(by, [_row(r) for r in rows]), total)
+
+
+def row_json(row: UsageRow) -> dict[str, Any]:
+    data = asdict(row)
+    data["cost_usd"] = row.cost_usd
+    return data
+
+
+def usage_json(report: UsageReport) -> dict[str, Any]:
+    """The SPEC §5 shape: {"by", "since", "until", "rows": [...], "total": {...}}."""
+    return {
+        "by": report.by,
+        "since": iso(report.since),
+        "until": iso(report.until),
+        "rows": [row_json(r) for r in report.rows],
+        "total": row_json(report.total),
+    }

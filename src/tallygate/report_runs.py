@@ -1,0 +1,286 @@
+"""Workflow reports over the ledger: per-run step breakdown with review loops, the costliest
+steps, the runs that looped most, and what-if re-pricing of a step on another model.
+
+A *run* is X-Tallygate-Run, a *step* X-Tallygate-Step, and each distinct X-Tallygate-Attempt
+(`step_attempt`) of a step is one *loop* (rows without an attempt number count as one loop).
+A run's extra loops are the sum over its steps of (loops − 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tallygate.ledger.base import LedgerStore
+from tallygate.report import as_int, iso, time_filter, usd
+from tallygate.types import ModelInfo
+
+
+@dataclass(frozen=True, slots=True)
+class LoopRow:
+    attempt: int | None
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_nusd: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    step: str | None
+    attempts: int
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_nusd: int
+    loops: list[LoopRow]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    run: str
+    calls: int
+    total_tokens: int
+    cost_nusd: int
+    extra_loops: int
+    steps: list[StepRow]
+
+
+@dataclass(frozen=True, slots=True)
+class StepRank:
+    """One step name across every run in the report."""
+
+    step: str | None
+    runs: int
+    calls: int
+    attempts: int
+    max_attempts: int
+    total_tokens: int
+    cost_nusd: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunsReport:
+    since: float | None
+    until: float | None
+    runs: list[RunRow] = field(default_factory=list)
+    costliest_steps: list[StepRank] = field(default_factory=list)
+    most_loops: list[RunRow] = field(default_factory=list)
+
+
+_RUNS_SQL = """
+SELECT run, step, step_attempt, COUNT(*), SUM(input_tokens), SUM(output_tokens),
+       SUM(input_tokens + output_tokens), SUM(cost_nusd), MIN(ts)
+FROM calls WHERE run IS NOT NULL AND {where}
+GROUP BY run, step, step_attempt"""
+
+
+def _step_row(step: str | None, loops: list[tuple[LoopRow, float]]) -> tuple[StepRow, float]:
+    ordered = sorted(loops, key=lambda lt: (lt[0].attempt is not None, lt[0].attempt or 0))
+    rows = [lr for lr, _ in ordered]
+    return StepRow(
+        step=step,
+        attempts=len(rows),
+        calls=sum(r.calls for r in rows),
+        input_tokens=sum(r.input_tokens for r in rows),
+        output_tokens=sum(r.output_tokens for r in rows),
+        total_tokens=sum(r.total_tokens for r in rows),
+        cost_nusd=sum(r.cost_nusd for r in rows),
+        loops=rows,
+    ), min(t for _, t in loops)
+
+
+def _assemble(raw: list[tuple[Any, ...]]) -> list[RunRow]:
+    grouped: dict[str, dict[str | None, list[tuple[LoopRow, float]]]] = {}
+    for run, step, attempt, calls, inp, out, total, cost, first in raw:
+        loop = LoopRow(
+            None if attempt is None else int(attempt),
+            as_int(calls), as_int(inp), as_int(out), as_int(total), as_int(cost),
+        )
+        grouped.setdefault(str(run), {}).setdefault(step, []).append((loop, float(first)))
+    runs: list[tuple[float, RunRow]] = []
+    for run, steps in grouped.items():
+        built = sorted(
+            (_step_row(step, loops) for step, loops in steps.items()),
+            key=lambda st: (st[1], st[0].step or ""),
+        )
+        rows = [s for s, _ in built]
+        runs.append((built[0][1], RunRow(
+            run=run,
+            calls=sum(s.calls for s in rows),
+            total_tokens=sum(s.total_tokens for s in rows),
+            cost_nusd=sum(s.cost_nusd for s in rows),
+            extra_loops=sum(s.attempts - 1 for s in rows),
+            steps=rows,
+        )))
+    return [r for _, r in sorted(runs, key=lambda fr: (fr[0], fr[1].run))]
+
+
+def _rank_steps(runs: list[RunRow]) -> list[StepRank]:
+    acc: dict[str | None, list[StepRow]] = {}
+    for run in runs:
+        for step in run.steps:
+            acc.setdefault(step.step, []).append(step)
+    ranks = [
+        StepRank(
+            step=name,
+            runs=len(rows),
+            calls=sum(r.calls for r in rows),
+            attempts=sum(r.attempts for r in rows),
+            max_attempts=max(r.attempts for r in rows),
+            total_tokens=sum(r.total_tokens for r in rows),
+            cost_nusd=sum(r.cost_nusd for r in rows),
+        )
+        for name, rows in acc.items()
+    ]
+    return sorted(ranks, key=lambda s: (-s.cost_nusd, -s.total_tokens, s.step or ""))
+
+
+async def runs_report(
+    store: LedgerStore, *, run: str | None = None, since: float | None = None,
+    until: float | None = None,
+) -> RunsReport:
+    """Each run's steps and loops (oldest run first), the costliest step names, and the runs
+    with the most extra loops (ties broken by cost)."""
+    where, params = time_filter(since, until)
+    if run is not None:
+        where += " AND run = ?"
+        params.append(run)
+    raw = await store.query(_RUNS_SQL.format(where=where), params)
+    runs = _assemble(raw)
+    looped = sorted(
+        (r for r in runs if r.extra_loops > 0),
+        key=lambda r: (-r.extra_loops, -r.cost_nusd, r.run),
+    )
+    return RunsReport(since, until, runs, _rank_steps(runs), looped)
+
+
+def runs_json(report: RunsReport) -> dict[str, Any]:
+    def with_usd(d: dict[str, Any]) -> dict[str, Any]:
+        if "cost_nusd" in d:
+            d["cost_usd"] = usd(d["cost_nusd"])
+        for k in ("steps", "loops"):
+            if k in d:
+                d[k] = [with_usd(x) for x in d[k]]
+        return d
+
+    return {
+        "since": iso(report.since),
+        "until": iso(report.until),
+        "runs": [with_usd(asdict(r)) for r in report.runs],
+        "costliest_steps": [with_usd(asdict(s)) for s in report.costliest_steps],
+        "most_loops": [
+            {"run": r.run, "extra_loops": r.extra_loops, "cost_nusd": r.cost_nusd,
+             "cost_usd": usd(r.cost_nusd)}
+            for r in report.most_loops
+        ],
+    }
+
+
+# ---------------------------------------------------------------- what-if re-pricing
+
+
+@dataclass(frozen=True, slots=True)
+class WhatIfGroup:
+    model: str | None  # the model the calls used
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    current_nusd: int
+    what_if_nusd: int
+
+
+@dataclass(frozen=True, slots=True)
+class WhatIf:
+    step: str
+    model: str
+    since: float | None
+    until: float | None
+    groups: list[WhatIfGroup]
+    current_nusd: int
+    what_if_nusd: int
+    notes: list[str]
+
+    @property
+    def saving_nusd(self) -> int:
+        return self.current_nusd - self.what_if_nusd
+
+
+_GREATEST = {"sqlite": "MAX", "postgres": "GREATEST"}
+
+# Each row is priced like ModelInfo.cost_nusd (ceil to the nano-dollar per call), in SQL.
+_WHAT_IF_SQL = """
+SELECT COALESCE(model_used, model_requested), COUNT(*), SUM(input_tokens), SUM(output_tokens),
+       SUM(cached_tokens), SUM(cache_write_tokens), SUM(cost_nusd),
+       SUM(({greatest}(0, input_tokens - cached_tokens - cache_write_tokens) * ?
+            + cached_tokens * ? + cache_write_tokens * ? + output_tokens * ? + 999999)
+           / 1000000)
+FROM calls WHERE step = ? AND outcome NOT IN ('rejected', 'cached') AND {where}
+GROUP BY COALESCE(model_used, model_requested)"""
+
+
+def _rates(m: ModelInfo) -> list[int]:
+    cached = m.input_nusd_per_mtok if m.cached_input_nusd_per_mtok is None else (
+        m.cached_input_nusd_per_mtok)
+    write = m.input_nusd_per_mtok if m.cache_write_nusd_per_mtok is None else (
+        m.cache_write_nusd_per_mtok)
+    return [m.input_nusd_per_mtok, cached, write, m.output_nusd_per_mtok]
+
+
+def _tokenizer_notes(
+    target: ModelInfo, sources: list[str | None], lookup: Callable[[str], ModelInfo | None]
+) -> list[str]:
+    notes = ["token counts are kept as recorded; only the prices change"]
+    for name in sources:
+        src = lookup(name) if name else None
+        if src is None:
+            notes.append(f"{name or 'unknown model'}: not in the catalog, its tokenizer is "
+                         f"unknown; {target.name} may count the same text differently")
+        elif src.encoding != target.encoding:
+            notes.append(
+                f"{name} counts with {src.encoding or 'an undisclosed tokenizer'}, "
+                f"{target.name} with {target.encoding or 'an undisclosed tokenizer'}: the "
+                "same text would have a different token count, the what-if is approximate"
+            )
+    return notes
+
+
+async def what_if(
+    store: LedgerStore, step: str, target: ModelInfo, *, since: float | None = None,
+    until: float | None = None, lookup: Callable[[str], ModelInfo | None] | None = None,
+) -> WhatIf:
+    """Re-price the recorded calls of `step` (rejected calls and cache hits excluded: they
+    cost nothing either way) with `target`'s prices, same token counts."""
+    where, params = time_filter(since, until)
+    sql = _WHAT_IF_SQL.format(greatest=_GREATEST[store.dialect], where=where)
+    raw = await store.query(sql, [*_rates(target), step, *params])
+    groups = sorted(
+        (WhatIfGroup(None if r[0] is None else str(r[0]), *(as_int(v) for v in r[1:]))
+         for r in raw),
+        key=lambda g: (-g.current_nusd, g.model or ""),
+    )
+    return WhatIf(
+        step=step, model=target.name, since=since, until=until, groups=groups,
+        current_nusd=sum(g.current_nusd for g in groups),
+        what_if_nusd=sum(g.what_if_nusd for g in groups),
+        notes=_tokenizer_notes(target, [g.model for g in groups], lookup or (lambda _: None)),
+    )
+
+
+def what_if_json(w: WhatIf) -> dict[str, Any]:
+    return {
+        "step": w.step, "model": w.model, "since": iso(w.since), "until": iso(w.until),
+        "current_nusd": w.current_nusd, "what_if_nusd": w.what_if_nusd,
+        "saving_nusd": w.saving_nusd, "current_usd": usd(w.current_nusd),
+        "what_if_usd": usd(w.what_if_nusd), "saving_usd": usd(w.saving_nusd),
+        "groups": [
+            {**asdict(g), "current_usd": usd(g.current_nusd), "what_if_usd": usd(g.what_if_nusd)}
+            for g in w.groups
+        ],
+        "notes": w.notes,
+    }

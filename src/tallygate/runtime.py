@@ -1,0 +1,76 @@
+"""The long-lived objects one process needs, opened from the policy and closed once:
+the state store, the ledger writer, the key store, the catalog and the engine.
+The gateway opens one in its lifespan; the library opens one per Governor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tallygate.config import Policy
+from tallygate.core.catalog import Catalog
+from tallygate.engine import Engine, Recorder
+from tallygate.keys import CachedKeyStore, KeyStore, open_keystore
+from tallygate.ledger import LedgerStore, LedgerWriter, default_journal_dir, open_ledger
+from tallygate.state import from_url
+from tallygate.state.base import StateStore
+from tallygate.types import CallRecord
+
+
+class FanOut:
+    """Hands every finished call to several recorders (ledger, metrics …) in order."""
+
+    def __init__(self, *recorders: Recorder) -> None:
+        self.recorders: list[Recorder] = list(recorders)
+
+    def record(self, row: CallRecord) -> None:
+        for recorder in self.recorders:
+            recorder.record(row)
+
+
+def open_state(policy: Policy) -> StateStore:
+    """The configured state store; a shared (Redis) one is guarded by the fail mode."""
+    store = from_url(policy.storage.state)
+    if policy.storage.state.startswith(("redis://", "rediss://")):
+        from tallygate.state.guard import GuardedStore
+
+        return GuardedStore(store, mode=policy.storage.fail_mode)
+    return store
+
+
+@dataclass
+class Runtime:
+    policy: Policy
+    catalog: Catalog
+    store: StateStore
+    ledger: LedgerStore
+    writer: LedgerWriter
+    keys: KeyStore
+    engine: Engine
+    recorders: FanOut = field(default_factory=FanOut)
+
+    @classmethod
+    async def open(
+        cls, policy: Policy, *, clock: Callable[[], float] = time.time
+    ) -> Runtime:
+        catalog = Catalog(policy.models)
+        store = open_state(policy)
+        ledger = await open_ledger(policy.storage.ledger)
+        writer = LedgerWriter(
+            ledger,
+            journal_dir=default_journal_dir(policy.storage.ledger),
+            log_content=policy.log_content,
+        )
+        await writer.start()
+        keys = CachedKeyStore(await open_keystore(policy.storage.ledger))
+        recorders = FanOut(writer)
+        engine = Engine(policy, catalog, store, recorders, clock=clock,
+                        lease=policy.storage.lease_seconds)
+        return cls(policy, catalog, store, ledger, writer, keys, engine, recorders)
+
+    async def close(self) -> None:
+        await self.writer.close()
+        await self.ledger.close()
+        await self.keys.close()
+        await self.store.close()

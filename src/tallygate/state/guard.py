@@ -1,0 +1,217 @@
+"""What happens when the shared store (Redis) cannot be reached.
+
+`GuardedStore` wraps the shared store. When it raises StoreUnavailable (connection
+refused, connect/socket timeout):
+
+- `fail_closed`: reserve/usage/flags/claim raise StoreUnavailable (the gateway answers
+  503 `store_unavailable`); nothing is admitted.
+- `fail_open`: the call is admitted against a local MemoryStore that counts usage in
+  this process only (so during an outage each replica enforces the limits on its own
+  traffic, not the shared total).
+
+In both modes settle and release never raise for an outage: they are queued and
+replayed, because the call happened and its usage must be counted.
+
+Reconciliation, when a call to the shared store succeeds again (tried at most once per
+`probe_interval` during an outage), in order of arrival:
+- every reservation made locally and settled: its actual usage is charged to the shared
+  store, in the window buckets of the time it was reserved (replayed as a zero-amount
+  reservation `<request id>#replay` at that time, then settled; replaying twice is a
+  no-op because that id is then already settled);
+- every settle/release of a shared-store reservation that failed: replayed as is
+  (idempotent; a lease that expired meanwhile still gets its actual usage charged).
+Local reservations still in flight are reconciled when they settle. Released local
+reservations, local claims and local flag reads are not replayed. set_flag always goes
+to the shared store (an admin change must not diverge between replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar
+
+from tallygate.errors import InvalidRequest, StoreUnavailable
+from tallygate.state.base import StateStore
+from tallygate.state.memory import MemoryStore
+from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
+
+T = TypeVar("T")
+log = logging.getLogger("tallygate.state")
+REPLAY_LEASE = 60.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One operation to replay into the shared store."""
+
+    request_id: str
+    now: float
+    actual: dict[str, int] | None = None  # None = release
+    holds: list[Hold] = field(default_factory=list)  # set = a local reservation's usage
+
+
+class GuardedStore:
+    """StateStore that survives the shared store's outages in the configured mode."""
+
+    def __init__(self, inner: StateStore, mode: Literal["fail_closed", "fail_open"],
+                 local: StateStore | None = None, *, probe_interval: float = 1.0) -> None:
+        if mode not in ("fail_closed", "fail_open"):
+            raise InvalidRequest(f"mode must be fail_closed or fail_open, got {mode!r}")
+        self.inner = inner
+        self.mode = mode
+        self.local: StateStore = local if local is not None else MemoryStore()
+        self._probe_interval = probe_interval
+        self._down_since: float | None = None
+        self._next_probe = 0.0
+        self._local_holds: dict[str, tuple[list[Hold], float]] = {}
+        self._pending: list[_Pending] = []
+        self._drain_lock = asyncio.Lock()
+
+    @property
+    def degraded(self) -> bool:
+        """True while the shared store is considered unreachable."""
+        return self._down_since is not None
+
+    @property
+    def pending(self) -> int:
+        """Operations waiting to be replayed into the shared store."""
+        return len(self._pending)
+
+    async def _shared(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run op on the shared store; raise StoreUnavailable while it is down."""
+        clock = time.monotonic()
+        if self._down_since is not None:
+            if clock < self._next_probe:
+                raise StoreUnavailable("state store unreachable (outage in progress)")
+            self._next_probe = clock + self._probe_interval  # one prober at a time
+        try:
+            result = await op()
+        except StoreUnavailable:
+            self._mark_down(clock)
+            raise
+        if self._down_since is not None:
+            log.warning("state store reachable again after %.1f s; replaying %d operations",
+                        clock - self._down_since, len(self._pending))
+            self._down_since = None
+        if self._pending:
+            await self.reconcile()
+        return result
+
+    def _mark_down(self, clock: float) -> None:
+        if self._down_since is None:
+            self._down_since = clock
+            log.error("state store unreachable: %s mode", self.mode)
+        self._next_probe = clock + self._probe_interval
+
+    async def _fallback(self, op: Callable[[StateStore], Awaitable[T]]) -> T:
+        try:
+            return await self._shared(lambda: op(self.inner))
+        except StoreUnavailable:
+            if self.mode == "fail_closed":
+                raise
+        return await op(self.local)
+
+    # -- reservations -------------------------------------------------------------
+    async def reserve(
+        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float
+    ) -> Denial | None:
+        try:
+            return await self._shared(
+                lambda: self.inner.reserve(request_id, holds, lease=lease, now=now))
+        except StoreUnavailable:
+            if self.mode == "fail_closed":
+                raise
+        denial = await self.local.reserve(request_id, holds, lease=lease, now=now)
+        if denial is None:
+            self._local_holds[request_id] = (list(holds), now)
+        return denial
+
+    async def settle(
+        self, request_id: str, actual: Mapping[str, int], *, now: float
+    ) -> SettleResult:
+        local = self._local_holds.pop(request_id, None)
+        if local is not None:
+            result = await self.local.settle(request_id, actual, now=now)
+            self._pending.append(_Pending(request_id, local[1], dict(actual), local[0]))
+            if self._down_since is None:
+                await self.reconcile()
+            return result
+        try:
+            return await self._shared(lambda: self.inner.settle(request_id, actual, now=now))
+        except StoreUnavailable:
+            self._pending.append(_Pending(request_id, now, dict(actual)))
+            return SettleResult()  # charged at reconciliation
+
+    async def release(self, request_id: str, *, now: float) -> None:
+        if self._local_holds.pop(request_id, None) is not None:
+            await self.local.release(request_id, now=now)
+            return
+        try:
+            await self._shared(lambda: self.inner.release(request_id, now=now))
+        except StoreUnavailable:
+            self._pending.append(_Pending(request_id, now))
+
+    async def reconcile(self) -> int:
+        """Replay queued operations into the shared store; returns how many were
+        replayed. Stops (keeping the rest) if the store becomes unreachable again."""
+        done = 0
+        async with self._drain_lock:
+            while self._pending:
+                item = self._pending[0]
+                try:
+                    await self._replay(item)
+                except StoreUnavailable:
+                    self._mark_down(time.monotonic())
+                    break
+                self._pending.pop(0)
+                done += 1
+        if done:
+            log.warning("reconciled %d operations into the state store", done)
+        return done
+
+    async def _replay(self, item: _Pending) -> None:
+        if item.actual is None:
+            await self.inner.release(item.request_id, now=item.now)
+            return
+        if not item.holds:
+            await self.inner.settle(item.request_id, item.actual, now=item.now)
+            return
+        rid = f"{item.request_id}#replay"
+        zero = [replace(hold, amount=0) for hold in item.holds]
+        try:
+            await self.inner.reserve(rid, zero, lease=REPLAY_LEASE, now=item.now)
+        except InvalidRequest:
+            return  # replayed and settled before
+        await self.inner.settle(rid, item.actual, now=item.now)
+
+    # -- reads, flags, claims ---------------------------------------------------------
+    async def usage(
+        self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
+    ) -> LimitUsage:
+        return await self._fallback(
+            lambda s: s.usage(key, limit=limit, window=window, rolling=rolling, now=now))
+
+    async def get_flag(self, name: str) -> bool | None:
+        return await self._fallback(lambda s: s.get_flag(name))
+
+    async def set_flag(self, name: str, on: bool) -> None:
+        await self._shared(lambda: self.inner.set_flag(name, on))
+
+    async def flags(self) -> dict[str, bool]:
+        return await self._fallback(lambda s: s.flags())
+
+    async def flags_version(self) -> int:
+        return await self._fallback(lambda s: s.flags_version())
+
+    async def claim(self, key: str, ttl: float, *, now: float) -> bool:
+        return await self._fallback(lambda s: s.claim(key, ttl, now=now))
+
+    async def close(self) -> None:
+        try:
+            await self.inner.close()
+        finally:
+            await self.local.close()

@@ -1,0 +1,43 @@
+-- All-or-nothing reservation.
+-- KEYS[1] reservation record; then per hold: KEYS[2i] cells hash, KEYS[2i+1] leases zset.
+-- ARGV: prefix, request id, now, expires, record ttl; then per hold 7 values:
+--   key, metric, amount, limit, oldest window id, current window id, gc ttl.
+-- Returns {1} held, {2} already held, {3, state} already finished,
+--   {0, hold index, used+reserved hi, lo, oldest non-empty window id} denied.
+local rec = KEYS[1]
+local state = redis.call("HGET", rec, "state")
+if state then
+  if state == "held" then return {2} end
+  return {3, state}
+end
+local prefix, rid, now, expires = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = (#KEYS - 1) / 2
+for i = 1, n do
+  local cell, leases = KEYS[2 * i], KEYS[2 * i + 1]
+  local a = 5 + (i - 1) * 7
+  local amount, limit = ARGV[a + 3], ARGV[a + 4]
+  reclaim(prefix, cell, leases, now)
+  local used, reserved, first = totals(cell, tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]))
+  local total = add(used, reserved)
+  if amount ~= "0" and gt(add(total, big(amount)), big(limit)) then
+    return {0, i, total[1], total[2], first}
+  end
+end
+local fields = {"state", "held", "n", tostring(n)}
+for i = 1, n do
+  local cell, leases = KEYS[2 * i], KEYS[2 * i + 1]
+  local a = 5 + (i - 1) * 7
+  local amount, current, gc = ARGV[a + 3], ARGV[a + 6], ARGV[a + 7]
+  if amount ~= "0" then redis.call("HINCRBY", cell, "r" .. current, amount) end
+  redis.call("EXPIRE", cell, gc)
+  redis.call("ZADD", leases, expires, rid)
+  redis.call("EXPIRE", leases, gc)
+  local s = tostring(i)
+  local line = {"k" .. s, ARGV[a + 1], "m" .. s, ARGV[a + 2], "c" .. s, cell,
+                "z" .. s, leases, "w" .. s, current, "a" .. s, amount, "g" .. s, gc,
+                "l" .. s, "1"}
+  for j = 1, #line do fields[#fields + 1] = line[j] end
+end
+redis.call("HSET", rec, unpack(fields))
+redis.call("EXPIRE", rec, ARGV[5])
+return {1}

@@ -1,0 +1,215 @@
+"""Redis state store: several gateway replicas share every limit.
+
+Each operation is ONE Lua script run with EVALSHA (redis-py's Script loads it once and
+reloads it on NOSCRIPT), so an operation is atomic and costs one round trip; Python
+never reads, modifies and writes back.
+
+Every key of a store starts with the same hash tag, `{tg}` or `{tg:<namespace>}`. A
+reservation across several limits is all-or-nothing only if one script sees every limit,
+and Redis Cluster runs a script only when all its keys are in one slot: the hash tag
+puts them there. (The scripts also reach reservation records and cells named inside
+other records, undeclared in KEYS; the shared tag keeps those in the same slot too.)
+The price: one store's state lives on one Cluster node.
+
+Amounts are kept as decimal integer strings changed only by HINCRBY (exact int64) and
+compared in Lua as base-1e9 pairs (see lua/common.lua), never as doubles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tallygate.core.windows import (
+    counter_name,
+    live_range,
+    room_returns_at,
+    window_seconds,
+)
+from tallygate.errors import InvalidRequest, StoreUnavailable
+from tallygate.state import (
+    check_actual,
+    check_holds,
+    check_request,
+    check_time,
+    check_usage_args,
+)
+from tallygate.types import Denial, Hold, LimitUsage, Metric, SettleResult, Window
+
+RETENTION = 86_400  # seconds a finished reservation is remembered (idempotent settle)
+_BASE = 10**9
+_OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+def _script_source(name: str, *, common: bool) -> str:
+    lua = resources.files("tallygate.state") / "lua"
+    body = (lua / f"{name}.lua").read_text(encoding="utf-8")
+    return (lua / "common.lua").read_text(encoding="utf-8") + "\n" + body if common else body
+
+
+def _pair(hi: Any, lo: Any) -> int:
+    return int(hi) * _BASE + int(lo)
+
+
+def _gc_ttl(window: Window, lease: float) -> int:
+    """Real seconds a limit's keys may sit untouched before Redis drops them."""
+    return int(2 * window_seconds(window) + lease) + 3600
+
+
+class RedisStore:
+    """StateStore on Redis (standalone, or one Cluster slot via the hash tag)."""
+
+    def __init__(self, url: str, *, namespace: str = "", connect_timeout: float = 0.5,
+                 socket_timeout: float = 2.0, max_connections: int = 128,
+                 retention: int = RETENTION) -> None:
+        self._prefix = "{tg:" + namespace + "}" if namespace else "{tg}"
+        self._retention = retention
+        self._redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout,
+            max_connections=max_connections, retry=Retry(NoBackoff(), 1),
+            decode_responses=True,
+        )
+        self._reserve = self._redis.register_script(_script_source("reserve", common=True))
+        self._finish = self._redis.register_script(_script_source("finish", common=False))
+        self._usage = self._redis.register_script(_script_source("usage", common=True))
+        self._set_flag = self._redis.register_script(_script_source("set_flag", common=False))
+        self._claim = self._redis.register_script(_script_source("claim", common=False))
+
+    @property
+    def flags_channel(self) -> str:
+        """Pub/sub channel that receives a flag's name whenever it is set."""
+        return f"{self._prefix}:flags"
+
+    async def _call(self, op: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await op(keys=keys, args=args)
+        except _OUTAGE as exc:
+            raise StoreUnavailable(f"Redis state store unreachable: {exc}") from exc
+
+    def _names(self, key: str, window: Window, rolling: bool) -> tuple[str, str]:
+        name = counter_name(key, window, rolling)
+        return f"{self._prefix}:c:{name}", f"{self._prefix}:l:{name}"
+
+    # -- reservations -------------------------------------------------------------
+    async def reserve(
+        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float
+    ) -> Denial | None:
+        check_holds(request_id, holds, lease, now)
+        keys = [f"{self._prefix}:res:{request_id}"]
+        args: list[Any] = [self._prefix, request_id, repr(float(now)),
+                           repr(float(now + lease)), math.ceil(lease) + self._retention]
+        for hold in holds:
+            keys.extend(self._names(hold.key, hold.window, hold.rolling))
+            oldest, current = live_range(hold.window, now, hold.rolling)
+            args += [hold.key, hold.metric.value, hold.amount, hold.limit, oldest, current,
+                     _gc_ttl(hold.window, lease)]
+        reply = await self._call(self._reserve, keys, args)
+        status = int(reply[0])
+        if status in (1, 2):
+            return None
+        if status == 3:
+            raise InvalidRequest(f"request_id {request_id!r} was already {reply[1]}; "
+                                 "use a new id for a new reservation")
+        hold = holds[int(reply[1]) - 1]
+        first = int(reply[4])
+        return Denial(
+            key=hold.key, limit=hold.limit, used=_pair(reply[2], reply[3]),
+            requested=hold.amount,
+            reset_at=room_returns_at(hold.window, now, hold.rolling,
+                                     None if first < 0 else first),
+            window=hold.window, metric=hold.metric)
+
+    async def settle(
+        self, request_id: str, actual: Mapping[str, int], *, now: float
+    ) -> SettleResult:
+        """An expired reservation is still charged its actual usage (the call
+        happened); its hold is freed exactly once, by whichever came first."""
+        check_actual(request_id, actual, now)
+        spent = [actual.get(m.value, 0) for m in (Metric.TOKENS, Metric.REQUESTS, Metric.COST)]
+        reply = await self._call(
+            self._finish, [f"{self._prefix}:res:{request_id}"],
+            ["settle", request_id, self._retention, *spent])
+        if int(reply[0]) == 0:
+            return SettleResult(already_settled=True)
+        charged: dict[str, int] = {}
+        overrun: dict[str, int] = {}
+        for i in range(1, len(reply), 3):
+            key, amount, metric = reply[i], int(reply[i + 1]), reply[i + 2]
+            used = actual.get(metric, 0)
+            charged[key] = used
+            if used > amount:
+                overrun[key] = used - amount
+        return SettleResult(charged=charged, overrun=overrun)
+
+    async def release(self, request_id: str, *, now: float) -> None:
+        check_request(request_id, now)
+        await self._call(self._finish, [f"{self._prefix}:res:{request_id}"],
+                         ["release", request_id, self._retention, 0, 0, 0])
+
+    async def usage(
+        self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
+    ) -> LimitUsage:
+        check_usage_args(key, limit, window, now)
+        oldest, current = live_range(window, now, rolling)
+        reply = await self._call(self._usage, list(self._names(key, window, rolling)),
+                                 [self._prefix, repr(float(now)), oldest, current])
+        first = int(reply[4])
+        return LimitUsage(key=key, limit=limit, used=_pair(reply[0], reply[1]),
+                          reserved=_pair(reply[2], reply[3]),
+                          reset_at=room_returns_at(window, now, rolling,
+                                                   None if first < 0 else first))
+
+    # -- flags and claims -----------------------------------------------------------
+    async def _plain(self, command: str, *args: Any) -> Any:
+        try:
+            return await self._redis.execute_command(command, *args)
+        except _OUTAGE as exc:
+            raise StoreUnavailable(f"Redis state store unreachable: {exc}") from exc
+
+    async def get_flag(self, name: str) -> bool | None:
+        value = await self._plain("HGET", f"{self._prefix}:flags", name)
+        return None if value is None else value == "1"
+
+    async def set_flag(self, name: str, on: bool) -> None:
+        if not isinstance(name, str) or not name or not isinstance(on, bool):
+            raise InvalidRequest(f"set_flag needs a name and a bool, got {name!r}, {on!r}")
+        await self._call(self._set_flag,
+                         [f"{self._prefix}:flags", f"{self._prefix}:flags_version"],
+                         [name, "1" if on else "0", self.flags_channel])
+
+    async def flags(self) -> dict[str, bool]:
+        found = await self._plain("HGETALL", f"{self._prefix}:flags")
+        return {name: value == "1" for name, value in found.items()}
+
+    async def flags_version(self) -> int:
+        value = await self._plain("GET", f"{self._prefix}:flags_version")
+        return 0 if value is None else int(value)
+
+    async def claim(self, key: str, ttl: float, *, now: float) -> bool:
+        check_time("ttl", ttl)
+        check_time("now", now)
+        gc = max(1, math.ceil(ttl)) + 60
+        won = await self._call(self._claim, [f"{self._prefix}:claim:{key}"],
+                               [repr(float(now)), repr(float(now + ttl)), gc])
+        return bool(int(won))
+
+    async def flush_namespace(self) -> int:
+        """Delete every key of this store (tests, `tallygate state reset`)."""
+        deleted = 0
+        try:
+            async for name in self._redis.scan_iter(match=f"{self._prefix}:*", count=1000):
+                deleted += await self._redis.delete(name)
+        except _OUTAGE as exc:
+            raise StoreUnavailable(f"Redis state store unreachable: {exc}") from exc
+        return deleted
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,204 @@
+"""One suite over every key store: memory, SQLite and a real PostgreSQL server
+(a fresh database per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import multiprocessing
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tallygate.errors import ConfigError, InvalidRequest
+from tallygate.keys import KeyStore, open_keystore
+from tallygate.keys.model import hash_secret
+
+BACKENDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture
+def fresh_pg(request: pytest.FixtureRequest) -> Iterator[str]:
+    base: str = request.getfixturevalue("postgres_url")
+    name = "tg_keys_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield base.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'keys.db'}"
+    return str(request.getfixturevalue("fresh_pg"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[KeyStore]:
+    opened = await open_keystore(store_url)
+    yield opened
+    await opened.close()
+
+
+async def test_create_then_verify(store: KeyStore) -> None:
+    key, secret = await store.create(
+        "u1", "pro", name="ci", features=["chat"], models=["gpt-4o"],
+        limits={"tokens_per_day": 50000, "requests_per_minute": 60},
+    )
+    assert secret.startswith("tg-") and len(secret) >= 43
+    assert key.id.startswith("key_") and secret not in key.id
+    found = await store.verify(secret)
+    assert found == key
+    assert found is not None
+    assert (found.user, found.plan, found.name) == ("u1", "pro", "ci")
+    assert found.features == ("chat",) and found.models == ("gpt-4o",)
+    assert found.limits == {"tokens_per_day": 50000, "requests_per_minute": 60}
+    assert found.revoked_at is None and found.created_at > 0
+
+
+async def test_wrong_secrets_fail(store: KeyStore) -> None:
+    _, secret = await store.create("u1", "free")
+    assert await store.verify(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
+    assert await store.verify("tg-" + "x" * 40) is None
+    assert await store.verify("") is None
+    assert await store.verify("sk-" + secret[3:]) is None
+    assert await store.verify("tg-" + "y" * 100_000) is None
+
+
+async def test_secrets_unique(store: KeyStore) -> None:
+    made = [await store.create("u", "free") for _ in range(20)]
+    assert len({s for _, s in made}) == 20
+    assert len({k.id for k, _ in made}) == 20
+
+
+async def test_list_get_revoke(store: KeyStore) -> None:
+    a, secret_a = await store.create("alice", "free")
+    b, _ = await store.create("bob", "pro")
+    assert {k.id for k in await store.list()} == {a.id, b.id}
+    assert await store.get(a.id) == a
+    assert await store.get("key_missing") is None
+
+    assert await store.revoke(a.id) is True
+    assert await store.verify(secret_a) is None
+    assert [k.id for k in await store.list()] == [b.id]
+    listed = {k.id: k for k in await store.list(include_revoked=True)}
+    assert set(listed) == {a.id, b.id}
+    revoked_at = listed[a.id].revoked_at
+    assert revoked_at is not None and not listed[a.id].active
+    # revoking twice is fine and keeps the first time; unknown ids are False
+    assert await store.revoke(a.id) is True
+    again = await store.get(a.id)
+    assert again is not None and again.revoked_at == revoked_at
+    assert await store.revoke("key_missing") is False
+
+
+async def test_allow_lists(store: KeyStore) -> None:
+    _, secret = await store.create("u", "pro", features=["chat", "summarize"],
+                                     models=["gpt-4o", "claude-*"])
+    found = await store.verify(secret)
+    assert found is not None
+    assert found.allows_feature("chat") and found.allows_feature("summarize")
+    assert not found.allows_feature("code_review")
+    assert found.allows_model("gpt-4o") and found.allows_model("claude-haiku-4-5")
+    assert not found.allows_model("gpt-4o-mini")
+    open_key, _ = await store.create("u", "pro")
+    assert open_key.allows_feature("anything") and open_key.allows_model("any-model")
+
+
+async def test_constant_time_compare_is_used(store: KeyStore,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    _, secret = await store.create("u", "free")
+    assert await store.verify(secret) is not None
+    assert calls == [(hash_secret(secret).encode(), hash_secret(secret).encode())]
+
+
+async def test_bad_create_arguments(store: KeyStore) -> None:
+    for kwargs in ({"limits": {"tokens_per_day": -1}}, {"limits": {"bogus": 1}},
+                   {"limits": {"tokens_per_day": 1.5}}, {"features": "chat"},
+                   {"models": [""]}, {"name": ""}):
+        with pytest.raises(InvalidRequest):
+            await store.create("u", "free", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        await store.create("", "free")
+    assert await store.list(include_revoked=True) == []
+
+
+def test_unknown_scheme() -> None:
+    with pytest.raises(ConfigError):
+        asyncio.run(open_keystore("redis://127.0.0.1/0"))
+
+
+# --- SQLite specifics: the secret never reaches the file; several processes share it ---
+
+
+def _dir_bytes(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(path.iterdir()))
+
+
+async def test_sqlite_file_never_holds_the_secret(tmp_path: Path) -> None:
+    path = tmp_path / "keys.db"
+    store = await open_keystore(f"sqlite:///{path}")
+    secrets = [(await store.create("u", "free"))[1] for _ in range(5)]
+    while_open = _dir_bytes(tmp_path)  # the db, -wal and -shm files as they are now
+    await store.close()
+    for raw in (while_open, _dir_bytes(tmp_path)):
+        for secret in secrets:
+            assert secret.encode() not in raw
+            assert secret[3:].encode() not in raw
+            assert hash_secret(secret).encode() in raw
+
+
+async def test_postgres_never_holds_the_secret(fresh_pg: str) -> None:
+    store = await open_keystore(fresh_pg)
+    _, secret = await store.create("u", "free")
+    await store.close()
+    with psycopg.connect(fresh_pg) as conn:
+        rows = conn.execute("SELECT tg_keys::text FROM tg_keys").fetchall()
+    assert secret not in rows[0][0] and hash_secret(secret) in rows[0][0]
+
+
+def _create_many(url: str, count: int) -> None:
+    async def run() -> None:
+        store = await open_keystore(url)
+        for i in range(count):
+            await store.create(f"user{i}", "free")
+        await store.close()
+
+    asyncio.run(run())
+
+
+async def test_sqlite_shared_by_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_create_many, args=(url, 25)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    store = await open_keystore(url)
+    other = await open_keystore(url)
+    try:
+        assert len(await store.list()) == 75
+        key, secret = await store.create("x", "pro")
+        assert await other.verify(secret) == key  # seen by another connection at once
+        assert await store.revoke(key.id)
+        assert await other.verify(secret) is None
+    finally:
+        await store.close()
+        await other.close()

@@ -1,0 +1,169 @@
+"""The admin routes mounted in a bare Starlette app, driven over ASGI by TestClient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from tallygate.gateway.admin import admin_routes
+from tallygate.gateway.auth import authenticate
+from tallygate.keys import MemoryKeyStore
+
+ADMIN = "admin-secret-123"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture
+def store() -> MemoryKeyStore:
+    return MemoryKeyStore()
+
+
+@pytest.fixture
+def client(store: MemoryKeyStore) -> Iterator[TestClient]:
+    app = Starlette(routes=admin_routes(store, ADMIN, plans={"free", "pro"}, max_body=4096))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code and error["message"]
+    return dict(error)
+
+
+def test_admin_disabled_is_403(store: MemoryKeyStore) -> None:
+    for admin_key in (None, ""):
+        app = Starlette(routes=admin_routes(store, admin_key))
+        with TestClient(app) as c:
+            error = assert_error(c.get("/admin/keys", headers=AUTH), 403, "permission_denied")
+            assert "disabled" in error["message"] and "TALLYGATE_ADMIN_KEY" in error["message"]
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN},
+    {"Authorization": f"Basic {ADMIN}"}, {"x-api-key": ADMIN},
+    {"Authorization": f"Bearer {ADMIN}x"}, {"Authorization": "Bearer é".encode("latin-1")},  # type: ignore[dict-item]
+])
+def test_wrong_admin_key_is_401(client: TestClient, headers: dict[str, str]) -> None:
+    for method, path in (("GET", "/admin/keys"), ("POST", "/admin/keys"),
+                         ("DELETE", "/admin/keys/key_x"), ("GET", "/admin/keys/key_x")):
+        error = assert_error(client.request(method, path, headers=headers), 401,
+                             "invalid_api_key")
+        assert ADMIN not in error["message"]
+
+
+async def test_create_list_revoke(client: TestClient, store: MemoryKeyStore) -> None:
+    body = {"user": "u1", "plan": "pro", "name": "ci", "features": ["chat"],
+            "models": ["gpt-4o"], "limits": {"tokens_per_day": 50000}}
+    created = client.post("/admin/keys", json=body, headers=AUTH)
+    assert created.status_code == 201
+    data = created.json()
+    secret = data["key"]
+    assert secret.startswith("tg-") and data["id"].startswith("key_")
+    assert {k: data[k] for k in body} == body
+    assert data["revoked_at"] is None
+    # the secret works against the same store
+    key = await authenticate(store, {"authorization": f"Bearer {secret}"}, anthropic=False)
+    assert key.id == data["id"]
+
+    listed = client.get("/admin/keys", headers=AUTH)
+    assert listed.status_code == 200
+    assert [k["id"] for k in listed.json()["data"]] == [data["id"]]
+    assert secret not in listed.text and "hash" not in listed.text
+    single = client.get(f"/admin/keys/{data['id']}", headers=AUTH)
+    assert single.status_code == 200 and secret not in single.text
+
+    revoked = client.delete(f"/admin/keys/{data['id']}", headers=AUTH)
+    assert revoked.status_code == 200
+    assert revoked.json()["revoked"] is True and revoked.json()["revoked_at"] is not None
+    assert await store.verify(secret) is None
+    assert client.get("/admin/keys", headers=AUTH).json()["data"] == []
+    assert len(client.get("/admin/keys?all=true", headers=AUTH).json()["data"]) == 1
+    assert_error(client.delete("/admin/keys/key_nope", headers=AUTH), 404, "not_found")
+    assert_error(client.get("/admin/keys/key_nope", headers=AUTH), 404, "not_found")
+
+
+def test_minimal_create(client: TestClient) -> None:
+    created = client.post("/admin/keys", json={"user": "u", "plan": "free"}, headers=AUTH)
+    assert created.status_code == 201
+    data = created.json()
+    assert data["features"] == [] and data["models"] == [] and data["limits"] == {}
+    assert data["name"] is None
+
+
+BAD_BODIES: list[bytes] = [
+    b"", b"{", b"not json", b"[]", b"null", b"42", b'"x"', b"\xff\xfe{}",
+    b'{"user": "u"}', b'{"plan": "free"}', b'{"user": 1, "plan": "free"}',
+    b'{"user": "u", "plan": "gold"}', b'{"user": "", "plan": "free"}',
+    b'{"user": "u", "plan": "free", "extra": 1}',
+    b'{"user": "u", "plan": "free", "features": "chat"}',
+    b'{"user": "u", "plan": "free", "features": [1]}',
+    b'{"user": "u", "plan": "free", "features": {"a": 1}}',
+    b'{"user": "u", "plan": "free", "models": [null]}',
+    b'{"user": "u", "plan": "free", "limits": []}',
+    b'{"user": "u", "plan": "free", "limits": {"tokens_per_day": -5}}',
+    b'{"user": "u", "plan": "free", "limits": {"tokens_per_day": "5"}}',
+    b'{"user": "u", "plan": "free", "limits": {"tokens_per_day": true}}',
+    b'{"user": "u", "plan": "free", "limits": {"tokens_per_week": 5}}',
+    b'{"user": "u", "plan": "free", "limits": {"cost_usd_per_day": 1e999}}',
+    b'{"user": "u", "plan": "free", "name": 7}',
+    b'{"user": "' + b"u" * 300 + b'", "plan": "free"}',
+    b"[" * 3000,
+]
+
+
+@pytest.mark.parametrize("raw", BAD_BODIES)
+def test_malformed_bodies_are_400(client: TestClient, raw: bytes) -> None:
+    response = client.post("/admin/keys", content=raw, headers=AUTH)
+    assert_error(response, 400, "invalid_request")
+    assert client.get("/admin/keys", headers=AUTH).json()["data"] == []
+
+
+def test_unknown_plan_names_known_plans(client: TestClient) -> None:
+    error = assert_error(client.post("/admin/keys", json={"user": "u", "plan": "gold"},
+                                     headers=AUTH), 400, "invalid_request")
+    assert "free" in error["message"] and error["param"] == "plan"
+
+
+def test_body_over_cap_is_413(client: TestClient) -> None:
+    big = b'{"user": "u", "plan": "free", "name": "' + b"n" * 10_000 + b'"}'
+    assert_error(client.post("/admin/keys", content=big, headers=AUTH), 413,
+                 "request_too_large")
+
+    def chunks() -> Iterator[bytes]:  # no content-length: streamed, still capped
+        yield b'{"user": "u", "plan": "free", "name": "'
+        for _ in range(10):
+            yield b"n" * 1000
+        yield b'"}'
+
+    assert_error(client.post("/admin/keys", content=chunks(), headers=AUTH), 413,
+                 "request_too_large")
+
+
+def test_any_plan_when_plans_not_given(store: MemoryKeyStore) -> None:
+    app = Starlette(routes=admin_routes(store, ADMIN))
+    with TestClient(app) as c:
+        assert c.post("/admin/keys", json={"user": "u", "plan": "whatever"},
+                      headers=AUTH).status_code == 201
+
+
+def test_limits_validator_hook(store: MemoryKeyStore) -> None:
+    from tallygate.errors import InvalidRequest
+
+    def strict(limits: Any) -> None:
+        if limits.get("tokens_per_day", 0) > 1000:
+            raise InvalidRequest("tokens_per_day above the policy's ceiling", param="limits")
+
+    app = Starlette(routes=admin_routes(store, ADMIN, validate_limits=strict))
+    with TestClient(app) as c:
+        body = {"user": "u", "plan": "p", "limits": {"tokens_per_day": 5000}}
+        error = assert_error(c.post("/admin/keys", json=body, headers=AUTH), 400,
+                             "invalid_request")
+        assert "ceiling" in error["message"]

@@ -1,0 +1,109 @@
+"""Run the simulated provider and the gateway on free loopback ports, each in its own
+thread with its own event loop, so sync and async SDK clients can call them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import uvicorn
+
+from tallygate.config import Policy
+from tallygate.gateway.app import Gateway
+from tallygate.providers.sim import SimConfig, SimServer, start_sim
+from tests.support.servers import free_port
+
+T = TypeVar("T")
+ADMIN_KEY = "tg-admin-test-key"
+
+
+class LoopThread:
+    """An event loop running in a daemon thread; `call()` runs a coroutine on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Awaitable[T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@contextmanager
+def running_sim(config: SimConfig | None = None) -> Iterator[tuple[SimServer, LoopThread]]:
+    lt = LoopThread()
+    sim = lt.call(start_sim(config=config))
+    try:
+        yield sim, lt
+    finally:
+        lt.call(sim.close())
+        lt.stop()
+
+
+def sim_policy(sim_url: str, tmp: str, **sections: Any) -> Policy:
+    """A policy whose openai and anthropic providers are the simulator."""
+    data: dict[str, Any] = {
+        "storage": {"state": "memory://", "ledger": f"sqlite:///{tmp}/ledger.db"},
+        "providers": {
+            "openai": {"protocol": "openai", "base_url": f"{sim_url}/v1", "api_key": "sk-sim"},
+            "anthropic": {"protocol": "anthropic", "base_url": sim_url, "api_key": "sk-sim"},
+        },
+        "admin_key": ADMIN_KEY,
+    }
+    data.update(sections)
+    return Policy.from_mapping(data, "<test>")
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    gateway: Gateway
+    loop: LoopThread
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+        return self.loop.call(fn(*args, **kw))
+
+    def create_key(self, user: str = "u1", plan: str = "free", **kw: Any) -> str:
+        assert self.gateway.runtime is not None
+        _, secret = self.loop.call(self.gateway.runtime.keys.create(user, plan, **kw))
+        return secret
+
+    def rows(self) -> list[Any]:
+        rt = self.gateway.runtime
+        assert rt is not None
+        self.loop.call(rt.writer.flush())
+        return self.loop.call(rt.ledger.records())
+
+
+@contextmanager
+def running_gateway(policy: Policy, **uvicorn_kw: Mapping[str, Any]) -> Iterator[RunningGateway]:
+    port = free_port()
+    gw = Gateway(policy)
+    config = uvicorn.Config(gw, host="127.0.0.1", port=port, loop="asyncio", lifespan="on",
+                            log_level="warning", access_log=False, **uvicorn_kw)
+    server = uvicorn.Server(config)
+    lt = LoopThread()
+    task = asyncio.run_coroutine_threadsafe(server.serve(), lt.loop)
+    try:
+        for _ in range(400):
+            if server.started:
+                break
+            if task.done():
+                task.result()
+            threading.Event().wait(0.025)
+        else:
+            raise RuntimeError("gateway did not start")
+        yield RunningGateway(f"http://127.0.0.1:{port}", gw, lt)
+    finally:
+        server.should_exit = True
+        task.result(timeout=20)
+        lt.stop()
