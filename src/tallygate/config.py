@@ -222,6 +222,8 @@ def _expand(value: Any, env: Mapping[str, str], source: str, path: tuple[Any, ..
     """Expand `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
     if isinstance(value, str):
         return _expand_str(value, env, source, path) if "$" in value else value
+    if isinstance(value, float):
+        return Decimal(repr(value))  # as from YAML: the number as written, exactly
     if isinstance(value, Mapping):
         return {_key(k): _expand(v, env, source, (*path, k)) for k, v in value.items()}
     if isinstance(value, list | tuple):

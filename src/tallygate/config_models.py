@@ -159,6 +159,10 @@ class LimitFields(BaseModel):
     cost_per_month_usd: NanoUsd | None = None
     rolling: bool = False
 
+    def __repr_args__(self) -> Any:
+        """Unset limits would drown the repr; show only what is set."""
+        return [(k, v) for k, v in super().__repr_args__() if v is not None]
+
     @model_validator(mode="after")
     def _one_spelling_per_cost(self) -> LimitFields:
         for window in Window:
@@ -276,6 +280,22 @@ class Feature(LimitFields):
     output_schema: dict[str, Any] | None = None
     log_content: bool | None = None  # None: the policy-wide log_content
     enabled: bool = True
+
+    @field_validator("output_schema")
+    @classmethod
+    def _plain_json_numbers(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        """YAML numbers load as Decimal; a JSON Schema is sent upstream as plain JSON."""
+        return None if schema is None else _json_numbers(schema)
+
+
+def _json_numbers(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_numbers(v) for v in value]
+    return value
 
 
 class Routing(BaseModel):

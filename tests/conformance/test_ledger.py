@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -151,12 +152,18 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
 
 
+def _crash_after_recording(
+    ledger_url: str, journal: Path, n: int
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _CRASHER, ledger_url, str(journal), str(n)],
+        check=False, capture_output=True, text=True, timeout=60,
+    )
+
+
 async def test_journal_replay_after_sigkill(ledger_url, tmp_path) -> None:
     journal = tmp_path / "journal"
-    proc = subprocess.run(
-        [sys.executable, "-c", _CRASHER, ledger_url, str(journal), "1500"],
-        capture_output=True, text=True, timeout=60,
-    )
+    proc = await asyncio.to_thread(_crash_after_recording, ledger_url, journal, 1500)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert proc.stdout.strip() == "recorded"
     store = await open_ledger(ledger_url)

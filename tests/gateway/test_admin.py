@@ -167,3 +167,70 @@ def test_limits_validator_hook(store: MemoryKeyStore) -> None:
         error = assert_error(c.post("/admin/keys", json=body, headers=AUTH), 400,
                              "invalid_request")
         assert "ceiling" in error["message"]
+
+
+# --- the auth helpers the gateway routes call (gateway/auth.py) ---
+
+from tallygate.errors import InvalidApiKey, PermissionDenied  # noqa: E402
+from tallygate.gateway.auth import (  # noqa: E402
+    check_permission,
+    extract_secret,
+    resolve_feature,
+)
+
+
+@pytest.mark.parametrize(("headers", "anthropic", "expected"), [
+    ({"authorization": "Bearer tg-abc"}, False, "tg-abc"),
+    ({"Authorization": "bearer   tg-abc  "}, False, "tg-abc"),
+    ({"x-api-key": "tg-abc"}, False, None),  # x-api-key only on Anthropic routes
+    ({"x-api-key": "tg-abc", "anthropic-version": "2023-06-01"}, True, "tg-abc"),
+    ({"X-Api-Key": "tg-abc"}, True, "tg-abc"),
+    ({"authorization": "Bearer tg-abc", "anthropic-version": "2099-01-01"}, True, "tg-abc"),
+    ({"authorization": "Bearer tg-bearer", "x-api-key": "tg-x"}, True, "tg-x"),
+    ({"authorization": "Basic dXNlcjpwYXNz"}, False, None),
+    ({"authorization": "Bearer "}, False, None),
+    ({"authorization": ""}, False, None),
+    ({"x-api-key": "  "}, True, None),
+    ({}, True, None),
+])
+def test_extract_secret(headers: dict[str, str], anthropic: bool, expected: str | None) -> None:
+    assert extract_secret(headers, anthropic=anthropic) == expected
+
+
+async def test_authenticate(store: MemoryKeyStore) -> None:
+    key, secret = await store.create("u", "pro")
+    assert await authenticate(store, {"x-api-key": secret}, anthropic=True) == key
+    assert await authenticate(store, {"authorization": f"Bearer {secret}"},
+                              anthropic=False) == key
+    with pytest.raises(InvalidApiKey) as missing:
+        await authenticate(store, {}, anthropic=True)
+    assert "x-api-key" in missing.value.message
+    with pytest.raises(InvalidApiKey):
+        await authenticate(store, {"x-api-key": secret}, anthropic=False)
+    wrong = secret[:-2] + "zz"
+    with pytest.raises(InvalidApiKey) as bad:
+        await authenticate(store, {"authorization": f"Bearer {wrong}"}, anthropic=False)
+    assert wrong not in bad.value.message and wrong[3:20] not in bad.value.message
+    assert bad.value.status == 401 and bad.value.code == "invalid_api_key"
+    await store.revoke(key.id)
+    with pytest.raises(InvalidApiKey):
+        await authenticate(store, {"authorization": f"Bearer {secret}"}, anthropic=False)
+
+
+async def test_check_permission(store: MemoryKeyStore) -> None:
+    limited, _ = await store.create("u", "pro", features=["chat"], models=["gpt-4o*"])
+    check_permission(limited, "chat", "gpt-4o-mini")
+    check_permission(limited, "chat", None)
+    for feature, model, param in (("summarize", "gpt-4o", "feature"),
+                                  ("chat", "claude-opus-4-1", "model"),
+                                  (None, "gpt-4o", "feature")):
+        with pytest.raises(PermissionDenied) as denied:
+            check_permission(limited, feature, model)
+        assert denied.value.status == 403 and denied.value.code == "permission_denied"
+        assert denied.value.param == param
+    open_key, _ = await store.create("u", "pro")
+    check_permission(open_key, None, "anything")
+    check_permission(open_key, "any-feature", "any-model")
+    assert resolve_feature(limited, None) == "chat"
+    assert resolve_feature(limited, "summarize") == "summarize"
+    assert resolve_feature(open_key, None) is None

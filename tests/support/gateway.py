@@ -107,3 +107,17 @@ def running_gateway(policy: Policy, **uvicorn_kw: Mapping[str, Any]) -> Iterator
         server.should_exit = True
         task.result(timeout=20)
         lt.stop()
+
+
+def http(method: str, url: str, body: bytes | None = None,
+         headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP call (urllib): status, lower-cased headers, body — errors included."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()

@@ -65,14 +65,11 @@ def write(tmp_path: Path, text: str, name: str = "tallygate.yaml") -> Path:
     return path
 
 
-def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+def problems(tmp_path: Path, text: str) -> list[str]:
     """The ConfigError's lines for a document (without the count header)."""
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        if env is None:
-            load_policy(path)
-        else:
-            Policy.from_mapping(__import__("yaml").safe_load(text), str(path), env=env)
+        load_policy(path)
     lines = str(info.value).splitlines()
     for line in lines:
         assert line.startswith(f"{path}: "), line
@@ -405,3 +402,15 @@ def test_durations() -> None:
     assert policy.storage.lease_seconds == 300
     assert policy.cache.ttl == 3600
     assert policy.features["f"].cache_ttl == 30
+
+
+def test_docs_complete_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
+    blocks = re.findall(r"```yaml\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "TALLYGATE_CACHE_KEY"):
+        monkeypatch.setenv(name, "x")
+    policy = load_policy(write(tmp_path, blocks[-1]))
+    assert policy.features["summarize"].model == "tier:small"
+    assert policy.plans["pro"].cost_usd_per_month == 20 * 10**9

@@ -4,12 +4,15 @@ boundaries, holds, denial → error mapping, and the rate-limit headers."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tallygate.config import Policy
 from tallygate.core.decide import (
     Action,
     ClampReason,
     RequestFacts,
+    cost_upper_bound,
     decide,
     denial_headers,
     denial_to_error,
@@ -25,7 +28,7 @@ from tallygate.errors import (
     RateLimited,
     UnknownModel,
 )
-from tallygate.types import Count, Denial, LimitUsage, Metric, ModelInfo, Window
+from tallygate.types import Count, Denial, LimitUsage, Metric, ModelInfo, Usage, Window
 
 POLICY = Policy.from_mapping(
     {
@@ -394,3 +397,15 @@ def test_ratelimit_headers_tie_sooner_reset() -> None:
     ]
     assert ratelimit_headers(usages, 1000.0)["x-ratelimit-limit-tokens"] == "80"
     assert ratelimit_headers([], 0.0) == {}
+
+
+@given(
+    st.integers(0, 10**7),
+    st.integers(0, 10**6),
+    st.integers(0, 10**12),
+    st.integers(0, 10**12),
+)
+def test_cost_upper_bound_matches_model_cost(inp: int, out: int, rin: int, rout: int) -> None:
+    model = ModelInfo("m", "p", 1, 1, None, rin, rout)
+    expected = model.cost_nusd(Usage(input_tokens=inp, output_tokens=out))
+    assert cost_upper_bound(model, inp, out) == expected

@@ -111,7 +111,8 @@ async def test_by_user_with_null_key(ledger) -> None:
             rows[None].cost_nusd) == (5, 5800, 850, 68600)
     assert (rows[None].p50_latency_ms, rows[None].p95_latency_ms) == (620, 1000)
     alice = rows["alice"]
-    assert (alice.calls, alice.cost_nusd, alice.cache_hits, alice.tokens_saved) == (2, 5000, 1, 1200)
+    assert (alice.calls, alice.cost_nusd, alice.cache_hits, alice.tokens_saved) == (
+        2, 5000, 1, 1200)
     assert (alice.p50_latency_ms, alice.p95_latency_ms) == (5, 100)
     bob = rows["bob"]
     assert (bob.calls, bob.rejected, bob.trimmed, bob.p50_latency_ms) == (2, 1, 1, 300)

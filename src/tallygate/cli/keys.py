@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -107,7 +108,8 @@ def create_key(target: Target, fields: dict[str, Any]) -> dict[str, Any]:
     async def action(store: Any) -> dict[str, Any]:
         user, plan = fields.pop("user"), fields.pop("plan")
         key, secret = await store.create(user, plan, **fields)
-        return key.to_public_dict() | {"key": secret}
+        created: dict[str, Any] = key.to_public_dict() | {"key": secret}
+        return created
 
     return target.with_store(action)
 
@@ -126,7 +128,7 @@ def list_keys(target: Target, include_revoked: bool) -> list[dict[str, Any]]:
 def revoke_key(target: Target, key_id: str) -> bool:
     if target.url:
         try:
-            target.call("DELETE", f"/admin/keys/{urllib.request.quote(key_id, safe='')}")
+            target.call("DELETE", f"/admin/keys/{urllib.parse.quote(key_id, safe='')}")
         except TallygateError as exc:
             if "answered 404" in exc.message:
                 return False
@@ -186,66 +188,71 @@ def _guard(action: Callable[[], T]) -> T:
         raise _fail(exc.message) from None
 
 
+keys_app = typer.Typer(help="Virtual keys: create, list, revoke.", no_args_is_help=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `keys` command group to the main app."""
-    keys = typer.Typer(help="Virtual keys: create, list, revoke.", no_args_is_help=True)
-    app.add_typer(keys, name="keys")
+    app.add_typer(keys_app, name="keys")
 
-    @keys.command("create")
-    def create_cmd(
-        user: Annotated[str, typer.Option("--user", help="Owner of the key.")],
-        plan: Annotated[str, typer.Option("--plan", help="The user's plan.")],
-        feature: Annotated[list[str] | None, typer.Option(
-            "--feature", help="Allowed feature (repeat; none = all).")] = None,
-        model: Annotated[list[str] | None, typer.Option(
-            "--model", help="Allowed model (repeat; `*` wildcards; none = all).")] = None,
-        name: Annotated[str | None, typer.Option("--name", help="A label.")] = None,
-        limit: Annotated[list[str] | None, typer.Option(
-            "--limit", help="The key's own limit, e.g. tokens_per_day=50000 (repeat).")] = None,
-        as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
-        url: UrlOpt = None, admin_key: AdminKeyOpt = None,
-    ) -> None:
-        """Create a key; its secret is printed once."""
-        from tallygate.keys.model import parse_limit_items
 
-        target = Target(store, config, url, admin_key)
+@keys_app.command("create")
+def create_cmd(
+    user: Annotated[str, typer.Option("--user", help="Owner of the key.")],
+    plan: Annotated[str, typer.Option("--plan", help="The user's plan.")],
+    feature: Annotated[list[str] | None, typer.Option(
+        "--feature", help="Allowed feature (repeat; none = all).")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Allowed model (repeat; `*` wildcards; none = all).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A label.")] = None,
+    limit: Annotated[list[str] | None, typer.Option(
+        "--limit", help="The key's own limit, e.g. tokens_per_day=50000 (repeat).")] = None,
+    as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
+    url: UrlOpt = None, admin_key: AdminKeyOpt = None,
+) -> None:
+    """Create a key; its secret is printed once."""
+    from tallygate.keys.model import parse_limit_items
 
-        def run() -> dict[str, Any]:
-            fields: dict[str, Any] = {"user": user, "plan": plan, "name": name,
-                                      "features": list(feature or []),
-                                      "models": list(model or []),
-                                      "limits": parse_limit_items(limit or [])}
-            return create_key(target, fields)
+    target = Target(store, config, url, admin_key)
 
-        data = _guard(run)
-        if as_json:
-            print(json.dumps({"id": data["id"], "key": data["key"], **data}))
-        else:
-            _show_created(data)
+    def run() -> dict[str, Any]:
+        fields: dict[str, Any] = {"user": user, "plan": plan, "name": name,
+                                  "features": list(feature or []),
+                                  "models": list(model or []),
+                                  "limits": parse_limit_items(limit or [])}
+        return create_key(target, fields)
 
-    @keys.command("list")
-    def list_cmd(
-        include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked keys.")]
-        = False,
-        as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
-        url: UrlOpt = None, admin_key: AdminKeyOpt = None,
-    ) -> None:
-        """List keys (never their secrets)."""
-        target = Target(store, config, url, admin_key)
-        found = _guard(lambda: list_keys(target, include_revoked))
-        if as_json:
-            print(json.dumps({"keys": found}))
-        else:
-            _show_list(found, include_revoked)
+    data = _guard(run)
+    if as_json:
+        print(json.dumps({"id": data["id"], "key": data["key"], **data}))
+    else:
+        _show_created(data)
 
-    @keys.command("revoke")
-    def revoke_cmd(
-        key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (key_…).")],
-        as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
-        url: UrlOpt = None, admin_key: AdminKeyOpt = None,
-    ) -> None:
-        """Revoke a key: refused by every gateway within about a second."""
-        target = Target(store, config, url, admin_key)
-        if not _guard(lambda: revoke_key(target, key_id)):
-            raise _fail(f"no key with id {key_id!r}")
-        print(json.dumps({"id": key_id, "revoked": True}) if as_json else f"Revoked {key_id}.")
+
+@keys_app.command("list")
+def list_cmd(
+    include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked keys.")]
+    = False,
+    as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
+    url: UrlOpt = None, admin_key: AdminKeyOpt = None,
+) -> None:
+    """List keys (never their secrets)."""
+    target = Target(store, config, url, admin_key)
+    found = _guard(lambda: list_keys(target, include_revoked))
+    if as_json:
+        print(json.dumps({"keys": found}))
+    else:
+        _show_list(found, include_revoked)
+
+
+@keys_app.command("revoke")
+def revoke_cmd(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (key_…).")],
+    as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
+    url: UrlOpt = None, admin_key: AdminKeyOpt = None,
+) -> None:
+    """Revoke a key: refused by every gateway within about a second."""
+    target = Target(store, config, url, admin_key)
+    if not _guard(lambda: revoke_key(target, key_id)):
+        raise _fail(f"no key with id {key_id!r}")
+    print(json.dumps({"id": key_id, "revoked": True}) if as_json else f"Revoked {key_id}.")

@@ -30,7 +30,6 @@ from tallygate.types import (
     LimitUsage,
     Metric,
     ModelInfo,
-    Usage,
     Window,
 )
 
@@ -59,10 +58,11 @@ class ClampReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
-    """What the engine knows about a call before deciding. `model` is the resolved name."""
+    """What the engine knows about a call before deciding. Routing already happened
+    (`resolve_model`); `decide` takes the resolved model's ModelInfo separately."""
 
     protocol: str  # "openai" | "anthropic"
-    model: str
+    model: str  # the model name as the client sent it (for records; may be "auto")
     feature: str | None
     input: Count
     max_output: int | None = None  # max_tokens / max_completion_tokens as sent, per choice
@@ -148,7 +148,7 @@ def decide(facts: RequestFacts, policy: Policy, model: ModelInfo) -> Decision:
     tokens = facts.input.tokens
     amounts = Amounts(
         tokens=tokens + out_total,
-        cost_nusd=model.cost_nusd(Usage(input_tokens=tokens, output_tokens=out_total)),
+        cost_nusd=cost_upper_bound(model, tokens, out_total),
     )
     holds = holds_for(
         policy, facts.identity, feature=facts.feature, model=model.name, amounts=amounts
@@ -164,6 +164,13 @@ def decide(facts: RequestFacts, policy: Policy, model: ModelInfo) -> Decision:
         holds=holds,
         amounts=amounts,
     )
+
+
+def cost_upper_bound(model: ModelInfo, input_tokens: int, output_tokens: int) -> int:
+    """`model.cost_nusd(Usage(input_tokens, output_tokens))` without building a Usage
+    (hot path): no cached tokens, so plain input rate; rounded up to the nano-dollar."""
+    micro = input_tokens * model.input_nusd_per_mtok + output_tokens * model.output_nusd_per_mtok
+    return -(-micro // 1_000_000)
 
 
 def _over_input(facts: RequestFacts, max_input: int | None, model: ModelInfo) -> str | None:
@@ -257,8 +264,12 @@ def _clamp_output(
 # ---------------------------------------------------------------- denials
 
 
-_WINDOW_WORD = {Window.MINUTE: "per-minute", Window.HOUR: "hourly", Window.DAY: "daily",
-                Window.MONTH: "monthly"}
+_WINDOW_WORD = {
+    Window.MINUTE: "per-minute",
+    Window.HOUR: "hourly",
+    Window.DAY: "daily",
+    Window.MONTH: "monthly",
+}
 _METRIC_WORD = {Metric.TOKENS: "token", Metric.REQUESTS: "request", Metric.COST: "cost"}
 
 

@@ -15,6 +15,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 RawHeaders = list[tuple[bytes, bytes]]
+DRAIN_LIMIT = 256 * 1024 * 1024
 
 
 class ClientGone(Exception):
@@ -28,29 +29,42 @@ def header_map(scope: Scope) -> dict[str, str]:
 
 async def read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
     """The whole request body, or RequestTooLarge as soon as it passes `cap` bytes."""
+    declared = 0
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
                 declared = int(value)
             except ValueError:
                 raise InvalidRequest("Content-Length is not a number.") from None
-            if declared > cap:
-                raise RequestTooLarge(f"Request body of {declared} bytes exceeds {cap} bytes.")
     parts: list[bytes] = []
     size = 0
-    while True:
+    more = True
+    while more:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        size += len(chunk)
+        if size > cap:
+            # Read the rest (discarding it) so the client sees the 413 instead of a
+            # broken pipe; past DRAIN_LIMIT the connection is simply dropped.
+            if max(size, declared) <= DRAIN_LIMIT:
+                await _drain(receive, more)
+            raise RequestTooLarge(f"Request body exceeds the limit of {cap} bytes.")
         if chunk:
-            size += len(chunk)
-            if size > cap:
-                raise RequestTooLarge(f"Request body exceeds {cap} bytes.")
             parts.append(chunk)
-        if not message.get("more_body", False):
-            break
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _drain(receive: Receive, more: bool) -> None:
+    size = 0
+    while more and size <= DRAIN_LIMIT:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
 
 
 def encode_headers(headers: Iterable[tuple[str, str]]) -> RawHeaders:

@@ -80,7 +80,7 @@ class SqliteKeyStore(BaseKeyStore):
             raise ConfigError("sqlite key store needs a path: sqlite:///PATH")
         store = cls(path, clock)
         try:
-            await store._call(store._connect)
+            await asyncio.get_running_loop().run_in_executor(store._pool, store._connect)
         except sqlite3.Error as exc:
             store._pool.shutdown(wait=False)
             raise ConfigError(f"Cannot open key store {path!r}: {exc}") from None

@@ -24,6 +24,7 @@ Durability contract of `LedgerWriter` (details in docs/ledger.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -189,10 +190,8 @@ class LedgerWriter:
         assert self._wake is not None
         backoff = 0.0
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval + backoff)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.flush()

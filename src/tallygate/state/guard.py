@@ -88,17 +88,17 @@ class GuardedStore:
             if clock < self._next_probe:
                 raise StoreUnavailable("state store unreachable (outage in progress)")
             self._next_probe = clock + self._probe_interval  # one prober at a time
+            if self._pending and not await self.reconcile():
+                raise StoreUnavailable("state store unreachable (outage in progress)")
         try:
             result = await op()
         except StoreUnavailable:
             self._mark_down(clock)
             raise
         if self._down_since is not None:
-            log.warning("state store reachable again after %.1f s; replaying %d operations",
-                        clock - self._down_since, len(self._pending))
+            log.warning("state store reachable again after %.1f s",
+                        clock - self._down_since)
             self._down_since = None
-        if self._pending:
-            await self.reconcile()
         return result
 
     def _mark_down(self, clock: float) -> None:
@@ -155,23 +155,23 @@ class GuardedStore:
         except StoreUnavailable:
             self._pending.append(_Pending(request_id, now))
 
-    async def reconcile(self) -> int:
-        """Replay queued operations into the shared store; returns how many were
-        replayed. Stops (keeping the rest) if the store becomes unreachable again."""
+    async def reconcile(self) -> bool:
+        """Replay queued operations into the shared store (replays run before the call
+        that found the store back, so its answer includes them). Returns False, keeping
+        the rest queued, if the store is unreachable again."""
         done = 0
         async with self._drain_lock:
             while self._pending:
-                item = self._pending[0]
                 try:
-                    await self._replay(item)
+                    await self._replay(self._pending[0])
                 except StoreUnavailable:
                     self._mark_down(time.monotonic())
-                    break
+                    return False
                 self._pending.pop(0)
                 done += 1
         if done:
             log.warning("reconciled %d operations into the state store", done)
-        return done
+        return True
 
     async def _replay(self, item: _Pending) -> None:
         if item.actual is None:

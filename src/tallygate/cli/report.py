@@ -1,0 +1,229 @@
+"""`tallygate report`, `tallygate report runs` and `tallygate what-if`: read the ledger named
+by the policy (or `--ledger URL`) and print rich tables, or JSON with `--json`."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from tallygate.errors import ConfigError, TallygateError
+
+T = TypeVar("T")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Policy file (default ./tallygate.yaml).")
+]
+LedgerOpt = Annotated[
+    str | None, typer.Option("--ledger", help="Ledger URL; overrides the policy.")
+]
+SinceOpt = Annotated[
+    str | None, typer.Option("--since", help="From: 24h, 7d, 2026-11-01 or ISO time.")
+]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="Until (exclusive), same forms.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ByOpt = Annotated[
+    str, typer.Option("--by", help="feature|user|model|run|step|day|plan|provider")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    print(f"tallygate: error: {message}", file=sys.stderr)
+    return typer.Exit(2)
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:  # pragma: no cover - psycopg is optional
+        pass
+    return tuple(errors)
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run one command's coroutine; every failure becomes one line and exit code 2."""
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except TallygateError as exc:
+        raise _fail(exc.message) from None
+    except _db_errors() as exc:
+        raise _fail(f"ledger: {exc}") from None
+
+
+def _ledger_url(config: Path | None, ledger: str | None) -> str:
+    if ledger:
+        return ledger
+    from tallygate.config import load_policy
+
+    return load_policy(config).storage.ledger
+
+
+def _ledger_url_checked(config: Path | None, ledger: str | None) -> str:
+    try:
+        url = _ledger_url(config, ledger)
+        _check_exists(url)
+    except TallygateError as exc:
+        raise _fail(exc.message) from None
+    return url
+
+
+def _policy_models(config: Path | None) -> Any:
+    from tallygate.config import load_policy
+
+    return load_policy(config).models
+
+
+def _check_exists(url: str) -> None:
+    """Reading a report must not create an empty SQLite ledger at a mistyped path."""
+    from tallygate.ledger import sqlite_path
+
+    path = sqlite_path(url)
+    if path is not None and path != ":memory:" and not Path(path).is_file():
+        raise ConfigError(f"no ledger at {path} (nothing recorded yet, or wrong --ledger?)")
+
+
+async def _open(url: str) -> Any:
+    from tallygate.ledger import open_ledger
+
+    return await open_ledger(url)
+
+
+def _window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    from tallygate.report import parse_when
+
+    now = time.time()
+    return (
+        parse_when(since, now) if since else None,
+        parse_when(until, now) if until else None,
+    )
+
+
+def _print_json(data: Any) -> None:
+    from tallygate.report import dumps
+
+    sys.stdout.buffer.write(dumps(data) + b"\n")
+    sys.stdout.flush()
+
+
+def report_main(
+    ctx: typer.Context,
+    by: ByOpt = "feature",
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    json: JsonOpt = False,
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Usage, cost, calls, rejections, trims and cache savings, grouped by one dimension."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tallygate.cli import report_render as render
+    from tallygate.report import usage_json, usage_report
+
+    url = _ledger_url_checked(config, ledger)
+
+    async def work() -> Any:
+        window = _window(since, until)
+        store = await _open(url)
+        try:
+            return await usage_report(store, by, since=window[0], until=window[1])
+        finally:
+            await store.close()
+
+    rep = _run(work)
+    if json:
+        _print_json(usage_json(rep))
+    else:
+        render.usage(rep)
+
+
+def runs_main(
+    run: Annotated[str | None, typer.Option("--run", help="Only this run (ticket) id.")] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    json: JsonOpt = False,
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Per-run steps with attempts (review loops), tokens and cost; costliest steps."""
+    from tallygate.cli import report_render as render
+    from tallygate.report_runs import runs_json, runs_report
+
+    url = _ledger_url_checked(config, ledger)
+
+    async def work() -> Any:
+        window = _window(since, until)
+        store = await _open(url)
+        try:
+            return await runs_report(store, run=run, since=window[0], until=window[1])
+        finally:
+            await store.close()
+
+    rep = _run(work)
+    if json:
+        _print_json(runs_json(rep))
+    else:
+        render.runs(rep)
+
+
+def what_if_main(
+    step: Annotated[str, typer.Option("--step", help="Workflow step to re-price.")],
+    model: Annotated[str, typer.Option("--model", help="Model whose prices to use.")],
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    json: JsonOpt = False,
+    config: ConfigOpt = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Re-price the recorded calls of a step as if it had used another model."""
+    from tallygate.cli import report_render as render
+    from tallygate.report_runs import what_if, what_if_json
+
+    url = _ledger_url_checked(config, ledger)
+
+    async def work() -> Any:
+        from tallygate.core.catalog import Catalog
+
+        catalog = Catalog(_policy_models(config))
+        target = catalog.get(model)
+
+        def lookup(name: str) -> Any:
+            try:
+                return catalog.get(name)
+            except TallygateError:
+                return None
+
+        window = _window(since, until)
+        store = await _open(url)
+        try:
+            return await what_if(store, step, target, since=window[0], until=window[1],
+                                 lookup=lookup)
+        finally:
+            await store.close()
+
+    result = _run(work)
+    if json:
+        _print_json(what_if_json(result))
+    else:
+        render.what_if(result)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `report` (with its `runs` sub-command) and `what-if` to the CLI."""
+    report_app = typer.Typer(
+        help="Usage and cost reports from the ledger.", no_args_is_help=False,
+        pretty_exceptions_enable=False,
+    )
+    report_app.callback(invoke_without_command=True)(report_main)
+    report_app.command("runs")(runs_main)
+    app.add_typer(report_app, name="report")
+    app.command("what-if")(what_if_main)

@@ -1,0 +1,205 @@
+"""`tallygate count`, `chunk` and `check`: token counts of files for people and CI.
+
+Errors are TallygateError subclasses; cli/main.py's run() prints them as one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tallygate.errors import InvalidRequest, TallygateError
+
+DEFAULT_MODEL = "gpt-4o"
+_BINARY_PROBE = 8_192
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model whose tokenizer counts.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _read_bytes(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    path = Path(name)
+    if not path.is_file():
+        raise InvalidRequest(f"{name}: no such file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"{name}: cannot read ({exc.strerror})") from exc
+
+
+def _is_binary(raw: bytes) -> bool:
+    return b"\x00" in raw[:_BINARY_PROBE]
+
+
+def _chat_body(text: str) -> dict[str, Any] | None:
+    """The parsed JSON when the text is a chat request (an object with `messages`)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("messages"), list) else None
+
+
+def count_source(name: str, raw: bytes, model: str) -> dict[str, Any]:
+    """One row of `count`/`check`: a chat JSON counts as a request, anything else as text."""
+    from tallygate.core.catalog import resolve_model
+    from tallygate.core.tokens import count_anthropic_messages, count_request, count_text
+
+    info = resolve_model(model)
+    text = raw.decode("utf-8", errors="replace")
+    body = _chat_body(text)
+    if body is None:
+        result = count_text(text, info)
+        kind = "text"
+    elif info.provider == "anthropic" or info.name.startswith("claude"):
+        result = count_anthropic_messages(body, info)
+        kind = "anthropic-chat"
+    else:
+        result = count_request("openai", "chat/completions", body, info)
+        kind = "chat"
+    return {
+        "file": name,
+        "kind": kind,
+        "tokens": result.tokens,
+        "exact": result.exact,
+        "encoding": result.encoding,
+        "model": info.name,
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], title: str, budget: int | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("file")
+    table.add_column("kind")
+    table.add_column("tokens", justify="right")
+    table.add_column("exact")
+    if budget is not None:
+        table.add_column("status")
+    for row in rows:
+        cells = [row["file"], row["kind"], f"{row['tokens']:,}", "yes" if row["exact"] else "est."]
+        if budget is not None:
+            cells.append("[red]OVER[/red]" if row["tokens"] > budget else "ok")
+        table.add_row(*cells)
+    Console(highlight=False).print(table)
+
+
+def count_cmd(
+    files: Annotated[list[str] | None, typer.Argument(help="Files, or - for stdin.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Token counts of text files or chat JSON files (stdin with -)."""
+    names = files or ["-"]
+    rows = [count_source(n, _read_bytes(n), model) for n in names]
+    if as_json:
+        typer.echo(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
+    elif len(rows) == 1:
+        row = rows[0]
+        note = "" if row["exact"] else " (estimate, upper bound)"
+        typer.echo(f"{row['tokens']} tokens ({row['model']}, {row['encoding']}){note}")
+    else:
+        _print_table(rows, f"tokens ({model})")
+
+
+def chunk_cmd(
+    file: Annotated[str, typer.Argument(help="Text file, or - for stdin.")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Budget per piece.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    out: Annotated[Path | None, typer.Option("--out", help="Write pieces here.")] = None,
+) -> None:
+    """Split a file into pieces of at most --max-tokens tokens."""
+    from tallygate.core.chunk import chunk
+    from tallygate.core.tokens import count_text
+
+    text = _read_bytes(file).decode("utf-8", errors="replace")
+    pieces = chunk(text, max_tokens, model)
+    if out is None:
+        for i, piece in enumerate(pieces, 1):
+            n = count_text(piece, model).tokens
+            typer.echo(f"----- piece {i}/{len(pieces)} ({n} tokens) -----")
+            typer.echo(piece)
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        width = max(4, len(str(len(pieces))))
+        for i, piece in enumerate(pieces, 1):
+            (out / f"piece-{i:0{width}d}.txt").write_text(piece, encoding="utf-8")
+    except OSError as exc:
+        raise InvalidRequest(f"{out}: cannot write pieces ({exc.strerror})") from exc
+    typer.echo(f"{len(pieces)} pieces written to {out}")
+
+
+def _walk(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InvalidRequest(f"{name}: no such file or directory")
+    return files
+
+
+def check_cmd(
+    paths: Annotated[list[str], typer.Argument(help="Files or directories (recursive).")],
+    budget: Annotated[int, typer.Option("--budget", "-b", help="Max tokens per file.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    as_json: JsonOpt = False,
+) -> None:
+    """CI gate: exit 1 when any file is over --budget tokens."""
+    if budget < 0:
+        raise InvalidRequest("--budget must be ≥ 0")
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for path in _walk(paths):
+        raw = _read_bytes(str(path))
+        if _is_binary(raw):
+            skipped.append(str(path))
+            continue
+        rows.append(count_source(str(path), raw, model))
+    over = [r for r in rows if r["tokens"] > budget]
+    if as_json:
+        report = {"budget": budget, "model": model, "files": rows, "skipped": skipped}
+        typer.echo(json.dumps(report | {"over": [r["file"] for r in over]}, indent=2))
+    else:
+        _print_table(rows, f"token budget {budget:,} ({model})", budget)
+        for name in skipped:
+            typer.echo(f"skipped binary file: {name}")
+        for row in over:
+            typer.echo(f"OVER BUDGET: {row['file']}: {row['tokens']:,} > {budget:,} tokens")
+    if over:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("count")(_guard(count_cmd))
+    app.command("chunk")(_guard(chunk_cmd))
+    app.command("check")(_guard(check_cmd))
+
+
+def _guard(fn: Any) -> Any:
+    """Keep typer's signature; turn stray OS/Unicode errors into TallygateError lines."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TallygateError:
+            raise
+        except (OSError, UnicodeError) as exc:
+            raise InvalidRequest(str(exc)) from exc
+
+    return wrapper

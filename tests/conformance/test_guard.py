@@ -1,0 +1,102 @@
+"""Redis unavailable: fail_closed refuses with StoreUnavailable; fail_open admits,
+counts locally and reconciles into Redis once it is back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tallygate.errors import StoreUnavailable
+from tallygate.state import from_url
+from tallygate.state.guard import GuardedStore
+from tallygate.types import Hold, Window
+from tests.support.servers import _wait_port, free_port
+
+T0 = 1_718_000_000.0
+DAY = [Hold("user:u1:tokens:day", 100, 1000, Window.DAY)]
+
+
+@pytest.fixture
+def own_redis() -> Iterator[subprocess.Popen[bytes]]:
+    """A dedicated redis-server this test may pause (SIGSTOP) to cut it off."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tg-guard-") as tmp:
+        proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(port),
+             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(port, proc)
+        proc.port = port  # type: ignore[attr-defined]
+        try:
+            yield proc
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+async def test_fail_closed_raises_store_unavailable_fast() -> None:
+    dead = from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    guard = GuardedStore(dead, "fail_closed")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as caught:
+        await guard.reserve("r1", DAY, lease=60, now=T0)
+    assert caught.value.status == 503 and caught.value.code == "store_unavailable"
+    with pytest.raises(StoreUnavailable):  # during the outage: refused without waiting
+        await guard.reserve("r2", DAY, lease=60, now=T0)
+    with pytest.raises(StoreUnavailable):
+        await guard.usage("user:u1:tokens:day", limit=1000, window=Window.DAY, now=T0)
+    assert time.monotonic() - started < 2.0
+    assert guard.degraded
+    await guard.settle("r1", {"tokens": 5}, now=T0)  # never raises: queued for replay
+    assert guard.pending == 1
+    await guard.close()
+
+
+async def test_fail_open_admits_locally_and_reconciles(
+    own_redis: subprocess.Popen[bytes],
+) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0"  # type: ignore[attr-defined]
+    inner = from_url(url, socket_timeout=0.3, connect_timeout=0.3)
+    guard = GuardedStore(inner, "fail_open", probe_interval=0.2)
+    assert await guard.reserve("before", DAY, lease=600, now=T0) is None  # in Redis
+    await guard.settle("before", {"tokens": 70}, now=T0)
+    assert await guard.reserve("in-flight", DAY, lease=600, now=T0) is None  # in Redis
+
+    os.kill(own_redis.pid, signal.SIGSTOP)  # Redis stops answering: timeouts
+    try:
+        assert await guard.reserve("o1", DAY, lease=600, now=T0 + 1) is None
+        assert guard.degraded
+        assert await guard.reserve("o2", DAY, lease=600, now=T0 + 1) is None
+        await guard.settle("o1", {"tokens": 40}, now=T0 + 2)
+        await guard.release("o2", now=T0 + 2)
+        await guard.settle("in-flight", {"tokens": 30}, now=T0 + 2)  # queued
+        local = await guard.usage("user:u1:tokens:day", limit=1000, window=Window.DAY,
+                                  now=T0 + 2)
+        assert (local.used, local.reserved) == (40, 0)  # counted locally
+        assert await guard.reserve("o3", DAY, lease=600, now=T0 + 3) is None
+        assert guard.pending == 2
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+
+    time.sleep(0.25)  # past the probe interval
+    shared = await guard.usage("user:u1:tokens:day", limit=1000, window=Window.DAY,
+                               now=T0 + 4)
+    assert not guard.degraded and guard.pending == 0
+    # Reconciled: 70 before + 40 settled locally + 30 of the queued settle.
+    assert shared.used == 140
+    await guard.settle("o3", {"tokens": 25}, now=T0 + 5)  # local hold, settled after
+    direct = from_url(url)
+    usage = await direct.usage("user:u1:tokens:day", limit=1000, window=Window.DAY,
+                               now=T0 + 1000)  # past every lease: nothing stale held
+    assert (usage.used, usage.reserved) == (165, 0)
+    assert await guard.reconcile() and guard.pending == 0
+    await direct.close()
+    await guard.close()

@@ -1,0 +1,55 @@
+"""Offline, hash-verified encodings equal tiktoken's and an independent tokenizer's counts."""
+
+from __future__ import annotations
+
+import bpe_openai
+import pytest
+
+from tallygate.core import bpe
+from tallygate.errors import ConfigError
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. It's 3:45pm, isn't it?",
+    "def count(xs: list[int]) -> int:\n    return sum(x * 2 for x in xs if x % 3)\n",
+    "東京は日本の首都です。私は毎朝コーヒーを飲みます。",
+    "emoji 🎉🚀👩‍👩‍👧‍👦 and flags 🇵🇹🇯🇵, combining é and ñ",
+    '{"id": 12345, "items": [{"name": "a", "tags": ["x", "y"]}], "ok": true}',
+    "Ünïcödé — “quotes” and\ttabs\r\nand   multiple    spaces\n\n\n",
+    "<|endoftext|> special-looking text is ordinary text",
+]
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_counts_equal_independent_tokenizer(name: str) -> None:
+    ours = bpe.get_encoding(name)
+    reference = bpe_openai.get_encoding(name)  # Rust implementation, its own data path
+    for text in CORPUS:
+        assert ours.encode_ordinary(text) == reference.encode_ordinary(text), text
+
+
+def test_expected_hashes_come_from_tiktoken() -> None:
+    assert bpe.expected_hash("o200k_base") == (
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+    )
+    assert bpe.expected_hash("cl100k_base").startswith("223921b7")
+
+
+def test_tampered_file_is_refused() -> None:
+    with pytest.raises(bpe.BpeIntegrityError, match="failed verification"):
+        bpe.parse_verified(b"IQ== 0\n", bpe.expected_hash("o200k_base"), "x")
+
+
+def test_special_tokens_match_tiktoken_constructor() -> None:
+    enc = bpe.get_encoding("o200k_base")
+    assert enc.encode("<|endoftext|>", allowed_special="all") == [199999]
+    assert bpe.get_encoding("cl100k_base").n_vocab == 100277
+    assert bpe.get_encoding("o200k_harmony").encode("<|start|>", allowed_special="all") == [200006]
+
+
+def test_cached_per_process() -> None:
+    assert bpe.get_encoding("o200k_base") is bpe.get_encoding("o200k_base")
+
+
+def test_unknown_encoding_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not available offline"):
+        bpe.get_encoding("p50k_base")

@@ -1,0 +1,179 @@
+"""`tallygate keys …` against a temp SQLite store (--store) and against a real uvicorn
+serving the admin routes (--url)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import typer
+import uvicorn
+from starlette.applications import Starlette
+from typer.testing import CliRunner
+
+from tallygate.cli import keys as keys_cli
+from tallygate.keys import MemoryKeyStore, open_keystore
+from tests.support.servers import free_port
+
+ADMIN = "cli-admin-key"
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """tallygate (test harness)."""
+
+    keys_cli.register(app)
+    return app
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run_ok(runner: CliRunner, app: typer.Typer, *args: str, **env: str) -> str:
+    result = runner.invoke(app, list(args), env=env or None)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return result.stdout
+
+
+def run_fail(runner: CliRunner, app: typer.Typer, *args: str, **env: str) -> str:
+    result = runner.invoke(app, list(args), env=env or None)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    err = result.stderr.strip()
+    assert err.startswith("tallygate: error: ") and "\n" not in err
+    assert "Traceback" not in result.stdout + result.stderr
+    return err
+
+
+def verify(url: str, secret: str) -> object:
+    async def go() -> object:
+        store = await open_keystore(url)
+        try:
+            return await store.verify(secret)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def test_store_create_list_revoke(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'k.db'}"
+    out = run_ok(runner, app, "keys", "create", "--user", "u1", "--plan", "pro",
+                 "--feature", "chat", "--feature", "summarize", "--model", "gpt-4o",
+                 "--name", "ci", "--limit", "tokens_per_day=50000",
+                 "--limit", "cost_usd_per_day=2.5", "--json", "--store", store)
+    data = json.loads(out)
+    assert list(data)[:2] == ["id", "key"]
+    assert data["features"] == ["chat", "summarize"] and data["models"] == ["gpt-4o"]
+    assert data["limits"] == {"tokens_per_day": 50000, "cost_usd_per_day": 2.5}
+    key = verify(store, data["key"])
+    assert key is not None and key.id == data["id"]  # type: ignore[attr-defined]
+
+    pretty = run_ok(runner, app, "keys", "create", "--user", "u2", "--plan", "free",
+                    "--store", store)
+    assert "shown only once" in pretty and "tg-" in pretty
+
+    listed = json.loads(run_ok(runner, app, "keys", "list", "--json", "--store", store))
+    assert sorted(k["user"] for k in listed["keys"]) == ["u1", "u2"]
+    assert data["key"] not in json.dumps(listed)
+    table = run_ok(runner, app, "keys", "list", "--store", store)
+    assert data["id"] in table
+
+    assert "Revoked" in run_ok(runner, app, "keys", "revoke", data["id"], "--store", store)
+    assert verify(store, data["key"]) is None
+    listed = json.loads(run_ok(runner, app, "keys", "list", "--json", "--store", store))
+    assert len(listed["keys"]) == 1
+    everything = json.loads(run_ok(runner, app, "keys", "list", "--all", "--json",
+                                   "--store", store))
+    assert len(everything["keys"]) == 2
+
+
+def test_store_errors_are_one_line(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'k.db'}"
+    assert "no key" in run_fail(runner, app, "keys", "revoke", "key_nope", "--store", store)
+    assert "tokens_per_day=50000" in run_fail(
+        runner, app, "keys", "create", "--user", "u", "--plan", "p", "--limit", "oops",
+        "--store", store)
+    assert "Unknown limit" in run_fail(
+        runner, app, "keys", "create", "--user", "u", "--plan", "p", "--limit",
+        "tokens_per_week=5", "--store", store)
+    assert "Unsupported key store" in run_fail(runner, app, "keys", "list",
+                                               "--store", "redis://127.0.0.1/0")
+    missing_dir = tmp_path / "no" / "such" / "dir" / "k.db"
+    assert "Cannot open" in run_fail(runner, app, "keys", "list",
+                                     "--store", f"sqlite:///{missing_dir}")
+    assert "policy file not found" in run_fail(runner, app, "keys", "list",
+                                               "--config", str(tmp_path / "none.yaml"))
+
+
+def test_store_from_policy_file(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    policy = tmp_path / "tallygate.yaml"
+    policy.write_text(f"storage:\n  state: memory://\n  ledger: sqlite:///{db}\n")
+    data = json.loads(run_ok(runner, app, "keys", "create", "--user", "u", "--plan", "free",
+                             "--json", "--config", str(policy)))
+    assert verify(f"sqlite:///{db}", data["key"]) is not None
+
+
+@pytest.fixture
+def gateway() -> Iterator[tuple[str, MemoryKeyStore]]:
+    """A real uvicorn on a free loopback port serving only the admin routes."""
+    from tallygate.gateway.admin import admin_routes
+
+    store = MemoryKeyStore()
+    port = free_port()
+    config = uvicorn.Config(Starlette(routes=admin_routes(store, ADMIN)), host="127.0.0.1",
+                            port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", store
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_url_create_list_revoke(runner: CliRunner, app: typer.Typer,
+                                gateway: tuple[str, MemoryKeyStore]) -> None:
+    url, store = gateway
+    data = json.loads(run_ok(runner, app, "keys", "create", "--user", "u1", "--plan", "pro",
+                             "--model", "gpt-4o", "--limit", "requests_per_minute=60",
+                             "--json", "--url", url, TALLYGATE_ADMIN_KEY=ADMIN))
+    assert data["key"].startswith("tg-") and "object" not in data
+    assert data["limits"] == {"requests_per_minute": 60}
+    assert asyncio.run(store.verify(data["key"])) is not None
+
+    listed = json.loads(run_ok(runner, app, "keys", "list", "--json", "--url", url,
+                               "--admin-key", ADMIN))
+    assert [k["id"] for k in listed["keys"]] == [data["id"]]
+    assert data["key"] not in json.dumps(listed)
+
+    run_ok(runner, app, "keys", "revoke", data["id"], "--url", url, "--admin-key", ADMIN)
+    assert asyncio.run(store.verify(data["key"])) is None
+    assert "no key" in run_fail(runner, app, "keys", "revoke", "key_nope", "--url", url,
+                                "--admin-key", ADMIN)
+
+
+def test_url_errors_are_one_line(runner: CliRunner, app: typer.Typer,
+                                 gateway: tuple[str, MemoryKeyStore]) -> None:
+    url, _ = gateway
+    err = run_fail(runner, app, "keys", "list", "--url", url, "--admin-key", "wrong")
+    assert "401" in err and "invalid_api_key" in err and "wrong" not in err
+    assert "--admin-key" in run_fail(runner, app, "keys", "list", "--url", url)
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert "cannot reach the gateway" in run_fail(runner, app, "keys", "list", "--url", dead,
+                                                  "--admin-key", ADMIN)
