@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
 import statistics
@@ -36,7 +37,7 @@ def make_row(i: int) -> CallRecord:
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))]
+    return values[max(0, math.ceil(p / 100 * len(values)) - 1)]  # nearest rank
 
 
 async def record_cost(url: str, journal: Path | None, n: int, fsync: str) -> tuple[float, float]:

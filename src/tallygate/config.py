@@ -77,6 +77,7 @@ class Policy(PolicyModel):
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: expected a mapping of sections at the top level")
         environ = os.environ if env is None else env
+        _check_size(data, source)
         expanded = _expand(dict(data), environ, source, ())
         if "admin_key" not in expanded and environ.get(ADMIN_KEY_ENV):
             expanded["admin_key"] = environ[ADMIN_KEY_ENV]
@@ -196,6 +197,7 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: invalid YAML at {where}: {exc.problem}") from None
     except (yaml.YAMLError, ArithmeticError) as exc:
         raise ConfigError(f"{source}: invalid YAML ({type(exc).__name__})") from None
+    _check_size(data, source)
     if not found:
         return data
     back = re.compile(re.escape(marker) + r"(\d+)z")
@@ -210,6 +212,28 @@ def _map_strings(value: Any, fn: Any) -> Any:
     if isinstance(value, list):
         return [_map_strings(v, fn) for v in value]
     return value
+
+
+_MAX_NODES = 200_000
+_MAX_DEPTH = 64
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse self-referencing or exploding documents (YAML aliases) before walking them."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > _MAX_NODES or depth > _MAX_DEPTH:
+            raise ConfigError(
+                f"{source}: the document is too large or too deeply nested "
+                f"(more than {_MAX_NODES} values or {_MAX_DEPTH} levels; recursive aliases?)"
+            )
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, depth + 1) for v in node)
 
 
 # ---------------------------------------------------------------- ${VAR} expansion

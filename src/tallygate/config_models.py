@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -133,6 +133,14 @@ class LimitRule:
     window: Window
     amount: int
     rolling: bool = False
+    # The hold key's tail (`:tokens:day`, `:cost:month:rolling`), built once: see
+    # core/limits.py for the key format.
+    key_suffix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tail = ":rolling" if self.rolling else ""
+        suffix = f":{self.metric.value}:{self.window.value}{tail}"
+        object.__setattr__(self, "key_suffix", suffix)
 
 
 class LimitFields(BaseModel):
@@ -387,9 +395,9 @@ class PolicyModel(BaseModel):
         out = []
         for name, feature in self.features.items():
             pairs = (("model", feature.model), ("summarize_model", feature.summarize_model))
-            for field, model in pairs:
+            for key, model in pairs:
                 if model and model.startswith(_TIER_PREFIX) and model[5:] not in self.tiers:
-                    out.append(f"features.{name}.{field}: no tier {model[5:]!r} in tiers")
+                    out.append(f"features.{name}.{key}: no tier {model[5:]!r} in tiers")
         return out
 
     @functools.cached_property

@@ -14,7 +14,7 @@ from tests.conformance.test_state import (  # noqa: F401  (fixtures)
 
 
 async def test_100_concurrent_reservations_of_40_admit_exactly_25(
-    store_factory: StoreFactory,
+    store_factory: StoreFactory,  # noqa: F811
 ) -> None:
     # Four handles on the same state (one file / one namespace; one object for memory),
     # so the race is between connections, not only tasks of one client.
@@ -31,7 +31,7 @@ async def test_100_concurrent_reservations_of_40_admit_exactly_25(
 
 
 async def test_third_limit_without_room_holds_nothing_on_the_first_two(
-    store_factory: StoreFactory,
+    store_factory: StoreFactory,  # noqa: F811
 ) -> None:
     s = await store_factory()
     await s.reserve("filler", [Hold("run:r1:tokens:day", 990, 1000, Window.DAY)],

@@ -3,6 +3,7 @@ counts locally and reconciles into Redis once it is back."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -86,7 +87,7 @@ async def test_fail_open_admits_locally_and_reconciles(
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
 
-    time.sleep(0.25)  # past the probe interval
+    await asyncio.sleep(0.25)  # past the probe interval
     shared = await guard.usage("user:u1:tokens:day", limit=1000, window=Window.DAY,
                                now=T0 + 4)
     assert not guard.degraded and guard.pending == 0

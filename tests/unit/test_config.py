@@ -414,3 +414,20 @@ def test_docs_complete_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyP
     policy = load_policy(write(tmp_path, blocks[-1]))
     assert policy.features["summarize"].model == "tier:small"
     assert policy.plans["pro"].cost_usd_per_month == 20 * 10**9
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "features: &a {x: *a}\n",
+        "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\n"
+        "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+        "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+        "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+        "f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
+    ],
+)
+def test_recursive_or_exploding_documents_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match="too large or too deeply nested"):
+        load_policy(write(tmp_path, text))

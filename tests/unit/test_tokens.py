@@ -152,7 +152,7 @@ def test_cookbook_published_message_example() -> None:
         {
             "role": "system",
             "name": "example_user",
-            "content": "Let's circle back when we have more bandwidth to touch base on opportunities for increased leverage.",
+            "content": "Let's circle back when we have more bandwidth to touch base on opportunities for increased leverage.",  # noqa: E501
         },
         {
             "role": "system",
@@ -161,7 +161,7 @@ def test_cookbook_published_message_example() -> None:
         },
         {
             "role": "user",
-            "content": "This late pivot means we don't have time to boil the ocean for the client deliverable.",
+            "content": "This late pivot means we don't have time to boil the ocean for the client deliverable.",  # noqa: E501
         },
     ]
     assert tokens.count_openai_chat(example, "gpt-4").tokens == 129

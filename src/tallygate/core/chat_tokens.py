@@ -223,7 +223,7 @@ def cached_message(
     """(tokens, exact, chars) of one message, through the per-process LRU."""
     if not isinstance(message, Mapping):
         raise InvalidRequest("each message must be an object")
-    canonical = json_text(message).encode("utf-8", "surrogatepass")
+    canonical = _canonical(message)
     key = (counter.encoding, profile, hashlib.blake2b(canonical, digest_size=16).digest())
     found = _cache.get(key)
     if found is not None:
@@ -234,6 +234,16 @@ def cached_message(
     result = (tally.tokens, tally.exact, tally.chars)
     _cache.put(key, result)
     return result
+
+
+def _canonical(message: Mapping[str, Any]) -> bytes:
+    """Canonical JSON bytes; flat string-only messages skip the depth walk (hot path)."""
+    if all(isinstance(v, str) for v in message.values()):
+        try:
+            return orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            pass
+    return json_text(message).encode("utf-8", "surrogatepass")
 
 
 def message_tokens(message: Mapping[str, Any], model: ModelInfo) -> int:

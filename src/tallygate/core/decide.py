@@ -240,25 +240,28 @@ def _clamp_output(
 ) -> tuple[int, Clamp | None]:
     """Max output per choice: the tightest of the feature cap (divided among the n
     choices), the model's own maximum, and what the context window leaves."""
-    bounds: list[tuple[int, ClampReason]] = []
+    value, reason = -1, ClampReason.DEFAULT  # -1: nothing bounds it yet
     if cap is not None:
-        per_choice = cap // facts.n
-        if per_choice < 1:
+        value, reason = cap // facts.n, ClampReason.FEATURE_CAP
+        if value < 1:
             raise InvalidRequest(
                 f"n={facts.n} choices cannot share the max_output of {cap} tokens "
                 f"of feature {facts.feature or 'default'!r}",
                 param="n",
             )
-        bounds.append((per_choice, ClampReason.FEATURE_CAP))
-    if model.max_output_tokens > 0:
-        bounds.append((model.max_output_tokens, ClampReason.MODEL_MAX_OUTPUT))
+    most = model.max_output_tokens
+    if most > 0 and (value < 0 or most < value):
+        value, reason = most, ClampReason.MODEL_MAX_OUTPUT
     if model.context_window > 0:
-        bounds.append((model.context_window - facts.input.tokens, ClampReason.CONTEXT_WINDOW))
-    tightest = min(bounds, key=lambda b: b[0], default=(DEFAULT_MAX_OUTPUT, ClampReason.DEFAULT))
+        room = model.context_window - facts.input.tokens
+        if value < 0 or room < value:
+            value, reason = room, ClampReason.CONTEXT_WINDOW
+    if value < 0:
+        value = DEFAULT_MAX_OUTPUT
     requested = facts.max_output
-    if requested is not None and requested <= tightest[0]:
+    if requested is not None and requested <= value:
         return requested, None
-    return tightest[0], Clamp(tightest[0], tightest[1], requested)
+    return value, Clamp(value, reason, requested)
 
 
 # ---------------------------------------------------------------- denials

@@ -207,15 +207,15 @@ def holds_for(
 def _add(out: list[Hold], scope: str, ident: str | None, rules: Rules, amounts: Amounts) -> None:
     if not rules:
         return
-    safe = None if ident is None else escape_id(ident)
-    for rule in rules:
+    prefix = scope if ident is None else f"{scope}:{escape_id(ident)}"
+    for rule in rules:  # positional Hold(...) and the prebuilt suffix: this is the hot path
         out.append(
             Hold(
-                key=hold_key(scope, safe, rule.metric, rule.window, rule.rolling),
-                amount=amounts.of(rule.metric),
-                limit=rule.amount,
-                window=rule.window,
-                metric=rule.metric,
-                rolling=rule.rolling,
+                prefix + rule.key_suffix,
+                amounts.of(rule.metric),
+                rule.amount,
+                rule.window,
+                rule.metric,
+                rule.rolling,
             )
         )

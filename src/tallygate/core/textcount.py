@@ -26,6 +26,8 @@ Cyrillic, Arabic, Devanagari, Hangul, emoji, JSON, base64). Costs two encodes.
 
 from __future__ import annotations
 
+import re
+
 import regex
 import tiktoken
 
@@ -37,6 +39,8 @@ RUN_LIMIT = 512
 ESTIMATE_LABEL = "estimate"
 
 # Long runs that tiktoken's regex keeps as one piece (or backtracks on).
+# Cheap stdlib pre-check: any of those runs is ≥ RUN_LIMIT non-space or space characters.
+_MAYBE_LONG = re.compile(rf"\S{{{RUN_LIMIT}}}|\s{{{RUN_LIMIT}}}")
 _LONG_RUN = regex.compile(
     rf"[\p{{L}}\p{{M}}]{{{RUN_LIMIT},}}|[^\s\p{{L}}\p{{N}}]{{{RUN_LIMIT},}}|\s{{{RUN_LIMIT},}}"
 )
@@ -63,7 +67,7 @@ def check_size(chars: int, max_chars: int | None) -> None:
 
 def _split_runs(text: str) -> list[str] | None:
     """Segments with long runs cut to RUN_LIMIT chars, or None when there are none."""
-    if len(text) < RUN_LIMIT:
+    if len(text) < RUN_LIMIT or _MAYBE_LONG.search(text) is None:
         return None
     segments: list[str] = []
     pos = 0

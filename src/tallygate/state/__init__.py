@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from tallygate.core.windows import counter_name
 from tallygate.errors import ConfigError, InvalidRequest
 from tallygate.state.base import StateStore
 from tallygate.types import Hold, Metric, Window
@@ -58,7 +57,8 @@ def check_request(request_id: object, now: object) -> None:
 
 
 def check_time(name: str, value: object) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+    kind = type(value)
+    if (kind is not float and kind is not int) or not math.isfinite(value):  # type: ignore[arg-type]
         raise InvalidRequest(f"{name} must be a finite number of seconds, got {value!r}")
 
 
@@ -68,18 +68,19 @@ def check_holds(request_id: object, holds: Sequence[Hold], lease: object, now: o
     check_time("lease", lease)
     if lease <= 0:  # type: ignore[operator]
         raise InvalidRequest(f"lease must be positive, got {lease!r}")
-    seen: set[str] = set()
+    seen: set[tuple[str, Window, bool]] = set()
     for hold in holds:
-        if not isinstance(hold, Hold) or not isinstance(hold.key, str) or not hold.key:
+        if type(hold) is not Hold or type(hold.key) is not str or not hold.key:
             raise InvalidRequest(f"each hold must be a Hold with a non-empty key, got {hold!r}")
-        if not _is_int(hold.amount) or not 0 <= hold.amount <= MAX_AMOUNT:
+        # `type(x) is int` is the hot-path check (it also refuses bool and float).
+        if type(hold.amount) is not int or not 0 <= hold.amount <= MAX_AMOUNT:
             raise InvalidRequest(f"hold {hold.key!r}: amount must be an int in "
                                  f"[0, 2**63-1], got {hold.amount!r}")
-        if not _is_int(hold.limit) or abs(hold.limit) > MAX_AMOUNT:
+        if type(hold.limit) is not int or not -MAX_AMOUNT <= hold.limit <= MAX_AMOUNT:
             raise InvalidRequest(f"hold {hold.key!r}: limit must be an int, got {hold.limit!r}")
-        if not isinstance(hold.window, Window) or not isinstance(hold.metric, Metric):
+        if type(hold.window) is not Window or type(hold.metric) is not Metric:
             raise InvalidRequest(f"hold {hold.key!r}: window/metric must be Window/Metric")
-        name = counter_name(hold.key, hold.window, hold.rolling)
+        name = (hold.key, hold.window, bool(hold.rolling))
         if name in seen:
             raise InvalidRequest(f"hold {hold.key!r} appears twice in one reservation")
         seen.add(name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from tallygate.core.windows import counter_name, live_range, room_returns_at
+from tallygate.core.windows import live_range, room_returns_at
 from tallygate.errors import InvalidRequest
 from tallygate.state import (
     check_actual,
@@ -85,7 +85,7 @@ class MemoryStore:
     """StateStore for one process (tests, the library, single-worker gateways)."""
 
     def __init__(self, *, retention: float = RETENTION) -> None:
-        self._counters: dict[str, _Counter] = {}
+        self._counters: dict[tuple[str, Window, bool], _Counter] = {}
         self._reservations: dict[str, _Reservation] = {}
         self._flags: dict[str, bool] = {}
         self._flags_version = 0
@@ -190,7 +190,7 @@ class MemoryStore:
                           reset_at=room_returns_at(window, now, rolling, first))
 
     def _counter(self, key: str, window: Window, rolling: bool) -> _Counter:
-        name = counter_name(key, window, rolling)
+        name = (key, window, rolling)  # the same key under another window never mixes
         counter = self._counters.get(name)
         if counter is None:
             counter = self._counters[name] = _Counter()

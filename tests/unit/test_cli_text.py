@@ -1,0 +1,76 @@
+"""The count / chunk / check commands, run as a user runs them (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tallygate.core.catalog import resolve_model
+from tallygate.core.tokens import count_request, count_text
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tallygate", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        input=stdin,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_count_chat_json_matches_library() -> None:
+    proc = run("count", "examples/chat.json", "--json")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    body = json.loads((ROOT / "examples/chat.json").read_text())
+    expected = count_request("openai", "chat/completions", body, resolve_model("gpt-4o"))
+    assert row["tokens"] == expected.tokens and row["kind"] == "chat"
+
+
+def test_count_stdin_and_claude() -> None:
+    proc = run("count", "-", "--model", "claude-sonnet-4-5", "--json", stdin="hello there")
+    row = json.loads(proc.stdout)
+    assert row["tokens"] == count_text("hello there", "claude-sonnet-4-5").tokens
+    assert row["exact"] is False
+
+
+def test_check_gate(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "small.txt").write_text("hi there")
+    (tmp_path / "sub" / "big.txt").write_text("word " * 200)
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02" * 10)
+    ok = run("check", str(tmp_path), "--budget", "1000")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "skipped binary file" in ok.stdout
+    bad = run("check", str(tmp_path), "--budget", "50")
+    assert bad.returncode == 1
+    assert "OVER BUDGET" in bad.stdout and "big.txt" in bad.stdout
+    report = json.loads(run("check", str(tmp_path), "--budget", "50", "--json").stdout)
+    assert [Path(f).name for f in report["over"]] == ["big.txt"]
+
+
+def test_chunk_writes_pieces(tmp_path: Path) -> None:
+    src = tmp_path / "doc.txt"
+    text = "Sentence number one. " * 200
+    src.write_text(text)
+    out = tmp_path / "pieces"
+    proc = run("chunk", str(src), "--max-tokens", "50", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(out.iterdir())
+    assert "".join(f.read_text() for f in files) == text
+    assert all(count_text(f.read_text()).tokens <= 50 for f in files)
+
+
+def test_errors_are_one_line() -> None:
+    for args in (["count", "missing.txt"], ["count", "examples/chat.json", "--model", "gpt4o"]):
+        proc = run(*args)
+        assert proc.returncode != 0
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and "tallygate: error:" in proc.stderr
