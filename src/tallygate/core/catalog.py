@@ -171,9 +171,16 @@ class Catalog:
             for provider in self._snapshot.providers:
                 if provider.id == prefix and (model := provider.find_model(rest)) is not None:
                     return provider, model
-        for provider in self._ordered_providers():
+        ordered = self._ordered_providers()
+        for provider in ordered:
             for model in provider.models:
                 if model.is_match(ref):
+                    return provider, model
+        # Some ids are not matched by their own clauses (e.g. "codestral"): every
+        # name that names() lists must resolve.
+        for provider in ordered:
+            for model in provider.models:
+                if model.id.lower() == ref:
                     return provider, model
         return None
 
@@ -185,7 +192,7 @@ class Catalog:
                 return (2, 0)
             return (1, 0)
 
-        return sorted(self._snapshot.providers, key=rank)
+        return sorted(self._snapshot.providers, key=rank)  # stable: snapshot order within a rank
 
     def _build(self, name: str, provider: str, model: gp.ModelInfo) -> ModelInfo:
         prices = model.get_prices(self._at)

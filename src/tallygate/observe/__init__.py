@@ -1,0 +1,117 @@
+"""Live observability: Prometheus metrics, OpenTelemetry traces and alert webhooks, all
+derived from the CallRecords the engine hands to its recorders.
+
+The gateway calls `install(runtime, policy)` in its start-up and `await obs.close()` in its
+shut-down. Only O(1) in-memory work happens per call; the state-store reads, ledger
+queries, span exports and webhook POSTs run in background tasks. OpenTelemetry is
+imported only when tracing is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.routing import Route
+
+from tallygate.observe.metrics import MetricsRecorder, metrics_route
+
+if TYPE_CHECKING:
+    from tallygate.config import Policy
+    from tallygate.observe.alerts import AlertEngine
+    from tallygate.observe.tracing import TracingRecorder
+    from tallygate.observe.webhooks import Poster
+    from tallygate.runtime import Runtime
+
+log = logging.getLogger("tallygate.observe")
+
+__all__ = ["MetricsRecorder", "Observability", "install", "metrics_route", "tracing_options"]
+
+REFRESH_SECONDS = 5.0
+
+
+@dataclass
+class Observability:
+    """What `install` set up; `close()` stops the background work it started."""
+
+    metrics: MetricsRecorder
+    routes: list[Route]
+    tracing: TracingRecorder | None = None
+    alerts: AlertEngine | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.alerts is not None:
+            await self.alerts.stop()
+        if self.tracing is not None:
+            self.tracing.close()
+
+
+def tracing_options(policy: Policy) -> dict[str, Any]:
+    """The policy's `tracing` section when the config model has one (exporter,
+    endpoint, service_name), else tracing off."""
+    section = getattr(policy, "tracing", None)
+    if section is None:
+        return {"exporter": "none"}
+    if hasattr(section, "model_dump"):
+        section = section.model_dump()
+    return {k: v for k, v in dict(section).items() if v is not None}
+
+
+def install(
+    runtime: Runtime,
+    policy: Policy,
+    *,
+    tracer_provider: Any = None,
+    poster: Poster | None = None,
+    clock: Callable[[], float] = time.time,
+    refresh_seconds: float = REFRESH_SECONDS,
+    alert_interval: float = 5.0,
+) -> Observability:
+    """Add the metrics (always), tracing (when configured or a provider is given) and
+    alert (when rules exist) recorders to the runtime and start their background tasks.
+    Call from a running event loop; returns the `/metrics` route in `routes`."""
+    metrics = MetricsRecorder(policy, runtime.catalog)
+    obs = Observability(metrics, [metrics_route(metrics)])
+    runtime.recorders.recorders.append(metrics)
+    options = tracing_options(policy)
+    if tracer_provider is not None or options.get("exporter", "none") != "none":
+        from tallygate.observe.tracing import TracingRecorder  # OTel loads only here
+
+        obs.tracing = TracingRecorder(
+            tracer_provider, exporter=options.get("exporter", "console"),
+            endpoint=options.get("endpoint"))
+        runtime.recorders.recorders.append(obs.tracing)
+    if policy.alerts:
+        from tallygate.observe.alerts import AlertEngine
+        from tallygate.observe.figures import LedgerFigures
+
+        obs.alerts = AlertEngine(policy.alerts, runtime.store, LedgerFigures(runtime.ledger),
+                                 policy=policy, catalog=runtime.catalog, clock=clock,
+                                 poster=poster, interval=alert_interval)
+        runtime.recorders.recorders.append(obs.alerts)
+        obs.alerts.start()
+    obs._tasks.append(asyncio.create_task(
+        _refresh_loop(obs, runtime, clock, refresh_seconds), name="tallygate-metrics"))
+    return obs
+
+
+async def _refresh_loop(obs: Observability, runtime: Runtime, clock: Callable[[], float],
+                        every: float) -> None:
+    while True:
+        try:
+            await obs.metrics.refresh(runtime.store, clock())
+            if obs.tracing is not None:
+                obs.tracing.flush(clock())
+        except Exception:  # a store outage: the gauges keep their last value
+            log.warning("metrics refresh failed", exc_info=True)
+        await asyncio.sleep(every)

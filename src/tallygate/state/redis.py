@@ -67,16 +67,18 @@ def _gc_ttl(window: Window, lease: float) -> int:
 class RedisStore:
     """StateStore on Redis (standalone, or one Cluster slot via the hash tag)."""
 
-    def __init__(self, url: str, *, namespace: str = "", connect_timeout: float = 0.5,
-                 socket_timeout: float = 2.0, max_connections: int = 128,
+    def __init__(self, url: str, *, namespace: str = "", connect_timeout: float = 2.0,
+                 socket_timeout: float = 5.0, max_connections: int = 32,
                  retention: int = RETENTION) -> None:
         self._prefix = "{tg:" + namespace + "}" if namespace else "{tg}"
         self._retention = retention
-        self._redis = aioredis.Redis.from_url(
+        # A blocking pool: past max_connections a call waits for a free connection
+        # (up to socket_timeout) instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout,
-            max_connections=max_connections, retry=Retry(NoBackoff(), 1),
-            decode_responses=True,
+            max_connections=max_connections, timeout=socket_timeout, decode_responses=True,
         )
+        self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._reserve = self._redis.register_script(_script_source("reserve", common=True))
         self._finish = self._redis.register_script(_script_source("finish", common=False))
         self._usage = self._redis.register_script(_script_source("usage", common=True))

@@ -1,0 +1,285 @@
+"""Alert rules (SPEC §2 `alerts`), evaluated in a background task, never on a call.
+
+    cost_usd            spend over the rule's window (default hour) above `above` USD
+    rejection_rate      rejected / calls over the window above `above` (a fraction)
+    context_utilization one call's input tokens / its model's context window above `above`
+    budget_used         used / limit of a limit in `scope` (user, feature, feature:chat …)
+
+Window figures come from the shared ledger (observe/figures.py), so the sums are across
+replicas. `record(row)` only notes per-call facts in memory (bounded). A rule fires at
+most once per window: the firing replica wins `store.claim("alert:<rule>:…:<bucket>")`,
+which is atomic across replicas sharing the state store; then its webhook is queued
+(observe/webhooks.py). A claim is taken before the POST: an alert is never sent twice,
+and is lost only if the winning replica dies before delivering it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from tallygate.config import Policy
+from tallygate.config_models import Alert
+from tallygate.core.catalog import Catalog
+from tallygate.core.limits import Amounts, Identity, holds_for, parse_key
+from tallygate.core.windows import bucket, bucket_bounds
+from tallygate.observe.figures import FiguresSource, WindowFigures
+from tallygate.observe.webhooks import Poster, WebhookSender
+from tallygate.state.base import StateStore
+from tallygate.types import NANO_PER_USD, CallRecord, Hold, Outcome, Window
+
+log = logging.getLogger("tallygate.alerts")
+
+DEFAULT_WINDOW = Window.HOUR
+MAX_PENDING_CALLS = 1000
+MAX_SEEN_IDENTITIES = 10_000
+_ZERO = Amounts(0, 0, 0)
+
+
+def rule_id(rule: Alert) -> str:
+    """Stable across replicas with the same policy: a digest of the rule's fields."""
+    text = f"{rule.metric}|{rule.above}|{rule.window}|{rule.scope}|{rule.notify}"
+    return f"{rule.metric}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True, slots=True)
+class _HotCall:
+    """A call whose context utilisation passed a rule's threshold."""
+
+    rule: int
+    row: CallRecord
+    window: int  # the model's context window
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _usd(nusd: int) -> str:
+    return str(Decimal(nusd) / NANO_PER_USD)
+
+
+class AlertEngine:
+    def __init__(
+        self,
+        rules: Sequence[Alert],
+        store: StateStore,
+        figures: FiguresSource,
+        *,
+        policy: Policy,
+        catalog: Catalog,
+        clock: Callable[[], float] = time.time,
+        poster: Poster | None = None,
+        interval: float = 5.0,
+        sender: WebhookSender | None = None,
+    ) -> None:
+        self.rules = tuple(rules)
+        self.ids = tuple(rule_id(r) for r in self.rules)
+        self.store = store
+        self.figures = figures
+        self.policy = policy
+        self.catalog = catalog
+        self.clock = clock
+        self.interval = interval
+        self.sender = sender or WebhookSender(poster)
+        self.fired: list[dict[str, Any]] = []  # payloads this process fired (newest last)
+        self._context_rules = [i for i, r in enumerate(self.rules)
+                               if r.metric == "context_utilization"]
+        self._budget_rules = [i for i, r in enumerate(self.rules) if r.metric == "budget_used"]
+        self._hot: deque[_HotCall] = deque(maxlen=MAX_PENDING_CALLS)
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._windows: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ hot path
+
+    def record(self, row: CallRecord) -> None:
+        """O(1), in memory: note what the next evaluation needs from this call."""
+        if self._context_rules and row.input_tokens and row.model_used:
+            window = self._context_window(row.model_used)
+            for i in self._context_rules:
+                if window and row.input_tokens > self.rules[i].above * window:
+                    self._hot.append(_HotCall(i, row, window))
+        if self._budget_rules and row.outcome is not Outcome.REJECTED:
+            ident = (row.key_id, row.user, row.plan, row.run, row.feature, row.model_used)
+            self._seen[ident] = None
+            if len(self._seen) > MAX_SEEN_IDENTITIES:
+                self._seen.popitem(last=False)
+
+    def _context_window(self, model: str) -> int:
+        window = self._windows.get(model)
+        if window is None:
+            try:
+                window = self.catalog.get(model).context_window
+            except Exception:  # unknown model: no utilisation figure
+                window = 0
+            self._windows[model] = window
+        return window
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.sender.start()
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="tallygate-alerts")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.sender.stop()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.evaluate(self.clock())
+            except Exception:  # a store or ledger outage must not kill the loop
+                log.exception("alert evaluation failed")
+
+    # ------------------------------------------------------------------ evaluation
+
+    async def evaluate(self, now: float) -> list[dict[str, Any]]:
+        """Check every rule at `now`; returns the payloads fired by this call."""
+        fired: list[dict[str, Any]] = []
+        for i, rule in enumerate(self.rules):
+            if rule.metric in ("cost_usd", "rejection_rate"):
+                fired += await self._window_rule(i, rule, now)
+        fired += await self._context_calls()
+        fired += await self._budgets(now)
+        for payload in fired:
+            self.sender.send(self.rules[payload["rule"]["index"]].notify, payload)
+        self.fired += fired
+        return fired
+
+    async def _window_rule(self, i: int, rule: Alert, now: float) -> list[dict[str, Any]]:
+        window = rule.window or DEFAULT_WINDOW
+        current = bucket(window, now)
+        out = []
+        # The previous window too, until one evaluation period after it ended, so a
+        # spike in its last seconds is not missed.
+        for number in (current - 1, current):
+            start, end = bucket_bounds(window, number)
+            if number != current and now - end > 2 * self.interval:
+                continue
+            figures = await self.figures.window_figures(start, min(end, now + 1e-6))
+            value = _value(rule, figures)
+            if value is None or not value[0]:
+                continue
+            if await self._claim(i, f"{window.value}:{number}", end, now):
+                out.append(self._payload(i, window, start, end, now, value[1], figures.top))
+        return out
+
+    async def _context_calls(self) -> list[dict[str, Any]]:
+        out = []
+        while self._hot:
+            hot = self._hot.popleft()
+            rule = self.rules[hot.rule]
+            window = rule.window or DEFAULT_WINDOW
+            number = bucket(window, hot.row.ts)
+            start, end = bucket_bounds(window, number)
+            if not await self._claim(hot.rule, f"{window.value}:{number}", end, hot.row.ts):
+                continue
+            row = hot.row
+            figures = {
+                "utilization": round(row.input_tokens / hot.window, 6),
+                "threshold": str(rule.above), "input_tokens": row.input_tokens,
+                "context_window": hot.window, "model": row.model_used,
+                "request_id": row.request_id, "ts": row.ts,
+            }
+            top = {"feature": [{"feature": row.feature}], "user": [{"user": row.user}],
+                   "step": [{"step": row.step}]}
+            out.append(self._payload(hot.rule, window, start, end, hot.row.ts, figures, top))
+        return out
+
+    async def _budgets(self, now: float) -> list[dict[str, Any]]:
+        if not self._budget_rules or not self._seen:
+            self._seen.clear()
+            return []
+        seen, self._seen = self._seen, OrderedDict()
+        holds: dict[str, Hold] = {}
+        for key_id, user, plan, run, feature, model in seen:
+            ident = Identity(key_id, user, plan, run, None)
+            for h in holds_for(self.policy, ident, feature=feature, model=model or "",
+                               amounts=_ZERO):
+                holds.setdefault(h.key, h)
+        out = []
+        for hold in holds.values():
+            rules = [i for i in self._budget_rules if _in_scope(self.rules[i].scope, hold.key)]
+            if not rules or hold.limit <= 0:
+                continue
+            usage = await self.store.usage(hold.key, limit=hold.limit, window=hold.window,
+                                           rolling=hold.rolling, now=now)
+            for i in rules:
+                out += await self._budget_hit(i, hold, usage.used, usage.reset_at, now)
+        return out
+
+    async def _budget_hit(self, i: int, hold: Hold, used: int, reset_at: float,
+                          now: float) -> list[dict[str, Any]]:
+        rule = self.rules[i]
+        if used <= rule.above * hold.limit:
+            return []
+        number = bucket(hold.window, now)
+        start, end = bucket_bounds(hold.window, number)
+        if not await self._claim(i, f"{hold.key}:{number}", max(end, reset_at), now):
+            return []
+        parsed = parse_key(hold.key)
+        figures = {"limit_key": hold.key, "scope": parsed.scope, "id": parsed.ident,
+                   "metric": hold.metric.value, "used": used, "limit": hold.limit,
+                   "used_fraction": round(used / hold.limit, 6), "threshold": str(rule.above)}
+        top = {parsed.scope: [{parsed.scope: parsed.ident, "used": used}]}
+        return [self._payload(i, hold.window, start, end, now, figures, top)]
+
+    async def _claim(self, i: int, suffix: str, end: float, now: float) -> bool:
+        ttl = max(1.0, end - now) + 3600.0  # outlive the window: one firing per window
+        return await self.store.claim(f"alert:{self.ids[i]}:{suffix}", ttl, now=now)
+
+    def _payload(self, i: int, window: Window, start: float, end: float, now: float,
+                 figures: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+        rule = self.rules[i]
+        return {
+            "source": "tallygate",
+            "rule": {"id": self.ids[i], "index": i, "metric": rule.metric,
+                     "above": str(rule.above), "window": rule.window and rule.window.value,
+                     "scope": rule.scope},
+            "window": {"name": window.value, "start": _iso(start), "end": _iso(end),
+                       "start_ts": start, "end_ts": end},
+            "fired_at": _iso(now),
+            "figures": figures,
+            "top_contributors": top,
+        }
+
+
+def _value(rule: Alert, figures: WindowFigures) -> tuple[bool, dict[str, Any]] | None:
+    """(passed the threshold, figures) of a window rule."""
+    if rule.metric == "cost_usd":
+        threshold = rule.above_nusd
+        return figures.cost_nusd > threshold, {
+            "cost_usd": _usd(figures.cost_nusd), "cost_nusd": figures.cost_nusd,
+            "threshold_usd": _usd(threshold), "calls": figures.calls,
+            "tokens": figures.tokens}
+    if not figures.calls:
+        return None
+    rate = Decimal(figures.rejected) / figures.calls
+    return rate > rule.above, {
+        "rejection_rate": round(float(rate), 6), "rejected": figures.rejected,
+        "calls": figures.calls, "threshold": str(rule.above)}
+
+
+def _in_scope(scope: str | None, key: str) -> bool:
+    """`user` matches every user:… key; `feature:chat` only that feature's keys."""
+    if scope is None:
+        return True
+    parsed = parse_key(key)
+    kind, _, ident = scope.partition(":")
+    return parsed.scope == kind and (not ident or parsed.ident == ident)
