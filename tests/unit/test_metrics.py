@@ -160,6 +160,9 @@ def test_record_never_raises_on_odd_rows() -> None:
     rec = MetricsRecorder(policy, Catalog(policy.models))
     rec.record(CallRecord("z", 0.0, Outcome.OK, 200, model_used="made-up-local-model",
                           input_tokens=10))
+    rec.record(CallRecord("broken", 0.0, "not-an-outcome", 200))  # type: ignore[arg-type]
     s = scrape(rec)
-    assert series(s, "tallygate_tokens_total", direction="input", feature="other",
+    assert series(s, "tallygate_tokens_total", direction="input", feature="default",
                   model="made-up-local-model", step="none") == 10
+    # An unknown model has no context window: no utilisation sample, no error.
+    assert not names(s, "tallygate_context_utilization_ratio_count")

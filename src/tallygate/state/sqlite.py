@@ -1,10 +1,11 @@
 """SQLite state store: the embedded default. Survives restarts; safe across several
 processes on one machine.
 
-WAL journal, and every operation is one `BEGIN IMMEDIATE` transaction (it takes the
-write lock up front, so two processes can never both read "room left" and both
-reserve it). All sqlite3 calls run in one dedicated worker thread per store, so the
-event loop never blocks. Tables are prefixed `state_` so the ledger may share the file.
+WAL journal; operations run in `BEGIN IMMEDIATE` transactions (the write lock is
+taken up front, so two processes can never both read "room left" and both reserve
+it), grouped by state/sqlite_batch.py so concurrent operations share one commit. All
+sqlite3 calls run in one dedicated worker thread per store, so the event loop never
+blocks. Tables are prefixed `state_` so the ledger may share the file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from tallygate.core.windows import counter_name, live_range, room_returns_at
@@ -24,6 +24,7 @@ from tallygate.state import (
     check_time,
     check_usage_args,
 )
+from tallygate.state.sqlite_batch import BatchWorker
 from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
 
 T = TypeVar("T")
@@ -57,8 +58,7 @@ class SqliteStore:
         self._path = path
         self._busy_ms = int(busy_timeout * 1000)
         self._retention = retention
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tg-sqlite")
-        self._db: sqlite3.Connection | None = None
+        self._worker = BatchWorker(self._connect, "tg-sqlite-state")
         self._ops = 0
 
     # -- plumbing -------------------------------------------------------------------
@@ -70,24 +70,9 @@ class SqliteStore:
         db.executescript(_SCHEMA)  # idempotent; concurrent creators wait on busy_timeout
         return db
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one write transaction, on the worker thread."""
-        if self._db is None:
-            self._db = self._connect()
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
-
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, self._transaction, work)
+            return await self._worker.run(work)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite state store {self._path!r} unavailable: {exc}"
                                    ) from exc
@@ -219,14 +204,7 @@ class SqliteStore:
         return await self._run(work)
 
     async def close(self) -> None:
-        def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, shut)
-        self._pool.shutdown(wait=True)
+        await asyncio.to_thread(self._worker.close)
 
 
 def _reclaim(db: sqlite3.Connection, counter: str, now: float) -> None:
