@@ -119,12 +119,18 @@ class RateLimited(BudgetExceeded):
 
 
 class StoreUnavailable(BudgetExceeded):
-    """The state store cannot be reached and the policy is fail_closed."""
+    """The state store cannot be reached and the policy is fail_closed: no budget can
+    be checked, so nothing is admitted. A 429 (as for any limit without room) with its
+    own code; SDKs retry it after Retry-After (1 s) since the outage may be brief."""
 
-    status = 503
+    status = 429
     code = "store_unavailable"
     openai_type = "server_error"
-    anthropic_type = "api_error"
+    anthropic_type = "rate_limit_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        details.setdefault("retry_after", 1)
+        super().__init__(message, **details)
 
 
 class UpstreamError(TallygateError):

@@ -49,7 +49,7 @@ async def test_fail_closed_raises_store_unavailable_fast() -> None:
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as caught:
         await guard.reserve("r1", DAY, lease=60, now=T0)
-    assert caught.value.status == 503 and caught.value.code == "store_unavailable"
+    assert caught.value.status == 429 and caught.value.code == "store_unavailable"
     with pytest.raises(StoreUnavailable):  # during the outage: refused without waiting
         await guard.reserve("r2", DAY, lease=60, now=T0)
     with pytest.raises(StoreUnavailable):

@@ -227,6 +227,8 @@ class Proxy:
             for task in (pumping, gone):
                 task.cancel()
             handle.close()
+            # Let the cancellations land before looking at how the pump ended.
+            await asyncio.gather(pumping, gone, return_exceptions=True)
         ttft = int((first[0] - started) * 1000) if first else None
         failed = pumping.cancelled() or pumping.exception() is not None
         usage = tap.usage_so_far(input_tokens=adm.count.tokens)

@@ -4,7 +4,7 @@
 refused, connect/socket timeout):
 
 - `fail_closed`: reserve/usage/flags/claim raise StoreUnavailable (the gateway answers
-  503 `store_unavailable`); nothing is admitted.
+  429 `store_unavailable`); nothing is admitted.
 - `fail_open`: the call is admitted against a local MemoryStore that counts usage in
   this process only (so during an outage each replica enforces the limits on its own
   traffic, not the shared total).

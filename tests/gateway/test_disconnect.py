@@ -1,0 +1,59 @@
+"""A client that disconnects mid-stream: the upstream is closed, the tokens generated so
+far are settled, and nothing stays reserved."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+
+from tallygate.types import Outcome
+from tests.support.gateway import RunningGateway, http
+
+
+async def _read_some_then_close(url: str, key: str, body: dict, chunks: int) -> int:
+    seen = 0
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body, headers={
+                "authorization": f"Bearer {key}", "X-Tallygate-Feature": "chat"}) as resp:
+            assert resp.status == 200
+            async for _ in resp.content.iter_any():
+                seen += 1
+                if seen >= chunks:
+                    break
+        # leaving the block closes the connection mid-stream
+    return seen
+
+
+def _wait_rows(gw: RunningGateway, n: int) -> list:
+    for _ in range(100):
+        rows = gw.rows()
+        if len(rows) >= n:
+            return rows
+        time.sleep(0.05)
+    return gw.rows()
+
+
+def test_disconnect_settles_tokens_so_far(gateway: RunningGateway, sim) -> None:  # noqa: ANN001
+    key = gateway.create_key("leaver", "pro")
+    sim.config.tokens_per_second = 40  # 100 tokens take 2.5 s: plenty of time to leave
+    sim.config.reply_tokens = 100
+    try:
+        body = {"model": "gpt-4o-mini", "stream": True,
+                "messages": [{"role": "user", "content": "tell me a long story"}]}
+        asyncio.run(_read_some_then_close(gateway.url + "/v1/chat/completions", key, body, 4))
+        [row] = _wait_rows(gateway, 1)
+    finally:
+        sim.config.tokens_per_second = 0
+        sim.config.reply_tokens = 16
+    assert row.outcome == Outcome.ERROR and row.error_code == "client_disconnected"
+    assert 0 < row.output_tokens < 100  # generated so far, not the whole reply
+    assert row.input_tokens > 0 and row.cost_nusd > 0
+    status, _, raw = http("GET", gateway.url + "/v1/usage",
+                          headers={"Authorization": f"Bearer {key}"})
+    limits = {item["key"]: item for item in orjson.loads(raw)["limits"]}
+    day = limits["user:leaver:tokens:day"]
+    assert day["reserved"] == 0
+    assert day["used"] == row.input_tokens + row.output_tokens

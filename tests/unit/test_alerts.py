@@ -1,0 +1,206 @@
+"""AlertEngine against a real SQLite ledger, the memory state store and a local webhook
+receiver: each rule fires once per window with the right figures; a failing webhook is
+retried; a hanging one never blocks record() or evaluate()."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tallygate.config import Policy
+from tallygate.core.catalog import Catalog
+from tallygate.ledger import open_ledger
+from tallygate.ledger.base import LedgerStore
+from tallygate.observe.alerts import AlertEngine
+from tallygate.observe.figures import LedgerFigures
+from tallygate.observe.webhooks import WebhookSender
+from tallygate.state.memory import MemoryStore
+from tallygate.types import CallRecord, Hold, Metric, Outcome, Window
+from tests.support.webhooks import Receiver
+
+HOUR0 = 1_800_000_000.0  # an hour boundary (and a minute boundary)
+USD = 1_000_000_000
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[LedgerStore]:
+    store = await open_ledger(f"sqlite:///{tmp_path}/ledger.db")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.close()
+
+
+def make_engine(rules: list[dict[str, Any]], ledger: LedgerStore, store: Any = None,
+                **policy: Any) -> AlertEngine:
+    pol = Policy.from_mapping({"alerts": rules, **policy})
+    engine = AlertEngine(pol.alerts, store or MemoryStore(), LedgerFigures(ledger),
+                         policy=pol, catalog=Catalog(pol.models), interval=5.0,
+                         sender=WebhookSender(retries=3, backoff=0.01, timeout=2.0))
+    engine.sender.start()
+    return engine
+
+
+def row(rid: str, ts: float, **kw: Any) -> CallRecord:
+    base: dict[str, Any] = dict(outcome=Outcome.OK, status=200, feature="chat", user="alice",
+                                step="execution", model_used="gpt-4o-mini", input_tokens=10,
+                                output_tokens=5)
+    base.update(kw)
+    return CallRecord(rid, ts, **base)
+
+
+async def test_cost_rule_fires_once_per_window(ledger: LedgerStore, receiver: Receiver) -> None:
+    engine = make_engine([{"metric": "cost_usd", "window": "hour", "above": "0.5",
+                           "notify": receiver.url}], ledger)
+    await ledger.write_batch([
+        row("a", HOUR0 + 10, cost_nusd=USD // 5),
+        row("b", HOUR0 + 20, cost_nusd=USD // 5, feature="review", user="bob"),
+    ])
+    assert await engine.evaluate(HOUR0 + 60) == []  # 0.4 USD: under the threshold
+    await ledger.write_batch([row("c", HOUR0 + 70, cost_nusd=USD // 4, step="review")])
+    [fired] = await engine.evaluate(HOUR0 + 80)
+    assert fired["figures"]["cost_usd"] == "0.65" and fired["figures"]["calls"] == 3
+    assert fired["figures"]["threshold_usd"] == "0.5"
+    assert fired["window"]["name"] == "hour"
+    assert fired["window"]["start"] == "2027-01-15T08:00:00Z"
+    assert (fired["window"]["start_ts"], fired["window"]["end_ts"]) == (HOUR0, HOUR0 + 3600)
+    top = fired["top_contributors"]
+    assert top["feature"][0] == {"feature": "chat", "calls": 2, "cost_nusd": 450_000_000,
+                                 "rejected": 0, "tokens": 30}
+    assert [u["user"] for u in top["user"]] == ["alice", "bob"]
+    assert top["step"][0]["step"] == "execution"
+    await ledger.write_batch([row("d", HOUR0 + 90, cost_nusd=USD)])
+    assert await engine.evaluate(HOUR0 + 100) == []  # once per window
+    [body] = await receiver.wait_for(1)
+    assert body["rule"]["metric"] == "cost_usd" and body["figures"]["cost_nusd"] == 650_000_000
+    # The next hour is a new window.
+    await ledger.write_batch([row("e", HOUR0 + 3700, cost_nusd=USD)])
+    [again] = await engine.evaluate(HOUR0 + 3710)
+    assert again["figures"]["cost_usd"] == "1"
+    await engine.sender.stop()
+    assert len(receiver.posts) == 2
+
+
+async def test_spike_at_the_end_of_a_window_is_not_missed(
+        ledger: LedgerStore, receiver: Receiver) -> None:
+    engine = make_engine([{"metric": "cost_usd", "window": "minute", "above": 1,
+                           "notify": receiver.url}], ledger)
+    await ledger.write_batch([row("a", HOUR0 + 59.5, cost_nusd=2 * USD)])
+    [fired] = await engine.evaluate(HOUR0 + 61)  # evaluated in the next minute
+    assert fired["window"]["start_ts"] == HOUR0 and fired["figures"]["cost_usd"] == "2"
+    await engine.sender.stop()
+
+
+async def test_rejection_rate(ledger: LedgerStore, receiver: Receiver) -> None:
+    engine = make_engine([{"metric": "rejection_rate", "window": "minute", "above": 0.25,
+                           "notify": receiver.url}], ledger)
+    rows = [row(f"ok{i}", HOUR0 + i) for i in range(3)]
+    rows.append(row("r1", HOUR0 + 5, outcome=Outcome.REJECTED, status=429, user="mallory"))
+    await ledger.write_batch(rows)
+    assert await engine.evaluate(HOUR0 + 10) == []  # 1/4 is not above 0.25
+    await ledger.write_batch([row("r2", HOUR0 + 11, outcome=Outcome.REJECTED, status=429,
+                                  user="mallory")])
+    [fired] = await engine.evaluate(HOUR0 + 12)
+    assert fired["figures"] == {"rejection_rate": 0.4, "rejected": 2, "calls": 5,
+                                "threshold": "0.25"}
+    assert fired["top_contributors"]["user"][0]["user"] in ("alice", "mallory")
+    assert {u["user"]: u["rejected"] for u in fired["top_contributors"]["user"]} == {
+        "alice": 0, "mallory": 2}
+    assert await engine.evaluate(HOUR0 + 13) == []
+    await engine.sender.stop()
+
+
+async def test_context_utilization_per_call(ledger: LedgerStore, receiver: Receiver) -> None:
+    engine = make_engine([{"metric": "context_utilization", "above": 0.9,
+                           "notify": receiver.url}], ledger)
+    window = Catalog().get("gpt-4o-mini").context_window
+    engine.record(row("small", HOUR0 + 1, input_tokens=window // 2))
+    assert await engine.evaluate(HOUR0 + 2) == []
+    big = int(window * Decimal("0.95"))
+    engine.record(row("big1", HOUR0 + 3, input_tokens=big, user="carol", step="planning"))
+    engine.record(row("big2", HOUR0 + 4, input_tokens=big))
+    [fired] = await engine.evaluate(HOUR0 + 5)  # once per (default: hourly) window
+    f = fired["figures"]
+    assert (f["request_id"], f["input_tokens"], f["context_window"]) == ("big1", big, window)
+    assert f["utilization"] == pytest.approx(0.95, abs=1e-5) and f["threshold"] == "0.9"
+    assert fired["top_contributors"]["user"] == [{"user": "carol"}]
+    assert fired["window"]["name"] == "hour"
+    engine.record(row("big3", HOUR0 + 3601, input_tokens=big))
+    assert len(await engine.evaluate(HOUR0 + 3602)) == 1  # the next hour fires again
+    await engine.sender.stop()
+    assert [p["figures"]["request_id"] for p in receiver.posts] == ["big1", "big3"]
+
+
+async def test_budget_used_per_user(ledger: LedgerStore, receiver: Receiver) -> None:
+    store = MemoryStore()
+    engine = make_engine([{"metric": "budget_used", "scope": "user", "above": 0.8,
+                           "notify": receiver.url}], ledger, store,
+                         plans={"free": {"tokens_per_day": 1000}})
+    now = HOUR0 + 100
+    for user, used in (("alice", 850), ("bob", 300)):
+        hold = Hold(f"user:{user}:tokens:day", used, 1000, Window.DAY, Metric.TOKENS)
+        assert await store.reserve(f"r-{user}", [hold], lease=60, now=now) is None
+        await store.settle(f"r-{user}", {"tokens": used}, now=now)
+        engine.record(row(f"c-{user}", now, user=user, plan="free"))
+    [fired] = await engine.evaluate(now + 1)
+    assert fired["figures"] == {"limit_key": "user:alice:tokens:day", "scope": "user",
+                                "id": "alice", "metric": "tokens", "used": 850,
+                                "limit": 1000, "used_fraction": 0.85, "threshold": "0.8"}
+    assert fired["window"]["name"] == "day"
+    engine.record(row("again", now + 2, user="alice", plan="free"))
+    assert await engine.evaluate(now + 3) == []  # once per day window
+    await engine.sender.stop()
+    assert len(receiver.posts) == 1
+
+
+async def test_failing_webhook_is_retried(ledger: LedgerStore) -> None:
+    flaky = await Receiver(fail_first=2).start()
+    try:
+        engine = make_engine([{"metric": "cost_usd", "above": 0, "notify": flaky.url}],
+                             ledger)
+        await ledger.write_batch([row("a", HOUR0 + 1, cost_nusd=1)])
+        assert len(await engine.evaluate(HOUR0 + 2)) == 1
+        [body] = await flaky.wait_for(1)
+        assert flaky.attempts == 3 and body["figures"]["cost_nusd"] == 1
+        await engine.sender.stop(drain=5)  # the sender has read the 204 by now
+        assert engine.sender.stats.delivered == 1 and engine.sender.stats.attempts == 3
+    finally:
+        await flaky.close()
+
+
+async def test_hanging_webhook_never_blocks_record_or_evaluate(ledger: LedgerStore) -> None:
+    import asyncio
+
+    stuck = await Receiver(hang=True).start()
+    try:
+        pol = Policy.from_mapping({"alerts": [
+            {"metric": "context_utilization", "above": 0.5, "notify": stuck.url}]})
+        sender = WebhookSender(queue_size=2, retries=0, timeout=30.0)
+        engine = AlertEngine(pol.alerts, MemoryStore(), LedgerFigures(ledger), policy=pol,
+                             catalog=Catalog(), sender=sender)
+        sender.start()
+        window = Catalog().get("gpt-4o-mini").context_window
+        for hour in range(5):  # five windows → five alerts, the receiver never answers
+            for i in range(1000):
+                engine.record(row(f"{hour}-{i}", HOUR0 + hour * 3600 + i,
+                                  input_tokens=window - 1))
+            fired = await asyncio.wait_for(engine.evaluate(HOUR0 + hour * 3600 + 2000), 5)
+            assert len(fired) == 1
+        await asyncio.sleep(0.05)
+        assert stuck.attempts == 1  # one POST in flight, hanging
+        # One in flight + two queued; the rest are dropped, not buffered without bound.
+        assert sender.stats.queued == 3 and sender.stats.dropped == 2
+        stuck.release.set()
+        await sender.stop(drain=5)
+        assert sender.stats.delivered == 3
+    finally:
+        await stuck.close()
