@@ -230,6 +230,10 @@ class Storage(BaseModel):
     ledger: str = "sqlite:///tallygate.db"
     fail_mode: Literal["fail_closed", "fail_open"] = "fail_closed"
     lease_seconds: Seconds = 600.0
+    # The ledger writer's crash journal (docs/ledger.md): None = beside a SQLite ledger,
+    # or ./.tallygate-journal for PostgreSQL. fsync: never | batch | always.
+    ledger_journal: str | None = None
+    ledger_fsync: Literal["never", "batch", "always"] = "never"
 
     @field_validator("state")
     @classmethod

@@ -57,9 +57,11 @@ class Runtime:
         catalog = Catalog(policy.models)
         store = open_state(policy)
         ledger = await open_ledger(policy.storage.ledger)
+        journal = policy.storage.ledger_journal or default_journal_dir(policy.storage.ledger)
         writer = LedgerWriter(
             ledger,
-            journal_dir=default_journal_dir(policy.storage.ledger),
+            journal_dir=journal,
+            fsync=policy.storage.ledger_fsync,
             log_content=policy.log_content,
         )
         await writer.start()

@@ -53,7 +53,9 @@ async def _create_key(ledger: str) -> str:
     return secret
 
 
-async def _hammer(urls: list[str], secret: str, calls: int) -> list[openai.types.CompletionUsage | None]:
+async def _hammer(
+    urls: list[str], secret: str, calls: int
+) -> list[openai.types.CompletionUsage | None]:
     clients = [openai.AsyncOpenAI(base_url=u + "/v1", api_key=secret, max_retries=0,
                                   default_headers={"X-Tallygate-Feature": "chat"})
                for u in urls]

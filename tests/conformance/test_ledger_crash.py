@@ -47,7 +47,7 @@ async def _create_key(ledger_url: str) -> str:
         await store.close()
 
 
-async def _load_then_kill(url: str, secret: str, proc) -> set[str]:  # noqa: ANN001
+async def _load_then_kill(url: str, secret: str, proc) -> set[str]:
     acked: set[str] = set()
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     headers = {"Authorization": f"Bearer {secret}"}
@@ -61,7 +61,7 @@ async def _load_then_kill(url: str, secret: str, proc) -> set[str]:  # noqa: ANN
                     await resp.read()
                     if resp.status == 200:
                         acked.add(resp.headers["x-tallygate-request-id"])
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:

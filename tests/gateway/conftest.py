@@ -34,7 +34,8 @@ def make_gateway(
         def make(**sections: Any) -> RunningGateway:
             merged = {"features": FEATURES, "plans": PLANS, **sections}
             sim.clear_faults()
-            return stack.enter_context(running_gateway(sim_policy(sim.url, str(tmp_path), **merged)))
+            policy = sim_policy(sim.url, str(tmp_path), **merged)
+            return stack.enter_context(running_gateway(policy))
 
         yield make
 

@@ -15,14 +15,13 @@ from tests.support.gateway import RunningGateway, http
 
 async def _read_some_then_close(url: str, key: str, body: dict, chunks: int) -> int:
     seen = 0
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, json=body, headers={
-                "authorization": f"Bearer {key}", "X-Tallygate-Feature": "chat"}) as resp:
-            assert resp.status == 200
-            async for _ in resp.content.iter_any():
-                seen += 1
-                if seen >= chunks:
-                    break
+    async with aiohttp.ClientSession() as session, session.post(url, json=body, headers={
+            "authorization": f"Bearer {key}", "X-Tallygate-Feature": "chat"}) as resp:
+        assert resp.status == 200
+        async for _ in resp.content.iter_any():
+            seen += 1
+            if seen >= chunks:
+                break
         # leaving the block closes the connection mid-stream
     return seen
 
@@ -36,7 +35,7 @@ def _wait_rows(gw: RunningGateway, n: int) -> list:
     return gw.rows()
 
 
-def test_disconnect_settles_tokens_so_far(gateway: RunningGateway, sim) -> None:  # noqa: ANN001
+def test_disconnect_settles_tokens_so_far(gateway: RunningGateway, sim) -> None:
     key = gateway.create_key("leaver", "pro")
     sim.config.tokens_per_second = 40  # 100 tokens take 2.5 s: plenty of time to leave
     sim.config.reply_tokens = 100
@@ -51,7 +50,7 @@ def test_disconnect_settles_tokens_so_far(gateway: RunningGateway, sim) -> None:
     assert row.outcome == Outcome.ERROR and row.error_code == "client_disconnected"
     assert 0 < row.output_tokens < 100  # generated so far, not the whole reply
     assert row.input_tokens > 0 and row.cost_nusd > 0
-    status, _, raw = http("GET", gateway.url + "/v1/usage",
+    _, _, raw = http("GET", gateway.url + "/v1/usage",
                           headers={"Authorization": f"Bearer {key}"})
     limits = {item["key"]: item for item in orjson.loads(raw)["limits"]}
     day = limits["user:leaver:tokens:day"]

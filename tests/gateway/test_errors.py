@@ -46,7 +46,7 @@ def test_input_budget_exceeded(gateway: RunningGateway) -> None:
     assert row.outcome == Outcome.REJECTED and row.error_code == "input_budget_exceeded"
 
 
-def test_exhausted_daily_budget_raises_at_once(gateway: RunningGateway, sim) -> None:  # noqa: ANN001
+def test_exhausted_daily_budget_raises_at_once(gateway: RunningGateway, sim) -> None:
     key = gateway.create_key("poor", "free")  # 2,000 tokens a day
     # The SDK would retry a plain 429 twice; each call uses ~108 of the 2,000 tokens.
     client = _oa(gateway, key, retries=2)
@@ -71,7 +71,7 @@ def test_exhausted_daily_budget_raises_at_once(gateway: RunningGateway, sim) -> 
     assert sim.stats.total - before == len(gateway.rows()) - 1  # the refusal never left
 
 
-def test_rate_limited_per_minute_is_retryable(make_gateway) -> None:  # noqa: ANN001
+def test_rate_limited_per_minute_is_retryable(make_gateway) -> None:
     gw = make_gateway(limits={"user": {"requests_per_minute": 1}})
     key = gw.create_key("fast", "pro")
     client = _oa(gw, key)
@@ -165,7 +165,7 @@ def test_unknown_model_suggests_names(gateway: RunningGateway) -> None:
     assert "gpt-4o-mini" in info.value.message
 
 
-def test_upstream_error_passes_through_and_costs_nothing(gateway: RunningGateway, sim) -> None:  # noqa: ANN001
+def test_upstream_error_passes_through_and_costs_nothing(gateway: RunningGateway, sim) -> None:
     key = gateway.create_key("u", "free")
     sim.push_faults("500")
     with pytest.raises(openai.InternalServerError):
@@ -173,7 +173,7 @@ def test_upstream_error_passes_through_and_costs_nothing(gateway: RunningGateway
             model="gpt-4o-mini", messages=HELLO)
     [row] = gateway.rows()
     assert row.outcome == Outcome.ERROR and row.status == 500 and row.cost_nusd == 0
-    status, _, body = http("GET", gateway.url + "/v1/usage",
+    _, _, body = http("GET", gateway.url + "/v1/usage",
                            headers={"Authorization": f"Bearer {key}"})
     limits = {item["key"]: item for item in orjson.loads(body)["limits"]}
     assert limits["user:u:tokens:day"]["used"] == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import anthropic
 import openai
 import orjson
-import pytest
 
 from tallygate.types import Outcome
 from tests.support.gateway import RunningGateway, http
@@ -118,17 +117,17 @@ def test_responses_and_embeddings(gateway: RunningGateway) -> None:
     assert rows["text-embedding-3-small"].output_tokens == 0
 
 
-def test_max_output_clamped_to_feature_cap(gateway: RunningGateway, sim) -> None:  # noqa: ANN001
+def test_max_output_clamped_to_feature_cap(gateway: RunningGateway, sim) -> None:
     key = gateway.create_key("erin", "pro")
     _oa(gateway, key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
                                               max_tokens=5000)
-    route, body = sim.stats.bodies[-1]
+    _, body = sim.stats.bodies[-1]
     assert body["max_tokens"] == 100
     [row] = gateway.rows()
     assert '"reason":"feature_cap"' in (row.detail or "")
 
 
-def test_tier_and_step_routing(make_gateway) -> None:  # noqa: ANN001
+def test_tier_and_step_routing(make_gateway) -> None:
     gw = make_gateway(tiers={"small": "gpt-4o-mini", "large": "gpt-4o"},
                       routing={"steps": {"planning": "large", "verification": "small"}})
     key = gw.create_key("frank", "pro")
@@ -141,7 +140,7 @@ def test_tier_and_step_routing(make_gateway) -> None:  # noqa: ANN001
     assert steps == {None: "gpt-4o-mini", "planning": "gpt-4o"}
 
 
-def test_trim_drops_oldest_turns(gateway: RunningGateway, sim) -> None:  # noqa: ANN001
+def test_trim_drops_oldest_turns(gateway: RunningGateway, sim) -> None:
     key = gateway.create_key("gina", "pro")
     long_turn = "word " * 900
     messages = [{"role": "system", "content": "sys"}]

@@ -38,7 +38,9 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -
     raise RuntimeError(f"{url} did not become healthy in {timeout}s")
 
 
-def start_gateway(config: Path, *, env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+def start_gateway(
+    config: Path, *, env: dict[str, str] | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tallygate", "serve", "--config", str(config), "--port", str(port)],

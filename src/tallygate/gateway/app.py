@@ -51,7 +51,8 @@ class Gateway:
         self.proxy = Proxy(self.policy, rt.engine, rt.keys, self.upstream)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
         self.ops = Starlette(
-            routes=[*ops.routes(rt), *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans))]
+            routes=[*ops.routes(rt),
+                    *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans))]
         )
 
     async def shutdown(self) -> None:
