@@ -87,10 +87,16 @@ class Admission:
     trimmed_tokens: int = 0
     closed: bool = False
     limit_usage: list[LimitUsage] = field(default_factory=list)
+    reservation_id: str | None = None  # set when the hold moved (fallback): ids are single-use
 
     @property
     def feature(self) -> str:
         return self.ctx.feature or DEFAULT_FEATURE
+
+    @property
+    def hold_id(self) -> str:
+        """The state-store id of the current reservation."""
+        return self.reservation_id or self.ctx.request_id
 
 
 def _messages_key(ctx: CallContext) -> str:
@@ -241,8 +247,7 @@ class Engine:
         if not adm.holds:
             return
         now = self.clock()
-        denial = await self.store.reserve(adm.ctx.request_id, adm.holds, lease=self.lease,
-                                          now=now)
+        denial = await self.store.reserve(adm.hold_id, adm.holds, lease=self.lease, now=now)
         if denial is not None:
             raise verdict.denial_to_error(denial, now)
 
@@ -276,7 +281,7 @@ class Engine:
         adm.closed = True
         cost = adm.model.cost_nusd(usage)
         actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-        result = await self.store.settle(adm.ctx.request_id, actual, now=self.clock())
+        result = await self.store.settle(adm.hold_id, actual, now=self.clock())
         if result.overrun:
             adm.detail["overrun"] = dict(result.overrun)
         if outcome is None:
@@ -303,9 +308,9 @@ class Engine:
         if usage is not None and usage.total_tokens > 0:
             cost = adm.model.cost_nusd(usage)
             actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-            await self.store.settle(adm.ctx.request_id, actual, now=self.clock())
+            await self.store.settle(adm.hold_id, actual, now=self.clock())
         else:
-            await self.store.release(adm.ctx.request_id, now=self.clock())
+            await self.store.release(adm.hold_id, now=self.clock())
         row = self._row(adm, Outcome.ERROR, status, usage or Usage(), cost, exact=True,
                         ttft_ms=ttft_ms, retries=retries, error_code=error_code)
         self.recorder.record(row)

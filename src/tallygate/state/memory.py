@@ -65,7 +65,7 @@ class _Line:
     def __init__(self, hold: Hold, counter: _Counter, wid: int) -> None:
         self.key = hold.key
         self.amount = hold.amount
-        self.metric = hold.metric.value
+        self.metric: str = hold.metric  # a StrEnum: hashes and compares as its value
         self.counter = counter
         self.wid = wid
         self.live = True  # the amount still counts as reserved
