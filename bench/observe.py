@@ -72,7 +72,11 @@ async def _time(recorder: FanOut, rows: list[CallRecord]) -> float:
 
 
 async def main(n: int) -> None:
-    port = 18_931
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
     runner = await _hanging_hook(port)
     hook = f"http://127.0.0.1:{port}/hook"
     policy = Policy.from_mapping({

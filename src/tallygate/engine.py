@@ -11,6 +11,7 @@ client disconnects), so nothing is held until its lease expires.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -39,6 +40,17 @@ class Recorder(Protocol):
     """Where finished calls go (the ledger writer, metrics …). Must not block."""
 
     def record(self, row: CallRecord) -> None: ...
+
+
+class Summarizer(Protocol):
+    """Writes the summary of `turns` (on_exceed: summarize); the gateway's makes a real,
+    separately budgeted upstream call. Raises TallygateError when it cannot."""
+
+    async def summarize(self, adm: Admission, turns: Sequence[Any], max_tokens: int) -> str: ...
+
+
+SUMMARY_PREFIX = "Summary of the earlier conversation: "
+SUMMARIZE_SUFFIX = ":summarize"
 
 
 class MemoryRecorder:
@@ -123,6 +135,7 @@ class Engine:
         static = {name: policy.flag(name) for name in {*policy.features, *policy.flags}}
         self.flags = FlagView(store, static, clock=clock)
         self._key_limits: dict[str, LimitFields] = {}
+        self.summarizer: Summarizer | None = None  # None: summarize falls back to trim
 
     # ------------------------------------------------------------------ admit
 
@@ -162,17 +175,87 @@ class Engine:
                 "requested": decision.clamp.requested,
             }
         adm.holds = self._holds(adm, decision)
-        await self._reserve(adm)
+        try:
+            await self._reserve(adm)
+        except LimitError as exc:
+            if self.policy.feature(ctx.feature).on_limit != "fallback":
+                raise
+            await self._reserve_fallback(adm, exc)
         return adm
 
+    async def _reserve_fallback(self, adm: Admission, denied: LimitError) -> None:
+        """on_limit: fallback — the first fallback model whose limits have room."""
+        for name in self.fallback_models(adm):
+            try:
+                await self.move_to(adm, name, reason=denied.code)
+                return
+            except TallygateError as exc:
+                adm.detail.setdefault("fallback_refused", []).append({name: exc.code})
+        raise denied
+
+    def fallback_models(self, adm: Admission) -> list[str]:
+        """The feature's fallbacks that speak the call's protocol (others are skipped,
+        with a note in the row's detail)."""
+        out: list[str] = []
+        for name in self.policy.feature(adm.ctx.feature).fallbacks:
+            try:
+                provider = self.catalog.get(name).provider
+            except TallygateError:
+                adm.detail.setdefault("fallback_skipped", []).append({name: "unknown model"})
+                continue
+            configured = self.policy.providers.get(provider)
+            if configured is not None and configured.protocol != adm.ctx.protocol:
+                note = f"{provider} speaks {configured.protocol}, not {adm.ctx.protocol}"
+                adm.detail.setdefault("fallback_skipped", []).append({name: note})
+                continue
+            if name != adm.model.name:
+                out.append(name)
+        return out
+
+    async def move_to(self, adm: Admission, model_name: str, *, reason: str) -> None:
+        """Move the call to another model: release the current hold, decide again for
+        the new model and reserve its holds under a fresh id (ids are single-use)."""
+        previous = adm.model.name
+        await self.store.release(adm.hold_id, now=self.clock())
+        moves = adm.detail.setdefault("fallback", [])
+        moves.append({"from": previous, "to": model_name, "reason": reason})
+        adm.model = self.catalog.get(model_name)
+        adm.reservation_id = f"{adm.ctx.request_id}~{len(moves)}"
+        decision = await self._decide(adm)
+        adm.max_output = decision.max_output if adm.ctx.route != "embeddings" else None
+        adm.holds = self._holds(adm, decision)
+        await self._reserve(adm)
+
+    async def trim_input(self, adm: Admission, target: int) -> bool:
+        """Context-length recovery: drop the oldest turns down to about `target` input
+        tokens. False when nothing could be dropped."""
+        before = adm.count.tokens
+        plan = verdict.Decision(verdict.Action.TRIM, adm.model.name, adm.ctx.feature,
+                                before, adm.count.exact, trim_to=max(1, target))
+        try:
+            self._trim(adm, plan)
+        except verdict.InputBudgetExceeded:
+            return False
+        adm.count = await acount_request(adm.ctx.protocol, adm.ctx.route, adm.body, adm.model)
+        if adm.count.tokens >= before:
+            return False
+        adm.trimmed_tokens += before - adm.count.tokens
+        return True
+
     async def _decide(self, adm: Admission) -> verdict.Decision:
-        """Count and decide; trim once when the feature allows and the verdict asks."""
+        """Count and decide; summarise or trim once when the feature allows and the
+        verdict asks."""
         decision = await self._count_and_decide(adm)
+        original = decision.input_tokens
+        if decision.action is verdict.Action.SUMMARIZE and await self._summarize(adm, decision):
+            decision = await self._count_and_decide(adm)
+            adm.detail["summarized"]["to"] = decision.input_tokens
+            adm.trimmed_tokens = original - decision.input_tokens
         if decision.action in (verdict.Action.TRIM, verdict.Action.SUMMARIZE):
             before = decision.input_tokens
             self._trim(adm, decision)
             decision = await self._count_and_decide(adm)
-            adm.trimmed_tokens = before - decision.input_tokens
+            adm.trimmed_tokens = original - decision.input_tokens
             adm.detail["trimmed"] = {"from": before, "to": decision.input_tokens}
         if decision.action is verdict.Action.REJECT:
             assert decision.error is not None
@@ -224,6 +307,43 @@ class Engine:
         )
         adm.body = {**adm.body, key: list(result.messages)}
         adm.detail["trimmed_turns"] = result.removed_count
+
+    async def _summarize(self, adm: Admission, decision: verdict.Decision) -> bool:
+        """Replace the oldest turns by a summary; False (the caller trims) when there is
+        no summarizer, nothing to replace, or the summary call failed."""
+        from tallygate.core.tokens import message_tokens
+
+        key = _messages_key(adm.ctx)
+        messages = adm.body.get(key)
+        if self.summarizer is None or adm.feature.endswith(SUMMARIZE_SUFFIX):
+            adm.detail["summarize"] = "no summarizer here: trimmed instead"
+            return False
+        if not isinstance(messages, list) or not decision.trim_to:
+            return False
+        cap = max(16, min(512, decision.trim_to // 4))
+        fixed = decision.input_tokens - sum(message_tokens(m, adm.model) for m in messages)
+        try:
+            kept = trim_messages(messages, decision.trim_to - cap - 16,
+                                 lambda m: message_tokens(m, adm.model), overhead=fixed).messages
+        except verdict.InputBudgetExceeded:
+            return False
+        kept_ids = {id(m) for m in kept}
+        old = [m for m in messages if id(m) not in kept_ids]
+        if not old:
+            return False
+        try:
+            text = await self.summarizer.summarize(adm, old, cap)
+        except TallygateError as exc:
+            adm.detail["summarize"] = f"failed ({exc.code}): trimmed instead"
+            return False
+        role = "user" if adm.ctx.protocol == "anthropic" else "system"
+        note = {"role": role, "content": SUMMARY_PREFIX + text}
+        first = messages.index(old[0])
+        rebuilt = [m for m in messages[:first] if id(m) in kept_ids] + [note]
+        rebuilt += [m for m in messages[first:] if id(m) in kept_ids]
+        adm.body = {**adm.body, key: rebuilt}
+        adm.detail["summarized"] = {"turns": len(old), "from": decision.input_tokens}
+        return True
 
     def _identity(self, ctx: CallContext) -> Identity:
         limits = None
@@ -313,6 +433,19 @@ class Engine:
             await self.store.release(adm.hold_id, now=self.clock())
         row = self._row(adm, Outcome.ERROR, status, usage or Usage(), cost, exact=True,
                         ttft_ms=ttft_ms, retries=retries, error_code=error_code)
+        self.recorder.record(row)
+        return row
+
+    def record_cached(
+        self, ctx: CallContext, model: ModelInfo, requested: str | None, saved: Usage,
+        started: float, detail: Mapping[str, Any] | None = None,
+    ) -> CallRecord:
+        """A cache hit: nothing reserved or charged; the tokens it saved are recorded."""
+        adm = Admission(ctx, model, requested, {}, Count(0, True, ""), None, (), started,
+                        detail=dict(detail or {}))
+        row = self._row(adm, Outcome.CACHED, 200, Usage(), 0, exact=True, ttft_ms=None,
+                        retries=0)
+        row = dataclasses.replace(row, tokens_saved=saved.total_tokens)
         self.recorder.record(row)
         return row
 

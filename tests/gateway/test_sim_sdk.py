@@ -147,20 +147,20 @@ def test_openai_embeddings_and_models(oai: openai.OpenAI) -> None:
     )
     assert len(floats.data[0].embedding) == 8
     ids = [m.id for m in oai.models.list()]
-    assert "gpt-4o-mini" in ids and "claude-sonnet-4-5" in ids
+    assert "gpt-4o-mini" in ids and "claude-haiku-4-5" in ids
 
 
 # --------------------------------------------------------------------------- anthropic
 
 
 def test_anthropic_messages_sync(ant: anthropic.Anthropic) -> None:
-    msg = ant.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=MSGS)
+    msg = ant.messages.create(model="claude-haiku-4-5", max_tokens=100, messages=MSGS)
     assert msg.type == "message" and msg.stop_reason == "end_turn"
     assert msg.usage.output_tokens == REPLY
     assert msg.usage.input_tokens > 0
-    capped = ant.messages.create(model="claude-sonnet-4-5", max_tokens=3, messages=MSGS)
+    capped = ant.messages.create(model="claude-haiku-4-5", max_tokens=3, messages=MSGS)
     assert capped.stop_reason == "max_tokens" and capped.usage.output_tokens == 3
-    counted = ant.messages.count_tokens(model="claude-sonnet-4-5", messages=MSGS)
+    counted = ant.messages.count_tokens(model="claude-haiku-4-5", messages=MSGS)
     assert counted.input_tokens == msg.usage.input_tokens
 
 
@@ -194,7 +194,7 @@ async def test_anthropic_async(sim: SimServer) -> None:
 
 def test_anthropic_cached_and_thinking_usage(ant: anthropic.Anthropic) -> None:
     msg = ant.messages.create(
-        model="claude-sonnet-4-5", max_tokens=100, messages=MSGS,
+        model="claude-haiku-4-5", max_tokens=100, messages=MSGS,
         extra_headers={"x-sim-cached-tokens": "3"},
     )
     assert msg.usage.cache_read_input_tokens == 3
@@ -251,7 +251,7 @@ def test_openai_real_context_window(oai: openai.OpenAI) -> None:
 def test_anthropic_faults(ant: anthropic.Anthropic) -> None:
     def call(fault: str, **kw: object) -> object:
         return ant.messages.create(
-            model="claude-sonnet-4-5", max_tokens=100, messages=MSGS,
+            model="claude-haiku-4-5", max_tokens=100, messages=MSGS,
             extra_headers=_fault(fault), **kw,
         )
 

@@ -1,0 +1,337 @@
+"""Library mode: the gateway's enforcement in-process, around the official SDK clients.
+
+    gov = tallygate.Governor.from_config("tallygate.yaml")
+    client = gov.openai(openai.OpenAI(), feature="summarize", user="u42")
+    with gov.run("TICKET-42"), gov.step("review", attempt=2):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[...])
+
+Event loops. The engine and its stores are async and bound to the loop that opened them
+(the SQLite worker thread, the Redis connection pool). A Governor therefore owns one
+private event loop in a daemon thread, started on first use, and runs *every* engine
+operation there: sync clients block on `asyncio.run_coroutine_threadsafe(...).result()`,
+async clients await the same future through `asyncio.wrap_future`, so the caller's loop
+never blocks on the store and one Governor serves sync and async clients, threads and
+tasks alike. `gov.close()` (or `with Governor(...) as gov:`, or interpreter exit) flushes
+the ledger, closes the stores and stops the thread.
+
+Attribution (`gov.run`, `gov.step`) lives in context variables, so it follows threads
+started with `contextvars.copy_context()` and asyncio tasks; arguments given to
+`gov.openai(...)` / `gov.anthropic(...)` win over it."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextvars
+import os
+import threading
+import weakref
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tallygate.config import Policy, load_policy
+from tallygate.engine import Engine
+from tallygate.errors import ConfigError, InvalidRequest
+from tallygate.runtime import Runtime
+
+T = TypeVar("T")
+_OPEN_TIMEOUT = 60.0
+
+_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("tallygate_run", default=None)
+_STEP: contextvars.ContextVar[tuple[str, int | None] | None] = contextvars.ContextVar(
+    "tallygate_step", default=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who a wrapped client's calls are charged to and how they are labelled."""
+
+    feature: str | None = None
+    user: str | None = None
+    plan: str | None = None
+    run: str | None = None
+    step: str | None = None
+    attempt: int | None = None
+
+    def resolved(self) -> Attribution:
+        """These arguments, with the gaps filled from `gov.run()` / `gov.step()`."""
+        step = self.step
+        attempt = self.attempt
+        active = _STEP.get()
+        if active is not None:
+            if step is None:
+                step = active[0]
+            if attempt is None and step == active[0]:
+                attempt = active[1]
+        run = self.run if self.run is not None else _RUN.get()
+        return Attribution(self.feature, self.user, self.plan, run, step, attempt)
+
+
+class _PrivateLoop:
+    """An event loop in a daemon thread; coroutines are submitted from any thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="tallygate-governor", daemon=True
+        )
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class Governor:
+    """One policy, one runtime (store, ledger, engine), any number of wrapped clients.
+
+    `policy`: the Policy to enforce (default: `load_policy()`, i.e. ./tallygate.yaml or
+    the built-in defaults). `runtime` + `loop`: an already-open Runtime and the running
+    event loop (in another thread) it was opened on; the Governor then uses that loop and
+    leaves closing the runtime to its owner."""
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        *,
+        runtime: Runtime | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if runtime is not None and loop is None:
+            raise ConfigError("Governor(runtime=…) also needs loop=: the event loop it runs on.")
+        if runtime is not None:
+            policy = runtime.policy
+        self._policy = policy if policy is not None else load_policy()
+        self._runtime = runtime
+        self._owns_runtime = runtime is None
+        self._external_loop = loop
+        self._private: _PrivateLoop | None = None
+        self._opening: concurrent.futures.Future[Runtime] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pid = os.getpid()
+        self._atexit: Any = None
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str]) -> Governor:
+        """A Governor for the policy file at `path` (validated; ConfigError if invalid)."""
+        return cls(load_policy(path))
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    # ------------------------------------------------------------------ clients
+
+    def openai(
+        self,
+        client: Any,
+        *,
+        feature: str | None = None,
+        user: str | None = None,
+        plan: str | None = None,
+        run: str | None = None,
+        step: str | None = None,
+        attempt: int | None = None,
+    ) -> Any:
+        """Wrap an `openai.OpenAI` / `openai.AsyncOpenAI` client (see library_openai)."""
+        from tallygate.library_openai import wrap_openai
+
+        return wrap_openai(self, client, self._attribution(feature, user, plan, run, step,
+                                                            attempt))
+
+    def anthropic(
+        self,
+        client: Any,
+        *,
+        feature: str | None = None,
+        user: str | None = None,
+        plan: str | None = None,
+        run: str | None = None,
+        step: str | None = None,
+        attempt: int | None = None,
+    ) -> Any:
+        """Wrap an `anthropic.Anthropic` / `anthropic.AsyncAnthropic` client."""
+        from tallygate.library_anthropic import wrap_anthropic
+
+        return wrap_anthropic(self, client, self._attribution(feature, user, plan, run, step,
+                                                               attempt))
+
+    def _attribution(
+        self,
+        feature: str | None,
+        user: str | None,
+        plan: str | None,
+        run: str | None,
+        step: str | None,
+        attempt: int | None,
+    ) -> Attribution:
+        if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int)
+                                    or attempt < 0):
+            raise InvalidRequest(f"attempt must be a non-negative integer, got {attempt!r}")
+        if plan is None and "default" in self._policy.plans:
+            plan = "default"  # the policy's default plan, when it defines one
+        return Attribution(feature, user, plan, run, step, attempt)
+
+    # ------------------------------------------------------------------ attribution
+
+    @contextmanager
+    def run(self, run_id: str) -> Iterator[None]:
+        """Attribute every call in the block to the workflow run (or ticket) `run_id`."""
+        if not isinstance(run_id, str) or not run_id:
+            raise InvalidRequest("run id must be a non-empty string")
+        token = _RUN.set(run_id)
+        try:
+            yield
+        finally:
+            _RUN.reset(token)
+
+    @contextmanager
+    def step(self, name: str, *, attempt: int | None = None) -> Iterator[None]:
+        """Attribute every call in the block to the step `name` (planning, review …),
+        loop number `attempt`. Routing by step (`model="auto"`) follows it too."""
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("step name must be a non-empty string")
+        if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int)
+                                    or attempt < 0):
+            raise InvalidRequest(f"attempt must be a non-negative integer, got {attempt!r}")
+        token = _STEP.set((name, attempt))
+        try:
+            yield
+        finally:
+            _STEP.reset(token)
+
+    # ------------------------------------------------------------------ engine access
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self._external_loop is not None:
+            return self._external_loop
+        with self._lock:
+            self._check_usable()
+            if self._private is None:
+                self._private = _PrivateLoop()
+                ref = weakref.ref(self)
+                self._atexit = lambda: _close_at_exit(ref)
+                atexit.register(self._atexit)
+            return self._private.loop
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise InvalidRequest("This Governor is closed.")
+        if os.getpid() != self._pid:
+            raise InvalidRequest(
+                "This Governor was created in another process (fork): create one per process."
+            )
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run `coro` on the Governor's loop; the future is thread-safe."""
+        try:
+            loop = self._loop()
+        except BaseException:
+            coro.close()
+            raise
+        return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    def _runtime_future(self) -> concurrent.futures.Future[Runtime]:
+        """The Runtime being opened (once) on the Governor's loop."""
+        loop = self._loop()
+        with self._lock:
+            if self._opening is None:
+                if self._runtime is not None:
+                    ready: concurrent.futures.Future[Runtime] = concurrent.futures.Future()
+                    ready.set_result(self._runtime)
+                    self._opening = ready
+                else:
+                    self._opening = asyncio.run_coroutine_threadsafe(self._open(), loop)
+            return self._opening
+
+    async def _open(self) -> Runtime:
+        self._runtime = await Runtime.open(self._policy)
+        return self._runtime
+
+    def runtime(self) -> Runtime:
+        """The open Runtime (opened on first use; blocks while it opens)."""
+        return self._runtime_future().result(_OPEN_TIMEOUT)
+
+    async def aruntime(self) -> Runtime:
+        return await asyncio.wrap_future(self._runtime_future())
+
+    def engine(self) -> Engine:
+        return self.runtime().engine
+
+    def call(self, make: Any, *args: Any, **kwargs: Any) -> Any:
+        """Sync: open the runtime if needed, run `make(engine, …)` on the loop, wait."""
+        engine = self.engine()
+        return self.submit(make(engine, *args, **kwargs)).result()
+
+    async def acall(self, make: Any, *args: Any, **kwargs: Any) -> Any:
+        """Async: the same, awaited from the caller's loop. If the caller is cancelled the
+        operation still finishes on the Governor's loop (a settle is never lost)."""
+        engine = (await self.aruntime()).engine
+        fut = asyncio.wrap_future(self.submit(make(engine, *args, **kwargs)))
+        return await asyncio.shield(fut)
+
+    def fire(self, make: Any, *args: Any, **kwargs: Any) -> None:
+        """Schedule without waiting (finalizers); ignored once the Governor is closed."""
+        if self._closed or self._runtime is None or os.getpid() != self._pid:
+            return
+        try:
+            self.submit(make(self._runtime.engine, *args, **kwargs))
+        except (InvalidRequest, RuntimeError):
+            pass
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def flush(self) -> None:
+        """Write buffered ledger rows now (e.g. before a CI job reads the ledger)."""
+        if self._runtime is not None and not self._closed:
+            self.submit(self._runtime.writer.flush()).result(_OPEN_TIMEOUT)
+
+    def close(self) -> None:
+        """Flush the ledger, close the stores, stop the private loop. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            private, self._private = self._private, None
+            runtime = self._runtime if self._owns_runtime else None
+            if self._atexit is not None:
+                atexit.unregister(self._atexit)
+        if os.getpid() != self._pid:
+            return
+        loop = private.loop if private is not None else self._external_loop
+        if runtime is not None and loop is not None:
+            asyncio.run_coroutine_threadsafe(runtime.close(), loop).result(_OPEN_TIMEOUT)
+        if private is not None:
+            private.stop()
+
+    async def aclose(self) -> None:
+        """`close()` without blocking the caller's event loop."""
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> Governor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Governor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _close_at_exit(ref: weakref.ReferenceType[Governor]) -> None:
+    gov = ref()
+    if gov is not None:
+        gov.close()
