@@ -353,6 +353,16 @@ class Server(BaseModel):
     max_chars: PositiveInt = 4_000_000  # counting refuses longer texts (InputTooLarge)
 
 
+class Tracing(BaseModel):
+    """OpenTelemetry spans (docs/observability.md). Off unless an exporter is chosen."""
+
+    model_config = _MODEL_CONFIG
+
+    exporter: Literal["otlp", "console", "none"] = "none"
+    endpoint: str | None = None  # OTLP/HTTP URL; None = the OTEL_* environment defaults
+    service_name: str = "tallygate"
+
+
 class Metrics(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -382,6 +392,7 @@ class PolicyModel(BaseModel):
     admin_key: Secret = None
     log_content: bool = False
     metrics: Metrics = Field(default_factory=Metrics)
+    tracing: Tracing = Field(default_factory=Tracing)
 
     @model_validator(mode="after")
     def _references_exist(self) -> PolicyModel:

@@ -28,7 +28,7 @@ import os
 import threading
 import weakref
 from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -284,10 +284,8 @@ class Governor:
         """Schedule without waiting (finalizers); ignored once the Governor is closed."""
         if self._closed or self._runtime is None or os.getpid() != self._pid:
             return
-        try:
+        with suppress(InvalidRequest, RuntimeError):  # closing meanwhile: the lease frees it
             self.submit(make(self._runtime.engine, *args, **kwargs))
-        except (InvalidRequest, RuntimeError):
-            pass
 
     # ------------------------------------------------------------------ lifecycle
 

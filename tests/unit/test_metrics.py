@@ -166,3 +166,23 @@ def test_record_never_raises_on_odd_rows() -> None:
                   model="made-up-local-model", step="none") == 10
     # An unknown model has no context window: no utilisation sample, no error.
     assert not names(s, "tallygate_context_utilization_ratio_count")
+
+
+def test_grafana_dashboard_uses_exactly_the_exposed_names(recorder: MetricsRecorder) -> None:
+    import asyncio
+    import json
+    import re
+    from pathlib import Path
+
+    asyncio.run(recorder.refresh(MemoryStore(), 1_000_000.0))
+    exposed = {name for (name, _) in scrape(recorder)}
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json")
+                           .read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"tallygate_[a-z_]+", target["expr"])}
+    assert used and used <= exposed, used - exposed
+    bases = {re.sub(r"_(bucket|count|sum)$", "", n) for n in used}
+    assert bases == {"tallygate_tokens_total", "tallygate_cost_usd_total",
+                     "tallygate_requests_total", "tallygate_budget_remaining_tokens",
+                     "tallygate_request_duration_seconds", "tallygate_upstream_duration_seconds",
+                     "tallygate_context_utilization_ratio"}

@@ -18,6 +18,7 @@ from tallygate.gateway.errors import render_error
 from tallygate.gateway.http import Receive, Scope, Send, encode_headers, send_json
 from tallygate.gateway.proxy import Proxy, Route
 from tallygate.gateway.upstream import Upstream
+from tallygate.observe import Observability, install
 from tallygate.runtime import Runtime
 
 PROXY_ROUTES = {
@@ -42,20 +43,24 @@ class Gateway:
         self.upstream = Upstream()
         self.proxy: Proxy | None = None
         self.ops: Starlette | None = None
+        self.observe: Observability | None = None
 
     async def startup(self) -> None:
         if self.runtime is None:
             self.runtime = await Runtime.open(self.policy)
         await self.upstream.start()
         rt = self.runtime
+        self.observe = install(rt, self.policy)
         self.proxy = Proxy(self.policy, rt.engine, rt.keys, self.upstream)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
         self.ops = Starlette(
-            routes=[*ops.routes(rt),
+            routes=[*ops.routes(rt), *self.observe.routes,
                     *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans))]
         )
 
     async def shutdown(self) -> None:
+        if self.observe is not None:
+            await self.observe.close()
         await self.upstream.close()
         if self.runtime is not None and self._owns_runtime:
             await self.runtime.close()

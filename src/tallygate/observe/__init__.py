@@ -89,7 +89,8 @@ def install(
 
         obs.tracing = TracingRecorder(
             tracer_provider, exporter=options.get("exporter", "console"),
-            endpoint=options.get("endpoint"))
+            endpoint=options.get("endpoint"),
+            service_name=options.get("service_name", "tallygate"))
         runtime.recorders.recorders.append(obs.tracing)
     if policy.alerts:
         from tallygate.observe.alerts import AlertEngine

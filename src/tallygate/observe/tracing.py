@@ -87,8 +87,9 @@ class TracingRecorder:
 
     def __init__(self, tracer_provider: TracerProvider | None = None, *,
                  exporter: ExporterName = "console", endpoint: str | None = None,
+                 service_name: str = "tallygate",
                  idle_seconds: float = DEFAULT_IDLE_SECONDS) -> None:
-        provider = tracer_provider or make_provider(exporter, endpoint)
+        provider = tracer_provider or make_provider(exporter, endpoint, service_name)
         self.provider = provider
         self._owns_provider = tracer_provider is None
         self.tracer = (provider or trace.NoOpTracerProvider()).get_tracer(TRACER_NAME)

@@ -1,0 +1,127 @@
+"""Where cache entries live: memory (tests, one process), sqlite (a file) or redis
+(shared by replicas). A backend stores opaque bytes with a TTL; signing and expiry
+checks are the ResponseCache's job (cache/signed.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from tallygate.errors import ConfigError
+
+
+class CacheBackend(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryBackend:
+    """A dict; expiry is checked from the signed envelope, so no clock here."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, bytes] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        return self.entries.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        del ttl
+        self.entries[key] = value
+
+    async def close(self) -> None:
+        self.entries.clear()
+
+
+class SqliteBackend:
+    """One table in a file; calls run in a thread so the event loop never blocks."""
+
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS tg_cache (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
+            " expires REAL NOT NULL)"
+        )
+        self._lock = asyncio.Lock()
+
+    async def get(self, key: str) -> bytes | None:
+        async with self._lock:
+            row = await asyncio.to_thread(self._get, key)
+        return row
+
+    def _get(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value, expires FROM tg_cache WHERE key = ?",
+                               (key,)).fetchone()
+        if row is None:
+            return None
+        if row[1] < time.time():  # wall-clock housekeeping only; the envelope decides
+            self._db.execute("DELETE FROM tg_cache WHERE key = ?", (key,))
+            return None
+        return bytes(row[0])
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        async with self._lock:
+            await asyncio.to_thread(
+                self._db.execute,
+                "INSERT OR REPLACE INTO tg_cache (key, value, expires) VALUES (?, ?, ?)",
+                (key, value, time.time() + ttl),
+            )
+
+    async def close(self) -> None:
+        self._db.close()
+
+
+class RedisBackend:
+    """`SET key value PX ttl`: redis expires entries itself."""
+
+    def __init__(self, url: str, prefix: str = "tg:cache:") -> None:
+        import redis.asyncio as redis
+
+        self._client = redis.from_url(url)
+        self._prefix = prefix
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._client.get(self._prefix + key)
+        return bytes(value) if value is not None else None
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._client.set(self._prefix + key, value, px=max(1, int(ttl * 1000)))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def backend_url(configured: str | None, state_url: str) -> str:
+    """cache.backend, else beside the state store: redis → the same redis, sqlite →
+    `<state file>.cache` next to it, memory → memory."""
+    if configured:
+        return configured
+    if state_url.startswith(("redis://", "rediss://")):
+        return state_url
+    if state_url.startswith("sqlite:///") and state_url != "sqlite:///:memory:":
+        return state_url + ".cache"
+    return "memory://"
+
+
+def open_backend(url: str) -> CacheBackend:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        return MemoryBackend()
+    if scheme == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ConfigError(f"cache.backend {url!r}: expected sqlite:///PATH")
+        return SqliteBackend(path)
+    if scheme in ("redis", "rediss"):
+        return RedisBackend(url)
+    raise ConfigError(f"cache.backend {url!r}: expected memory://, sqlite:///PATH or "
+                      "redis://HOST:PORT/DB")

@@ -1,0 +1,95 @@
+"""`gov.openai(client)`: an OpenAI / AsyncOpenAI client whose calls are governed.
+
+Governed: `chat.completions.create` (streaming or not), `responses.create` (streaming or
+not), `embeddings.create`. Every other attribute — other resources, `with_raw_response`,
+the `.parse()` / `.stream()` helpers, `models.list()` … — is the wrapped client's own,
+unchanged and *not* governed (see docs/library.md)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tallygate.errors import InvalidRequest
+from tallygate.library_calls import Binding
+
+if TYPE_CHECKING:
+    from tallygate.library import Attribution, Governor
+
+
+class Delegate:
+    """Forwards every attribute it does not define to the wrapped SDK object."""
+
+    def __init__(self, inner: Any, binding: Binding) -> None:
+        self._inner = inner
+        self._binding = binding
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"<governed {self._inner!r}>"
+
+
+class GovernedCreate(Delegate):
+    """A resource whose `create(**kwargs)` is governed on `route`."""
+
+    route = ""
+
+    def create(self, **kwargs: Any) -> Any:
+        if self._binding.is_async:
+            return self._binding.acreate(self.route, self._inner.create, kwargs)
+        return self._binding.create(self.route, self._inner.create, kwargs)
+
+
+class Completions(GovernedCreate):
+    route = "chat/completions"
+
+
+class Responses(GovernedCreate):
+    route = "responses"
+
+
+class Embeddings(GovernedCreate):
+    route = "embeddings"
+
+
+class Chat(Delegate):
+    def __init__(self, inner: Any, binding: Binding) -> None:
+        super().__init__(inner, binding)
+        self.completions = Completions(inner.completions, binding)
+
+
+class GovernedOpenAI(Delegate):
+    """Same API as the wrapped client for what it governs; the rest is delegated."""
+
+    def __init__(self, client: Any, binding: Binding) -> None:
+        super().__init__(client, binding)
+        self.chat = Chat(client.chat, binding)
+        self.responses = Responses(client.responses, binding)
+        self.embeddings = Embeddings(client.embeddings, binding)
+
+    @property
+    def wrapped(self) -> Any:
+        """The SDK client underneath (calls made on it directly are not governed)."""
+        return self._inner
+
+    def with_options(self, **options: Any) -> GovernedOpenAI:
+        return GovernedOpenAI(self._inner.with_options(**options), self._binding)
+
+    copy = with_options
+
+
+def wrap_openai(gov: Governor, client: Any, attribution: Attribution) -> GovernedOpenAI:
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - the openai extra is not installed
+        raise InvalidRequest("gov.openai() needs the `openai` package installed.") from None
+    if isinstance(client, openai.AsyncOpenAI):
+        is_async = True
+    elif isinstance(client, openai.OpenAI):
+        is_async = False
+    else:
+        raise InvalidRequest(
+            f"gov.openai() wraps an openai.OpenAI or openai.AsyncOpenAI client, "
+            f"got {type(client).__name__}.")
+    return GovernedOpenAI(client, Binding(gov, "openai", attribution, is_async))
