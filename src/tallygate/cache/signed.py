@@ -51,26 +51,29 @@ class ResponseCache:
         raw = await self.backend.get(key)
         if raw is None:
             return None
+        entry, problem = self._open(key, raw)
+        if entry is None:
+            self.tampered += 1
+            log.warning("cache entry %s… ignored: %s (tampered or foreign)", key[:16], problem)
+            return None
+        expires, value = entry
+        return value if expires > self.clock() else None
+
+    def _open(self, key: str, raw: bytes) -> tuple[tuple[float, str] | None, str]:
+        """((expiry, value), "") for a genuine entry of `key`, else (None, why not)."""
         sig, dot, payload = raw.partition(b".")
         if not dot or not hmac.compare_digest(sig, self._sign(payload)):
-            return self._refuse(key, "bad signature")
+            return None, "bad signature"
         try:
             entry = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return self._refuse(key, "unreadable payload")
+            return None, "unreadable payload"
         if not isinstance(entry, dict) or entry.get("k") != key:
-            return self._refuse(key, "entry belongs to another key")
+            return None, "entry belongs to another key"
         expires, value = entry.get("exp"), entry.get("v")
         if not isinstance(expires, int | float) or not isinstance(value, str):
-            return self._refuse(key, "malformed entry")
-        if expires <= self.clock():
-            return None
-        return value
-
-    def _refuse(self, key: str, why: str) -> None:
-        self.tampered += 1
-        log.warning("cache entry %s… ignored: %s (tampered or foreign)", key[:16], why)
-        return None
+            return None, "malformed entry"
+        return (float(expires), value), ""
 
     async def close(self) -> None:
         await self.backend.close()

@@ -45,8 +45,8 @@ async def _run(directory: Path, seconds: float, seed: int, console: Console) -> 
         def advance(call: Any, outcome: str) -> None:
             nonlocal rejected
             rejected += outcome == "rejected"
-            progress.update(task, advance=1, status=f"{call.step or call.feature:<12} "
-                            f"rejected: {rejected}")
+            progress.update(task, advance=1, status=f"last: {call.step or call.feature:<12} "
+                            f"refused (429): {rejected}")
 
         start = time.monotonic()
         tally, workload, store = await run_workload(directory, seconds, advance, seed)
@@ -92,6 +92,9 @@ def demo(
     from tallygate.demo.runner import demo_config_yaml
     from tallygate.report import dumps
 
+    if not out.parent.resolve().is_dir():  # fail before the run, not after it
+        print(f"tallygate: error: demo: no directory {out.parent} for --out", file=sys.stderr)
+        raise typer.Exit(2)
     console = Console(stderr=json, highlight=False)
     if not console.is_terminal:  # piped output gets room for the tables' columns
         console = Console(stderr=json, highlight=False, width=200)

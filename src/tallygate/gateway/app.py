@@ -14,6 +14,7 @@ from tallygate.config import Policy
 from tallygate.errors import TallygateError
 from tallygate.gateway import ops
 from tallygate.gateway.admin import admin_routes
+from tallygate.gateway.admin_flags import flag_routes
 from tallygate.gateway.errors import render_error
 from tallygate.gateway.http import Receive, Scope, Send, encode_headers, send_json
 from tallygate.gateway.proxy import Proxy, Route
@@ -55,7 +56,8 @@ class Gateway:
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
         self.ops = Starlette(
             routes=[*ops.routes(rt), *self.observe.routes,
-                    *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans))]
+                    *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans)),
+                    *flag_routes(rt.store, admin_key, static=_static_flags(self.policy))]
         )
 
     async def shutdown(self) -> None:
@@ -101,6 +103,10 @@ class Gateway:
         status, body, headers = render_error(exc, protocol, request_id=request_id,
                                              now=time.time())
         await send_json(send, status, body, encode_headers(headers))
+
+
+def _static_flags(policy: Policy) -> dict[str, bool]:
+    return {name: policy.flag(name) for name in {*policy.features, *policy.flags}}
 
 
 def create_app(policy: Policy, **kwargs: Any) -> Gateway:

@@ -32,22 +32,31 @@ def apply_output_schema(
     if not schema or route == "embeddings":
         return body, False
     if protocol == "anthropic":
-        config = body.get("output_config")
-        config = dict(config) if isinstance(config, Mapping) else {}
-        if "format" in config or "output_format" in body:
-            return body, False
-        config["format"] = {"type": "json_schema", "schema": dict(schema)}
-        return {**body, "output_config": config}, True
-    if route == "responses":
-        text = body.get("text")
-        text = dict(text) if isinstance(text, Mapping) else {}
-        if "format" in text:
-            return body, False
-        text["format"] = {"type": "json_schema", "name": schema_name(feature),
-                          "schema": dict(schema), "strict": True}
-        return {**body, "text": text}, True
-    if "response_format" in body:
-        return body, False
-    fmt = {"type": "json_schema",
-           "json_schema": {"name": schema_name(feature), "schema": dict(schema), "strict": True}}
-    return {**body, "response_format": fmt}, True
+        out = _anthropic(body, dict(schema))
+    elif route == "responses":
+        out = _responses(body, feature, dict(schema))
+    elif "response_format" in body:
+        out = None
+    else:
+        out = {**body, "response_format": {"type": "json_schema", "json_schema": {
+            "name": schema_name(feature), "schema": dict(schema), "strict": True}}}
+    return (body, False) if out is None else (out, True)
+
+
+def _anthropic(body: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any] | None:
+    config = body.get("output_config")
+    config = dict(config) if isinstance(config, Mapping) else {}
+    if "format" in config or "output_format" in body:
+        return None
+    config["format"] = {"type": "json_schema", "schema": schema}
+    return {**body, "output_config": config}
+
+
+def _responses(body: dict[str, Any], feature: str, schema: dict[str, Any]) -> dict[str, Any] | None:
+    text = body.get("text")
+    text = dict(text) if isinstance(text, Mapping) else {}
+    if "format" in text:
+        return None
+    text["format"] = {"type": "json_schema", "name": schema_name(feature), "schema": schema,
+                      "strict": True}
+    return {**body, "text": text}

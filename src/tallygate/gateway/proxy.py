@@ -14,10 +14,12 @@ from typing import Any
 
 import orjson
 
-from tallygate.config import Policy, Provider
+from tallygate.cache import ResponseCache, open_cache
+from tallygate.config import Policy
 from tallygate.engine import Admission, CallContext, Engine
 from tallygate.errors import InvalidRequest, TallygateError, UpstreamError
 from tallygate.gateway import auth
+from tallygate.gateway.cached import CacheGate
 from tallygate.gateway.errors import render_error
 from tallygate.gateway.http import (
     ClientGone,
@@ -30,13 +32,16 @@ from tallygate.gateway.http import (
     send_json,
     watch_disconnect,
 )
+from tallygate.gateway.output_schema import apply_output_schema
+from tallygate.gateway.resilience import UpstreamCaller
+from tallygate.gateway.retry import RetrySettings
+from tallygate.gateway.summarize import GatewaySummarizer
 from tallygate.gateway.upstream import StreamHandle, Upstream, passthrough_headers
 from tallygate.keys.store import KeyStore
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.providers import openai as openai_wire
 from tallygate.types import Usage
 
-ANTHROPIC_VERSION = "2023-06-01"
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -50,31 +55,53 @@ class Route:
         return anthropic_wire if self.protocol == "anthropic" else openai_wire
 
 
+_OPEN_FROM_POLICY: Any = object()
+
+
 class Proxy:
     def __init__(
-        self, policy: Policy, engine: Engine, keys: KeyStore, upstream: Upstream
+        self, policy: Policy, engine: Engine, keys: KeyStore, upstream: Upstream, *,
+        cache: ResponseCache | None = _OPEN_FROM_POLICY, retry: RetrySettings | None = None,
     ) -> None:
         self.policy = policy
         self.engine = engine
         self.keys = keys
         self.upstream = upstream
         self.cap = policy.server.max_body_bytes
+        self.caller = UpstreamCaller(policy, engine, upstream, retry)
+        self.cache = open_cache(policy) if cache is _OPEN_FROM_POLICY else cache
+        self.cache_gate = CacheGate(policy, engine, self.cache)
+        self.summarizer = GatewaySummarizer(policy, engine, self.caller, self.cache)
+        if engine.summarizer is None:
+            engine.summarizer = self.summarizer
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
 
     async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_map(scope)
+        started = self.engine.clock()
+        lookup = None
         try:
             ctx, body = await self._admit_inputs(route, scope, receive, headers)
+            if self.cache_gate.wanted(ctx, headers):
+                lookup = await self.cache_gate.lookup(ctx, body)
+                if lookup is not None and lookup.value is not None:
+                    await self.cache_gate.serve(ctx, body, lookup, send, started)
+                    return
             adm = await self.engine.admit(ctx, body)
         except ClientGone:
             return
         except TallygateError as exc:
             await self._send_error(send, exc, route.protocol, _request_id(headers))
             return
+        store_key = lookup.key if lookup is not None and not ctx.stream else None
         try:
             if ctx.stream:
                 await self._stream(route, adm, headers, receive, send)
             else:
-                await self._forward(route, adm, headers, send)
+                await self._forward(route, adm, headers, send, store_key)
         finally:
             if not adm.closed:
                 await self.engine.fail(adm, status=499, error_code="client_disconnected")
@@ -91,6 +118,9 @@ class Proxy:
         key = await auth.authenticate(self.keys, headers, anthropic=route.protocol == "anthropic")
         feature = auth.resolve_feature(key, headers.get("x-tallygate-feature"))
         auth.check_permission(key, feature, None)
+        schema = self.policy.feature(feature).output_schema
+        body, _ = apply_output_schema(route.protocol, route.name, feature or "default",
+                                          schema, body)
         ctx = CallContext(
             protocol=route.protocol,
             route=route.name,
@@ -111,59 +141,28 @@ class Proxy:
 
     # ------------------------------------------------------------ upstream
 
-    def _target(self, route: Route, adm: Admission) -> tuple[str, dict[str, str], Provider]:
-        provider = self.policy.providers.get(adm.model.provider)
-        if provider is None:
-            raise InvalidRequest(
-                f"No provider {adm.model.provider!r} is configured for model "
-                f"{adm.model.name!r} (add it under `providers:`).", param="model")
-        if provider.protocol != route.protocol:
-            raise InvalidRequest(
-                f"Model {adm.model.name!r} is served by {adm.model.provider!r}, which speaks "
-                f"the {provider.protocol} protocol: call it on its own route.", param="model")
-        base = provider.base_url.rstrip("/")
-        headers = {"content-type": "application/json", **provider.headers}
-        secret = provider.api_key.get_secret_value() if provider.api_key else ""
-        if route.protocol == "anthropic":
-            url = f"{base}/v1/{route.name}"
-            headers["x-api-key"] = secret
-            headers["anthropic-version"] = ANTHROPIC_VERSION
-        else:
-            url = f"{base}/{route.name}"
-            headers["authorization"] = f"Bearer {secret}"
-        return url, headers, provider
-
-    def _upstream_request(
-        self, route: Route, adm: Admission, client_headers: Mapping[str, str]
-    ) -> tuple[str, bytes, dict[str, str], float]:
-        url, headers, provider = self._target(route, adm)
-        if route.protocol == "anthropic":
-            for name in ("anthropic-version", "anthropic-beta"):
-                if name in client_headers:
-                    headers[name] = client_headers[name]
-        body = route.wire.prepare_body(
-            route.name, adm.body, model=adm.model.name, max_output=adm.max_output
-        )
-        return url, body, headers, provider.timeout
-
     async def _forward(
-        self, route: Route, adm: Admission, client_headers: Mapping[str, str], send: Send
+        self, route: Route, adm: Admission, client_headers: Mapping[str, str], send: Send,
+        store_key: str | None,
     ) -> None:
-        try:
-            url, body, headers, timeout = self._upstream_request(route, adm, client_headers)
-            resp = await self.upstream.post(url, body, headers, timeout=timeout)
-        except TallygateError as exc:
-            await self._fail(adm, exc, route, send)
+        result = await self.caller.send(route.protocol, route.name, adm, client_headers,
+                                        stream=False)
+        if result.error is not None:
+            await self._fail(adm, result.error, route, send, retries=result.retries)
             return
-        if resp.status != 200:
-            fault = route.wire.classify_error(resp.status, resp.body, resp.headers)
-            await self.engine.fail(adm, status=resp.status, error_code=fault.code or "upstream")
+        if result.status != 200:
+            code = result.fault.code if result.fault and result.fault.code else "upstream"
+            await self.engine.fail(adm, status=result.status, error_code=code,
+                                   retries=result.retries)
         else:
-            usage, exact = self._usage_of(route, adm, resp.body)
-            await self.engine.complete(adm, usage, status=200, exact=exact)
+            usage, exact = self._usage_of(route, adm, result.body)
+            await self.engine.complete(adm, usage, status=200, exact=exact,
+                                       retries=result.retries)
+            if store_key is not None:
+                await self.cache_gate.store(adm.ctx, store_key, result.body)
         # After settling, so x-ratelimit-remaining-* reflects the real usage.
-        out_headers = await self._response_headers(adm, resp.headers)
-        await send_json(send, resp.status, resp.body, out_headers)
+        out_headers = await self._response_headers(adm, result.headers or {})
+        await send_json(send, result.status, result.body, out_headers)
 
     def _usage_of(self, route: Route, adm: Admission, raw: bytes) -> tuple[Usage, bool]:
         try:
@@ -183,23 +182,23 @@ class Proxy:
         receive: Receive,
         send: Send,
     ) -> None:
-        try:
-            url, body, headers, timeout = self._upstream_request(route, adm, client_headers)
-            handle = await self.upstream.open_stream(url, body, headers, timeout=timeout)
-        except TallygateError as exc:
-            await self._fail(adm, exc, route, send)
+        result = await self.caller.send(route.protocol, route.name, adm, client_headers,
+                                        stream=True)
+        if result.error is not None:
+            await self._fail(adm, result.error, route, send, retries=result.retries)
             return
-        if handle.status != 200:
-            raw = await handle.read_all()
-            fault = route.wire.classify_error(handle.status, raw, handle.headers)
-            await self.engine.fail(adm, status=handle.status, error_code=fault.code or "upstream")
-            out = await self._response_headers(adm, handle.headers)
-            await send_json(send, handle.status, raw, out)
+        if result.handle is None:
+            code = result.fault.code if result.fault and result.fault.code else "upstream"
+            await self.engine.fail(adm, status=result.status, error_code=code,
+                                   retries=result.retries)
+            out = await self._response_headers(adm, result.headers or {})
+            await send_json(send, result.status, result.body, out)
             return
-        await self._relay(route, adm, handle, receive, send)
+        await self._relay(route, adm, result.handle, receive, send, retries=result.retries)
 
     async def _relay(
-        self, route: Route, adm: Admission, handle: StreamHandle, receive: Receive, send: Send
+        self, route: Route, adm: Admission, handle: StreamHandle, receive: Receive, send: Send,
+        *, retries: int = 0,
     ) -> None:
         tap = route.wire.stream_tap(
             route.name, client_wants_usage=openai_wire.client_wants_usage(adm.body),
@@ -235,12 +234,12 @@ class Proxy:
         if disconnected or failed:
             code = "client_disconnected" if disconnected else "upstream_stream_error"
             await self.engine.fail(adm, status=200 if not disconnected else 499,
-                                   error_code=code, usage=usage, ttft_ms=ttft)
+                                   error_code=code, usage=usage, ttft_ms=ttft, retries=retries)
             if not disconnected:
                 await send({"type": "http.response.body", "body": tap.flush()})
             return
         tail = tap.flush()
-        await self.engine.complete(adm, usage, status=200, ttft_ms=ttft,
+        await self.engine.complete(adm, usage, status=200, ttft_ms=ttft, retries=retries,
                                    exact=tap.done and tap.usage is not None)
         await send({"type": "http.response.body", "body": tail})
 
@@ -261,9 +260,10 @@ class Proxy:
             *limits.items(),
         ]
 
-    async def _fail(self, adm: Admission, exc: TallygateError, route: Route, send: Send) -> None:
+    async def _fail(self, adm: Admission, exc: TallygateError, route: Route, send: Send,
+                    *, retries: int = 0) -> None:
         status = exc.upstream_status if isinstance(exc, UpstreamError) else exc.status
-        await self.engine.fail(adm, status=status, error_code=exc.code)
+        await self.engine.fail(adm, status=status, error_code=exc.code, retries=retries)
         await self._send_error(send, exc, route.protocol, adm.ctx.request_id)
 
     async def _send_error(

@@ -8,7 +8,11 @@ The client's own retries: the Stainless SDKs (openai, anthropic) send
 SDK is already retrying this request with its own back-off, so the gateway does not
 retry inside as well (no retries × retries amplification against a struggling
 upstream); it still recovers from context-length errors and tries fallbacks, which the
-SDK cannot do. Retries only happen before any byte went to the client."""
+SDK cannot do. Retries only happen before any byte went to the client.
+
+The deadline is the client's `x-stainless-timeout` when sent, else (1 + retries) provider
+timeouts; each try's own timeout is the provider's, cut to what is left of the deadline,
+and a wait (back-off or retry-after) that would end past the deadline is not started."""
 
 from __future__ import annotations
 
@@ -78,8 +82,10 @@ class RetryPlan:
         provider_timeout: float,
     ) -> RetryPlan:
         budget = feature_retries if client_retry_count(client_headers) == 0 else 0
+        # The client's own timeout when it sent one (it gives up then anyway); else
+        # every try may use a whole provider timeout.
         own = client_timeout(client_headers)
-        total = min(provider_timeout, own) if own is not None else provider_timeout
+        total = own if own is not None else provider_timeout * (budget + 1)
         return cls(settings, budget, settings.clock() + total)
 
     def remaining_time(self) -> float:

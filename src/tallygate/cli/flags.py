@@ -1,0 +1,99 @@
+"""`tallygate flags list|set`: against the configured state store directly (the
+policy's storage.state, or `--store URL`), or a running gateway's admin API with
+`--url` and `--admin-key`. Gateways sharing the store apply a change within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+from typing import Annotated, Any
+
+import typer
+
+from tallygate.cli.keys import AdminKeyOpt, ConfigOpt, JsonOpt, Target, UrlOpt
+from tallygate.errors import InvalidRequest
+
+StateOpt = Annotated[str | None, typer.Option(
+    "--store", help="State store URL (default: the policy's storage.state).")]
+
+flags_app = typer.Typer(help="Feature flags: switch features on/off without a restart.",
+                        no_args_is_help=True)
+
+
+def _policy(config: str | None) -> Any:
+    from tallygate.config import load_policy
+
+    return load_policy(config)
+
+
+def _with_store(store_url: str | None, config: str | None, action: Any) -> Any:
+    from tallygate.gateway.admin_flags import flag_list
+    from tallygate.state import from_url
+
+    policy = _policy(config) if store_url is None or action == "list" else None
+    url = store_url or str(policy.storage.state)
+    static = {n: policy.flag(n) for n in {*policy.features, *policy.flags}} if policy else {}
+
+    async def run() -> Any:
+        store = from_url(url)
+        try:
+            if action == "list":
+                return await flag_list(store, static)
+            name, on = action
+            await store.set_flag(name, on)
+            return {"feature": name, "on": on, "source": "runtime"}
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def list_flags(store: str | None, config: str | None, url: str | None,
+               admin_key: str | None) -> list[dict[str, Any]]:
+    if url:
+        return list(Target(None, config, url, admin_key).call("GET", "/admin/flags")["data"])
+    return list(_with_store(store, config, "list"))
+
+
+def set_flag(feature: str, on: bool, store: str | None, config: str | None, url: str | None,
+             admin_key: str | None) -> dict[str, Any]:
+    from tallygate.gateway.admin_flags import check_feature_name
+
+    check_feature_name(feature)
+    if url:
+        path = f"/admin/flags/{urllib.parse.quote(feature, safe='')}"
+        return dict(Target(None, config, url, admin_key).call("PUT", path, {"on": on}))
+    return dict(_with_store(store, config, (feature, on)))
+
+
+@flags_app.command("list")
+def list_command(store: StateOpt = None, config: ConfigOpt = None, url: UrlOpt = None,
+                 admin_key: AdminKeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Every feature flag and whether it is on."""
+    flags = list_flags(store, config, url, admin_key)
+    if as_json:
+        print(json.dumps({"flags": flags}))
+        return
+    for flag in flags:
+        state = "on" if flag["on"] else "off"
+        print(f"{flag['feature']:<32} {state:<4} ({flag.get('source', 'runtime')})")
+
+
+@flags_app.command("set")
+def set_command(
+    feature: Annotated[str, typer.Argument(help="The feature's name.")],
+    state: Annotated[str, typer.Argument(help="on or off")],
+    store: StateOpt = None, config: ConfigOpt = None, url: UrlOpt = None,
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Switch a feature on or off on every gateway sharing the state store."""
+    word = state.strip().lower()
+    if word not in ("on", "off"):
+        raise InvalidRequest(f"expected on or off, not {state[:16]!r}")
+    done = set_flag(feature, word == "on", store, config, url, admin_key)
+    print(f"{done['feature']}: {'on' if done['on'] else 'off'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(flags_app, name="flags")

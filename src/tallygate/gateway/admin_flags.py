@@ -1,0 +1,61 @@
+"""`GET /admin/flags` and `PUT /admin/flags/{feature}` (body `{"on": true|false}`).
+
+A flag set here is written to the shared state store; every gateway on that store
+(FlagView polls `flags_version()` every 0.5 s) applies it within a second."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tallygate.errors import InvalidRequest
+from tallygate.gateway.admin import AdminGuard, _guarded, json_response, read_json_object
+from tallygate.state.base import StateStore
+
+MAX_BODY = 4096
+MAX_NAME = 128
+
+
+def check_feature_name(name: str) -> str:
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise InvalidRequest("A feature name is 1-128 printable characters.", param="feature")
+    return name
+
+
+async def flag_list(store: StateStore, static: Mapping[str, bool]) -> list[dict[str, object]]:
+    """Every known flag: the policy's (features and `flags:`) overridden by run-time ones."""
+    runtime = await store.flags()
+    names = sorted({*static, *runtime})
+    return [
+        {"feature": name, "on": runtime.get(name, static.get(name, True)),
+         "source": "runtime" if name in runtime else "policy"}
+        for name in names
+    ]
+
+
+def flag_routes(
+    store: StateStore, admin_key: str | None, *, static: Mapping[str, bool] | None = None
+) -> list[Route]:
+    guard = AdminGuard(admin_key)
+    defaults = dict(static or {})
+
+    async def list_flags(request: Request) -> Response:
+        del request
+        return json_response(200, {"object": "list", "data": await flag_list(store, defaults)})
+
+    async def set_flag(request: Request) -> Response:
+        name = check_feature_name(request.path_params["feature"])
+        data = await read_json_object(request, MAX_BODY)
+        on = data.get("on")
+        if not isinstance(on, bool) or set(data) != {"on"}:
+            raise InvalidRequest('The body must be {"on": true} or {"on": false}.', param="on")
+        await store.set_flag(name, on)
+        return json_response(200, {"feature": name, "on": on, "source": "runtime"})
+
+    return [
+        Route("/admin/flags", _guarded(guard, list_flags), methods=["GET"]),
+        Route("/admin/flags/{feature:path}", _guarded(guard, set_flag), methods=["PUT"]),
+    ]

@@ -1,0 +1,62 @@
+"""Helpers shared by the resilience tests (retries, fallbacks, cache, summarise)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import orjson
+
+from tallygate.gateway.retry import RetrySettings
+from tests.support.gateway import RunningGateway, http
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def fast_retries(gw: RunningGateway, waits: list[float] | None = None) -> None:
+    """Millisecond back-off (and record each wait) so fault tests stay quick."""
+
+    async def sleep(seconds: float) -> None:
+        if waits is not None:
+            waits.append(seconds)
+
+    proxy = gw.gateway.proxy
+    assert proxy is not None
+    proxy.caller.settings = RetrySettings(base_delay=0.001, max_delay=0.004, sleep=sleep)
+
+
+def client(gw: RunningGateway, key: str, feature: str = "chat", **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0,
+                         default_headers={"X-Tallygate-Feature": feature, **headers})
+
+
+def post(gw: RunningGateway, key: str, body: dict[str, Any],
+         **headers: str) -> tuple[int, dict[str, str], bytes]:
+    hdrs = {"content-type": "application/json", "authorization": f"Bearer {key}", **headers}
+    return http("POST", gw.url + "/v1/chat/completions", orjson.dumps(body), hdrs)
+
+
+def limits(gw: RunningGateway, key: str) -> dict[str, dict[str, Any]]:
+    _, _, raw = http("GET", gw.url + "/v1/usage", headers={"Authorization": f"Bearer {key}"})
+    return {item["key"]: item for item in orjson.loads(raw)["limits"]}
+
+
+def nothing_held(gw: RunningGateway, key: str) -> bool:
+    return all(item["reserved"] == 0 for item in limits(gw, key).values())
+
+
+def detail(row: Any) -> dict[str, Any]:
+    return orjson.loads(row.detail) if row.detail else {}
+
+
+def rows_when(gw: RunningGateway, count: int, timeout: float = 5.0) -> list[Any]:
+    """The ledger rows once `count` are there (a stream's row lands just after the
+    client read its last event)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        rows = gw.rows()
+        if len(rows) >= count or time.monotonic() > end:
+            return rows
+        time.sleep(0.02)

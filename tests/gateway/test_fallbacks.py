@@ -1,0 +1,80 @@
+"""Fallback models: tried after the primary fails its retries, or when its limit has
+no room (`on_limit: fallback`); the reservation moves to the model actually used."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tallygate.types import Outcome
+from tests.gateway.resilience_support import HELLO, client, detail, fast_retries, limits
+
+FALLBACK = {"chat": {"max_output": 50, "model": "gpt-4o-mini", "retries": 1,
+                     "fallbacks": ["claude-haiku-4-5", "gpt-4.1-mini"]}}
+
+
+def test_primary_failing_after_retries_falls_back(make_gateway, sim) -> None:  # noqa: ANN001
+    gw = make_gateway(features=FALLBACK)
+    fast_retries(gw)
+    key = gw.create_key("u", "pro")
+    sim.push_faults("500", "503")
+    reply = client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert reply.model == "gpt-4.1-mini"
+    [row] = gw.rows()
+    info = detail(row)
+    assert row.outcome == Outcome.OK and row.model_used == "gpt-4.1-mini"
+    assert row.model_requested == "gpt-4o-mini" and row.retries == 2
+    assert info["fallback"] == [{"from": "gpt-4o-mini", "to": "gpt-4.1-mini", "reason": "upstream 503"}]
+    assert "anthropic" in info["fallback_skipped"][0]["claude-haiku-4-5"]  # other protocol
+    assert all(item["reserved"] == 0 for item in limits(gw, key).values())
+
+
+def test_every_model_failing_costs_nothing(make_gateway, sim) -> None:  # noqa: ANN001
+    gw = make_gateway(features=FALLBACK)
+    fast_retries(gw)
+    key = gw.create_key("u", "free")
+    sim.push_faults("500", "500", "500", "500")
+    with pytest.raises(openai.InternalServerError):
+        client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    [row] = gw.rows()
+    assert row.outcome == Outcome.ERROR and row.cost_nusd == 0 and row.retries == 3
+    assert row.model_used == "gpt-4.1-mini"
+    usage = limits(gw, key)
+    assert all(item["reserved"] == 0 and item["used"] == 0 for item in usage.values())
+
+
+def test_no_fallback_for_a_client_error(make_gateway, sim) -> None:  # noqa: ANN001
+    gw = make_gateway(features=FALLBACK)
+    fast_retries(gw)
+    key = gw.create_key("u", "pro")
+    with pytest.raises(openai.BadRequestError):  # the sim refuses an unknown parameter value
+        client(gw, key).chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, extra_headers={"x-sim-fault": "400"})
+    [row] = gw.rows()
+    assert "fallback" not in detail(row)
+
+
+def test_on_limit_fallback_moves_the_reservation(make_gateway) -> None:  # noqa: ANN001
+    features = {"chat": {**FALLBACK["chat"], "on_limit": "fallback"}}
+    gw = make_gateway(features=features,
+                      limits={"model": {"gpt-4o-mini": {"requests_per_minute": 1}}})
+    fast_retries(gw)
+    key = gw.create_key("u", "pro")
+    first = client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    second = client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert first.model == "gpt-4o-mini" and second.model == "gpt-4.1-mini"
+    rows = sorted(gw.rows(), key=lambda r: r.ts)
+    assert [r.model_used for r in rows] == ["gpt-4o-mini", "gpt-4.1-mini"]
+    assert detail(rows[1])["fallback"][0]["reason"] == "rate_limited"
+    usage = limits(gw, key)
+    assert usage["model:gpt-4o-mini:requests:minute"]["used"] == 1
+    assert all(item["reserved"] == 0 for item in usage.values())
+
+
+def test_on_limit_reject_stays_a_429(make_gateway) -> None:  # noqa: ANN001
+    gw = make_gateway(features=FALLBACK,
+                      limits={"model": {"gpt-4o-mini": {"requests_per_minute": 1}}})
+    key = gw.create_key("u", "pro")
+    client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    with pytest.raises(openai.RateLimitError):
+        client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
