@@ -88,7 +88,7 @@ def hbars_svg(items: list[tuple[str, int, str]], title: str, width: int = 1000) 
              f'{height}" width="100%"><title>{escape(title)}</title>']
     for i, (label, value, text) in enumerate(items):
         y = 5 + i * row_h
-        w = (width - left - 150) * value / top
+        w = (width - left - 260) * value / top  # room for the longest value label
         parts.append(
             f'<text x="{left - 8}" y="{y + 16}" font-size="12" text-anchor="end">'
             f'{escape(label)}</text><rect x="{left}" y="{y + 3}" width="{w:.1f}" height="18" '
