@@ -69,7 +69,16 @@ class PermissionDenied(TallygateError):
 
 
 class FeatureDisabled(PermissionDenied):
+    """The feature is switched off. Carries the same figures as a LimitError (all
+    zero, no retry-after) so callers can handle every refusal alike."""
+
     code = "feature_disabled"
+    limit_key = ""
+    limit = 0
+    used = 0
+    requested = 0
+    remaining = 0
+    retry_after: float | None = None
 
 
 class LimitError(TallygateError):

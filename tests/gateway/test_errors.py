@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from tallygate.types import Outcome
+from tests.gateway.resilience_support import fast_retries
 from tests.support.gateway import ADMIN_KEY, RunningGateway, http
 
 CHAT = {"X-Tallygate-Feature": "chat"}
@@ -167,7 +168,8 @@ def test_unknown_model_suggests_names(gateway: RunningGateway) -> None:
 
 def test_upstream_error_passes_through_and_costs_nothing(gateway: RunningGateway, sim) -> None:
     key = gateway.create_key("u", "free")
-    sim.push_faults("500")
+    fast_retries(gateway)
+    sim.push_faults("500", "500", "500")  # the first try and both retries fail
     with pytest.raises(openai.InternalServerError):
         _oa(gateway, key).chat.completions.create(
             model="gpt-4o-mini", messages=HELLO)

@@ -304,6 +304,16 @@ def _detail_keys(row: CallRecord) -> set[str]:
     return set(orjson.loads(row.detail)) if row.detail else set()
 
 
+def _settled_rows(gw: RunningGateway, count: int) -> list[CallRecord]:
+    """The gateway may settle a stream just after the client read its last byte."""
+    deadline = time.monotonic() + 10
+    got = gw.rows()
+    while len(got) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = gw.rows()
+    return sorted(got, key=lambda r: r.ts)
+
+
 def test_ledger_rows_have_the_gateways_shape(
     gov: Governor, sim: SimServer, make_gateway: Callable[..., RunningGateway]
 ) -> None:
@@ -324,7 +334,7 @@ def test_ledger_rows_have_the_gateways_shape(
         list(client.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True))
     for aclient in (an_gw, an_lib):
         aclient.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HI)
-    gw_rows, lib_rows = gw.rows(), rows(gov)
+    gw_rows, lib_rows = _settled_rows(gw, 3), rows(gov)
     assert len(gw_rows) == len(lib_rows) == 3
     for g, lrow in zip(gw_rows, lib_rows, strict=True):
         assert _shape(g) == _shape(lrow)

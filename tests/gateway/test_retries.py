@@ -21,7 +21,7 @@ from tests.gateway.resilience_support import (
 
 
 @pytest.mark.parametrize("fault", ["429:0.002", "500", "529"])
-def test_transient_fault_is_retried(make_gateway, sim, fault: str) -> None:  # noqa: ANN001
+def test_transient_fault_is_retried(make_gateway, sim, fault: str) -> None:
     gw = make_gateway()
     waits: list[float] = []
     fast_retries(gw, waits)
@@ -32,7 +32,7 @@ def test_transient_fault_is_retried(make_gateway, sim, fault: str) -> None:  # n
     [row] = gw.rows()
     assert row.outcome == Outcome.OK and row.retries == 1
     [attempt] = detail(row)["attempts"]
-    assert attempt["status"] == int(fault.split(":")[0])
+    assert attempt["status"] == int(fault.split(":", maxsplit=1)[0])
     if fault.startswith("429"):
         assert waits == [pytest.approx(0.002)]  # retry-after-ms honoured, not the back-off
     else:
@@ -40,7 +40,7 @@ def test_transient_fault_is_retried(make_gateway, sim, fault: str) -> None:  # n
     assert nothing_held(gw, key)
 
 
-def test_timeout_is_retried(make_gateway, sim, tmp_path) -> None:  # noqa: ANN001
+def test_timeout_is_retried(make_gateway, sim, tmp_path) -> None:
     gw = make_gateway(providers={
         "openai": {"protocol": "openai", "base_url": f"{sim.url}/v1", "api_key": "k",
                    "timeout": "300ms"}})
@@ -52,7 +52,7 @@ def test_timeout_is_retried(make_gateway, sim, tmp_path) -> None:  # noqa: ANN00
     assert row.retries == 1 and detail(row)["attempts"][0]["timeout"] is True
 
 
-def test_retries_exhausted_pass_the_error_through_at_no_cost(make_gateway, sim) -> None:  # noqa: ANN001
+def test_retries_exhausted_pass_the_error_through_at_no_cost(make_gateway, sim) -> None:
     gw = make_gateway()
     fast_retries(gw)
     key = gw.create_key("u", "free")
@@ -68,7 +68,7 @@ def test_retries_exhausted_pass_the_error_through_at_no_cost(make_gateway, sim) 
     assert usage["used"] == 0 and usage["reserved"] == 0
 
 
-def test_feature_retry_budget_bounds_the_tries(make_gateway, sim) -> None:  # noqa: ANN001
+def test_feature_retry_budget_bounds_the_tries(make_gateway, sim) -> None:
     features = {"chat": {"max_output": 50, "model": "gpt-4o-mini", "retries": 0}}
     gw = make_gateway(features=features)
     fast_retries(gw)
@@ -80,7 +80,7 @@ def test_feature_retry_budget_bounds_the_tries(make_gateway, sim) -> None:  # no
     sim.clear_faults()
 
 
-def test_client_already_retrying_is_not_retried_inside(make_gateway, sim) -> None:  # noqa: ANN001
+def test_client_already_retrying_is_not_retried_inside(make_gateway, sim) -> None:
     gw = make_gateway()
     fast_retries(gw)
     key = gw.create_key("u", "pro")
@@ -93,7 +93,7 @@ def test_client_already_retrying_is_not_retried_inside(make_gateway, sim) -> Non
     assert row.retries == 0 and detail(row)["client_retrying"] is True
 
 
-def test_retry_after_beyond_the_client_deadline_is_not_waited(make_gateway, sim) -> None:  # noqa: ANN001
+def test_retry_after_beyond_the_client_deadline_is_not_waited(make_gateway, sim) -> None:
     gw = make_gateway()
     fast_retries(gw)
     key = gw.create_key("u", "pro")
@@ -105,7 +105,7 @@ def test_retry_after_beyond_the_client_deadline_is_not_waited(make_gateway, sim)
     assert row.retries == 0 and row.cost_nusd == 0
 
 
-def test_context_length_halves_the_output_cap(make_gateway, sim) -> None:  # noqa: ANN001
+def test_context_length_halves_the_output_cap(make_gateway, sim) -> None:
     gw = make_gateway()
     fast_retries(gw)
     key = gw.create_key("u", "pro")
@@ -117,7 +117,7 @@ def test_context_length_halves_the_output_cap(make_gateway, sim) -> None:  # noq
     assert nothing_held(gw, key)
 
 
-def test_context_length_then_trims_when_the_feature_allows(make_gateway, sim) -> None:  # noqa: ANN001
+def test_context_length_then_trims_when_the_feature_allows(make_gateway, sim) -> None:
     gw = make_gateway()  # chat: on_exceed trim
     fast_retries(gw)
     key = gw.create_key("u", "pro")
@@ -133,7 +133,7 @@ def test_context_length_then_trims_when_the_feature_allows(make_gateway, sim) ->
     assert info["trimmed_on_retry"][0]["to"] < info["trimmed_on_retry"][0]["from"]
 
 
-def test_context_length_with_reject_does_not_trim(make_gateway, sim) -> None:  # noqa: ANN001
+def test_context_length_with_reject_does_not_trim(make_gateway, sim) -> None:
     gw = make_gateway()
     fast_retries(gw)
     key = gw.create_key("u", "pro")
@@ -146,7 +146,7 @@ def test_context_length_with_reject_does_not_trim(make_gateway, sim) -> None:  #
     assert row.cost_nusd == 0 and nothing_held(gw, key)
 
 
-def test_a_started_stream_is_never_retried(make_gateway, sim) -> None:  # noqa: ANN001
+def test_a_started_stream_is_never_retried(make_gateway, sim) -> None:
     gw = make_gateway()
     fast_retries(gw)
     key = gw.create_key("u", "pro")
@@ -166,7 +166,7 @@ def test_a_started_stream_is_never_retried(make_gateway, sim) -> None:  # noqa: 
     assert nothing_held(gw, key)
 
 
-def test_a_stream_refused_before_its_first_byte_is_retried(make_gateway, sim) -> None:  # noqa: ANN001
+def test_a_stream_refused_before_its_first_byte_is_retried(make_gateway, sim) -> None:
     gw = make_gateway()
     fast_retries(gw)
     key = gw.create_key("u", "pro")

@@ -63,6 +63,8 @@ class Gateway:
     async def shutdown(self) -> None:
         if self.observe is not None:
             await self.observe.close()
+        if self.proxy is not None:
+            await self.proxy.close()
         await self.upstream.close()
         if self.runtime is not None and self._owns_runtime:
             await self.runtime.close()

@@ -207,12 +207,21 @@ class Proxy:
         out = encode_headers(await self._stream_headers(adm, handle.headers))
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + out})
         first: list[float] = []
+        held: list[bytes] = []  # the stream's terminal event: sent after the row is written
 
         async def pump() -> None:
             async for chunk in handle.chunks():
                 data = tap.feed(chunk)
                 if not first and tap.first_token_seen:
                     first.append(time.perf_counter())
+                if not held:
+                    cut = _terminal_at(data)
+                    if cut >= 0:
+                        data, rest = data[:cut], data[cut:]
+                        held.append(rest)
+                else:
+                    held.append(data)
+                    data = b""
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
 
@@ -235,10 +244,17 @@ class Proxy:
             code = "client_disconnected" if disconnected else "upstream_stream_error"
             await self.engine.fail(adm, status=200 if not disconnected else 499,
                                    error_code=code, usage=usage, ttft_ms=ttft, retries=retries)
-            if not disconnected:
-                await send({"type": "http.response.body", "body": tap.flush()})
+            if not disconnected:  # tell the client in the protocol's own stream format
+                event = route.wire.stream_error_event(
+                    "upstream_stream_error", "The upstream stream ended before completion.",
+                    type="api_error" if route.protocol == "anthropic" else "server_error",
+                    route=route.name)
+                await send({"type": "http.response.body",
+                            "body": b"".join(held) + tap.flush() + event})
             return
-        tail = tap.flush()
+        tail = b"".join(held) + tap.flush()
+        # The ledger row is journaled inside complete(): only then does the client get
+        # the terminal event, so every stream a client saw finish has its row.
         await self.engine.complete(adm, usage, status=200, ttft_ms=ttft, retries=retries,
                                    exact=tap.done and tap.usage is not None)
         await send({"type": "http.response.body", "body": tail})
@@ -302,3 +318,13 @@ def _attempt(value: str | None) -> int | None:
         return max(0, int(value))
     except ValueError:
         raise InvalidRequest("X-Tallygate-Attempt must be an integer.") from None
+
+
+# The events that end a stream: OpenAI chat, Responses, Anthropic Messages.
+_TERMINAL_MARKERS = (b"data: [DONE]", b"event: response.completed", b"event: message_stop")
+
+
+def _terminal_at(data: bytes) -> int:
+    """Offset of the stream's terminal event in `data`, or -1."""
+    found = [i for i in (data.find(m) for m in _TERMINAL_MARKERS) if i >= 0]
+    return min(found) if found else -1

@@ -1,0 +1,63 @@
+"""The signed cache over every backend (memory, sqlite file, real redis): round trip,
+TTL, tampered, foreign and moved entries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tallygate.cache.backends import CacheBackend, open_backend
+from tallygate.cache.signed import ResponseCache
+
+KEY = b"k" * 32
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def backend(request, tmp_path) -> AsyncIterator[CacheBackend]:
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/cache.db"
+    else:
+        url = request.getfixturevalue("redis_url")
+    made = open_backend(url)
+    yield made
+    await made.close()
+
+
+async def test_round_trip_and_ttl(backend: CacheBackend) -> None:
+    now = [100.0]
+    cache = ResponseCache(backend, KEY, ttl=10, clock=lambda: now[0])
+    await cache.put("a" * 64, '{"x": 1}')
+    assert await cache.get("a" * 64) == '{"x": 1}'
+    assert await cache.get("b" * 64) is None
+    now[0] += 10.5
+    assert await cache.get("a" * 64) is None
+
+
+async def test_tampered_and_foreign_entries_are_misses(backend: CacheBackend) -> None:
+    cache = ResponseCache(backend, KEY, ttl=60)
+    await cache.put("c" * 64, "genuine")
+    raw = await backend.get("c" * 64)
+    assert raw is not None
+    await backend.set("c" * 64, raw.replace(b"genuine", b"forged!"), 60)
+    assert await cache.get("c" * 64) is None
+    await backend.set("d" * 64, raw, 60)  # a genuine entry moved under another key
+    assert await cache.get("d" * 64) is None
+    other = ResponseCache(backend, b"another-key-entirely", ttl=60)
+    await other.put("e" * 64, "foreign")
+    assert await cache.get("e" * 64) is None
+    assert cache.tampered == 3
+
+
+async def test_redis_expires_entries_itself(redis_url: str) -> None:
+    backend = open_backend(redis_url)
+    try:
+        await backend.set("short", b"v", 0.05)
+        assert await backend.get("short") == b"v"
+        await asyncio.sleep(0.2)
+        assert await backend.get("short") is None
+    finally:
+        await backend.close()
