@@ -11,6 +11,7 @@ client disconnects), so nothing is held until its lease expires.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -367,22 +368,27 @@ class Engine:
         if not adm.holds:
             return
         now = self.clock()
-        denial = await self.store.reserve(adm.hold_id, adm.holds, lease=self.lease, now=now)
+        reserving = self.store.reserve(adm.hold_id, adm.holds, lease=self.lease, now=now)
+        if adm.ctx.stream:  # stream headers go out before settling: read usage now
+            denial, adm.limit_usage = await asyncio.gather(reserving, self._usages(adm, now))
+        else:
+            denial = await reserving
         if denial is not None:
             raise verdict.denial_to_error(denial, now)
 
+    async def _usages(self, adm: Admission, now: float) -> list[LimitUsage]:
+        """Usage of the tightest token and request limits. Queued right behind the
+        reserve/settle it accompanies, so a batching store answers both in one trip."""
+        return list(await asyncio.gather(*(
+            self.store.usage(h.key, limit=h.limit, window=h.window, rolling=h.rolling, now=now)
+            for h in _tightest_holds(adm.holds)
+        )))
+
     async def limit_headers(self, adm: Admission) -> dict[str, str]:
         """x-ratelimit-* for the tightest token and request limits that applied."""
-        tightest = _tightest_holds(adm.holds)
-        if not tightest:
-            return {}
         now = self.clock()
-        usages = [
-            await self.store.usage(h.key, limit=h.limit, window=h.window, rolling=h.rolling,
-                                   now=now)
-            for h in tightest
-        ]
-        return verdict.ratelimit_headers(usages, now)
+        usages = adm.limit_usage or await self._usages(adm, now)
+        return verdict.ratelimit_headers(usages, now) if usages else {}
 
     # ------------------------------------------------------------------ finish
 
@@ -401,7 +407,9 @@ class Engine:
         adm.closed = True
         cost = adm.model.cost_nusd(usage)
         actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-        result = await self.store.settle(adm.hold_id, actual, now=self.clock())
+        now = self.clock()
+        result, adm.limit_usage = await asyncio.gather(
+            self.store.settle(adm.hold_id, actual, now=now), self._usages(adm, now))
         if result.overrun:
             adm.detail["overrun"] = dict(result.overrun)
         if outcome is None:
@@ -428,9 +436,10 @@ class Engine:
         if usage is not None and usage.total_tokens > 0:
             cost = adm.model.cost_nusd(usage)
             actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-            await self.store.settle(adm.hold_id, actual, now=self.clock())
+            finishing = self.store.settle(adm.hold_id, actual, now=self.clock())
         else:
-            await self.store.release(adm.hold_id, now=self.clock())
+            finishing = self.store.release(adm.hold_id, now=self.clock())
+        _, adm.limit_usage = await asyncio.gather(finishing, self._usages(adm, self.clock()))
         row = self._row(adm, Outcome.ERROR, status, usage or Usage(), cost, exact=True,
                         ttft_ms=ttft_ms, retries=retries, error_code=error_code)
         self.recorder.record(row)

@@ -58,7 +58,8 @@ class SqliteStore:
         self._path = path
         self._busy_ms = int(busy_timeout * 1000)
         self._retention = retention
-        self._worker = BatchWorker(self._connect, "tg-sqlite-state")
+        self._worker = BatchWorker(self._connect, "tg-sqlite-state",
+                                   inline=self._connect_inline)
         self._ops = 0
 
     # -- plumbing -------------------------------------------------------------------
@@ -68,6 +69,11 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         db.executescript(_SCHEMA)  # idempotent; concurrent creators wait on busy_timeout
+        return db
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        db = self._connect()
+        db.execute("PRAGMA busy_timeout = 0")  # never wait on the event loop
         return db
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
