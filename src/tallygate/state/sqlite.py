@@ -58,8 +58,9 @@ class SqliteStore:
         self._path = path
         self._busy_ms = int(busy_timeout * 1000)
         self._retention = retention
-        self._worker = BatchWorker(self._connect, "tg-sqlite-state",
-                                   inline=self._connect_inline)
+        # `:memory:` is private to one connection: only the worker's may be used.
+        inline = None if path == ":memory:" else self._connect_inline
+        self._worker = BatchWorker(self._connect, "tg-sqlite-state", inline=inline)
         self._ops = 0
 
     # -- plumbing -------------------------------------------------------------------
@@ -72,8 +73,15 @@ class SqliteStore:
         return db
 
     def _connect_inline(self) -> sqlite3.Connection:
-        db = self._connect()
-        db.execute("PRAGMA busy_timeout = 0")  # never wait on the event loop
+        """The event loop's connection: never waits on a lock (the worker's did the
+        schema set-up already, or this attempt fails fast and the worker is used)."""
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 0")
+        db.execute("PRAGMA synchronous = NORMAL")
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.close()
+            raise sqlite3.OperationalError("database not yet in WAL mode")
+        db.execute("SELECT 1 FROM state_meta LIMIT 1")  # schema exists, or fail fast
         return db
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:

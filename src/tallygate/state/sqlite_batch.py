@@ -59,7 +59,10 @@ class BatchWorker:
     def _try_inline(self, work: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
         if self._inline_db is None:
             assert self._inline_connect is not None
-            self._inline_db = self._inline_connect()
+            try:
+                self._inline_db = self._inline_connect()
+            except sqlite3.OperationalError:  # e.g. locked while creating: next time
+                return False, None
         db = self._inline_db
         try:
             db.execute("BEGIN IMMEDIATE")
