@@ -106,8 +106,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def gateway_config(tmp: Path, sim_url: str) -> Path:
-    policy = {
+def gateway_config(tmp: Path, sim_url: str, *, alerts: bool = False,
+                   name: str = "tallygate") -> Path:
+    policy: dict[str, object] = {
         "storage": {"state": f"sqlite:///{tmp}/state.db", "ledger": f"sqlite:///{tmp}/ledger.db"},
         "providers": {"openai": {"protocol": "openai", "base_url": f"{sim_url}/v1",
                                  "api_key": "sk-sim"}},
@@ -115,7 +116,14 @@ def gateway_config(tmp: Path, sim_url: str) -> Path:
         "plans": {"bench": {"tokens_per_day": 10**12}},
         "limits": {"global": {"tokens_per_minute": 10**12}},
     }
-    path = tmp / "tallygate.yaml"
+    if alerts:  # rules that fire constantly, to a webhook that refuses every connection
+        dead = f"http://127.0.0.1:{free_port()}/hook"
+        policy["alerts"] = [
+            {"metric": "context_utilization", "above": 0.000001, "notify": dead},
+            {"metric": "cost_usd", "window": "minute", "above": 0.000001, "notify": dead},
+            {"metric": "budget_used", "scope": "user", "above": 0.0000001, "notify": dead},
+        ]
+    path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(policy))
     return path
 
@@ -150,6 +158,8 @@ async def run_round(targets: dict[str, tuple[str, dict[str, str]]], requests: in
 def report(results: dict[tuple[str, str], list[tuple[list[float], float]]],
            command: str) -> str:
     lines = [
+        "# Gateway overhead against the bare forwarding floor",
+        "",
         f"Command: `{command}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; simulator, floor, gateway and load generator share "
@@ -166,7 +176,8 @@ def report(results: dict[tuple[str, str], list[tuple[list[float], float]]],
             rps = statistics.median(r for _, r in values)
             added = p50[target] - p50["direct"]
             floor_added = p50["floor"] - p50["direct"]
-            ratio = f"{added / floor_added:.2f}×" if target == "gateway" and floor_added > 0 else ""
+            gateway = target.startswith("gateway")
+            ratio = f"{added / floor_added:.2f}×" if gateway and floor_added > 0 else ""
             lines.append(f"| {name} | {target} | {p50[target]:.2f} | {p99:.2f} | {rps:,.0f} | "
                          f"{added:+.2f} | {ratio} |")
     return "\n".join(lines) + "\n"
@@ -194,11 +205,22 @@ def main() -> None:
             gw_url = f"http://127.0.0.1:{gw_port}"
             procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
                                 str(config), "--port", str(gw_port)], gw_url + "/healthz"))
+            # The same gateway with alert rules firing at a dead webhook, separate storage.
+            alerts_dir = tmp / "alerts"
+            alerts_dir.mkdir()
+            alerts_config = gateway_config(alerts_dir, sim_url, alerts=True)
+            alerts_key = create_key(alerts_config)
+            alerts_url = f"http://127.0.0.1:{free_port()}"
+            procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
+                                str(alerts_config), "--port", alerts_url.rsplit(":", 1)[1]],
+                               alerts_url + "/healthz"))
             auth = {"authorization": "Bearer sk-sim"}
             targets = {
                 "direct": (sim_url + "/v1/chat/completions", auth),
                 "floor": (f"http://127.0.0.1:{floor_port}/v1/chat/completions", auth),
                 "gateway": (gw_url + "/v1/chat/completions", {"authorization": f"Bearer {key}"}),
+                "gateway+alerts": (alerts_url + "/v1/chat/completions",
+                                   {"authorization": f"Bearer {alerts_key}"}),
             }
             results: dict[tuple[str, str], list[tuple[list[float], float]]] = {}
             for _ in range(args.rounds):
