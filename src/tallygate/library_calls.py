@@ -185,6 +185,7 @@ class Binding:
         if ctx.stream:
             meter = StreamMeter(self, route, adm, started)
             return (wrap_stream or _sync_stream)(response, meter)
+        adm.detail["upstream_ms"] = int((time.perf_counter() - started) * 1000)
         usage, exact = self.usage_of(route, adm, response)
         self.gov.call(Engine.complete, adm, usage, status=200, exact=exact)
         return response
@@ -207,6 +208,7 @@ class Binding:
         if ctx.stream:
             meter = StreamMeter(self, route, adm, started)
             return (wrap_stream or _async_stream)(response, meter)
+        adm.detail["upstream_ms"] = int((time.perf_counter() - started) * 1000)
         usage, exact = self.usage_of(route, adm, response)
         await self.gov.acall(Engine.complete, adm, usage, status=200, exact=exact)
         return response

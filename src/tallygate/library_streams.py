@@ -70,6 +70,7 @@ class StreamMeter:
             self.tap.feed(b"data: [DONE]\n\n")
         usage = self.tap.usage_so_far(input_tokens=self.adm.count.tokens)
         ttft = self._ttft()
+        self.adm.detail["upstream_ms"] = int((time.perf_counter() - self.started) * 1000)
         if ended and error is None:
             exact = self.tap.done and self.tap.usage is not None
             return Engine.complete, (self.adm, usage), {"status": 200, "ttft_ms": ttft,

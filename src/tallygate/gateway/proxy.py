@@ -238,6 +238,7 @@ class Proxy:
             # Let the cancellations land before looking at how the pump ended.
             await asyncio.gather(pumping, gone, return_exceptions=True)
         ttft = int((first[0] - started) * 1000) if first else None
+        adm.detail["upstream_ms"] = int((time.perf_counter() - started) * 1000)
         failed = pumping.cancelled() or pumping.exception() is not None
         usage = tap.usage_so_far(input_tokens=adm.count.tokens)
         if disconnected or failed:

@@ -116,7 +116,10 @@ class UpstreamCaller:
                     return Attempt(200, headers=handle.headers, handle=handle)
                 status, raw, got = handle.status, await handle.read_all(), handle.headers
             else:
+                started = time.perf_counter()
                 resp = await self.upstream.post(url, body, headers, timeout=timeout)
+                # Upstream time of the try that answered (metrics: upstream duration).
+                adm.detail["upstream_ms"] = int((time.perf_counter() - started) * 1000)
                 status, raw, got = resp.status, resp.body, resp.headers
                 if status == 200:
                     return Attempt(200, raw, got)
