@@ -21,6 +21,7 @@ from tallygate.engine import Admission, CallContext, Engine
 from tallygate.errors import InvalidRequest
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.providers import openai as openai_wire
+from tallygate.providers.common import end_user
 from tallygate.types import Usage
 
 if TYPE_CHECKING:
@@ -64,19 +65,6 @@ def split_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
         else:
             body[name] = jsonable(value)
     return body, options
-
-
-def end_user(body: Mapping[str, Any]) -> str | None:
-    """The OpenAI `user` field or Anthropic `metadata.user_id`: recorded, not enforced."""
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        return user[:256]
-    meta = body.get("metadata")
-    if isinstance(meta, Mapping):
-        uid = meta.get("user_id")
-        if isinstance(uid, str) and uid:
-            return uid[:256]
-    return None
 
 
 def failure_of(exc: BaseException) -> tuple[int, str]:

@@ -40,6 +40,7 @@ from tallygate.gateway.upstream import StreamHandle, Upstream, passthrough_heade
 from tallygate.keys.store import KeyStore
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.providers import openai as openai_wire
+from tallygate.providers.common import end_user
 from tallygate.types import Usage
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -128,7 +129,7 @@ class Proxy:
             request_id=_request_id(headers),
             key_id=key.id,
             user=key.user,
-            end_user=_end_user(body),
+            end_user=end_user(body),
             plan=key.plan,
             run=headers.get("x-tallygate-run"),
             step=headers.get("x-tallygate-step"),
@@ -298,18 +299,6 @@ def _request_id(headers: Mapping[str, str]) -> str:
     if given and len(given) <= 128 and given.isprintable():
         return given
     return "tg-" + uuid.uuid4().hex
-
-
-def _end_user(body: Mapping[str, Any]) -> str | None:
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        return user[:256]
-    meta = body.get("metadata")
-    if isinstance(meta, Mapping):
-        uid = meta.get("user_id")
-        if isinstance(uid, str) and uid:
-            return uid[:256]
-    return None
 
 
 def _attempt(value: str | None) -> int | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tallygate.errors import StoreUnavailable
 from tallygate.ledger.migrations import COLUMN_NAMES, migrate_postgres, quote
-from tallygate.ledger.rows import from_row, range_sql, to_row
+from tallygate.ledger.rows import SqlReads, to_row
 from tallygate.types import CallRecord
 
 _COLS = ", ".join(quote(c) for c in COLUMN_NAMES)
@@ -34,7 +34,7 @@ def to_pg(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-class PostgresLedger:
+class PostgresLedger(SqlReads):
     """`LedgerStore` on PostgreSQL."""
 
     dialect = "postgres"
@@ -89,20 +89,6 @@ class PostgresLedger:
         async with self._conn() as conn:
             cur = await conn.execute(to_pg(sql), tuple(params))
             return list(await cur.fetchall())
-
-    async def records(
-        self, *, since: float | None = None, until: float | None = None
-    ) -> list[CallRecord]:
-        sql, params = range_sql(since, until)
-        return [from_row(r) for r in await self.query(sql, params)]
-
-    async def count(self) -> int:
-        rows = await self.query("SELECT COUNT(*) FROM calls")
-        return int(rows[0][0])
-
-    async def schema_version(self) -> int:
-        rows = await self.query("SELECT MAX(version) FROM schema_version")
-        return int(rows[0][0] or 0)
 
     async def close(self) -> None:
         conns, self._conns = self._conns, []

@@ -63,3 +63,24 @@ def range_sql(since: float | None, until: float | None) -> tuple[str, list[float
         params.append(until)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     return f"{_SELECT}{clause} ORDER BY ts, request_id, attempt", params
+
+
+class SqlReads:
+    """The read methods both SQL ledgers share, built on their own `query()`."""
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    async def records(
+        self, *, since: float | None = None, until: float | None = None
+    ) -> list[CallRecord]:
+        sql, params = range_sql(since, until)
+        return [from_row(r) for r in await self.query(sql, params)]
+
+    async def count(self) -> int:
+        rows = await self.query("SELECT COUNT(*) FROM calls")
+        return int(rows[0][0])
+
+    async def schema_version(self) -> int:
+        rows = await self.query("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0] or 0)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from tallygate.errors import ConfigError, StoreUnavailable
 from tallygate.ledger.migrations import COLUMN_NAMES, migrate_sqlite, quote
-from tallygate.ledger.rows import from_row, range_sql, to_row
+from tallygate.ledger.rows import SqlReads, to_row
 from tallygate.types import CallRecord
 
 T = TypeVar("T")
@@ -25,7 +25,7 @@ _INSERT = (
 )
 
 
-class SqliteLedger:
+class SqliteLedger(SqlReads):
     """`LedgerStore` on a SQLite file (or `:memory:`)."""
 
     dialect = "sqlite"
@@ -83,21 +83,6 @@ class SqliteLedger:
 
     def _query_sync(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return self._db().execute(sql, params).fetchall()
-
-    async def records(
-        self, *, since: float | None = None, until: float | None = None
-    ) -> list[CallRecord]:
-        sql, params = range_sql(since, until)
-        rows = await self.query(sql, params)
-        return [from_row(r) for r in rows]
-
-    async def count(self) -> int:
-        rows = await self.query("SELECT COUNT(*) FROM calls")
-        return int(rows[0][0])
-
-    async def schema_version(self) -> int:
-        rows = await self.query("SELECT MAX(version) FROM schema_version")
-        return int(rows[0][0] or 0)
 
     async def close(self) -> None:
         if self._conn is not None:

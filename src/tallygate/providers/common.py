@@ -356,3 +356,16 @@ def check_messages(body: Mapping[str, Any], roles: frozenset[str], name: str = "
 
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
+
+
+def end_user(body: Mapping[str, Any]) -> str | None:
+    """The OpenAI `user` field or Anthropic `metadata.user_id`: recorded, not enforced."""
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        return user[:256]
+    meta = body.get("metadata")
+    if isinstance(meta, Mapping):
+        uid = meta.get("user_id")
+        if isinstance(uid, str) and uid:
+            return uid[:256]
+    return None
