@@ -217,6 +217,10 @@ class Engine:
         """Move the call to another model: release the current hold, decide again for
         the new model and reserve its holds under a fresh id (ids are single-use)."""
         previous = adm.model.name
+        allowed = adm.ctx.allowed_models
+        if allowed is not None and not allowed(model_name):  # a key's allow-list binds too
+            raise PermissionDenied(f"This key may not use model {model_name!r}.",
+                                   param="model")
         await self.store.release(adm.hold_id, now=self.clock())
         moves = adm.detail.setdefault("fallback", [])
         moves.append({"from": previous, "to": model_name, "reason": reason})

@@ -77,3 +77,16 @@ def test_on_limit_reject_stays_a_429(make_gateway) -> None:
     client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     with pytest.raises(openai.RateLimitError):
         client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+
+
+def test_fallback_respects_the_keys_model_allow_list(make_gateway, sim) -> None:
+    gw = make_gateway(features=FALLBACK)
+    fast_retries(gw)
+    key = gw.create_key("u", "pro", models=("gpt-4o-mini",))  # no fallback allowed
+    sim.push_faults("500", "500")
+    with pytest.raises(openai.InternalServerError):
+        client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    [row] = gw.rows()
+    assert row.model_used == "gpt-4o-mini"
+    assert detail(row)["fallback_refused"] == [{"gpt-4.1-mini": "permission_denied"}]
+    assert all(item["reserved"] == 0 for item in limits(gw, key).values())
