@@ -13,11 +13,16 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 MAX_BATCH = 256
+# Above this rate (operations per second, judged over the previous 10 ms) batching in
+# the worker thread wins: one commit for many, and the SQL runs off the event loop.
+BUSY_RATE = 3000
+_TICK = 0.01
 Work = Callable[[sqlite3.Connection], Any]
 _Item = tuple[Work, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 _STOP = object()
@@ -44,9 +49,10 @@ class BatchWorker:
         self._inline_connect = inline
         self._inline_db: sqlite3.Connection | None = None
         self._pending = 0
+        self._window = (0.0, 0, 0)  # (start, operations in it, operations in the last one)
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._inline_connect is not None and self._pending == 0:
+        if self._inline_connect is not None and self._pending == 0 and not self._busy():
             done, result = self._try_inline(work)
             if done:
                 return result  # type: ignore[no-any-return]
@@ -55,6 +61,14 @@ class BatchWorker:
             return await self._queued(work)
         finally:
             self._pending -= 1
+
+    def _busy(self) -> bool:
+        now = time.perf_counter()
+        start, ops, previous = self._window
+        if now - start >= _TICK:
+            start, previous, ops = now, ops if now - start < 2 * _TICK else 0, 0
+        self._window = (start, ops + 1, previous)
+        return previous > BUSY_RATE * _TICK
 
     def _try_inline(self, work: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
         if self._inline_db is None:
