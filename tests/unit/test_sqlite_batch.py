@@ -1,0 +1,98 @@
+"""Group commit and the inline fast path of the SQLite state store's worker."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tallygate.state.sqlite_batch import BatchWorker
+
+
+def _connector(path: Path, busy_ms: int):
+    def connect() -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER)")
+        return db
+
+    return connect
+
+
+def _insert(key: str, value: int):
+    def work(db: sqlite3.Connection) -> str:
+        db.execute("INSERT INTO t VALUES (?, ?)", (key, value))
+        if value < 0:
+            raise ValueError("negative")
+        return key
+
+    return work
+
+
+def _rows(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT k, v FROM t").fetchall())
+
+
+async def test_a_failing_operation_rolls_back_alone(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    worker = BatchWorker(_connector(path, 5000), "test")  # no inline path: all batched
+    results = await asyncio.gather(
+        *(worker.run(_insert(f"k{i}", -1 if i == 3 else i)) for i in range(8)),
+        return_exceptions=True,
+    )
+    worker.close()
+    assert isinstance(results[3], ValueError)
+    assert [r for i, r in enumerate(results) if i != 3] == [f"k{i}" for i in range(8) if i != 3]
+    assert _rows(path) == {f"k{i}": i for i in range(8) if i != 3}
+
+
+async def test_inline_never_waits_on_a_lock(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    connect = _connector(path, 5000)
+    connect().close()  # schema in place
+
+    def inline() -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 0")
+        return db
+
+    worker = BatchWorker(connect, "test", inline=inline)
+    assert await worker.run(_insert("free", 1)) == "free"  # inline, lock free
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    tick_task = asyncio.create_task(ticker())
+    pending = asyncio.create_task(worker.run(_insert("later", 2)))
+    await asyncio.sleep(0.3)
+    assert not pending.done() and ticks >= 10  # waiting in the worker, loop still free
+    blocker.execute("COMMIT")
+    blocker.close()
+    assert await asyncio.wait_for(pending, 5) == "later"
+    tick_task.cancel()
+    worker.close()
+    assert _rows(path) == {"free": 1, "later": 2}
+
+
+@pytest.mark.parametrize("inline", [False, True])
+async def test_results_only_after_commit(tmp_path: Path, inline: bool) -> None:
+    path = tmp_path / "s.db"
+    connect = _connector(path, 5000)
+    connect().close()
+    worker = BatchWorker(connect, "test", inline=connect if inline else None)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker.run(_insert(f"r{i}", i)) for i in range(50)))
+    worker.close()
+    assert time.perf_counter() - started < 30
+    assert len(_rows(path)) == 50  # every caller told "done" finds its row committed
