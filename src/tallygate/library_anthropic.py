@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tallygate.errors import InvalidRequest
 from tallygate.library_calls import Binding
-from tallygate.library_openai import Delegate
+from tallygate.library_openai import _BYPASSES, Delegate
 
 if TYPE_CHECKING:
     from tallygate.library import Attribution, Governor
@@ -23,6 +23,13 @@ ROUTE = "messages"
 
 
 class Messages(Delegate):
+    def __getattr__(self, name: str) -> Any:
+        if name in _BYPASSES:  # would call the model around the budgets
+            raise InvalidRequest(
+                f"messages: `.{name}` is not governed by tallygate; use `.create(...)` or "
+                "`.stream(...)`, or `client.wrapped` for a deliberately ungoverned call.")
+        return super().__getattr__(name)
+
     def create(self, **kwargs: Any) -> Any:
         if self._binding.is_async:
             return self._binding.acreate(ROUTE, self._inner.create, kwargs)

@@ -1,9 +1,10 @@
 """`gov.openai(client)`: an OpenAI / AsyncOpenAI client whose calls are governed.
 
 Governed: `chat.completions.create` (streaming or not), `responses.create` (streaming or
-not), `embeddings.create`. Every other attribute — other resources, `with_raw_response`,
-the `.parse()` / `.stream()` helpers, `models.list()` … — is the wrapped client's own,
-unchanged and *not* governed (see docs/library.md)."""
+not), `embeddings.create`. On those resources the other model-calling helpers
+(`.parse()`, `.stream()`, `with_raw_response`, `with_streaming_response`) raise instead
+of bypassing the budgets; every other attribute (other resources, `models.list()` …) is
+the wrapped client's own (see docs/library.md)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,22 @@ class Delegate:
         return f"<governed {self._inner!r}>"
 
 
+# Other ways to call the model on a governed resource: refused rather than let through
+# ungoverned, since a silent bypass would break the budget guarantee.
+_BYPASSES = frozenset({"parse", "stream", "with_raw_response", "with_streaming_response"})
+
+
 class GovernedCreate(Delegate):
     """A resource whose `create(**kwargs)` is governed on `route`."""
 
     route = ""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _BYPASSES:
+            raise InvalidRequest(
+                f"{self.route}: `.{name}` is not governed by tallygate; use `.create(...)`, "
+                f"or call `client.wrapped` for a deliberately ungoverned call.")
+        return super().__getattr__(name)
 
     def create(self, **kwargs: Any) -> Any:
         if self._binding.is_async:

@@ -343,3 +343,14 @@ def test_ledger_rows_have_the_gateways_shape(
             lrow.input_tokens, lrow.output_tokens, lrow.cost_nusd, lrow.model_used,
             lrow.outcome)
     assert gw_rows[0].key_id and lib_rows[0].key_id is None
+
+
+def test_ungoverned_helpers_refuse_instead_of_bypassing(gov: Governor, sim: SimServer) -> None:
+    oa = gov.openai(_oa(sim), user="u")
+    an = gov.anthropic(_an(sim), user="u")
+    for resource, name in ((oa.chat.completions, "parse"), (oa.chat.completions, "stream"),
+                           (oa.responses, "with_raw_response"),
+                           (an.messages, "with_streaming_response")):
+        with pytest.raises(tallygate.InvalidRequest):
+            getattr(resource, name)
+    assert oa.models is not None  # other resources still pass through
