@@ -97,6 +97,15 @@ async def _open(url: str) -> Any:
     return await open_ledger(url)
 
 
+async def _on_ledger(url: str, query: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the ledger, run one report query on it, close it."""
+    store = await _open(url)
+    try:
+        return await query(store)
+    finally:
+        await store.close()
+
+
 def _window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
     from tallygate.report import parse_when
 
@@ -132,12 +141,8 @@ def report_main(
     url = _ledger_url_checked(config, ledger)
 
     async def work() -> Any:
-        window = _window(since, until)
-        store = await _open(url)
-        try:
-            return await usage_report(store, by, since=window[0], until=window[1])
-        finally:
-            await store.close()
+        start, end = _window(since, until)
+        return await _on_ledger(url, lambda s: usage_report(s, by, since=start, until=end))
 
     rep = _run(work)
     if json:
@@ -161,12 +166,8 @@ def runs_main(
     url = _ledger_url_checked(config, ledger)
 
     async def work() -> Any:
-        window = _window(since, until)
-        store = await _open(url)
-        try:
-            return await runs_report(store, run=run, since=window[0], until=window[1])
-        finally:
-            await store.close()
+        start, end = _window(since, until)
+        return await _on_ledger(url, lambda s: runs_report(s, run=run, since=start, until=end))
 
     rep = _run(work)
     if json:
@@ -203,12 +204,8 @@ def what_if_main(
                 return None
 
         window = _window(since, until)
-        store = await _open(url)
-        try:
-            return await what_if(store, step, target, since=window[0], until=window[1],
-                                 lookup=lookup)
-        finally:
-            await store.close()
+        return await _on_ledger(url, lambda store: what_if(
+            store, step, target, since=window[0], until=window[1], lookup=lookup))
 
     result = _run(work)
     if json:
