@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -440,7 +440,8 @@ class Engine:
         if usage is not None and usage.total_tokens > 0:
             cost = adm.model.cost_nusd(usage)
             actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-            finishing = self.store.settle(adm.hold_id, actual, now=self.clock())
+            finishing: Awaitable[object] = self.store.settle(adm.hold_id, actual,
+                                                             now=self.clock())
         else:
             finishing = self.store.release(adm.hold_id, now=self.clock())
         _, adm.limit_usage = await asyncio.gather(finishing, self._usages(adm, self.clock()))

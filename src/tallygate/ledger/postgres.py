@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from tallygate.errors import StoreUnavailable
-from tallygate.ledger.migrations import COLUMN_NAMES, migrate_postgres, quote
+from tallygate.ledger.migrations import COLUMN_NAMES, Dialect, migrate_postgres, quote
 from tallygate.ledger.rows import SqlReads, to_row
 from tallygate.types import CallRecord
 
@@ -37,7 +37,7 @@ def to_pg(sql: str) -> str:
 class PostgresLedger(SqlReads):
     """`LedgerStore` on PostgreSQL."""
 
-    dialect = "postgres"
+    dialect: Dialect = "postgres"
 
     def __init__(self, url: str, *, pool_size: int = 2) -> None:
         self.url = url

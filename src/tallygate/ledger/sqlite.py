@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tallygate.errors import ConfigError, StoreUnavailable
-from tallygate.ledger.migrations import COLUMN_NAMES, migrate_sqlite, quote
+from tallygate.ledger.migrations import COLUMN_NAMES, Dialect, migrate_sqlite, quote
 from tallygate.ledger.rows import SqlReads, to_row
 from tallygate.types import CallRecord
 
@@ -28,7 +28,7 @@ _INSERT = (
 class SqliteLedger(SqlReads):
     """`LedgerStore` on a SQLite file (or `:memory:`)."""
 
-    dialect = "sqlite"
+    dialect: Dialect = "sqlite"
 
     def __init__(self, path: str, url: str) -> None:
         self.path = path

@@ -173,12 +173,9 @@ class StreamTap:
 
 
 def _count_text(text: str, model: str | None) -> int:
-    try:
-        from tallygate.core import tokens
-    except ImportError:  # token counting not installed yet: a safe over-estimate
-        return -(-len(text.encode("utf-8")) // 3)
-    result = tokens.count_text(text, model) if model else tokens.count_text(text)
-    return int(getattr(result, "tokens", result))
+    from tallygate.core import tokens  # lazy: the adapters stay import-light
+
+    return tokens.count_text(text, model).tokens
 
 
 # --------------------------------------------------------------------------- errors

@@ -166,8 +166,8 @@ class BatchWorker:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        for (result, exc), (_, loop, future) in zip(outcomes, batch, strict=True):
-            _hand_back(loop, future, result, exc)
+        for (result, error), (_, loop, future) in zip(outcomes, batch, strict=True):
+            _hand_back(loop, future, result, error)
 
 
 def _hand_back(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any,
