@@ -74,3 +74,14 @@ def test_errors_are_one_line() -> None:
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and "tallygate: error:" in proc.stderr
+
+
+def test_serve_refuses_memory_state_with_several_workers(tmp_path) -> None:
+    config = tmp_path / "t.yaml"
+    config.write_text("storage: {state: 'memory://', ledger: 'memory://'}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tallygate", "serve", "--config", str(config), "--workers", "2"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "memory:// cannot be shared by several workers" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -32,8 +32,15 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from tallygate.config import load_policy
+        from tallygate.errors import ConfigError
 
         policy = load_policy(config)  # validate before forking workers
+        if workers > 1 and policy.storage.state.startswith("memory://"):
+            # Each worker process would keep its own counters: limits would not hold.
+            raise ConfigError(
+                "storage.state memory:// cannot be shared by several workers: use "
+                "sqlite:///PATH (one machine) or redis:// (several machines), or --workers 1."
+            )
         if config is not None:
             os.environ[CONFIG_ENV] = str(config.resolve())
         bind_host = host or policy.server.host
