@@ -16,13 +16,12 @@ from tallygate.providers.common import (
     check_messages,
     check_type,
     dumps,
+    error_object,
+    fault_of,
     json_type,
     normalise_route,
-    parse_json_body,
     require_model,
     require_object,
-    retry_after_from,
-    should_retry_status,
 )
 from tallygate.types import Usage
 
@@ -216,24 +215,13 @@ def classify_error(
     *,
     now: float | None = None,
 ) -> UpstreamFault:
-    parsed = parse_json_body(body)
-    err = parsed.get("error")
-    err = err if isinstance(err, Mapping) else {}
+    """Is this upstream error worth retrying, is it a context-length error, how long to wait."""
+    err = error_object(body)
     details = err.get("details")
     code = details.get("error_code") if isinstance(details, Mapping) else None
-    etype = err.get("type") if isinstance(err.get("type"), str) else None
-    retry_after, retry_at = retry_after_from(headers, now)
-    retryable = should_retry_status(status, headers) and code != "enforced_spend_limit_reached"
-    return UpstreamFault(
-        status=status,
-        retryable=retryable,
-        context_length=is_context_length_error(status, err),
-        retry_after=retry_after,
-        retry_at=retry_at,
-        type=etype,
-        code=code if isinstance(code, str) else None,
-        message=str(err.get("message") or f"Upstream returned HTTP {status}."),
-    )
+    return fault_of(status, err, code, headers, now=now,
+                    context_length=is_context_length_error(status, err),
+                    final_code="enforced_spend_limit_reached")
 
 
 # --------------------------------------------------------------------------- validation

@@ -366,3 +366,36 @@ def end_user(body: Mapping[str, Any]) -> str | None:
         if isinstance(uid, str) and uid:
             return uid[:256]
     return None
+
+
+def error_object(body: bytes | Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The `error` object of an upstream error body (both protocols nest it there)."""
+    err = parse_json_body(body).get("error")
+    return err if isinstance(err, Mapping) else {}
+
+
+def fault_of(
+    status: int,
+    err: Mapping[str, Any],
+    code: Any,
+    headers: Mapping[str, str],
+    *,
+    now: float | None,
+    context_length: bool,
+    final_code: str,
+) -> UpstreamFault:
+    """The UpstreamFault both adapters build; `final_code` is the protocol's error code
+    that no retry can fix (a used-up quota or spend limit)."""
+    retry_after, retry_at = retry_after_from(headers, now)
+    code = code if isinstance(code, str) else None
+    etype = err.get("type")
+    return UpstreamFault(
+        status=status,
+        retryable=should_retry_status(status, headers) and code != final_code,
+        context_length=context_length,
+        retry_after=retry_after,
+        retry_at=retry_at,
+        type=etype if isinstance(etype, str) else None,
+        code=code,
+        message=str(err.get("message") or f"Upstream returned HTTP {status}."),
+    )

@@ -17,12 +17,11 @@ from tallygate.providers.common import (
     check_messages,
     check_type,
     dumps,
+    error_object,
+    fault_of,
     normalise_route,
-    parse_json_body,
     require_model,
     require_object,
-    retry_after_from,
-    should_retry_status,
 )
 from tallygate.types import Usage
 
@@ -284,23 +283,10 @@ def classify_error(
     now: float | None = None,
 ) -> UpstreamFault:
     """Is this upstream error worth retrying, is it a context-length error, how long to wait."""
-    parsed = parse_json_body(body)
-    err = parsed.get("error")
-    err = err if isinstance(err, Mapping) else {}
-    code = err.get("code") if isinstance(err.get("code"), str) else None
-    etype = err.get("type") if isinstance(err.get("type"), str) else None
-    retry_after, retry_at = retry_after_from(headers, now)
-    retryable = should_retry_status(status, headers) and code != "insufficient_quota"
-    return UpstreamFault(
-        status=status,
-        retryable=retryable,
-        context_length=is_context_length_error(status, err),
-        retry_after=retry_after,
-        retry_at=retry_at,
-        type=etype,
-        code=code,
-        message=str(err.get("message") or f"Upstream returned HTTP {status}."),
-    )
+    err = error_object(body)
+    return fault_of(status, err, err.get("code"), headers, now=now,
+                    context_length=is_context_length_error(status, err),
+                    final_code="insufficient_quota")
 
 
 # --------------------------------------------------------------------------- validation
