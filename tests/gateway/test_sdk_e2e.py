@@ -177,3 +177,14 @@ def test_count_tokens_route(gateway: RunningGateway) -> None:
         model="claude-haiku-4-5", messages=[{"role": "user", "content": "Hello, world"}])
     assert result.input_tokens > 0
     assert gateway.rows() == []  # counting is free: no call, no row
+
+
+def test_upstream_request_headers(gateway: RunningGateway, sim) -> None:
+    key = gateway.create_key("olga", "pro")
+    _oa(gateway, key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    sent = {k.lower(): v for k, v in sim.stats.headers[-1].items()}
+    # The provider's key, never the client's virtual key; an uncompressed body that can
+    # be relayed as is and parsed for usage.
+    assert sent["authorization"] == "Bearer sk-sim"
+    assert key not in " ".join(sent.values())
+    assert sent["accept-encoding"] == "identity"

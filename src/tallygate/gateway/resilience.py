@@ -87,7 +87,10 @@ class UpstreamCaller:
         """URL, body and headers of the upstream request for the admission's model."""
         provider = self.provider_of(protocol, adm)
         base = provider.base_url.rstrip("/")
-        headers = {"content-type": "application/json", **provider.headers}
+        # identity: the body is relayed as received and parsed for usage, so it must not
+        # come back compressed (aiohttp would otherwise offer gzip/deflate).
+        headers = {"content-type": "application/json", "accept-encoding": "identity",
+                   **provider.headers}
         secret = provider.api_key.get_secret_value() if provider.api_key else ""
         if protocol == "anthropic":
             url = f"{base}/v1/{route}"
