@@ -85,3 +85,19 @@ def test_serve_refuses_memory_state_with_several_workers(tmp_path) -> None:
     assert result.returncode == 2
     assert "memory:// cannot be shared by several workers" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_config_models_apply_to_count(tmp_path) -> None:
+    config = tmp_path / "t.yaml"
+    config.write_text("models:\n  my-local-llama: {provider: local, context_window: 8192, "
+                      "encoding: cl100k_base, input_per_mtok: 0, output_per_mtok: 0}\n")
+    text = tmp_path / "p.txt"
+    text.write_text("hello world, counted with cl100k")
+    result = subprocess.run(
+        [sys.executable, "-m", "tallygate", "count", str(text), "--model", "my-local-llama",
+         "--config", str(config), "--json"], capture_output=True, text=True, timeout=60,
+        check=False)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["model"] == "my-local-llama" and row["encoding"] == "cl100k_base"
+    assert row["exact"] is True

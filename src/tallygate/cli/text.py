@@ -18,6 +18,21 @@ _BINARY_PROBE = 8_192
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model whose tokenizer counts.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Policy file whose `models:` overrides apply "
+                 "(default ./tallygate.yaml if present)."),
+]
+
+
+def _model(name: str, config: Path | None) -> Any:
+    """The model's catalog entry, with the policy's `models:` overrides (local models)."""
+    from tallygate.config import load_policy
+    from tallygate.core.catalog import Catalog, resolve_model
+
+    if config is None and not Path("tallygate.yaml").is_file():
+        return resolve_model(name)
+    return Catalog(load_policy(config).models).get(name)
 
 
 def _read_bytes(name: str) -> bytes:
@@ -47,7 +62,7 @@ def _chat_body(text: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("messages"), list) else None
 
 
-def count_source(name: str, raw: bytes, model: str) -> dict[str, Any]:
+def count_source(name: str, raw: bytes, model: Any) -> dict[str, Any]:
     """One row of `count`/`check`: a chat JSON counts as a request, anything else as text."""
     from tallygate.core.catalog import resolve_model
     from tallygate.core.tokens import count_anthropic_messages, count_request, count_text
@@ -97,10 +112,12 @@ def count_cmd(
     files: Annotated[list[str] | None, typer.Argument(help="Files, or - for stdin.")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Token counts of text files or chat JSON files (stdin with -)."""
     names = files or ["-"]
-    rows = [count_source(n, _read_bytes(n), model) for n in names]
+    info = _model(model, config)
+    rows = [count_source(n, _read_bytes(n), info) for n in names]
     if as_json:
         typer.echo(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
     elif len(rows) == 1:
@@ -116,16 +133,18 @@ def chunk_cmd(
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Budget per piece.")],
     model: ModelOpt = DEFAULT_MODEL,
     out: Annotated[Path | None, typer.Option("--out", help="Write pieces here.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Split a file into pieces of at most --max-tokens tokens."""
     from tallygate.core.chunk import chunk
     from tallygate.core.tokens import count_text
 
+    info = _model(model, config)
     text = _read_bytes(file).decode("utf-8", errors="replace")
-    pieces = chunk(text, max_tokens, model)
+    pieces = chunk(text, max_tokens, info)
     if out is None:
         for i, piece in enumerate(pieces, 1):
-            n = count_text(piece, model).tokens
+            n = count_text(piece, info).tokens
             typer.echo(f"----- piece {i}/{len(pieces)} ({n} tokens) -----")
             typer.echo(piece)
         return
@@ -157,10 +176,12 @@ def check_cmd(
     budget: Annotated[int, typer.Option("--budget", "-b", help="Max tokens per file.")],
     model: ModelOpt = DEFAULT_MODEL,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """CI gate: exit 1 when any file is over --budget tokens."""
     if budget < 0:
         raise InvalidRequest("--budget must be ≥ 0")
+    info = _model(model, config)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for path in _walk(paths):
@@ -168,7 +189,7 @@ def check_cmd(
         if _is_binary(raw):
             skipped.append(str(path))
             continue
-        rows.append(count_source(str(path), raw, model))
+        rows.append(count_source(str(path), raw, info))
     over = [r for r in rows if r["tokens"] > budget]
     if as_json:
         report = {"budget": budget, "model": model, "files": rows, "skipped": skipped}
