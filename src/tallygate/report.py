@@ -12,7 +12,7 @@ were not rejected, computed with window functions.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -239,3 +239,17 @@ def usage_json(report: UsageReport) -> dict[str, Any]:
         "rows": [row_json(r) for r in report.rows],
         "total": row_json(report.total),
     }
+
+
+def usage_from_json(data: dict[str, Any]) -> UsageReport:
+    """A report back from its JSON shape (what a gateway's /admin/reports returns)."""
+    names = {f.name for f in fields(UsageRow)}
+
+    def row(item: dict[str, Any]) -> UsageRow:
+        return UsageRow(**{k: v for k, v in item.items() if k in names})
+
+    def when(text: str | None) -> float | None:
+        return None if text is None else datetime.fromisoformat(text).timestamp()
+
+    return UsageReport(str(data["by"]), when(data.get("since")), when(data.get("until")),
+                       [row(r) for r in data.get("rows", [])], row(data["total"]))

@@ -28,6 +28,10 @@ SinceOpt = Annotated[
 ]
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Until (exclusive), same forms.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+UrlOpt = Annotated[str | None, typer.Option(
+    "--url", help="Ask a running gateway (GET /admin/reports) instead of the ledger.")]
+AdminKeyOpt = Annotated[str | None, typer.Option(
+    "--admin-key", envvar="TALLYGATE_ADMIN_KEY", help="Admin key for --url.")]
 ByOpt = Annotated[
     str, typer.Option("--by", help="feature|user|model|run|step|day|plan|provider")
 ]
@@ -131,13 +135,22 @@ def report_main(
     json: JsonOpt = False,
     config: ConfigOpt = None,
     ledger: LedgerOpt = None,
+    url: UrlOpt = None,
+    admin_key: AdminKeyOpt = None,
 ) -> None:
     """Usage, cost, calls, rejections, trims and cache savings, grouped by one dimension."""
     if ctx.invoked_subcommand is not None:
         return
     from tallygate.cli import report_render as render
-    from tallygate.report import usage_json, usage_report
+    from tallygate.report import usage_from_json, usage_json, usage_report
 
+    if url is not None:
+        data = _remote_report(url, admin_key, by, since, until)
+        if json:
+            _print_json(data)
+        else:
+            render.usage(usage_from_json(data))
+        return
     url = _ledger_url_checked(config, ledger)
 
     async def work() -> Any:
@@ -149,6 +162,20 @@ def report_main(
         _print_json(usage_json(rep))
     else:
         render.usage(rep)
+
+
+def _remote_report(url: str, admin_key: str | None, by: str, since: str | None,
+                   until: str | None) -> Any:
+    import urllib.parse
+
+    from tallygate.cli.keys import Target
+
+    params = {"by": by, "since": since, "until": until}
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    try:
+        return Target(None, None, url, admin_key).call("GET", f"/admin/reports?{query}")
+    except TallygateError as exc:
+        raise _fail(exc.message) from None
 
 
 def runs_main(

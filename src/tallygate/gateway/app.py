@@ -15,6 +15,7 @@ from tallygate.errors import TallygateError
 from tallygate.gateway import ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin_flags import flag_routes
+from tallygate.gateway.admin_reports import report_routes
 from tallygate.gateway.errors import render_error
 from tallygate.gateway.http import Receive, Scope, Send, encode_headers, send_json
 from tallygate.gateway.proxy import Proxy, Route
@@ -57,7 +58,8 @@ class Gateway:
         self.ops = Starlette(
             routes=[*ops.routes(rt), *self.observe.routes,
                     *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans)),
-                    *flag_routes(rt.store, admin_key, static=_static_flags(self.policy))]
+                    *flag_routes(rt.store, admin_key, static=_static_flags(self.policy)),
+                    *report_routes(rt, admin_key)]
         )
 
     async def shutdown(self) -> None:
