@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -35,6 +35,7 @@ from tallygate.state.base import StateStore
 from tallygate.types import CallRecord, Count, Hold, LimitUsage, ModelInfo, Outcome, Usage
 
 DEFAULT_LEASE_SECONDS = 600.0
+T = TypeVar("T")
 
 
 class Recorder(Protocol):
@@ -374,7 +375,7 @@ class Engine:
         now = self.clock()
         reserving = self.store.reserve(adm.hold_id, adm.holds, lease=self.lease, now=now)
         if adm.ctx.stream:  # stream headers go out before settling: read usage now
-            denial, adm.limit_usage = await asyncio.gather(reserving, self._usages(adm, now))
+            denial, adm.limit_usage = await _with_usages(reserving, self._usages(adm, now))
         else:
             denial = await reserving
         if denial is not None:
@@ -391,7 +392,12 @@ class Engine:
     async def limit_headers(self, adm: Admission) -> dict[str, str]:
         """x-ratelimit-* for the tightest token and request limits that applied."""
         now = self.clock()
-        usages = adm.limit_usage or await self._usages(adm, now)
+        usages = adm.limit_usage
+        if not usages:
+            try:
+                usages = await self._usages(adm, now)
+            except TallygateError:  # an unreadable store costs the headers, not the answer
+                return {}
         return verdict.ratelimit_headers(usages, now) if usages else {}
 
     # ------------------------------------------------------------------ finish
@@ -412,7 +418,7 @@ class Engine:
         cost = adm.model.cost_nusd(usage)
         actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
         now = self.clock()
-        result, adm.limit_usage = await asyncio.gather(
+        result, adm.limit_usage = await _with_usages(
             self.store.settle(adm.hold_id, actual, now=now), self._usages(adm, now))
         if result.overrun:
             adm.detail["overrun"] = dict(result.overrun)
@@ -444,7 +450,7 @@ class Engine:
                                                              now=self.clock())
         else:
             finishing = self.store.release(adm.hold_id, now=self.clock())
-        _, adm.limit_usage = await asyncio.gather(finishing, self._usages(adm, self.clock()))
+        _, adm.limit_usage = await _with_usages(finishing, self._usages(adm, self.clock()))
         row = self._row(adm, Outcome.ERROR, status, usage or Usage(), cost, exact=True,
                         ttft_ms=ttft_ms, retries=retries, error_code=error_code)
         self.recorder.record(row)
@@ -574,3 +580,15 @@ def _tightest_holds(holds: Sequence[Hold]) -> list[Hold]:
         if current is None or hold.limit - hold.amount < current.limit - current.amount:
             best[metric] = hold
     return list(best.values())
+
+
+async def _with_usages(
+    operation: Awaitable[T], usages: Awaitable[list[LimitUsage]]
+) -> tuple[T, list[LimitUsage]]:
+    """Run a reserve/settle/release together with the header usage reads. The operation's
+    own failure propagates; a failed read only costs the x-ratelimit-* headers (the call
+    must still be settled and recorded)."""
+    result, read = await asyncio.gather(operation, usages, return_exceptions=True)
+    if isinstance(result, BaseException):
+        raise result
+    return result, [] if isinstance(read, BaseException) else read
