@@ -13,8 +13,9 @@ see images.py; `input_audio` and `file` parts as the estimate of their base64 pa
 their other fields, a documented bound — an audio second is ~10 tokens and base64 carries far
 more than 10 chars per second); non-string values as their JSON text.
 
-Per-message cache: `message_tokens` keys a bounded LRU by (encoding, image profile, blake2b of
-the message's canonical JSON), so a conversation re-sent with one new turn recounts one turn.
+Per-message cache: `message_tokens` keys a bounded LRU by (encoding, image profile, the
+message's canonical JSON — itself up to 8 KiB, its blake2b digest above), so a conversation
+re-sent with one new turn recounts one turn.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ TOKENS_PER_NAME = 1
 CHAT_REPLY_PRIMING = 3
 MAX_DEPTH = 32
 MESSAGE_CACHE_SIZE = 4_096
+INLINE_KEY_BYTES = 8_192
 
 # The cookbook's num_tokens_for_tools constants, by encoding.
 _PROPS = {"prop_init": 3, "prop_key": 3, "enum_init": -3, "enum_item": 3}
@@ -224,7 +226,12 @@ def cached_message(
     if not isinstance(message, Mapping):
         raise InvalidRequest("each message must be an object")
     canonical = _canonical(message)
-    key = (counter.encoding, profile, hashlib.blake2b(canonical, digest_size=16).digest())
+    # Small messages are their own key (a dict hash plus an exact compare: no collision
+    # to engineer, 5× cheaper than a digest); big ones are keyed by a blake2b digest so
+    # the cache's memory stays bounded (MESSAGE_CACHE_SIZE × INLINE_KEY_BYTES at most).
+    digest = (canonical if len(canonical) <= INLINE_KEY_BYTES
+              else hashlib.blake2b(canonical, digest_size=16).digest())
+    key = (counter.encoding, profile, digest)
     found = _cache.get(key)
     if found is not None:
         check_size(found[2], max_chars)

