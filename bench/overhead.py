@@ -107,7 +107,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def gateway_config(tmp: Path, sim_url: str, *, alerts: bool = False,
-                   name: str = "tallygate") -> Path:
+                   name: str = "tallygate", upstream: str = "aiohttp") -> Path:
     policy: dict[str, object] = {
         "storage": {"state": f"sqlite:///{tmp}/state.db", "ledger": f"sqlite:///{tmp}/ledger.db"},
         "providers": {"openai": {"protocol": "openai", "base_url": f"{sim_url}/v1",
@@ -115,6 +115,7 @@ def gateway_config(tmp: Path, sim_url: str, *, alerts: bool = False,
         "features": {"default": {"max_output": 64, "model": "gpt-4o-mini"}},
         "plans": {"bench": {"tokens_per_day": 10**12}},
         "limits": {"global": {"tokens_per_minute": 10**12}},
+        "server": {"upstream": upstream},
     }
     if alerts:  # rules that fire constantly, to a webhook that refuses every connection
         dead = f"http://127.0.0.1:{free_port()}/hook"
@@ -188,6 +189,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--upstream", choices=("aiohttp", "lean"), default="aiohttp",
+                        help="the gateways' upstream transport (server.upstream)")
     args = parser.parse_args()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmpdir:
@@ -200,7 +203,7 @@ def main() -> None:
             procs.append(spawn([sys.executable, str(ROOT / "bench" / "floor.py"), "--upstream",
                                 sim_url, "--port", str(floor_port)],
                                f"http://127.0.0.1:{floor_port}/"))
-            config = gateway_config(tmp, sim_url)
+            config = gateway_config(tmp, sim_url, upstream=args.upstream)
             key = create_key(config)
             gw_url = f"http://127.0.0.1:{gw_port}"
             procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
@@ -208,7 +211,8 @@ def main() -> None:
             # The same gateway with alert rules firing at a dead webhook, separate storage.
             alerts_dir = tmp / "alerts"
             alerts_dir.mkdir()
-            alerts_config = gateway_config(alerts_dir, sim_url, alerts=True)
+            alerts_config = gateway_config(alerts_dir, sim_url, alerts=True,
+                                           upstream=args.upstream)
             alerts_key = create_key(alerts_config)
             alerts_url = f"http://127.0.0.1:{free_port()}"
             procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",

@@ -24,15 +24,17 @@ def sim() -> Iterator[SimServer]:
         yield server
 
 
-@pytest.fixture
+@pytest.fixture(params=["aiohttp", "lean"])
 def make_gateway(
-    sim: SimServer, tmp_path: Any
+    sim: SimServer, tmp_path: Any, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., RunningGateway]]:
-    """Start a gateway on the simulator with the test policy (sections may be replaced)."""
+    """Start a gateway on the simulator with the test policy (sections may be replaced).
+    Every gateway test runs on both upstream transports (server.upstream)."""
     with ExitStack() as stack:
 
         def make(**sections: Any) -> RunningGateway:
-            merged = {"features": FEATURES, "plans": PLANS, **sections}
+            merged = {"features": FEATURES, "plans": PLANS,
+                      "server": {"upstream": request.param}, **sections}
             sim.clear_faults()
             policy = sim_policy(sim.url, str(tmp_path), **merged)
             return stack.enter_context(running_gateway(policy))

@@ -18,8 +18,9 @@ from tallygate.gateway.admin_flags import flag_routes
 from tallygate.gateway.admin_reports import report_routes
 from tallygate.gateway.errors import render_error
 from tallygate.gateway.http import Receive, Scope, Send, encode_headers, send_json
+from tallygate.gateway.lean_upstream import LeanUpstream
 from tallygate.gateway.proxy import Proxy, Route
-from tallygate.gateway.upstream import Upstream
+from tallygate.gateway.upstream import Transport, Upstream
 from tallygate.observe import Observability, install
 from tallygate.runtime import Runtime
 
@@ -42,7 +43,8 @@ class Gateway:
         self.policy = policy
         self.runtime = runtime
         self._owns_runtime = runtime is None
-        self.upstream = Upstream()
+        self.upstream: Transport = (
+            LeanUpstream() if policy.server.upstream == "lean" else Upstream())
         self.proxy: Proxy | None = None
         self.ops: Starlette | None = None
         self.observe: Observability | None = None

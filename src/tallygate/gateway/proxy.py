@@ -36,7 +36,7 @@ from tallygate.gateway.output_schema import apply_output_schema
 from tallygate.gateway.resilience import UpstreamCaller
 from tallygate.gateway.retry import RetrySettings
 from tallygate.gateway.summarize import GatewaySummarizer
-from tallygate.gateway.upstream import StreamHandle, Upstream, passthrough_headers
+from tallygate.gateway.upstream import StreamBody, Transport, passthrough_headers
 from tallygate.keys.store import KeyStore
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.providers import openai as openai_wire
@@ -61,7 +61,7 @@ _OPEN_FROM_POLICY: Any = object()
 
 class Proxy:
     def __init__(
-        self, policy: Policy, engine: Engine, keys: KeyStore, upstream: Upstream, *,
+        self, policy: Policy, engine: Engine, keys: KeyStore, upstream: Transport, *,
         cache: ResponseCache | None = _OPEN_FROM_POLICY, retry: RetrySettings | None = None,
     ) -> None:
         self.policy = policy
@@ -198,7 +198,7 @@ class Proxy:
         await self._relay(route, adm, result.handle, receive, send, retries=result.retries)
 
     async def _relay(
-        self, route: Route, adm: Admission, handle: StreamHandle, receive: Receive, send: Send,
+        self, route: Route, adm: Admission, handle: StreamBody, receive: Receive, send: Send,
         *, retries: int = 0,
     ) -> None:
         tap = route.wire.stream_tap(

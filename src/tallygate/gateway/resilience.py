@@ -16,7 +16,7 @@ from tallygate.config import Policy, Provider
 from tallygate.engine import Admission, Engine
 from tallygate.errors import InvalidRequest, TallygateError, UpstreamError
 from tallygate.gateway.retry import RetryPlan, RetrySettings
-from tallygate.gateway.upstream import StreamHandle, Upstream
+from tallygate.gateway.upstream import StreamBody, Transport
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.providers import openai as openai_wire
 from tallygate.providers.common import UpstreamFault
@@ -33,7 +33,7 @@ class Attempt:
     status: int
     body: bytes = b""
     headers: Mapping[str, str] | None = None
-    handle: StreamHandle | None = None
+    handle: StreamBody | None = None
     fault: UpstreamFault | None = None
     error: TallygateError | None = None
     retries: int = 0
@@ -60,7 +60,7 @@ def _transport_fault(exc: UpstreamError) -> UpstreamFault:
 
 
 class UpstreamCaller:
-    def __init__(self, policy: Policy, engine: Engine, upstream: Upstream,
+    def __init__(self, policy: Policy, engine: Engine, upstream: Transport,
                  settings: RetrySettings | None = None) -> None:
         self.policy = policy
         self.engine = engine

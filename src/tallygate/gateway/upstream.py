@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
@@ -31,6 +32,33 @@ class UpstreamResponse:
     status: int
     headers: dict[str, str]  # lower-cased names
     body: bytes
+
+
+class StreamBody(Protocol):
+    """An upstream response read as it arrives (what both transports return)."""
+
+    status: int
+    headers: dict[str, str]
+
+    async def read_all(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """What the gateway needs from an upstream HTTP client (aiohttp's or the lean one)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], *,
+                   timeout: float | None) -> UpstreamResponse: ...
+
+    async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str], *,
+                          timeout: float | None) -> StreamBody: ...
 
 
 class Upstream:
