@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["overhead", "stores", "counting", "decide", "ledger", "keys", "observe",
+ORDER = ["overhead", "overhead_lean", "stores", "counting", "decide", "ledger", "keys", "observe",
          "library", "sim", "demo"]
 
 
