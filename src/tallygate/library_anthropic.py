@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from tallygate.errors import InvalidRequest
-from tallygate.library_calls import Binding
+from tallygate.library_calls import Binding, is_async_client
 from tallygate.library_openai import _BYPASSES, Delegate
 
 if TYPE_CHECKING:
@@ -115,12 +115,6 @@ def wrap_anthropic(gov: Governor, client: Any, attribution: Attribution) -> Gove
         import anthropic
     except ImportError:  # pragma: no cover - the anthropic extra is not installed
         raise InvalidRequest("gov.anthropic() needs the `anthropic` package installed.") from None
-    if isinstance(client, anthropic.AsyncAnthropic):
-        is_async = True
-    elif isinstance(client, anthropic.Anthropic):
-        is_async = False
-    else:
-        raise InvalidRequest(
-            f"gov.anthropic() wraps an anthropic.Anthropic or anthropic.AsyncAnthropic "
-            f"client, got {type(client).__name__}.")
+    is_async = is_async_client(client, anthropic.Anthropic, anthropic.AsyncAnthropic,
+                               "gov.anthropic()")
     return GovernedAnthropic(client, Binding(gov, "anthropic", attribution, is_async))

@@ -230,3 +230,14 @@ def _async_stream(response: Any, meter: Any) -> Any:
     from tallygate.library_streams import GovernedAsyncStream
 
     return GovernedAsyncStream(response, meter)
+
+
+def is_async_client(client: Any, sync_cls: type, async_cls: type, what: str) -> bool:
+    """Whether `client` is the SDK's async or sync class; InvalidRequest for anything else."""
+    if isinstance(client, async_cls):
+        return True
+    if isinstance(client, sync_cls):
+        return False
+    raise InvalidRequest(
+        f"{what} wraps an {sync_cls.__name__} or {async_cls.__name__} client, "
+        f"got {type(client).__name__}.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tallygate.errors import InvalidRequest
-from tallygate.library_calls import Binding
+from tallygate.library_calls import Binding, is_async_client
 
 if TYPE_CHECKING:
     from tallygate.library import Attribution, Governor
@@ -97,12 +97,5 @@ def wrap_openai(gov: Governor, client: Any, attribution: Attribution) -> Governe
         import openai
     except ImportError:  # pragma: no cover - the openai extra is not installed
         raise InvalidRequest("gov.openai() needs the `openai` package installed.") from None
-    if isinstance(client, openai.AsyncOpenAI):
-        is_async = True
-    elif isinstance(client, openai.OpenAI):
-        is_async = False
-    else:
-        raise InvalidRequest(
-            f"gov.openai() wraps an openai.OpenAI or openai.AsyncOpenAI client, "
-            f"got {type(client).__name__}.")
+    is_async = is_async_client(client, openai.OpenAI, openai.AsyncOpenAI, "gov.openai()")
     return GovernedOpenAI(client, Binding(gov, "openai", attribution, is_async))

@@ -354,3 +354,10 @@ def test_ungoverned_helpers_refuse_instead_of_bypassing(gov: Governor, sim: SimS
         with pytest.raises(tallygate.InvalidRequest):
             getattr(resource, name)
     assert oa.models is not None  # other resources still pass through
+
+
+def test_wrapping_the_wrong_client_is_a_clear_error(gov: Governor, sim: SimServer) -> None:
+    with pytest.raises(tallygate.InvalidRequest, match="wraps an OpenAI or AsyncOpenAI"):
+        gov.openai(_an(sim))
+    with pytest.raises(tallygate.InvalidRequest, match="wraps an Anthropic or AsyncAnthropic"):
+        gov.anthropic(_oa(sim))
