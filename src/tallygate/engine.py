@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -373,17 +373,18 @@ class Engine:
         if not adm.holds:
             return
         now = self.clock()
-        reserving = self.store.reserve(adm.hold_id, adm.holds, lease=self.lease, now=now)
         if adm.ctx.stream:  # stream headers go out before settling: read usage now
-            denial, adm.limit_usage = await _with_usages(reserving, self._usages(adm, now))
+            denial, adm.limit_usage = await self.store.reserve_and_read(
+                adm.hold_id, adm.holds, lease=self.lease, now=now,
+                read=_tightest_holds(adm.holds))
         else:
-            denial = await reserving
+            denial = await self.store.reserve(adm.hold_id, adm.holds, lease=self.lease,
+                                              now=now)
         if denial is not None:
             raise verdict.denial_to_error(denial, now)
 
     async def _usages(self, adm: Admission, now: float) -> list[LimitUsage]:
-        """Usage of the tightest token and request limits. Queued right behind the
-        reserve/settle it accompanies, so a batching store answers both in one trip."""
+        """Usage of the tightest token and request limits."""
         return list(await asyncio.gather(*(
             self.store.usage(h.key, limit=h.limit, window=h.window, rolling=h.rolling, now=now)
             for h in _tightest_holds(adm.holds)
@@ -417,9 +418,8 @@ class Engine:
         adm.closed = True
         cost = adm.model.cost_nusd(usage)
         actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-        now = self.clock()
-        result, adm.limit_usage = await _with_usages(
-            self.store.settle(adm.hold_id, actual, now=now), self._usages(adm, now))
+        result, adm.limit_usage = await self.store.finish_and_read(
+            adm.hold_id, actual, now=self.clock(), read=_tightest_holds(adm.holds))
         if result.overrun:
             adm.detail["overrun"] = dict(result.overrun)
         if outcome is None:
@@ -443,14 +443,12 @@ class Engine:
         billed); a call that produced none gives its whole reservation back."""
         adm.closed = True
         cost = 0
+        actual = None  # nothing generated: the whole reservation goes back
         if usage is not None and usage.total_tokens > 0:
             cost = adm.model.cost_nusd(usage)
             actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-            finishing: Awaitable[object] = self.store.settle(adm.hold_id, actual,
-                                                             now=self.clock())
-        else:
-            finishing = self.store.release(adm.hold_id, now=self.clock())
-        _, adm.limit_usage = await _with_usages(finishing, self._usages(adm, self.clock()))
+        _, adm.limit_usage = await self.store.finish_and_read(
+            adm.hold_id, actual, now=self.clock(), read=_tightest_holds(adm.holds))
         row = self._row(adm, Outcome.ERROR, status, usage or Usage(), cost, exact=True,
                         ttft_ms=ttft_ms, retries=retries, error_code=error_code)
         self.recorder.record(row)
@@ -580,15 +578,3 @@ def _tightest_holds(holds: Sequence[Hold]) -> list[Hold]:
         if current is None or hold.limit - hold.amount < current.limit - current.amount:
             best[metric] = hold
     return list(best.values())
-
-
-async def _with_usages(
-    operation: Awaitable[T], usages: Awaitable[list[LimitUsage]]
-) -> tuple[T, list[LimitUsage]]:
-    """Run a reserve/settle/release together with the header usage reads. The operation's
-    own failure propagates; a failed read only costs the x-ratelimit-* headers (the call
-    must still be settled and recorded)."""
-    result, read = await asyncio.gather(operation, usages, return_exceptions=True)
-    if isinstance(result, BaseException):
-        raise result
-    return result, [] if isinstance(read, BaseException) else read

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tallygate.core.windows import ROLLING_SLOTS, bucket_bounds
+from tallygate.core.windows import ROLLING_SLOTS, bucket_bounds, counter_name
 from tallygate.errors import ConfigError, InvalidRequest
 from tallygate.state import StateStore, from_url
-from tallygate.types import Hold, Metric, Window
+from tallygate.types import Hold, LimitUsage, Metric, Window
 
 BACKENDS = ["memory", "sqlite", "redis"]
 T0 = 1_718_000_000.0  # 2024-06-10T06:13:20Z, mid-day
@@ -375,6 +375,42 @@ async def test_sqlite_survives_a_restart(tmp_path: Path) -> None:
     await second.close()
 
 
+async def test_sqlite_gives_back_holds_of_the_old_layout(tmp_path: Path) -> None:
+    """Up to 0.1.x reservations lived in state_reservations + state_lines: live holds
+    found there on opening are given back once and the old tables dropped."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("""
+        CREATE TABLE state_cells (counter TEXT NOT NULL, wid INTEGER NOT NULL,
+          used INTEGER NOT NULL DEFAULT 0, reserved INTEGER NOT NULL DEFAULT 0,
+          PRIMARY KEY (counter, wid)) WITHOUT ROWID;
+        CREATE TABLE state_reservations (rid TEXT PRIMARY KEY, state TEXT NOT NULL,
+          touched REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE state_lines (rid TEXT NOT NULL, idx INTEGER NOT NULL,
+          key TEXT NOT NULL, counter TEXT NOT NULL, wid INTEGER NOT NULL,
+          amount INTEGER NOT NULL, metric TEXT NOT NULL, expires REAL NOT NULL,
+          live INTEGER NOT NULL, PRIMARY KEY (rid, idx)) WITHOUT ROWID;""")
+    counter = counter_name("k", Window.DAY, False)
+    wid = int(T0 // 86400)
+    db.execute("INSERT INTO state_cells VALUES (?, ?, 300, 250)", (counter, wid))
+    db.executemany("INSERT INTO state_lines VALUES (?, 0, 'k', ?, ?, ?, 'tokens', ?, ?)",
+                   [("live", counter, wid, 250, T0 + 60, 1),
+                    ("done", counter, wid, 90, T0 + 60, 0)])
+    db.close()
+    store = from_url(f"sqlite:///{path}")
+    assert await used_reserved(store, "k") == (300, 0)
+    await store.close()
+    db = sqlite3.connect(path)
+    names = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+    assert "state_lines" not in names and "state_reservations" not in names
+    again = from_url(f"sqlite:///{path}")  # opening again changes nothing
+    assert await used_reserved(again, "k") == (300, 0)
+    await again.close()
+
+
 async def test_sqlite_in_memory_url() -> None:
     store = from_url("sqlite:///:memory:")
     assert await store.reserve("r", [tokens("k", 10, 10)], lease=60, now=T0) is None
@@ -402,6 +438,44 @@ async def test_redis_keys_share_one_hash_tag_and_noscript_is_handled(redis_url: 
     await store.close()
 
 
+# -- operations that also read usage (the gateway's x-ratelimit-* headers) -----------
+async def test_reserve_and_read_reports_usage_just_after(store: StateStore) -> None:
+    await store.reserve("a", [tokens("k", 100, 1000)], lease=60, now=T0)
+    holds = [tokens("k", 300, 1000), tokens("m", 50, 500, Window.MINUTE),
+             tokens("r", 20, 90, Window.HOUR, rolling=True)]
+    denial, usages = await store.reserve_and_read("b", holds, lease=60, now=T0, read=holds)
+    assert denial is None
+    assert [(u.key, u.limit, u.used, u.reserved) for u in usages] == [
+        ("k", 1000, 0, 400), ("m", 500, 0, 50), ("r", 90, 0, 20)]
+    assert usages[1].reset_at == (T0 // 60 + 1) * 60
+    for usage, hold in zip(usages, holds, strict=True):  # the same as a separate read
+        assert usage == await store.usage(hold.key, limit=hold.limit, window=hold.window,
+                                          rolling=hold.rolling, now=T0)
+    again, usages = await store.reserve_and_read("b", holds, lease=60, now=T0,
+                                                 read=holds[:1])
+    assert again is None and [(u.used, u.reserved) for u in usages] == [(0, 400)]
+    big = [tokens("k", 700, 1000)]
+    denial, usages = await store.reserve_and_read("c", big, lease=60, now=T0, read=big)
+    assert denial is not None and usages == []
+    assert await used_reserved(store, "k") == (0, 400)
+
+
+async def test_finish_and_read_settles_or_releases_and_reports(store: StateStore) -> None:
+    holds = [tokens("k", 300, 1000)]
+    await store.reserve("s", holds, lease=60, now=T0)
+    await store.reserve("r", holds, lease=60, now=T0)
+    result, usages = await store.finish_and_read("s", {"tokens": 120}, now=T0, read=holds)
+    assert result.charged == {"k": 120} and not result.already_settled
+    assert [(u.used, u.reserved) for u in usages] == [(120, 300)]
+    result, usages = await store.finish_and_read("r", None, now=T0, read=holds)
+    assert not result.charged and not result.already_settled
+    assert [(u.used, u.reserved) for u in usages] == [(120, 0)]
+    again, usages = await store.finish_and_read("s", {"tokens": 9}, now=T0, read=holds)
+    assert again.already_settled and [(u.used, u.reserved) for u in usages] == [(120, 0)]
+    result, usages = await store.finish_and_read("s", {"tokens": 9}, now=T0, read=())
+    assert result.already_settled and usages == []
+
+
 # -- hypothesis state machine: the invariants under any sequence -------------------------
 from hypothesis import settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -420,6 +494,10 @@ LIMITS = {  # key -> (limit, window, rolling)
     "minute": (80, Window.MINUTE, False),
     "rolling": (60, Window.MINUTE, True),
 }
+
+
+ALL_LIMITS = [Hold(k, 0, limit, window, rolling=rolling)
+              for k, (limit, window, rolling) in sorted(LIMITS.items())]
 
 
 class _Model:
@@ -465,11 +543,17 @@ def _machine(make: Callable[[], StateStore]) -> type[RuleBasedStateMachine]:
         def run(self, coro: Awaitable[object]) -> object:
             return self.loop.run_until_complete(coro)  # type: ignore[arg-type]
 
+        def check_reads(self, usages: list[LimitUsage], keys: list[str]) -> None:
+            """What reserve_and_read / finish_and_read said matches the model after."""
+            m = self.model
+            assert [(u.key, u.used, u.reserved) for u in usages] == [
+                (k, m.used(k), m.reserved(k)) for k in keys]
+
         @rule(target=reservations,
               amounts=st.dictionaries(st.sampled_from(sorted(LIMITS)),
                                       st.integers(0, 70), min_size=1),
-              lease=st.sampled_from([5.0, 40.0, 500.0]))
-        def reserve(self, amounts: dict[str, int], lease: float) -> str:
+              lease=st.sampled_from([5.0, 40.0, 500.0]), read=st.booleans())
+        def reserve(self, amounts: dict[str, int], lease: float, read: bool) -> str:
             self.count += 1
             rid = f"r{self.count}"
             m = self.model
@@ -477,35 +561,53 @@ def _machine(make: Callable[[], StateStore]) -> type[RuleBasedStateMachine]:
                      for k, a in amounts.items()]
             fits = all(a == 0 or m.used(k) + m.reserved(k) + a <= LIMITS[k][0]
                        for k, a in amounts.items())
-            denial = self.run(self.store.reserve(rid, holds, lease=lease, now=m.now))
+            usages: list[LimitUsage] = []
+            if read:
+                denial, usages = self.run(self.store.reserve_and_read(
+                    rid, holds, lease=lease, now=m.now, read=holds))  # type: ignore[misc]
+            else:
+                denial = self.run(self.store.reserve(rid, holds, lease=lease, now=m.now))
             assert (denial is None) == fits, (denial, amounts)
             if fits:
                 m.held[rid] = ({k: (m.live(k)[1], a) for k, a in amounts.items()},
                                m.now + lease)
+            if read:
+                self.check_reads(usages, list(amounts) if fits else [])
             return rid
 
-        @rule(rid=consumes(reservations), share=st.integers(0, 100))
-        def settle(self, rid: str, share: int) -> None:
+        @rule(rid=consumes(reservations), share=st.integers(0, 100), read=st.booleans())
+        def settle(self, rid: str, share: int, read: bool) -> None:
             m = self.model
             found = m.held.pop(rid, None)
             actual = {"tokens": 0}
             if found is not None:  # actual <= held: the invariant case
                 actual["tokens"] = min(a for _, a in found[0].values()) * share // 100
-            result = self.run(self.store.settle(rid, actual, now=m.now))
+            if read:
+                result, usages = self.run(self.store.finish_and_read(
+                    rid, actual, now=m.now, read=ALL_LIMITS))  # type: ignore[misc]
+            else:
+                result = self.run(self.store.settle(rid, actual, now=m.now))
             assert result.already_settled == (found is None)
-            if found is None:
-                return
-            lines, until = found
-            for key, (wid, _) in lines.items():
-                m.charges.append((key, wid, actual["tokens"]))
-                if until <= m.now:
-                    m.late.append((key, wid, actual["tokens"]))
-            assert result.charged == dict.fromkeys(lines, actual["tokens"])
+            if found is not None:
+                lines, until = found
+                for key, (wid, _) in lines.items():
+                    m.charges.append((key, wid, actual["tokens"]))
+                    if until <= m.now:
+                        m.late.append((key, wid, actual["tokens"]))
+                assert result.charged == dict.fromkeys(lines, actual["tokens"])
+            if read:
+                self.check_reads(usages, sorted(LIMITS))
 
-        @rule(rid=consumes(reservations))
-        def release(self, rid: str) -> None:
+        @rule(rid=consumes(reservations), read=st.booleans())
+        def release(self, rid: str, read: bool) -> None:
             self.model.held.pop(rid, None)
-            self.run(self.store.release(rid, now=self.model.now))
+            if read:
+                result, usages = self.run(self.store.finish_and_read(
+                    rid, None, now=self.model.now, read=ALL_LIMITS))  # type: ignore[misc]
+                assert not result.charged and not result.already_settled
+                self.check_reads(usages, sorted(LIMITS))
+            else:
+                self.run(self.store.release(rid, now=self.model.now))
 
         @rule(dt=st.sampled_from([0.0, 0.5, 3.0, 17.0, 45.0, 61.0]))
         def tick(self, dt: float) -> None:

@@ -1,5 +1,6 @@
-"""The x-ratelimit-* usage reads ride along with reserve/settle; when they fail, the
-call is still settled and recorded (only the headers are lost)."""
+"""The x-ratelimit-* usage reads ride along with reserve/settle; when a two-step store
+(state/read_along.py, as Redis) fails them, the call is still settled and recorded
+(only the headers are lost)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tallygate.core.catalog import Catalog
 from tallygate.engine import CallContext, Engine, MemoryRecorder
 from tallygate.errors import StoreUnavailable
 from tallygate.state.memory import MemoryStore
+from tallygate.state.read_along import ReadAlong
 from tallygate.types import Outcome, Usage
 
 POLICY = Policy.from_mapping({
@@ -18,8 +20,8 @@ POLICY = Policy.from_mapping({
 }, env={})
 
 
-class FlakyReads(MemoryStore):
-    """A store whose usage() reads fail, as during a brief outage."""
+class FlakyReads(ReadAlong, MemoryStore):
+    """A two-step store whose usage() reads fail, as during a brief outage."""
 
     async def usage(self, *args: Any, **kwargs: Any) -> Any:
         raise StoreUnavailable("usage read failed")

@@ -96,3 +96,34 @@ async def test_results_only_after_commit(tmp_path: Path, inline: bool) -> None:
     worker.close()
     assert time.perf_counter() - started < 30
     assert len(_rows(path)) == 50  # every caller told "done" finds its row committed
+
+
+async def test_the_worker_checkpoints_for_the_inline_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's connection never checkpoints (autocheckpoint off); every
+    CHECKPOINT_EVERY of its commits the worker thread does, so the WAL stays short."""
+    import tallygate.state.sqlite_batch as batch
+
+    monkeypatch.setattr(batch, "CHECKPOINT_EVERY", 8)
+    path = tmp_path / "s.db"
+    connect = _connector(path, 5000)
+    connect().close()
+
+    def inline() -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        return db
+
+    worker = BatchWorker(connect, "test", inline=inline)
+    worker._busy = lambda: False  # type: ignore[method-assign]  # always inline
+    blob = "x" * 3000  # about one page per commit
+    for i in range(64):
+        await worker.run(_insert(f"{blob}{i}", i))
+        await asyncio.sleep(0.002)  # requests arrive with gaps: the worker gets to run
+    await worker._queued(lambda db: None)  # behind the checkpoints in the queue
+    wal = (tmp_path / "s.db-wal").stat().st_size
+    worker.close()
+    # Without the worker's checkpoints the WAL holds all 64 commits (~385 pages here);
+    # with them it is reused every 8 commits (~50 pages).
+    assert wal < 100 * 4096
+    assert len(_rows(path)) == 64

@@ -45,6 +45,23 @@ class StateStore(Protocol):
         """Used and reserved for the current window of `key`, and when it resets."""
         ...
 
+    async def reserve_and_read(
+        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float,
+        read: Sequence[Hold],
+    ) -> tuple[Denial | None, list[LimitUsage]]:
+        """reserve(), plus the usage of each `read` hold's limit just after it, in one
+        trip where the backend can (the gateway's x-ratelimit-* headers). No usage is
+        read when the reservation is denied. A failed read alone costs only the list."""
+        ...
+
+    async def finish_and_read(
+        self, request_id: str, actual: Mapping[str, int] | None, *, now: float,
+        read: Sequence[Hold],
+    ) -> tuple[SettleResult, list[LimitUsage]]:
+        """settle() (actual given) or release() (None), plus the usage of each `read`
+        hold's limit just after it, like reserve_and_read()."""
+        ...
+
     async def get_flag(self, name: str) -> bool | None:
         """A feature flag set at run time, or None when never set."""
         ...

@@ -37,6 +37,7 @@ from typing import Literal, TypeVar
 from tallygate.errors import InvalidRequest, StoreUnavailable
 from tallygate.state.base import StateStore
 from tallygate.state.memory import MemoryStore
+from tallygate.state.read_along import ReadAlong
 from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
 
 T = TypeVar("T")
@@ -54,7 +55,7 @@ class _Pending:
     holds: list[Hold] = field(default_factory=list)  # set = a local reservation's usage
 
 
-class GuardedStore:
+class GuardedStore(ReadAlong):
     """StateStore that survives the shared store's outages in the configured mode."""
 
     def __init__(self, inner: StateStore, mode: Literal["fail_closed", "fail_open"],

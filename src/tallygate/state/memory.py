@@ -184,10 +184,38 @@ class MemoryStore:
         found.state = RELEASED
         found.touched = now
 
+    async def reserve_and_read(
+        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float,
+        read: Sequence[Hold],
+    ) -> tuple[Denial | None, list[LimitUsage]]:
+        check_holds(request_id, holds, lease, now)
+        denial = self.reserve_now(request_id, holds, lease=lease, now=now)
+        return denial, [] if denial is not None else self._read(read, now)
+
+    async def finish_and_read(
+        self, request_id: str, actual: Mapping[str, int] | None, *, now: float,
+        read: Sequence[Hold],
+    ) -> tuple[SettleResult, list[LimitUsage]]:
+        if actual is None:
+            await self.release(request_id, now=now)
+            result = SettleResult()
+        else:
+            result = await self.settle(request_id, actual, now=now)
+        return result, self._read(read, now)
+
+    def _read(self, holds: Sequence[Hold], now: float) -> list[LimitUsage]:
+        return [self.usage_now(h.key, limit=h.limit, window=h.window, rolling=h.rolling,
+                               now=now) for h in holds]
+
     async def usage(
         self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
     ) -> LimitUsage:
         check_usage_args(key, limit, window, now)
+        return self.usage_now(key, limit=limit, window=window, rolling=rolling, now=now)
+
+    def usage_now(self, key: str, *, limit: int, window: Window, rolling: bool, now: float
+                  ) -> LimitUsage:
+        """usage() without awaiting (inputs already checked)."""
         counter = self._counter(key, window, rolling)
         self._reclaim(counter, now)
         oldest, current = self._live_range(window, now, rolling)

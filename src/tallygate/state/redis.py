@@ -42,6 +42,7 @@ from tallygate.state import (
     check_time,
     check_usage_args,
 )
+from tallygate.state.read_along import ReadAlong
 from tallygate.types import Denial, Hold, LimitUsage, Metric, SettleResult, Window
 
 RETENTION = 86_400  # seconds a finished reservation is remembered (idempotent settle)
@@ -64,7 +65,7 @@ def _gc_ttl(window: Window, lease: float) -> int:
     return int(2 * window_seconds(window) + lease) + 3600
 
 
-class RedisStore:
+class RedisStore(ReadAlong):
     """StateStore on Redis (standalone, or one Cluster slot via the hash tag)."""
 
     def __init__(self, url: str, *, namespace: str = "", connect_timeout: float = 2.0,

@@ -3,9 +3,13 @@ processes on one machine.
 
 WAL journal; operations run in `BEGIN IMMEDIATE` transactions (the write lock is
 taken up front, so two processes can never both read "room left" and both reserve
-it), grouped by state/sqlite_batch.py so concurrent operations share one commit. All
-sqlite3 calls run in one dedicated worker thread per store, so the event loop never
-blocks. Tables are prefixed `state_` so the ledger may share the file.
+it), grouped by state/sqlite_batch.py so concurrent operations share one commit.
+Tables are prefixed `state_` so the ledger may share the file.
+
+Kept lean on purpose (a reserve + settle pair is two short transactions): one row per
+reservation holding its lines as JSON, window cells updated in place, expired leases
+found through a partial index, and the usage a caller wants to show read in the same
+transaction as the operation.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
+
+import orjson
 
 from tallygate.core.windows import counter_name, live_range, room_returns_at
 from tallygate.errors import InvalidRequest, StoreUnavailable
@@ -31,23 +37,35 @@ T = TypeVar("T")
 RETENTION = 86_400.0  # seconds a finished reservation is remembered (idempotent settle)
 SWEEP_EVERY = 4096  # reservations between sweeps of forgotten ones (per process)
 
+# state_holds.lines: [[counter, window id, amount, metric, key], ...]; emptied once
+# finished (only the state is needed then). `live` = its amounts still count as
+# reserved; `expires` = lease end. The (live, expires) index serves both the
+# reclaim of expired leases (live = 1) and the sweep of forgotten ones (live = 0).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state_cells (
   counter TEXT NOT NULL, wid INTEGER NOT NULL,
   used INTEGER NOT NULL DEFAULT 0, reserved INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (counter, wid)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS state_reservations (
-  rid TEXT PRIMARY KEY, state TEXT NOT NULL, touched REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS state_lines (
-  rid TEXT NOT NULL, idx INTEGER NOT NULL, key TEXT NOT NULL, counter TEXT NOT NULL,
-  wid INTEGER NOT NULL, amount INTEGER NOT NULL, metric TEXT NOT NULL,
-  expires REAL NOT NULL, live INTEGER NOT NULL,
-  PRIMARY KEY (rid, idx)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS state_lines_lease ON state_lines (counter, expires) WHERE live = 1;
+CREATE TABLE IF NOT EXISTS state_holds (
+  rid TEXT PRIMARY KEY, state TEXT NOT NULL, live INTEGER NOT NULL,
+  expires REAL NOT NULL, lines TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS state_holds_lease ON state_holds (live, expires);
 CREATE TABLE IF NOT EXISTS state_flags (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state_claims (key TEXT PRIMARY KEY, until REAL NOT NULL);
 """
+# Up to 0.1.x a reservation was a state_reservations row plus one state_lines row per
+# hold. Holds still live in that layout are given back once, then the tables dropped.
+_OLD_LAYOUT = """
+UPDATE state_cells SET reserved = reserved - coalesce((
+  SELECT sum(amount) FROM state_lines l WHERE l.live = 1
+  AND l.counter = state_cells.counter AND l.wid = state_cells.wid), 0);
+DROP TABLE state_lines;
+DROP TABLE IF EXISTS state_reservations;
+"""
+_UPSERT = ("INSERT INTO state_cells (counter, wid, used, reserved) VALUES (?, ?, ?, ?) "
+           "ON CONFLICT (counter, wid) DO UPDATE SET used = used + excluded.used, "
+           "reserved = reserved + excluded.reserved")
 
 
 class SqliteStore:
@@ -69,7 +87,19 @@ class SqliteStore:
         db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
-        db.executescript(_SCHEMA)  # idempotent; concurrent creators wait on busy_timeout
+        db.execute("BEGIN IMMEDIATE")  # concurrent creators wait on busy_timeout
+        try:
+            statements = _SCHEMA.split(";")
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'state_lines'"
+                          ).fetchone():
+                statements += _OLD_LAYOUT.split(";")
+            for statement in statements:
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("COMMIT")
+        finally:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
         return db
 
     def _connect_inline(self) -> sqlite3.Connection:
@@ -78,10 +108,13 @@ class SqliteStore:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA busy_timeout = 0")
         db.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoints copy the WAL back into the file (and sync): the worker thread
+        # runs them (BatchWorker.checkpoint), never the event loop.
+        db.execute("PRAGMA wal_autocheckpoint = 0")
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.close()
             raise sqlite3.OperationalError("database not yet in WAL mode")
-        db.execute("SELECT 1 FROM state_meta LIMIT 1")  # schema exists, or fail fast
+        db.execute("SELECT 1 FROM state_holds LIMIT 1")  # schema exists, or fail fast
         return db
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -95,26 +128,36 @@ class SqliteStore:
     async def reserve(
         self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float
     ) -> Denial | None:
+        denial, _ = await self.reserve_and_read(request_id, holds, lease=lease, now=now,
+                                                read=())
+        return denial
+
+    async def reserve_and_read(
+        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float,
+        read: Sequence[Hold],
+    ) -> tuple[Denial | None, list[LimitUsage]]:
         check_holds(request_id, holds, lease, now)
         holds = list(holds)
+        read = list(read)
         self._ops += 1
         sweep = self._ops % SWEEP_EVERY == 0
         return await self._run(lambda db: self._reserve(db, request_id, holds, lease, now,
-                                                        sweep))
+                                                        sweep, read))
 
     def _reserve(self, db: sqlite3.Connection, rid: str, holds: list[Hold], lease: float,
-                 now: float, sweep: bool) -> Denial | None:
-        row = db.execute("SELECT state FROM state_reservations WHERE rid = ?", (rid,)
-                         ).fetchone()
+                 now: float, sweep: bool, read: list[Hold]
+                 ) -> tuple[Denial | None, list[LimitUsage]]:
+        row = db.execute("SELECT state FROM state_holds WHERE rid = ?", (rid,)).fetchone()
         if row is not None:
             if row[0] == "held":
-                return None
+                return None, _read(db, read, now)
             raise InvalidRequest(f"request_id {rid!r} was already {row[0]}; "
                                  "use a new id for a new reservation")
-        plan = []
+        _reclaim(db, now)
+        lines = []
+        after: dict[str, tuple[int, int, int | None]] = {}
         for hold in holds:
             counter = counter_name(hold.key, hold.window, hold.rolling)
-            _reclaim(db, counter, now)
             oldest, current = live_range(hold.window, now, hold.rolling)
             used, reserved, first = _totals(db, counter, oldest, current)
             if hold.amount > 0 and used + reserved + hold.amount > hold.limit:
@@ -122,58 +165,52 @@ class SqliteStore:
                     key=hold.key, limit=hold.limit, used=used + reserved,
                     requested=hold.amount,
                     reset_at=room_returns_at(hold.window, now, hold.rolling, first),
-                    window=hold.window, metric=hold.metric)
-            plan.append((hold, counter, current))
-        expires = now + lease
-        db.execute("INSERT INTO state_reservations VALUES (?, 'held', ?)", (rid, expires))
-        for idx, (hold, counter, wid) in enumerate(plan):
-            db.execute(
-                "INSERT INTO state_cells (counter, wid, reserved) VALUES (?, ?, ?) "
-                "ON CONFLICT (counter, wid) DO UPDATE SET reserved = reserved + excluded.reserved",
-                (counter, wid, hold.amount))
-            db.execute("INSERT INTO state_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                       (rid, idx, hold.key, counter, wid, hold.amount, hold.metric.value,
-                        expires))
+                    window=hold.window, metric=hold.metric), []
+            lines.append((counter, current, hold.amount, hold.metric.value, hold.key))
+            after[counter] = (used, reserved + hold.amount,
+                              current if first is None and hold.amount else first)
+        db.execute("INSERT INTO state_holds VALUES (?, 'held', 1, ?, ?)",
+                   (rid, now + lease, orjson.dumps(lines).decode()))
+        db.executemany(_UPSERT, [(c, wid, 0, amount) for c, wid, amount, _, _ in lines
+                                 if amount])
         if sweep:
-            self._sweep(db, now)
-        return None
-
-    def _sweep(self, db: sqlite3.Connection, now: float) -> None:
-        """Forget reservations finished (or expired and reclaimed) long ago."""
-        cutoff = now - self._retention
-        db.execute(
-            "DELETE FROM state_lines WHERE rid IN (SELECT rid FROM state_reservations r "
-            "WHERE touched < ? AND NOT EXISTS (SELECT 1 FROM state_lines l "
-            "WHERE l.rid = r.rid AND l.live = 1))", (cutoff,))
-        db.execute("DELETE FROM state_reservations WHERE touched < ? AND NOT EXISTS "
-                   "(SELECT 1 FROM state_lines l WHERE l.rid = state_reservations.rid)",
-                   (cutoff,))
+            db.execute("DELETE FROM state_holds WHERE live = 0 AND expires < ?",
+                       (now - self._retention,))
+        return None, _read(db, read, now, after)
 
     async def settle(
         self, request_id: str, actual: Mapping[str, int], *, now: float
     ) -> SettleResult:
-        check_actual(request_id, actual, now)
-        spent = dict(actual)
-        return await self._run(lambda db: _finish(db, request_id, spent, now))
+        result, _ = await self.finish_and_read(request_id, actual, now=now, read=())
+        return result
 
     async def release(self, request_id: str, *, now: float) -> None:
-        check_request(request_id, now)
-        await self._run(lambda db: _finish(db, request_id, None, now))
+        await self.finish_and_read(request_id, None, now=now, read=())
+
+    async def finish_and_read(
+        self, request_id: str, actual: Mapping[str, int] | None, *, now: float,
+        read: Sequence[Hold],
+    ) -> tuple[SettleResult, list[LimitUsage]]:
+        if actual is None:
+            check_request(request_id, now)
+            spent = None
+        else:
+            check_actual(request_id, actual, now)
+            spent = dict(actual)
+        read = list(read)
+        return await self._run(lambda db: _finish(db, request_id, spent, now, read))
 
     async def usage(
         self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
     ) -> LimitUsage:
         check_usage_args(key, limit, window, now)
-        counter = counter_name(key, window, rolling)
-        oldest, current = live_range(window, now, rolling)
+        hold = Hold(key, 0, limit, window, rolling=rolling)
 
-        def work(db: sqlite3.Connection) -> tuple[int, int, int | None]:
-            _reclaim(db, counter, now)
-            return _totals(db, counter, oldest, current)
+        def work(db: sqlite3.Connection) -> LimitUsage:
+            _reclaim(db, now)
+            return _read(db, [hold], now)[0]
 
-        used, reserved, first = await self._run(work)
-        return LimitUsage(key=key, limit=limit, used=used, reserved=reserved,
-                          reset_at=room_returns_at(window, now, rolling, first))
+        return await self._run(work)
 
     # -- flags and claims -----------------------------------------------------------
     async def get_flag(self, name: str) -> bool | None:
@@ -221,60 +258,77 @@ class SqliteStore:
         await asyncio.to_thread(self._worker.close)
 
 
-def _reclaim(db: sqlite3.Connection, counter: str, now: float) -> None:
-    """Return the amounts of expired leases on this counter."""
-    rows = db.execute("SELECT wid, amount FROM state_lines WHERE counter = ? AND live = 1 "
-                      "AND expires <= ?", (counter, now)).fetchall()
-    if not rows:
-        return
-    for wid, amount in rows:
-        db.execute("UPDATE state_cells SET reserved = reserved - ? WHERE counter = ? "
-                   "AND wid = ?", (amount, counter, wid))
-    db.execute("UPDATE state_lines SET live = 0 WHERE counter = ? AND live = 1 "
-               "AND expires <= ?", (counter, now))
+def _reclaim(db: sqlite3.Connection, now: float) -> None:
+    """Give back the amounts of every lease that has expired (any limit)."""
+    rows = db.execute("SELECT rid, lines FROM state_holds WHERE live = 1 AND expires <= ?",
+                      (now,)).fetchall()
+    for rid, lines in rows:
+        db.executemany("UPDATE state_cells SET reserved = reserved - ? WHERE counter = ? "
+                       "AND wid = ?", [(amount, counter, wid)
+                                       for counter, wid, amount, _, _ in orjson.loads(lines)])
+        db.execute("UPDATE state_holds SET live = 0 WHERE rid = ?", (rid,))
 
 
 def _totals(db: sqlite3.Connection, counter: str, oldest: int, current: int
             ) -> tuple[int, int, int | None]:
-    """used, reserved and the oldest non-empty window id in [oldest, current]."""
-    db.execute("DELETE FROM state_cells WHERE counter = ? AND wid < ?", (counter, oldest))
+    """used, reserved and the oldest non-empty window id in [oldest, current]; cells
+    that left the window are deleted when met."""
     used = reserved = 0
     first: int | None = None
+    stale = False
     for wid, u, r in db.execute(
             "SELECT wid, used, reserved FROM state_cells WHERE counter = ? AND wid <= ? "
             "ORDER BY wid", (counter, current)):
+        if wid < oldest:
+            stale = True
+            continue
         used += u
         reserved += r
         if first is None and (u or r):
             first = wid
+    if stale:
+        db.execute("DELETE FROM state_cells WHERE counter = ? AND wid < ?", (counter, oldest))
     return used, reserved, first
 
 
+def _read(db: sqlite3.Connection, holds: list[Hold], now: float,
+          known: Mapping[str, tuple[int, int, int | None]] | None = None) -> list[LimitUsage]:
+    """Usage of each hold's limit at `now` (`known`: totals already read, by counter)."""
+    out = []
+    for hold in holds:
+        counter = counter_name(hold.key, hold.window, hold.rolling)
+        totals = known.get(counter) if known else None
+        if totals is None:
+            totals = _totals(db, counter, *live_range(hold.window, now, hold.rolling))
+        used, reserved, first = totals
+        out.append(LimitUsage(key=hold.key, limit=hold.limit, used=used, reserved=reserved,
+                              reset_at=room_returns_at(hold.window, now, hold.rolling,
+                                                       first)))
+    return out
+
+
 def _finish(db: sqlite3.Connection, rid: str, actual: dict[str, int] | None,
-            now: float) -> SettleResult:
+            now: float, read: list[Hold]) -> tuple[SettleResult, list[LimitUsage]]:
     """Settle (actual given) or release (None). An expired reservation is still charged
     its actual usage (the call happened); its hold is removed exactly once."""
-    row = db.execute("SELECT state FROM state_reservations WHERE rid = ?", (rid,)).fetchone()
-    if row is None or row[0] != "held":
-        return SettleResult(already_settled=True)
+    row = db.execute("SELECT state, live, lines FROM state_holds WHERE rid = ?", (rid,)
+                     ).fetchone()
+    if row is None or row[0] != "held":  # (a release always answers an empty result)
+        return SettleResult(already_settled=actual is not None), _read(db, read, now)
+    _, live, lines = row
     charged: dict[str, int] = {}
     overrun: dict[str, int] = {}
-    lines: list[Any] = db.execute(
-        "SELECT key, counter, wid, amount, metric, live FROM state_lines WHERE rid = ?",
-        (rid,)).fetchall()
-    for key, counter, wid, amount, metric, live in lines:
+    changes = []
+    for counter, wid, amount, metric, key in orjson.loads(lines):
         spent = 0 if actual is None else actual.get(metric, 0)
-        db.execute(
-            "INSERT INTO state_cells (counter, wid, used, reserved) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (counter, wid) DO UPDATE SET used = used + excluded.used, "
-            "reserved = reserved + excluded.reserved",
-            (counter, wid, spent, -amount if live else 0))
+        held = amount if live else 0
+        if spent or held:
+            changes.append((counter, wid, spent, -held))
         if actual is not None:
             charged[key] = spent
             if spent > amount:
                 overrun[key] = spent - amount
-    db.execute("UPDATE state_lines SET live = 0 WHERE rid = ?", (rid,))
-    state = "released" if actual is None else "settled"
-    db.execute("UPDATE state_reservations SET state = ?, touched = ? WHERE rid = ?",
-               (state, now, rid))
-    return SettleResult(charged=charged, overrun=overrun)
+    db.executemany(_UPSERT, changes)
+    db.execute("UPDATE state_holds SET state = ?, live = 0, expires = ?, lines = '' "
+               "WHERE rid = ?", ("released" if actual is None else "settled", now, rid))
+    return SettleResult(charged=charged, overrun=overrun), _read(db, read, now)

@@ -23,9 +23,15 @@ MAX_BATCH = 256
 # the worker thread wins: one commit for many, and the SQL runs off the event loop.
 BUSY_RATE = 3000
 _TICK = 0.01
+# The event loop's connection never checkpoints (copying the WAL back into the file
+# and syncing takes milliseconds): every this many of its commits the worker does, in
+# RESTART mode so the next writer reuses the WAL from its start even when the loop's
+# transactions keep overlapping the checkpoint (a passive one then never lets it).
+CHECKPOINT_EVERY = 256
 Work = Callable[[sqlite3.Connection], Any]
 _Item = tuple[Work, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 _STOP = object()
+_CHECKPOINT = object()
 
 
 class BatchWorker:
@@ -50,6 +56,7 @@ class BatchWorker:
         self._inline_db: sqlite3.Connection | None = None
         self._pending = 0
         self._window = (0.0, 0, 0)  # (start, operations in it, operations in the last one)
+        self._inline_commits = 0
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._inline_connect is not None and self._pending == 0 and not self._busy():
@@ -93,14 +100,21 @@ class BatchWorker:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             return False, None
+        self._inline_commits += 1
+        if self._inline_commits % CHECKPOINT_EVERY == 0:
+            self._start()
+            self._queue.put(_CHECKPOINT)
         return True, result
 
-    async def _queued(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _start(self) -> None:
         if not self._started:
             with self._lock:
                 if not self._started:
                     self._thread.start()
                     self._started = True
+
+    async def _queued(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        self._start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put((work, loop, future))
@@ -122,28 +136,41 @@ class BatchWorker:
             first = self._queue.get()
             if first is _STOP:
                 break
-            batch: list[_Item] = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, checkpoint, stop = self._drain(first)
             try:
                 if db is None:
                     db = self._connect()
-                self._commit(db, batch)
+                if batch:
+                    self._commit(db, batch)
             except BaseException as exc:  # the whole batch failed: tell every caller
                 for _, loop, future in batch:
                     _hand_back(loop, future, None, exc)
+            if checkpoint and db is not None:
+                with contextlib.suppress(sqlite3.Error):  # busy: the next one catches up
+                    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
             if stop:
                 break
         if db is not None:
             db.close()
+
+    def _drain(self, first: Any) -> tuple[list[_Item], bool, bool]:
+        """`first` and whatever else is queued: (operations, checkpoint asked, stop)."""
+        batch: list[_Item] = []
+        checkpoint = False
+        item = first
+        while True:
+            if item is _STOP:
+                return batch, checkpoint, True
+            if item is _CHECKPOINT:
+                checkpoint = True
+            else:
+                batch.append(item)
+            if len(batch) >= MAX_BATCH:
+                return batch, checkpoint, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, checkpoint, False
 
     @staticmethod
     def _commit(db: sqlite3.Connection, batch: list[_Item]) -> None:
