@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from tallygate.core.tokens import acount_request
 from tallygate.core.trim import trim_messages
 from tallygate.errors import FeatureDisabled, LimitError, PermissionDenied, TallygateError
 from tallygate.flags import FlagView
+from tallygate.request_ids import new_request_id
 from tallygate.state.base import StateStore
 from tallygate.types import CallRecord, Count, Hold, LimitUsage, ModelInfo, Outcome, Usage
 
@@ -72,7 +72,7 @@ class CallContext:
     protocol: str  # "openai" | "anthropic"
     route: str  # "chat/completions" | "responses" | "embeddings" | "messages"
     feature: str | None = None
-    request_id: str = field(default_factory=lambda: "tg-" + uuid.uuid4().hex)
+    request_id: str = field(default_factory=new_request_id)
     key_id: str | None = None
     user: str | None = None
     plan: str | None = None

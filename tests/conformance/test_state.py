@@ -438,6 +438,31 @@ async def test_redis_keys_share_one_hash_tag_and_noscript_is_handled(redis_url: 
     await store.close()
 
 
+async def test_redis_reads_ride_in_the_operations_one_script(redis_url: str) -> None:
+    from tallygate.state.redis import RedisStore
+
+    store = RedisStore(redis_url, namespace=uuid.uuid4().hex[:12])
+
+    async def evalsha_calls() -> int:
+        stats = await store._redis.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    holds = [tokens("k", 300, 1000), tokens("m", 50, 500, Window.MINUTE, rolling=True)]
+    # Load both scripts first: a NOSCRIPT reply also counts as an EVALSHA call.
+    await store.reserve("warm", holds, lease=60, now=T0)
+    await store.release("warm", now=T0)
+    before = await evalsha_calls()
+    denial, usages = await store.reserve_and_read("a", holds, lease=60, now=T0, read=holds)
+    assert denial is None and [(u.used, u.reserved) for u in usages] == [(0, 300), (0, 50)]
+    assert await evalsha_calls() == before + 1
+    result, usages = await store.finish_and_read("a", {"tokens": 40}, now=T0, read=holds)
+    assert result.charged == {"k": 40, "m": 40}
+    assert [(u.used, u.reserved) for u in usages] == [(40, 0), (40, 0)]
+    assert await evalsha_calls() == before + 2
+    await store.flush_namespace()
+    await store.close()
+
+
 # -- operations that also read usage (the gateway's x-ratelimit-* headers) -----------
 async def test_reserve_and_read_reports_usage_just_after(store: StateStore) -> None:
     await store.reserve("a", [tokens("k", 100, 1000)], lease=60, now=T0)

@@ -56,6 +56,15 @@ def test_tap_assigns_cumulative_usage_and_passes_bytes() -> None:
     assert tap.generated_text == "Hello you"
 
 
+def test_tap_defers_text_deltas_after_the_first() -> None:
+    tap = ant.stream_tap()
+    tap.feed(STREAM)
+    assert tap._deferred == [ev("content_block_delta", {
+        "index": 0, "delta": {"type": "text_delta", "text": " you"}})]
+    assert tap.usage == FINAL and tap.finish_reason == "end_turn"
+    assert tap.generated_text == "Hello you" and tap._deferred == []
+
+
 def test_tap_every_split_offset() -> None:
     for i in range(len(STREAM) + 1):
         tap = ant.MessagesStreamTap()

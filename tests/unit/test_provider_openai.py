@@ -126,6 +126,24 @@ def test_chat_tap_any_chunking(cuts: list[int], strip: bool, crlf: bool) -> None
     assert tap.generated_text == "Hello world"
 
 
+def test_chat_tap_defers_plain_deltas_until_their_text_is_needed() -> None:
+    """After the first token, plain content chunks are parsed only when their text is
+    needed; usage, finish_reason, errors and [DONE] are parsed at once."""
+    tap = oai.ChatStreamTap(strip_usage=False)
+    tap.feed(CHAT_STREAM)
+    assert tap._deferred == [_chunk([_delta(" world")])]
+    assert tap.usage == Usage(1117, 46, 1024, 0, 30) and tap.finish_reason == "stop"
+    assert tap.done
+    assert tap.generated_text == "Hello world" and tap._deferred == []
+    # Not OpenAI's compact form, or a finish in the same chunk: parsed at once.
+    spaced = (b'data: {"choices": [{"index": 0, "delta": {"content": "x"}, '
+              b'"finish_reason": null}]}\n\n')
+    mixed = _chunk([_delta("y"), {**_delta("z", "stop"), "index": 1}])
+    tap = oai.ChatStreamTap(strip_usage=True)
+    tap.feed(_chunk([_delta("a")]) + spaced + mixed)
+    assert tap._deferred == [] and tap.finish_reason == "stop"
+
+
 def test_multiline_data_event() -> None:
     raw = b'data: {"choices": [],\ndata: "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
     tap = oai.ChatStreamTap(strip_usage=True)
@@ -177,6 +195,13 @@ def test_responses_tap(final: str) -> None:
         assert feed_all(tap, [stream[:i], stream[i:]]) == stream
         assert tap.usage == Usage(10, 7, 4, 0, 2)
         assert tap.done and tap.generated_text == "Hi there"
+
+
+def test_responses_tap_defers_text_deltas_after_the_first() -> None:
+    tap = oai.stream_tap("/v1/responses")
+    tap.feed(RESP_STREAM)
+    assert tap._deferred == [_rev("response.output_text.delta", delta=" there")]
+    assert tap.usage == Usage(10, 7, 4, 0, 2) and tap.generated_text == "Hi there"
 
 
 # --------------------------------------------------------------------------- prepare

@@ -50,4 +50,7 @@ def register(app: typer.Typer) -> None:
             "tallygate.cli.serve:app_from_env", factory=True, host=bind_host, port=bind_port,
             workers=workers, loop="uvloop", http="httptools", lifespan="on",
             log_level=log_level, access_log=False,
+            # Nothing reads the client address, so no X-Forwarded-* rewriting layer;
+            # and no `server: uvicorn` header on every response.
+            proxy_headers=False, server_header=False,
         )

@@ -7,6 +7,7 @@ calls `decide` again with the new count."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -349,15 +350,22 @@ def go_duration(seconds: float) -> str:
 _HEADER_METRICS = {Metric.TOKENS: "tokens", Metric.REQUESTS: "requests"}
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_metric(key: str) -> Metric | None:
+    """The metric a limit key counts (None if not a limit key); the same few keys come
+    back on every request."""
+    try:
+        return parse_key(key).metric
+    except ValueError:
+        return None
+
+
 def ratelimit_headers(usages: Iterable[LimitUsage], now: float) -> dict[str, str]:
     """OpenAI-style `x-ratelimit-{limit,remaining,reset}-{tokens,requests}` for the
     tightest limit of each metric (least remaining; then the sooner reset)."""
     tightest: dict[Metric, LimitUsage] = {}
     for usage in usages:
-        try:
-            metric = parse_key(usage.key).metric
-        except ValueError:
-            continue
+        metric = _key_metric(usage.key)
         if metric not in _HEADER_METRICS:
             continue
         best = tightest.get(metric)

@@ -241,7 +241,14 @@ def _approx_chars(value: Any, stop: int) -> int:
     stack = [value]
     while stack and total <= stop:
         item = stack.pop()
-        if isinstance(item, str):
+        kind = type(item)  # exact JSON types first: an ABC isinstance check costs more
+        if kind is str:
+            total += len(item)
+        elif kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif isinstance(item, str):
             total += len(item)
         elif isinstance(item, Mapping):
             stack.extend(item.values())

@@ -152,9 +152,11 @@ class LeanUpstream:
         if conn.transport is not None:
             conn.transport.close()
 
-    async def _exchange(self, url: str, body: bytes, headers: Mapping[str, str],
-                        timeout: float | None) -> tuple[_Exchange, tuple[str, int, bool]]:
-        """Send the request; return once the response headers arrived."""
+    async def _exchange(self, url: str, body: bytes, headers: Mapping[str, str]
+                        ) -> tuple[_Exchange, tuple[str, int, bool]]:
+        """Send the request; return once the response headers arrived. The caller
+        bounds the wait (asyncio.timeout: one timer, no extra task, unlike wait_for);
+        the protocol never sets a future that is already done, so no shield either."""
         parts = urlsplit(url)
         tls = parts.scheme == "https"
         host = parts.hostname or "localhost"
@@ -168,7 +170,7 @@ class LeanUpstream:
             assert conn.transport is not None
             conn.transport.write(head + body)
             try:
-                await asyncio.wait_for(asyncio.shield(conn.head), timeout)
+                await conn.head
                 return conn, key
             except (ConnectionError, OSError):
                 if reused and not conn.received:
@@ -182,14 +184,19 @@ class LeanUpstream:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], *,
                    timeout: float | None) -> UpstreamResponse:
+        conn: _Exchange | None = None
         try:
             async with asyncio.timeout(timeout):
-                conn, key = await self._exchange(url, body, headers, timeout)
-                await asyncio.shield(conn.done)
-        except TimeoutError as exc:
-            raise UpstreamError("Upstream timed out.", status=504, timeout=True) from exc
-        except (ConnectionError, OSError) as exc:
-            raise UpstreamError(f"Upstream unreachable: {exc}", status=502) from exc
+                conn, key = await self._exchange(url, body, headers)
+                await conn.done
+        except BaseException as exc:
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()  # a response cut short: never reused
+            if isinstance(exc, TimeoutError):
+                raise UpstreamError("Upstream timed out.", status=504, timeout=True) from exc
+            if isinstance(exc, ConnectionError | OSError):
+                raise UpstreamError(f"Upstream unreachable: {exc}", status=502) from exc
+            raise
         data = conn.take()
         self._release(key, conn)
         return UpstreamResponse(conn.status, dict(conn.headers), data)
@@ -197,7 +204,8 @@ class LeanUpstream:
     async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str], *,
                           timeout: float | None) -> LeanStream:
         try:
-            conn, key = await self._exchange(url, body, headers, timeout)
+            async with asyncio.timeout(timeout):
+                conn, key = await self._exchange(url, body, headers)
         except TimeoutError as exc:
             raise UpstreamError("Upstream timed out.", status=504, timeout=True) from exc
         except (ConnectionError, OSError) as exc:
@@ -232,7 +240,8 @@ class LeanStream:
                 return
             conn.wake.clear()
             try:
-                await asyncio.wait_for(conn.wake.wait(), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    await conn.wake.wait()
             except TimeoutError as exc:
                 self.close()
                 raise UpstreamError("Upstream stream timed out.", status=504,

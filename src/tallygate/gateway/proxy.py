@@ -41,6 +41,7 @@ from tallygate.keys.store import KeyStore
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.providers import openai as openai_wire
 from tallygate.providers.common import end_user
+from tallygate.request_ids import new_request_id
 from tallygate.types import Usage
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -293,12 +294,10 @@ class Proxy:
 
 
 def _request_id(headers: Mapping[str, str]) -> str:
-    import uuid
-
     given = headers.get("x-tallygate-request-id")
     if given and len(given) <= 128 and given.isprintable():
         return given
-    return "tg-" + uuid.uuid4().hex
+    return new_request_id()
 
 
 def _attempt(value: str | None) -> int | None:

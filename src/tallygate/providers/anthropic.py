@@ -85,9 +85,15 @@ def usage_from_body(route: str, body: Mapping[str, Any]) -> Usage | None:
 # --------------------------------------------------------------------------- stream tap
 
 
+_TEXT_DELTA = (b"event: content_block_delta\n", b"event: content_block_delta\r\n")
+
+
 class MessagesStreamTap(StreamTap):
     """Messages SSE: message_start carries the input usage, each message_delta the
     cumulative usage (assigned, never added). Nothing is stripped."""
+
+    def _defer(self, raw: bytes) -> bool:
+        return self.first_token_seen and raw.startswith(_TEXT_DELTA)
 
     def _on_event(self, event: SSEEvent, obj: Any) -> bool:
         if not isinstance(obj, dict):

@@ -85,6 +85,7 @@ class StreamTap:
         self.finish_reason: str | None = None
         self._buf = bytearray()
         self._text: list[str] = []
+        self._deferred: list[bytes] = []  # plain text deltas, parsed only when needed
 
     # The subclasses decide per event: return True to drop it from the output.
     def _on_event(self, event: SSEEvent, obj: Any) -> bool:  # pragma: no cover - abstract
@@ -93,25 +94,49 @@ class StreamTap:
     def _may_strip(self) -> bool:
         return False
 
+    def _defer(self, raw: bytes) -> bool:
+        """True for an event recognised (by its bytes) as a plain text delta after the
+        first token: only its text matters, and only if the stream ends without the
+        provider's usage, so parsing it waits (`_catch_up`). Unsure → False: parse now."""
+        del raw
+        return False
+
+    def _catch_up(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for raw in deferred:
+            self._handle(raw)
+
     def feed(self, chunk: bytes) -> bytes:
         if not chunk:
             return b""
-        self._buf += chunk
         holding = self._may_strip()
         out = bytearray()
-        start = 0
-        while True:
-            end = _event_end(self._buf, start)
-            if end < 0:
-                break
-            raw = bytes(self._buf[start:end])
-            start = end
-            if not self._handle(raw) and holding:
+        for raw in self._complete_events(chunk):
+            if self._defer(raw):
+                self._deferred.append(raw)
+                dropped = False
+            else:
+                dropped = self._handle(raw)
+            if holding and not dropped:
                 out += raw
-        del self._buf[:start]
         if holding:
             return bytes(out)
         return chunk
+
+    def _complete_events(self, chunk: bytes) -> list[bytes]:
+        """The events `chunk` completes (raw bytes, blank line included); the
+        unfinished tail stays buffered. Without CR one C-level split does it."""
+        self._buf += chunk
+        if b"\r" not in self._buf:
+            *events, tail = bytes(self._buf).split(b"\n\n")
+            self._buf = bytearray(tail)
+            return [event + b"\n\n" for event in events]
+        events, start = [], 0
+        while (end := _event_end(self._buf, start)) >= 0:
+            events.append(bytes(self._buf[start:end]))
+            start = end
+        del self._buf[:start]
+        return events
 
     def flush(self) -> bytes:
         """End of upstream: whatever is left (an unterminated event) is parsed and returned."""
@@ -142,13 +167,14 @@ class StreamTap:
     @property
     def generated_text(self) -> str:
         """Everything the model produced so far (text, tool arguments, reasoning)."""
+        self._catch_up()
         return "".join(self._text)
 
     def output_tokens_so_far(self, count: Callable[[str], int] | None = None) -> int:
         """Output tokens generated so far: the provider's figure when it sent one,
         else the generated text counted (`count`, default core.tokens), whichever is larger."""
+        text = self.generated_text  # (first: it catches up on deferred events)
         reported = self.usage.output_tokens if self.usage else 0
-        text = self.generated_text
         if not text:
             return reported
         counted = count(text) if count is not None else _count_text(text, self.model)
@@ -159,7 +185,7 @@ class StreamTap:
     ) -> Usage:
         """The usage to settle: the provider's once the stream is done, else what we know
         (the provider's input figure if it came, else `input_tokens`) plus output so far."""
-        if self.done and self.usage is not None:
+        if self.done and self.usage is not None:  # (never in a deferred event)
             return self.usage
         base = self.usage or Usage(input_tokens=input_tokens)
         out = self.output_tokens_so_far(count)

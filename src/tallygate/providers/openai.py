@@ -87,6 +87,14 @@ class ChatStreamTap(StreamTap):
     def _may_strip(self) -> bool:
         return self.strip_usage
 
+    def _defer(self, raw: bytes) -> bool:
+        # A content chunk as OpenAI writes it (compact JSON): finish_reason and usage
+        # still null, no error. Anything else is parsed at once.
+        return (self.first_token_seen and b'"finish_reason":null' in raw
+                and b'"finish_reason":"' not in raw
+                and (b'"usage":null' in raw or b'"usage"' not in raw)
+                and b'"error"' not in raw)  # ([DONE] has no finish_reason)
+
     def _on_event(self, event: SSEEvent, obj: Any) -> bool:
         if event.data is not None and event.data.startswith("[DONE]"):
             self.done = True
@@ -138,9 +146,16 @@ _RESPONSES_TEXT = frozenset(
 )
 
 
+_RESPONSES_TEXT_EVENTS = tuple(f"event: {kind}{end}".encode()
+                               for kind in sorted(_RESPONSES_TEXT) for end in ("\n", "\r\n"))
+
+
 class ResponsesStreamTap(StreamTap):
     """Responses API SSE: the final response object (with usage) arrives in
     response.completed / .incomplete / .failed. Nothing is stripped."""
+
+    def _defer(self, raw: bytes) -> bool:
+        return self.first_token_seen and raw.startswith(_RESPONSES_TEXT_EVENTS)
 
     def _on_event(self, event: SSEEvent, obj: Any) -> bool:
         if not isinstance(obj, dict):

@@ -1,6 +1,7 @@
 """reserve_and_read / finish_and_read for stores that answer them in two steps: the
 operation and the usage reads are sent together (concurrently), so a networked store
-pays one round-trip time, not three. SQLite and memory answer in one step instead."""
+pays one round-trip time, not three (GuardedStore, which must route each step through
+its outage handling). SQLite, memory and Redis answer in one step instead."""
 
 from __future__ import annotations
 

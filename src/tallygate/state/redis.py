@@ -2,7 +2,8 @@
 
 Each operation is ONE Lua script run with EVALSHA (redis-py's Script loads it once and
 reloads it on NOSCRIPT), so an operation is atomic and costs one round trip; Python
-never reads, modifies and writes back.
+never reads, modifies and writes back. reserve_and_read / finish_and_read read their
+limits' usage inside that same script, so the reads cost no extra trip.
 
 Every key of a store starts with the same hash tag, `{tg}` or `{tg:<namespace>}`. A
 reservation across several limits is all-or-nothing only if one script sees every limit,
@@ -42,11 +43,11 @@ from tallygate.state import (
     check_time,
     check_usage_args,
 )
-from tallygate.state.read_along import ReadAlong
 from tallygate.types import Denial, Hold, LimitUsage, Metric, SettleResult, Window
 
 RETENTION = 86_400  # seconds a finished reservation is remembered (idempotent settle)
 _BASE = 10**9
+_READ_WIDTH = 5  # values per read in a reply (lua/common.lua read_usage)
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
@@ -65,7 +66,54 @@ def _gc_ttl(window: Window, lease: float) -> int:
     return int(2 * window_seconds(window) + lease) + 3600
 
 
-class RedisStore(ReadAlong):
+def _check_reads(read: Sequence[Hold], now: float) -> None:
+    """Reads name limits as holds do; their key and window go into key names."""
+    for hold in read:
+        if type(hold) is not Hold:
+            raise InvalidRequest(f"each read must be a Hold, got {hold!r}")
+        check_usage_args(hold.key, hold.limit, hold.window, now)
+
+
+def _usages(values: Sequence[Any], read: Sequence[Hold], now: float) -> list[LimitUsage]:
+    """The LimitUsage of each read, from read_usage()'s values (lua/common.lua)."""
+    out = []
+    for i, hold in enumerate(read):
+        at = _READ_WIDTH * i
+        first = int(values[at + 4])
+        out.append(LimitUsage(
+            key=hold.key, limit=hold.limit, used=_pair(values[at], values[at + 1]),
+            reserved=_pair(values[at + 2], values[at + 3]),
+            reset_at=room_returns_at(hold.window, now, hold.rolling,
+                                     None if first < 0 else first)))
+    return out
+
+
+def _denial(holds: Sequence[Hold], reply: Sequence[Any], now: float) -> Denial:
+    """reserve.lua's {0, hold index, used+reserved hi, lo, oldest non-empty window id}."""
+    hold = holds[int(reply[1]) - 1]
+    first = int(reply[4])
+    return Denial(
+        key=hold.key, limit=hold.limit, used=_pair(reply[2], reply[3]),
+        requested=hold.amount,
+        reset_at=room_returns_at(hold.window, now, hold.rolling,
+                                 None if first < 0 else first),
+        window=hold.window, metric=hold.metric)
+
+
+def _settled(actual: Mapping[str, int], lines: Sequence[Any]) -> SettleResult:
+    """Charge and overrun per key, from finish.lua's (key, held amount, metric) lines."""
+    charged: dict[str, int] = {}
+    overrun: dict[str, int] = {}
+    for i in range(0, len(lines), 3):
+        key, amount, metric = lines[i], int(lines[i + 1]), lines[i + 2]
+        used = actual.get(metric, 0)
+        charged[key] = used
+        if used > amount:
+            overrun[key] = used - amount
+    return SettleResult(charged=charged, overrun=overrun)
+
+
+class RedisStore:
     """StateStore on Redis (standalone, or one Cluster slot via the hash tag)."""
 
     def __init__(self, url: str, *, namespace: str = "", connect_timeout: float = 2.0,
@@ -81,7 +129,7 @@ class RedisStore(ReadAlong):
         )
         self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._reserve = self._redis.register_script(_script_source("reserve", common=True))
-        self._finish = self._redis.register_script(_script_source("finish", common=False))
+        self._finish = self._redis.register_script(_script_source("finish", common=True))
         self._usage = self._redis.register_script(_script_source("usage", common=True))
         self._set_flag = self._redis.register_script(_script_source("set_flag", common=False))
         self._claim = self._redis.register_script(_script_source("claim", common=False))
@@ -102,73 +150,93 @@ class RedisStore(ReadAlong):
         return f"{self._prefix}:c:{name}", f"{self._prefix}:l:{name}"
 
     # -- reservations -------------------------------------------------------------
+    # reserve/settle/release are the *_and_read operations with nothing to read; those
+    # read usage inside the operation's own script (one EVALSHA, atomic with it).
     async def reserve(
         self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float
     ) -> Denial | None:
+        denial, _ = await self.reserve_and_read(request_id, holds, lease=lease, now=now,
+                                                read=())
+        return denial
+
+    async def reserve_and_read(
+        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float,
+        read: Sequence[Hold],
+    ) -> tuple[Denial | None, list[LimitUsage]]:
         check_holds(request_id, holds, lease, now)
+        _check_reads(read, now)
         keys = [f"{self._prefix}:res:{request_id}"]
         args: list[Any] = [self._prefix, request_id, repr(float(now)),
-                           repr(float(now + lease)), math.ceil(lease) + self._retention]
+                           repr(float(now + lease)), math.ceil(lease) + self._retention,
+                           len(holds)]
         for hold in holds:
             keys.extend(self._names(hold.key, hold.window, hold.rolling))
             oldest, current = live_range(hold.window, now, hold.rolling)
             args += [hold.key, hold.metric.value, hold.amount, hold.limit, oldest, current,
                      _gc_ttl(hold.window, lease)]
+        self._add_reads(keys, args, read, now)
         reply = await self._call(self._reserve, keys, args)
         status = int(reply[0])
         if status in (1, 2):
-            return None
+            return None, _usages(reply[1:], read, now)
         if status == 3:
             raise InvalidRequest(f"request_id {request_id!r} was already {reply[1]}; "
                                  "use a new id for a new reservation")
-        hold = holds[int(reply[1]) - 1]
-        first = int(reply[4])
-        return Denial(
-            key=hold.key, limit=hold.limit, used=_pair(reply[2], reply[3]),
-            requested=hold.amount,
-            reset_at=room_returns_at(hold.window, now, hold.rolling,
-                                     None if first < 0 else first),
-            window=hold.window, metric=hold.metric)
+        return _denial(holds, reply, now), []
 
     async def settle(
         self, request_id: str, actual: Mapping[str, int], *, now: float
     ) -> SettleResult:
         """An expired reservation is still charged its actual usage (the call
         happened); its hold is freed exactly once, by whichever came first."""
-        check_actual(request_id, actual, now)
-        spent = [actual.get(m.value, 0) for m in (Metric.TOKENS, Metric.REQUESTS, Metric.COST)]
-        reply = await self._call(
-            self._finish, [f"{self._prefix}:res:{request_id}"],
-            ["settle", request_id, self._retention, *spent])
-        if int(reply[0]) == 0:
-            return SettleResult(already_settled=True)
-        charged: dict[str, int] = {}
-        overrun: dict[str, int] = {}
-        for i in range(1, len(reply), 3):
-            key, amount, metric = reply[i], int(reply[i + 1]), reply[i + 2]
-            used = actual.get(metric, 0)
-            charged[key] = used
-            if used > amount:
-                overrun[key] = used - amount
-        return SettleResult(charged=charged, overrun=overrun)
+        result, _ = await self.finish_and_read(request_id, actual, now=now, read=())
+        return result
 
     async def release(self, request_id: str, *, now: float) -> None:
-        check_request(request_id, now)
-        await self._call(self._finish, [f"{self._prefix}:res:{request_id}"],
-                         ["release", request_id, self._retention, 0, 0, 0])
+        await self.finish_and_read(request_id, None, now=now, read=())
+
+    async def finish_and_read(
+        self, request_id: str, actual: Mapping[str, int] | None, *, now: float,
+        read: Sequence[Hold],
+    ) -> tuple[SettleResult, list[LimitUsage]]:
+        if actual is None:
+            check_request(request_id, now)
+            spent = [0, 0, 0]
+        else:
+            check_actual(request_id, actual, now)
+            spent = [actual.get(m.value, 0) for m in (Metric.TOKENS, Metric.REQUESTS,
+                                                      Metric.COST)]
+        _check_reads(read, now)
+        keys = [f"{self._prefix}:res:{request_id}"]
+        args: list[Any] = ["release" if actual is None else "settle", request_id,
+                           self._retention, *spent, self._prefix, repr(float(now))]
+        self._add_reads(keys, args, read, now)
+        reply = await self._call(self._finish, keys, args)
+        usages = _usages(reply[1:], read, now)
+        if actual is None:  # a release always answers an empty result
+            return SettleResult(), usages
+        if int(reply[0]) == 0:
+            return SettleResult(already_settled=True), usages
+        return _settled(actual, reply[1 + _READ_WIDTH * len(read):]), usages
 
     async def usage(
         self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
     ) -> LimitUsage:
         check_usage_args(key, limit, window, now)
-        oldest, current = live_range(window, now, rolling)
-        reply = await self._call(self._usage, list(self._names(key, window, rolling)),
-                                 [self._prefix, repr(float(now)), oldest, current])
-        first = int(reply[4])
-        return LimitUsage(key=key, limit=limit, used=_pair(reply[0], reply[1]),
-                          reserved=_pair(reply[2], reply[3]),
-                          reset_at=room_returns_at(window, now, rolling,
-                                                   None if first < 0 else first))
+        hold = Hold(key, 0, limit, window, rolling=rolling)
+        keys: list[str] = []
+        args: list[Any] = [self._prefix, repr(float(now))]
+        self._add_reads(keys, args, [hold], now)
+        reply = await self._call(self._usage, keys, args)
+        return _usages(reply, [hold], now)[0]
+
+    def _add_reads(self, keys: list[str], args: list[Any], read: Sequence[Hold],
+                   now: float) -> None:
+        """Append the read specs read_usage() (lua/common.lua) takes: per read, its
+        cells and leases keys, and its oldest and current window ids."""
+        for hold in read:
+            keys.extend(self._names(hold.key, hold.window, hold.rolling))
+            args.extend(live_range(hold.window, now, hold.rolling))
 
     # -- flags and claims -----------------------------------------------------------
     async def _plain(self, command: str, *args: Any) -> Any:

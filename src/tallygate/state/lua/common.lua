@@ -78,3 +78,21 @@ local function reclaim(prefix, cell, leases, now)
   end
   redis.call("ZREMRANGEBYSCORE", leases, "-inf", now)
 end
+
+-- Append to `out` the usage of `count` limits, as usage.lua reports one: limit j has
+-- cells KEYS[k + 2j], leases KEYS[k + 2j + 1] and oldest/current window ids
+-- ARGV[a + 2j], ARGV[a + 2j + 1]. Per limit 5 values: used hi, used lo, reserved hi,
+-- reserved lo, oldest non-empty window id (-1 when none). Lets an operation answer its
+-- own reads in the same atomic script (one round trip).
+local function read_usage(out, prefix, now, k, a, count)
+  for j = 0, count - 1 do
+    local cell, leases = KEYS[k + 2 * j], KEYS[k + 2 * j + 1]
+    reclaim(prefix, cell, leases, now)
+    local used, reserved, first = totals(cell, tonumber(ARGV[a + 2 * j]),
+                                         tonumber(ARGV[a + 2 * j + 1]))
+    local n = #out
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] =
+      used[1], used[2], reserved[1], reserved[2], first
+  end
+  return out
+end

@@ -1,20 +1,24 @@
--- All-or-nothing reservation.
--- KEYS[1] reservation record; then per hold: KEYS[2i] cells hash, KEYS[2i+1] leases zset.
--- ARGV: prefix, request id, now, expires, record ttl; then per hold 7 values:
---   key, metric, amount, limit, oldest window id, current window id, gc ttl.
--- Returns {1} held, {2} already held, {3, state} already finished,
---   {0, hold index, used+reserved hi, lo, oldest non-empty window id} denied.
+-- All-or-nothing reservation, then the usage of the limits the caller reads.
+-- KEYS[1] reservation record; then per hold: KEYS[2i] cells hash, KEYS[2i+1] leases zset;
+--   then per read, cells hash and leases zset likewise.
+-- ARGV: prefix, request id, now, expires, record ttl, hold count n; then per hold 7
+--   values: key, metric, amount, limit, oldest window id, current window id, gc ttl;
+--   then per read 2 values: oldest window id, current window id.
+-- Returns {1, reads...} held, {2, reads...} already held, {3, state} already finished,
+--   {0, hold index, used+reserved hi, lo, oldest non-empty window id} denied;
+--   reads: 5 values per read, as read_usage() gives them, taken after the reservation.
 local rec = KEYS[1]
+local prefix, rid, now, expires = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = tonumber(ARGV[6])
+local reads = (#KEYS - 1) / 2 - n
 local state = redis.call("HGET", rec, "state")
 if state then
-  if state == "held" then return {2} end
+  if state == "held" then return read_usage({2}, prefix, now, 2 + 2 * n, 7 + 7 * n, reads) end
   return {3, state}
 end
-local prefix, rid, now, expires = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local n = (#KEYS - 1) / 2
 for i = 1, n do
   local cell, leases = KEYS[2 * i], KEYS[2 * i + 1]
-  local a = 5 + (i - 1) * 7
+  local a = 6 + (i - 1) * 7
   local amount, limit = ARGV[a + 3], ARGV[a + 4]
   reclaim(prefix, cell, leases, now)
   local used, reserved, first = totals(cell, tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]))
@@ -26,7 +30,7 @@ end
 local fields = {"state", "held", "n", tostring(n)}
 for i = 1, n do
   local cell, leases = KEYS[2 * i], KEYS[2 * i + 1]
-  local a = 5 + (i - 1) * 7
+  local a = 6 + (i - 1) * 7
   local amount, current, gc = ARGV[a + 3], ARGV[a + 6], ARGV[a + 7]
   if amount ~= "0" then redis.call("HINCRBY", cell, "r" .. current, amount) end
   redis.call("EXPIRE", cell, gc)
@@ -40,4 +44,4 @@ for i = 1, n do
 end
 redis.call("HSET", rec, unpack(fields))
 redis.call("EXPIRE", rec, ARGV[5])
-return {1}
+return read_usage({1}, prefix, now, 2 + 2 * n, 7 + 7 * n, reads)
