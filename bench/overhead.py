@@ -1,7 +1,8 @@
 """Gateway overhead against the bare forwarding floor, measured in the same run.
 
 Starts the simulated provider, the bare forwarder (bench/floor.py) and the gateway
-(`tallygate serve`, SQLite state and ledger) as separate processes on 127.0.0.1, then
+(`tallygate serve`, SQLite state and ledger; again with alert rules firing; again with
+memory:// state) as separate processes on 127.0.0.1, then
 drives each target with an aiohttp load generator: non-streaming latency at 1 and 32
 concurrent clients and throughput at 32, and streaming time to first token. Added
 latency = target p50 minus the direct-to-simulator p50 of the same round; rounds
@@ -107,9 +108,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def gateway_config(tmp: Path, sim_url: str, *, alerts: bool = False,
-                   name: str = "tallygate", upstream: str = "aiohttp") -> Path:
+                   name: str = "tallygate", upstream: str = "lean",
+                   state: str | None = None) -> Path:
     policy: dict[str, object] = {
-        "storage": {"state": f"sqlite:///{tmp}/state.db", "ledger": f"sqlite:///{tmp}/ledger.db"},
+        "storage": {"state": state or f"sqlite:///{tmp}/state.db",
+                    "ledger": f"sqlite:///{tmp}/ledger.db"},
         "providers": {"openai": {"protocol": "openai", "base_url": f"{sim_url}/v1",
                                  "api_key": "sk-sim"}},
         "features": {"default": {"max_output": 64, "model": "gpt-4o-mini"}},
@@ -157,9 +160,9 @@ async def run_round(targets: dict[str, tuple[str, dict[str, str]]], requests: in
 
 
 def report(results: dict[tuple[str, str], list[tuple[list[float], float]]],
-           command: str) -> str:
+           command: str, upstream: str) -> str:
     lines = [
-        "# Gateway overhead against the bare forwarding floor",
+        f"# Gateway overhead against the bare forwarding floor (upstream: {upstream})",
         "",
         f"Command: `{command}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -189,7 +192,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--upstream", choices=("aiohttp", "lean"), default="aiohttp",
+    parser.add_argument("--upstream", choices=("aiohttp", "lean"), default="lean",
                         help="the gateways' upstream transport (server.upstream)")
     args = parser.parse_args()
     procs: list[subprocess.Popen[bytes]] = []
@@ -218,6 +221,17 @@ def main() -> None:
             procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
                                 str(alerts_config), "--port", alerts_url.rsplit(":", 1)[1]],
                                alerts_url + "/healthz"))
+            # The same gateway with its limits in process memory (memory://): what the
+            # SQLite state store costs, by difference.
+            mem_dir = tmp / "memory"
+            mem_dir.mkdir()
+            mem_config = gateway_config(mem_dir, sim_url, upstream=args.upstream,
+                                        state="memory://")
+            mem_key = create_key(mem_config)
+            mem_url = f"http://127.0.0.1:{free_port()}"
+            procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
+                                str(mem_config), "--port", mem_url.rsplit(":", 1)[1]],
+                               mem_url + "/healthz"))
             auth = {"authorization": "Bearer sk-sim"}
             targets = {
                 "direct": (sim_url + "/v1/chat/completions", auth),
@@ -225,6 +239,8 @@ def main() -> None:
                 "gateway": (gw_url + "/v1/chat/completions", {"authorization": f"Bearer {key}"}),
                 "gateway+alerts": (alerts_url + "/v1/chat/completions",
                                    {"authorization": f"Bearer {alerts_key}"}),
+                "gateway memory-state": (mem_url + "/v1/chat/completions",
+                                         {"authorization": f"Bearer {mem_key}"}),
             }
             results: dict[tuple[str, str], list[tuple[list[float], float]]] = {}
             for _ in range(args.rounds):
@@ -234,7 +250,7 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(timeout=10)
     command = "python bench/overhead.py " + " ".join(sys.argv[1:])
-    text = report(results, command.strip())
+    text = report(results, command.strip(), args.upstream)
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tallygate.library import Governor
     from tallygate.library_helpers import count_tokens, estimate_cost, trim
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BudgetExceeded",

@@ -351,8 +351,8 @@ class Server(BaseModel):
     port: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     max_chars: PositiveInt = 4_000_000  # counting refuses longer texts (InputTooLarge)
-    # Upstream HTTP client: aiohttp, or the lean httptools one (gateway/lean_upstream.py).
-    upstream: Literal["aiohttp", "lean"] = "aiohttp"
+    # Upstream HTTP client: the lean httptools one (gateway/lean_upstream.py), or aiohttp.
+    upstream: Literal["aiohttp", "lean"] = "lean"
 
 
 class Tracing(BaseModel):

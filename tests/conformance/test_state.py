@@ -376,7 +376,7 @@ async def test_sqlite_survives_a_restart(tmp_path: Path) -> None:
 
 
 async def test_sqlite_gives_back_holds_of_the_old_layout(tmp_path: Path) -> None:
-    """Up to 0.1.x reservations lived in state_reservations + state_lines: live holds
+    """In 0.1 reservations lived in state_reservations + state_lines: live holds
     found there on opening are given back once and the old tables dropped."""
     import sqlite3
 

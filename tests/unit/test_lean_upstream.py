@@ -1,5 +1,5 @@
 """The lean upstream transport against tiny loopback servers: keep-alive reuse, a stale
-kept-alive socket retried fresh, malformed responses, timeouts, header injection."""
+kept-alive socket retried fresh, malformed responses, timeouts, header injection, TLS."""
 
 from __future__ import annotations
 
@@ -104,4 +104,49 @@ async def test_timeout_and_header_injection() -> None:
     with pytest.raises(UpstreamError):
         await up.post(url, b"{}", {"x-evil": "a\r\nhost: other"}, timeout=1)
     await up.close()
+    server.close()
+
+
+async def test_tls_verified_keep_alive_and_stream() -> None:
+    """https upstreams: the certificate is checked against the trust store and the host
+    name; kept-alive TLS connections are reused; streams work over TLS."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
+    chunked = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+               b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            for reply in (OK, chunked):
+                await _read_request(reader)
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    connections: list[int] = []
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://localhost:{server.sockets[0].getsockname()[1]}/v1/x"
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    up = LeanUpstream(ssl_context=client_ctx)
+    resp = await up.post(url, b"{}", {"content-type": "application/json"}, timeout=5)
+    assert (resp.status, resp.body) == (200, b"{}")
+    stream = await up.open_stream(url, b"{}", {}, timeout=5)
+    assert [c async for c in stream.chunks()] in ([b"hello", b" world"], [b"hello world"])
+    assert len(connections) == 1  # the TLS connection was kept alive and reused
+    await up.close()
+    untrusted = LeanUpstream()  # the system trust store does not know this CA
+    with pytest.raises(UpstreamError) as caught:
+        await untrusted.post(url, b"{}", {}, timeout=5)
+    assert caught.value.status == 502 and "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    await untrusted.close()
     server.close()

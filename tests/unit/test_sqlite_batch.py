@@ -98,13 +98,16 @@ async def test_results_only_after_commit(tmp_path: Path, inline: bool) -> None:
     assert len(_rows(path)) == 50  # every caller told "done" finds its row committed
 
 
+@pytest.mark.parametrize("restart_frames", [16_384, 0])
 async def test_the_worker_checkpoints_for_the_inline_connection(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restart_frames: int) -> None:
     """The loop's connection never checkpoints (autocheckpoint off); every
-    CHECKPOINT_EVERY of its commits the worker thread does, so the WAL stays short."""
+    CHECKPOINT_EVERY of its commits the worker thread does (PASSIVE, or RESTART past
+    RESTART_FRAMES), so the WAL stays short."""
     import tallygate.state.sqlite_batch as batch
 
     monkeypatch.setattr(batch, "CHECKPOINT_EVERY", 8)
+    monkeypatch.setattr(batch, "RESTART_FRAMES", restart_frames)
     path = tmp_path / "s.db"
     connect = _connector(path, 5000)
     connect().close()

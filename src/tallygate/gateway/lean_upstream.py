@@ -1,8 +1,9 @@
 """A lean upstream transport: HTTP/1.1 keep-alive connections on asyncio protocols,
 responses parsed by httptools (the parser uvicorn uses). Same interface as
-`gateway.upstream.Transport` (post / open_stream / StreamBody), chosen with
-`server.upstream: lean`; DESIGN.md measured such a client at about half of aiohttp's
-per-request cost. POST only (all the gateway sends), no redirects, no proxies."""
+`gateway.upstream.Transport` (post / open_stream / StreamBody); the default
+(`server.upstream: lean`; `aiohttp` selects gateway/upstream.py). DESIGN.md measured such
+a client at about half of aiohttp's per-request cost. POST only (all the gateway sends),
+no redirects, no proxies."""
 
 from __future__ import annotations
 
@@ -108,10 +109,13 @@ class _Exchange(asyncio.Protocol):
 
 
 class LeanUpstream:
-    def __init__(self, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, *, connect_timeout: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._connect_timeout = connect_timeout
         self._idle: dict[tuple[str, int, bool], list[_Exchange]] = {}
-        self._ssl: ssl.SSLContext | None = None
+        # https: the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR are honoured),
+        # hostname checked; or a context of your own (a private CA).
+        self._ssl: ssl.SSLContext | None = ssl_context
 
     async def start(self) -> None:
         return None

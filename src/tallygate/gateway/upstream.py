@@ -1,4 +1,5 @@
-"""The upstream transport: one pooled aiohttp session per gateway process.
+"""The upstream transport interface, and the aiohttp transport (`server.upstream: aiohttp`):
+one pooled aiohttp session per gateway process.
 
 Kept behind this small interface so a leaner transport can replace it (DESIGN.md)."""
 

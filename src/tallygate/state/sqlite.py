@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS state_flags (name TEXT PRIMARY KEY, value INTEGER NOT
 CREATE TABLE IF NOT EXISTS state_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state_claims (key TEXT PRIMARY KEY, until REAL NOT NULL);
 """
-# Up to 0.1.x a reservation was a state_reservations row plus one state_lines row per
+# In 0.1 a reservation was a state_reservations row plus one state_lines row per
 # hold. Holds still live in that layout are given back once, then the tables dropped.
 _OLD_LAYOUT = """
 UPDATE state_cells SET reserved = reserved - coalesce((

@@ -24,10 +24,12 @@ MAX_BATCH = 256
 BUSY_RATE = 3000
 _TICK = 0.01
 # The event loop's connection never checkpoints (copying the WAL back into the file
-# and syncing takes milliseconds): every this many of its commits the worker does, in
-# RESTART mode so the next writer reuses the WAL from its start even when the loop's
-# transactions keep overlapping the checkpoint (a passive one then never lets it).
+# and syncing takes milliseconds): every this many of its commits the worker does. A
+# PASSIVE checkpoint blocks nobody; if the loop's transactions kept overlapping them so
+# the WAL could never start over and it grew past RESTART_FRAMES, a RESTART one (writers
+# wait for it, briefly) makes the next writer reuse the WAL from its start.
 CHECKPOINT_EVERY = 256
+RESTART_FRAMES = 16_384  # 64 MiB of 4 KiB pages
 Work = Callable[[sqlite3.Connection], Any]
 _Item = tuple[Work, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 _STOP = object()
@@ -146,8 +148,7 @@ class BatchWorker:
                 for _, loop, future in batch:
                     _hand_back(loop, future, None, exc)
             if checkpoint and db is not None:
-                with contextlib.suppress(sqlite3.Error):  # busy: the next one catches up
-                    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                _checkpoint(db)
             if stop:
                 break
         if db is not None:
@@ -195,6 +196,13 @@ class BatchWorker:
             raise
         for (result, error), (_, loop, future) in zip(outcomes, batch, strict=True):
             _hand_back(loop, future, result, error)
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):  # busy: the next one catches up
+        [(_, frames, _)] = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        if frames > RESTART_FRAMES:
+            db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 def _hand_back(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any,
