@@ -1,7 +1,11 @@
-"""reserve_and_read / finish_and_read for stores that answer them in two steps: the
-operation and the usage reads are sent together (concurrently), so a networked store
-pays one round-trip time, not three (GuardedStore, which must route each step through
-its outage handling). SQLite, memory and Redis answer in one step instead."""
+"""How the plain and the reading forms of the store operations derive from each other.
+
+`ReadAlong`: reserve_and_read / finish_and_read for a store that answers them in two
+steps: the operation and the usage reads are sent together (concurrently), so a networked
+store pays one round-trip time, not three (GuardedStore, which must route each step
+through its outage handling). `PlainFromRead`: reserve / settle / release for a store
+whose native operations are the reading ones (SQLite, Redis: the reads ride in the same
+transaction or script, and with nothing to read they cost nothing)."""
 
 from __future__ import annotations
 
@@ -47,6 +51,30 @@ async def _along(operation: Awaitable[T], store: Any, read: Sequence[Hold], now:
     result, *usages = await asyncio.gather(operation, *reads, return_exceptions=True)
     if isinstance(result, BaseException):
         raise result
-    if any(isinstance(u, BaseException) for u in usages):
-        return result, []
-    return result, list(usages)
+    found = [u for u in usages if isinstance(u, LimitUsage)]
+    return result, found if len(found) == len(usages) else []
+
+
+class PlainFromRead:
+    """Mixin: reserve / settle / release as the *_and_read operations with no reads."""
+
+    async def reserve(
+        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float
+    ) -> Denial | None:
+        store: Any = self
+        denial, _ = await store.reserve_and_read(request_id, holds, lease=lease, now=now,
+                                                 read=())
+        return denial
+
+    async def settle(
+        self, request_id: str, actual: Mapping[str, int], *, now: float
+    ) -> SettleResult:
+        """An expired reservation is still charged its actual usage (the call
+        happened); its hold is freed exactly once, by whichever came first."""
+        store: Any = self
+        result, _ = await store.finish_and_read(request_id, actual, now=now, read=())
+        return result
+
+    async def release(self, request_id: str, *, now: float) -> None:
+        store: Any = self
+        await store.finish_and_read(request_id, None, now=now, read=())

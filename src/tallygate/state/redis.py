@@ -43,6 +43,7 @@ from tallygate.state import (
     check_time,
     check_usage_args,
 )
+from tallygate.state.read_along import PlainFromRead
 from tallygate.types import Denial, Hold, LimitUsage, Metric, SettleResult, Window
 
 RETENTION = 86_400  # seconds a finished reservation is remembered (idempotent settle)
@@ -113,7 +114,7 @@ def _settled(actual: Mapping[str, int], lines: Sequence[Any]) -> SettleResult:
     return SettleResult(charged=charged, overrun=overrun)
 
 
-class RedisStore:
+class RedisStore(PlainFromRead):
     """StateStore on Redis (standalone, or one Cluster slot via the hash tag)."""
 
     def __init__(self, url: str, *, namespace: str = "", connect_timeout: float = 2.0,
@@ -149,16 +150,8 @@ class RedisStore:
         name = counter_name(key, window, rolling)
         return f"{self._prefix}:c:{name}", f"{self._prefix}:l:{name}"
 
-    # -- reservations -------------------------------------------------------------
-    # reserve/settle/release are the *_and_read operations with nothing to read; those
-    # read usage inside the operation's own script (one EVALSHA, atomic with it).
-    async def reserve(
-        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float
-    ) -> Denial | None:
-        denial, _ = await self.reserve_and_read(request_id, holds, lease=lease, now=now,
-                                                read=())
-        return denial
-
+    # -- reservations (reserve / settle / release: PlainFromRead) ---------------------
+    # The reads ride inside the operation's own script (one EVALSHA, atomic with it).
     async def reserve_and_read(
         self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float,
         read: Sequence[Hold],
@@ -183,17 +176,6 @@ class RedisStore:
             raise InvalidRequest(f"request_id {request_id!r} was already {reply[1]}; "
                                  "use a new id for a new reservation")
         return _denial(holds, reply, now), []
-
-    async def settle(
-        self, request_id: str, actual: Mapping[str, int], *, now: float
-    ) -> SettleResult:
-        """An expired reservation is still charged its actual usage (the call
-        happened); its hold is freed exactly once, by whichever came first."""
-        result, _ = await self.finish_and_read(request_id, actual, now=now, read=())
-        return result
-
-    async def release(self, request_id: str, *, now: float) -> None:
-        await self.finish_and_read(request_id, None, now=now, read=())
 
     async def finish_and_read(
         self, request_id: str, actual: Mapping[str, int] | None, *, now: float,

@@ -30,6 +30,7 @@ from tallygate.state import (
     check_time,
     check_usage_args,
 )
+from tallygate.state.read_along import PlainFromRead
 from tallygate.state.sqlite_batch import BatchWorker
 from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
 
@@ -68,7 +69,7 @@ _UPSERT = ("INSERT INTO state_cells (counter, wid, used, reserved) VALUES (?, ?,
            "reserved = reserved + excluded.reserved")
 
 
-class SqliteStore:
+class SqliteStore(PlainFromRead):
     """StateStore on one SQLite file (or `:memory:` for a single store object)."""
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0,
@@ -124,14 +125,7 @@ class SqliteStore:
             raise StoreUnavailable(f"SQLite state store {self._path!r} unavailable: {exc}"
                                    ) from exc
 
-    # -- reservations -------------------------------------------------------------
-    async def reserve(
-        self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float
-    ) -> Denial | None:
-        denial, _ = await self.reserve_and_read(request_id, holds, lease=lease, now=now,
-                                                read=())
-        return denial
-
+    # -- reservations (reserve / settle / release: PlainFromRead) ---------------------
     async def reserve_and_read(
         self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float,
         read: Sequence[Hold],
@@ -177,15 +171,6 @@ class SqliteStore:
             db.execute("DELETE FROM state_holds WHERE live = 0 AND expires < ?",
                        (now - self._retention,))
         return None, _read(db, read, now, after)
-
-    async def settle(
-        self, request_id: str, actual: Mapping[str, int], *, now: float
-    ) -> SettleResult:
-        result, _ = await self.finish_and_read(request_id, actual, now=now, read=())
-        return result
-
-    async def release(self, request_id: str, *, now: float) -> None:
-        await self.finish_and_read(request_id, None, now=now, read=())
 
     async def finish_and_read(
         self, request_id: str, actual: Mapping[str, int] | None, *, now: float,

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 MAX_BATCH = 256
@@ -64,7 +64,7 @@ class BatchWorker:
         if self._inline_connect is not None and self._pending == 0 and not self._busy():
             done, result = self._try_inline(work)
             if done:
-                return result  # type: ignore[no-any-return]
+                return cast(T, result)
         self._pending += 1
         try:
             return await self._queued(work)
