@@ -9,7 +9,8 @@ A run's extra loops are the sum over its steps of (loops − 1).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from typing import Any
 
 from tallygate.ledger.base import LedgerStore
@@ -284,3 +285,44 @@ def what_if_json(w: WhatIf) -> dict[str, Any]:
         ],
         "notes": w.notes,
     }
+
+
+# ---------------------------------------------------------------- back from JSON
+# (what a gateway's /admin/reports/runs and /admin/reports/what-if return)
+
+
+def _fields(cls: type, item: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in item.items() if k in names}
+
+
+def _when(text: str | None) -> float | None:
+    return None if text is None else datetime.fromisoformat(text).timestamp()
+
+
+def runs_from_json(data: dict[str, Any]) -> RunsReport:
+    def step(item: dict[str, Any]) -> StepRow:
+        loops = [LoopRow(**_fields(LoopRow, loop)) for loop in item.get("loops", [])]
+        return StepRow(**{**_fields(StepRow, item), "loops": loops})
+
+    def run(item: dict[str, Any]) -> RunRow:
+        return RunRow(**{**_fields(RunRow, item),
+                         "steps": [step(s) for s in item.get("steps", [])]})
+
+    runs = [run(r) for r in data.get("runs", [])]
+    by_name = {r.run: r for r in runs}
+    return RunsReport(
+        _when(data.get("since")), _when(data.get("until")), runs,
+        [StepRank(**_fields(StepRank, s)) for s in data.get("costliest_steps", [])],
+        [by_name[r["run"]] for r in data.get("most_loops", []) if r["run"] in by_name],
+    )
+
+
+def what_if_from_json(data: dict[str, Any]) -> WhatIf:
+    return WhatIf(
+        step=str(data["step"]), model=str(data["model"]), since=_when(data.get("since")),
+        until=_when(data.get("until")),
+        groups=[WhatIfGroup(**_fields(WhatIfGroup, g)) for g in data.get("groups", [])],
+        current_nusd=int(data["current_nusd"]), what_if_nusd=int(data["what_if_nusd"]),
+        notes=[str(n) for n in data.get("notes", [])],
+    )

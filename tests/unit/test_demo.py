@@ -142,3 +142,26 @@ def test_bucket_rows_sums_tokens_per_bucket() -> None:
     assert t.by_step == {"planning": [10, 1], "(no step)": [0, 5], "review": [0, 7]}
     assert t.by_feature == {"coding": [10, 8], "chat": [0, 5]}
     assert bucket_rows([]).buckets == 0
+
+
+def test_demo_prices_with_the_configs_models(tmp_path: Path) -> None:
+    """--config: the demo keeps its own features and limits but prices with the policy's
+    `models:`, and the tallygate.yaml it leaves behind carries them (what-if agrees)."""
+    from tallygate.config import load_policy
+
+    config = tmp_path / "prices.yaml"
+    config.write_text("models:\n  gpt-4o-mini: {input_per_mtok: 100, output_per_mtok: 400}\n")
+    result = CliRunner().invoke(_cli(), ["demo", "--seconds", "1", "--json", "--config",
+                                         str(config), "--dir", str(tmp_path / "d"),
+                                         "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    data = orjson.loads(result.stdout)
+    # gpt-4o-mini now costs more than gpt-4o: moving verification to it would cost more.
+    assert data["what_if"]["model"] == "gpt-4o-mini"
+    assert data["what_if"]["what_if_nusd"] > data["what_if"]["current_nusd"] > 0
+    left = load_policy(tmp_path / "d" / "tallygate.yaml")
+    assert left.models["gpt-4o-mini"]["input_per_mtok"] == 100
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [1, 2]\n")
+    result = CliRunner().invoke(_cli(), ["demo", "--seconds", "1", "--config", str(bad)])
+    assert result.exit_code == 2 and "bad.yaml" in result.output

@@ -12,7 +12,14 @@ import pytest
 
 from tallygate.ledger import LedgerStore, open_ledger
 from tallygate.report import dumps, parse_when, usage_json, usage_report, usd_display, usd_text
-from tallygate.report_runs import runs_json, runs_report, what_if, what_if_json
+from tallygate.report_runs import (
+    runs_from_json,
+    runs_json,
+    runs_report,
+    what_if,
+    what_if_from_json,
+    what_if_json,
+)
 from tallygate.types import CallRecord, ModelInfo, Outcome
 from tests.support.ledgers import fresh_ledger_url
 
@@ -205,6 +212,15 @@ async def test_what_if_reprices_step_exactly(ledger) -> None:
     assert data["saving_nusd"] == 35495 and data["saving_usd"] == 0.000035495
     since = await what_if(ledger, "review", SMALL, since=DAY2 + 6 * 60)  # R2's review only
     assert (since.current_nusd, since.what_if_nusd) == (14400, 4803)
+
+
+async def test_runs_and_what_if_come_back_from_their_json(ledger) -> None:
+    """What `report runs --url` / `what-if --url` render is what the ledger gave."""
+    rep = await runs_report(ledger, since=T0)
+    assert runs_from_json(orjson.loads(dumps(runs_json(rep)))) == rep
+    w = await what_if(ledger, "review", SMALL, since=T0,
+                      lookup=lambda name: SONNET if name == "sonnet" else None)
+    assert what_if_from_json(orjson.loads(dumps(what_if_json(w)))) == w
 
 
 async def test_json_shape(ledger) -> None:

@@ -26,9 +26,13 @@ DirOpt = Annotated[Path | None, typer.Option(
     "--dir", help="Keep the storage (SQLite state and ledger) here instead of a temp dir.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Workload seed (same seed, same script).")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="Policy file whose `models:` (prices, context windows) the demo uses "
+    "(default ./tallygate.yaml when present); the demo keeps its own features and limits.")]
 
 
-async def _run(directory: Path, seconds: float, seed: int, console: Console) -> DemoResult:
+async def _run(directory: Path, seconds: float, seed: int, console: Console,
+               models: dict[str, Any]) -> DemoResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from tallygate.demo.results import collect
@@ -49,9 +53,10 @@ async def _run(directory: Path, seconds: float, seed: int, console: Console) -> 
                             f"refused (429): {rejected}")
 
         start = time.monotonic()
-        tally, workload, store = await run_workload(directory, seconds, advance, seed)
+        tally, workload, store = await run_workload(directory, seconds, advance, seed, models)
     try:
-        return await collect(store, directory, time.monotonic() - start, workload, tally)
+        return await collect(store, directory, time.monotonic() - start, workload, tally,
+                             models)
     finally:
         await store.close()
 
@@ -84,17 +89,25 @@ def demo(
     directory: DirOpt = None,
     json: JsonOpt = False,
     seed: SeedOpt = 7,
+    config: ConfigOpt = None,
 ) -> None:
     """Run an offline demo: simulated provider, gateway, agents and chat users; reports."""
     from rich.console import Console
 
+    from tallygate.config import load_policy
     from tallygate.demo.html import write_html
     from tallygate.demo.runner import demo_config_yaml
+    from tallygate.errors import TallygateError
     from tallygate.report import dumps
 
     if not out.parent.resolve().is_dir():  # fail before the run, not after it
         print(f"tallygate: error: demo: no directory {out.parent} for --out", file=sys.stderr)
         raise typer.Exit(2)
+    try:
+        models = load_policy(config).models
+    except TallygateError as exc:
+        print(f"tallygate: error: demo: {exc.message}", file=sys.stderr)
+        raise typer.Exit(2) from None
     console = Console(stderr=json, highlight=False)
     if not console.is_terminal:  # piped output gets room for the tables' columns
         console = Console(stderr=json, highlight=False, width=200)
@@ -103,8 +116,9 @@ def demo(
         try:
             where.mkdir(parents=True, exist_ok=True)
             if directory is not None:
-                (where / "tallygate.yaml").write_text(demo_config_yaml(where.resolve()))
-            result = asyncio.run(_run(where.resolve(), seconds, seed, console))
+                (where / "tallygate.yaml").write_text(
+                    demo_config_yaml(where.resolve(), models))
+            result = asyncio.run(_run(where.resolve(), seconds, seed, console, models))
             html = write_html(result, out)
         except OSError as exc:
             print(f"tallygate: error: demo: {exc}", file=sys.stderr)

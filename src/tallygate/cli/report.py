@@ -29,7 +29,7 @@ SinceOpt = Annotated[
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Until (exclusive), same forms.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 UrlOpt = Annotated[str | None, typer.Option(
-    "--url", help="Ask a running gateway (GET /admin/reports) instead of the ledger.")]
+    "--url", help="Ask a running gateway (its /admin/reports routes) instead of the ledger.")]
 AdminKeyOpt = Annotated[str | None, typer.Option(
     "--admin-key", envvar="TALLYGATE_ADMIN_KEY", help="Admin key for --url.")]
 ByOpt = Annotated[
@@ -145,7 +145,8 @@ def report_main(
     from tallygate.report import usage_from_json, usage_json, usage_report
 
     if url is not None:
-        data = _remote_report(url, admin_key, by, since, until)
+        data = _remote(url, admin_key, "/admin/reports",
+                       {"by": by, "since": since, "until": until})
         if json:
             _print_json(data)
         else:
@@ -164,16 +165,16 @@ def report_main(
         render.usage(rep)
 
 
-def _remote_report(url: str, admin_key: str | None, by: str, since: str | None,
-                   until: str | None) -> Any:
+def _remote(url: str, admin_key: str | None, path: str, params: dict[str, str | None]
+            ) -> Any:
+    """GET one of a running gateway's /admin/reports routes (None parameters left out)."""
     import urllib.parse
 
     from tallygate.cli.keys import Target
 
-    params = {"by": by, "since": since, "until": until}
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
     try:
-        return Target(None, None, url, admin_key).call("GET", f"/admin/reports?{query}")
+        return Target(None, None, url, admin_key).call("GET", f"{path}?{query}")
     except TallygateError as exc:
         raise _fail(exc.message) from None
 
@@ -185,16 +186,27 @@ def runs_main(
     json: JsonOpt = False,
     config: ConfigOpt = None,
     ledger: LedgerOpt = None,
+    url: UrlOpt = None,
+    admin_key: AdminKeyOpt = None,
 ) -> None:
     """Per-run steps with attempts (review loops), tokens and cost; costliest steps."""
     from tallygate.cli import report_render as render
-    from tallygate.report_runs import runs_json, runs_report
+    from tallygate.report_runs import runs_from_json, runs_json, runs_report
 
-    url = _ledger_url_checked(config, ledger)
+    if url is not None:
+        data = _remote(url, admin_key, "/admin/reports/runs",
+                       {"run": run, "since": since, "until": until})
+        if json:
+            _print_json(data)
+        else:
+            render.runs(runs_from_json(data))
+        return
+    ledger_url = _ledger_url_checked(config, ledger)
 
     async def work() -> Any:
         start, end = _window(since, until)
-        return await _on_ledger(url, lambda s: runs_report(s, run=run, since=start, until=end))
+        return await _on_ledger(ledger_url,
+                                lambda s: runs_report(s, run=run, since=start, until=end))
 
     rep = _run(work)
     if json:
@@ -211,28 +223,31 @@ def what_if_main(
     json: JsonOpt = False,
     config: ConfigOpt = None,
     ledger: LedgerOpt = None,
+    url: UrlOpt = None,
+    admin_key: AdminKeyOpt = None,
 ) -> None:
     """Re-price the recorded calls of a step as if it had used another model."""
     from tallygate.cli import report_render as render
-    from tallygate.report_runs import what_if, what_if_json
+    from tallygate.report_runs import what_if, what_if_from_json, what_if_json
 
-    url = _ledger_url_checked(config, ledger)
+    if url is not None:
+        data = _remote(url, admin_key, "/admin/reports/what-if",
+                       {"step": step, "model": model, "since": since, "until": until})
+        if json:
+            _print_json(data)
+        else:
+            render.what_if(what_if_from_json(data))
+        return
+    ledger_url = _ledger_url_checked(config, ledger)
 
     async def work() -> Any:
         from tallygate.core.catalog import Catalog
 
         catalog = Catalog(_policy_models(config))
         target = catalog.get(model)
-
-        def lookup(name: str) -> Any:
-            try:
-                return catalog.get(name)
-            except TallygateError:
-                return None
-
         window = _window(since, until)
-        return await _on_ledger(url, lambda store: what_if(
-            store, step, target, since=window[0], until=window[1], lookup=lookup))
+        return await _on_ledger(ledger_url, lambda store: what_if(
+            store, step, target, since=window[0], until=window[1], lookup=catalog.find))
 
     result = _run(work)
     if json:

@@ -150,6 +150,13 @@ class Catalog:
             self._cache[name] = info
         return info
 
+    def find(self, name: str) -> ModelInfo | None:
+        """get(), or None for a model the catalog does not know."""
+        try:
+            return self.get(name)
+        except UnknownModel:
+            return None
+
     def suggestions(self, name: str, n: int = 5) -> list[str]:
         return difflib.get_close_matches(name, self.names(), n=n, cutoff=0.5)
 

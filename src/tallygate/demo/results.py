@@ -4,6 +4,7 @@ tokens over time that the HTML report charts."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,9 @@ from typing import Any
 from tallygate.core.catalog import Catalog
 from tallygate.demo.runner import TIERS, WHAT_IF_STEP, ClientTally
 from tallygate.demo.workload import Workload
-from tallygate.errors import TallygateError
 from tallygate.ledger.base import LedgerStore
 from tallygate.report import UsageReport, usage_json, usage_report
 from tallygate.report_runs import RunsReport, WhatIf, runs_json, runs_report, what_if, what_if_json
-from tallygate.types import ModelInfo
 
 TIMELINE_BUCKETS = 20
 
@@ -71,15 +70,8 @@ WHERE outcome <> 'rejected' ORDER BY ts"""
 
 
 async def collect(store: LedgerStore, directory: Path, seconds: float, workload: Workload,
-                  tally: ClientTally) -> DemoResult:
-    catalog = Catalog()
-
-    def lookup(name: str) -> ModelInfo | None:
-        try:
-            return catalog.get(name)
-        except TallygateError:
-            return None
-
+                  tally: ClientTally, models: Mapping[str, Any] | None = None) -> DemoResult:
+    catalog = Catalog(models)
     target = catalog.get(TIERS["small"])
     return DemoResult(
         directory=directory, seconds=seconds, workload=workload, tally=tally,
@@ -87,7 +79,7 @@ async def collect(store: LedgerStore, directory: Path, seconds: float, workload:
         by_feature=await usage_report(store, "feature"),
         by_user=await usage_report(store, "user"),
         runs=await runs_report(store),
-        what_if=await what_if(store, WHAT_IF_STEP, target, lookup=lookup),
+        what_if=await what_if(store, WHAT_IF_STEP, target, lookup=catalog.find),
         timeline=bucket_rows(await store.query(_TIMELINE_SQL)),
     )
 

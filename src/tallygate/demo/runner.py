@@ -10,7 +10,7 @@ import asyncio
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,10 @@ class ClientTally:
                    if o == outcome and (user is None or u == user))
 
 
-def demo_policy(sim_url: str, directory: Path) -> Policy:
-    """The demo's policy: both providers are the simulator, storage is SQLite in `directory`."""
+def demo_policy(sim_url: str, directory: Path, models: Mapping[str, Any] | None = None
+                ) -> Policy:
+    """The demo's policy: both providers are the simulator, storage is SQLite in `directory`;
+    `models`: the `models:` overrides of the user's policy (prices, windows, encodings)."""
     db = directory / "tallygate.db"
     data: dict[str, Any] = {
         "storage": {"state": f"sqlite:///{directory / 'state.db'}", "ledger": f"sqlite:///{db}"},
@@ -80,13 +82,15 @@ def demo_policy(sim_url: str, directory: Path) -> Policy:
         "plans": {name: {"tokens_per_day": n} for name, n in PLANS.items()},
         "limits": {"global": {"tokens_per_minute": 2_000_000}, "run": {"cost_usd_per_day": 5}},
         "admin_key": "tg-demo-admin",
+        "models": dict(models or {}),
     }
     return Policy.from_mapping(data, "<demo>")
 
 
-def demo_config_yaml(directory: Path) -> str:
+def demo_config_yaml(directory: Path, models: Mapping[str, Any] | None = None) -> str:
     """A tallygate.yaml pointing at the demo's storage, so `tallygate report` and
-    `tallygate budgets --config` can be run on it afterwards."""
+    `tallygate budgets --config` can be run on it afterwards (with the `models:` the demo
+    priced with, so `what-if` there agrees)."""
     db = directory / "tallygate.db"
     tiers = ", ".join(f"{k}: {v}" for k, v in TIERS.items())
     steps = ", ".join(f"{k}: {v}" for k, v in STEP_ROUTES.items())
@@ -100,7 +104,18 @@ def demo_config_yaml(directory: Path) -> str:
         f"  {WORKFLOW_FEATURE}: {{max_input: 32000, max_output: 2000, model: 'tier:medium'}}\n"
         f"plans:\n{plans}\n"
         "limits: {global: {tokens_per_minute: 2000000}, run: {cost_usd_per_day: 5}}\n"
+        + _models_yaml(models)
     )
+
+
+def _models_yaml(models: Mapping[str, Any] | None) -> str:
+    if not models:
+        return ""
+    import orjson
+
+    # YAML numbers load as Decimal: written back as their exact decimal text.
+    plain = orjson.loads(orjson.dumps(models, default=str))
+    return "models: " + orjson.dumps(plain).decode() + "\n"  # JSON is YAML
 
 
 # ---------------------------------------------------------------------- servers
@@ -114,9 +129,9 @@ class Servers:
         self.sim, self.gateway, self.server, self.task, self.url = sim, gateway, server, task, url
 
     @classmethod
-    async def start(cls, directory: Path) -> Servers:
+    async def start(cls, directory: Path, models: Mapping[str, Any] | None = None) -> Servers:
         sim = await start_sim(config=SIM_CONFIG)
-        gateway = Gateway(demo_policy(sim.url, directory))
+        gateway = Gateway(demo_policy(sim.url, directory, models))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -263,13 +278,14 @@ async def replay(url: str, secrets: dict[str, str], workload: Workload, seconds:
 
 
 async def run_workload(directory: Path, seconds: float, progress: Progress,
-                       seed: int = 7) -> tuple[ClientTally, Workload, Any]:
+                       seed: int = 7, models: Mapping[str, Any] | None = None
+                       ) -> tuple[ClientTally, Workload, Any]:
     """Start everything, replay the workload, flush the ledger; returns the client tally,
     the workload and the ledger store (open: the caller closes it)."""
     from tallygate.ledger import open_ledger
 
     workload = build_workload(seed)
-    servers = await Servers.start(directory)
+    servers = await Servers.start(directory, models)
     try:
         secrets = await create_keys(servers.gateway, workload)
         tally = await replay(servers.url, secrets, workload, seconds, progress)

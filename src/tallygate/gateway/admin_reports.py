@@ -1,6 +1,7 @@
 """Read-only admin routes over a running gateway's own storage: `GET /admin/budgets`
-(what `tallygate budgets --url` shows) and `GET /admin/reports` (`tallygate report
---url`). Same admin key and error format as /admin/keys."""
+(what `tallygate budgets --url` shows), `GET /admin/reports` (`tallygate report --url`),
+`GET /admin/reports/runs` (`report runs --url`) and `GET /admin/reports/what-if`
+(`what-if --url`). Same admin key and error format as /admin/keys."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tallygate.budgets import Query, budget_rows, iso, row_json
+from tallygate.errors import InvalidRequest
 from tallygate.gateway.admin import AdminGuard, _guarded
 from tallygate.report import dumps, parse_when, usage_json, usage_report
+from tallygate.report_runs import runs_json, runs_report, what_if, what_if_json
 
 if TYPE_CHECKING:
     from tallygate.runtime import Runtime
@@ -32,18 +35,42 @@ def report_routes(rt: Runtime, admin_key: str | None) -> list[Route]:
         return _exact_json({"now": iso(now), "limits": [row_json(r, now) for r in rows]})
 
     async def reports(request: Request) -> Response:
+        since, until = await _window(request)
+        by = request.query_params.get("by", "feature")  # usage_report refuses unknown ones
+        report = await usage_report(rt.ledger, by, since=since, until=until)
+        return _exact_json(usage_json(report))
+
+    async def runs(request: Request) -> Response:
+        since, until = await _window(request)
+        report = await runs_report(rt.ledger, run=request.query_params.get("run"),
+                                   since=since, until=until)
+        return _exact_json(runs_json(report))
+
+    async def repriced(request: Request) -> Response:
         p = request.query_params
-        by = p.get("by", "feature")  # usage_report refuses unknown dimensions
+        step, model = p.get("step"), p.get("model")
+        if not step or not model:
+            raise InvalidRequest("what-if needs ?step=STEP&model=MODEL")
+        target = rt.catalog.get(model)  # unknown → 400 with close names
+        since, until = await _window(request)
+        result = await what_if(rt.ledger, step, target, since=since, until=until,
+                               lookup=rt.catalog.find)
+        return _exact_json(what_if_json(result))
+
+    async def _window(request: Request) -> tuple[float | None, float | None]:
+        """?since / ?until, after the rows still in the writer's batch are written."""
+        p = request.query_params
         now = time.time()
         since = parse_when(p["since"], now) if p.get("since") else None
         until = parse_when(p["until"], now) if p.get("until") else None
-        await rt.writer.flush()  # rows still in the writer's batch count too
-        report = await usage_report(rt.ledger, by, since=since, until=until)
-        return _exact_json(usage_json(report))
+        await rt.writer.flush()
+        return since, until
 
     return [
         Route("/admin/budgets", _guarded(guard, budgets), methods=["GET"]),
         Route("/admin/reports", _guarded(guard, reports), methods=["GET"]),
+        Route("/admin/reports/runs", _guarded(guard, runs), methods=["GET"]),
+        Route("/admin/reports/what-if", _guarded(guard, repriced), methods=["GET"]),
     ]
 
 
