@@ -176,3 +176,29 @@ def test_a_stream_refused_before_its_first_byte_is_retried(make_gateway, sim) ->
     assert chunks
     [row] = rows_when(gw, 1)
     assert row.retries == 1 and row.outcome == Outcome.OK
+
+
+def test_anthropic_prompt_too_long_halves_then_trims(make_gateway, sim) -> None:
+    """Anthropic's "prompt is too long" (400 invalid_request_error) is recognised as a
+    context-length error: the output cap is halved, then old turns are trimmed."""
+    import anthropic
+
+    gw = make_gateway()  # chat: on_exceed trim
+    fast_retries(gw)
+    key = gw.create_key("u", "pro")
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20}
+             for i in range(9)]
+    sim.push_faults("context_length_exceeded", "context_length_exceeded")
+    ant = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0,
+                              default_headers={"X-Tallygate-Feature": "chat"})
+    answer = ant.messages.create(model="claude-haiku-4-5", max_tokens=80, messages=turns)
+    assert answer.usage.output_tokens > 0
+    sent = sim.stats.last_body("messages")
+    assert len(sent["messages"]) < len(turns) and sent["max_tokens"] == 40
+    assert sent["messages"][-1] == turns[-1]  # the newest turn is kept
+    [row] = gw.rows()
+    info = detail(row)
+    assert row.retries == 2 and row.outcome == Outcome.TRIMMED
+    assert info["halved"] == [{"from": 80, "to": 40}]
+    assert info["trimmed_on_retry"][0]["to"] < info["trimmed_on_retry"][0]["from"]
+    assert nothing_held(gw, key)
