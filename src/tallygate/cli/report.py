@@ -127,6 +127,24 @@ def _print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def _show(report: T, json: bool, render: Callable[[T], None],
+          to_json: Callable[[T], Any]) -> None:
+    """A report read from the ledger: as JSON, or rendered as tables."""
+    if json:
+        _print_json(to_json(report))
+    else:
+        render(report)
+
+
+def _show_remote(data: Any, json: bool, render: Callable[[T], None],
+                 from_json: Callable[[Any], T]) -> None:
+    """A report a gateway sent as JSON: printed as received, or rendered as tables."""
+    if json:
+        _print_json(data)
+    else:
+        render(from_json(data))
+
+
 def report_main(
     ctx: typer.Context,
     by: ByOpt = "feature",
@@ -145,12 +163,9 @@ def report_main(
     from tallygate.report import usage_from_json, usage_json, usage_report
 
     if url is not None:
-        data = _remote(url, admin_key, "/admin/reports",
-                       {"by": by, "since": since, "until": until})
-        if json:
-            _print_json(data)
-        else:
-            render.usage(usage_from_json(data))
+        _show_remote(_remote(url, admin_key, "/admin/reports",
+                             {"by": by, "since": since, "until": until}),
+                     json, render.usage, usage_from_json)
         return
     url = _ledger_url_checked(config, ledger)
 
@@ -158,11 +173,7 @@ def report_main(
         start, end = _window(since, until)
         return await _on_ledger(url, lambda s: usage_report(s, by, since=start, until=end))
 
-    rep = _run(work)
-    if json:
-        _print_json(usage_json(rep))
-    else:
-        render.usage(rep)
+    _show(_run(work), json, render.usage, usage_json)
 
 
 def _remote(url: str, admin_key: str | None, path: str, params: dict[str, str | None]
@@ -194,12 +205,9 @@ def runs_main(
     from tallygate.report_runs import runs_from_json, runs_json, runs_report
 
     if url is not None:
-        data = _remote(url, admin_key, "/admin/reports/runs",
-                       {"run": run, "since": since, "until": until})
-        if json:
-            _print_json(data)
-        else:
-            render.runs(runs_from_json(data))
+        _show_remote(_remote(url, admin_key, "/admin/reports/runs",
+                             {"run": run, "since": since, "until": until}),
+                     json, render.runs, runs_from_json)
         return
     ledger_url = _ledger_url_checked(config, ledger)
 
@@ -208,11 +216,7 @@ def runs_main(
         return await _on_ledger(ledger_url,
                                 lambda s: runs_report(s, run=run, since=start, until=end))
 
-    rep = _run(work)
-    if json:
-        _print_json(runs_json(rep))
-    else:
-        render.runs(rep)
+    _show(_run(work), json, render.runs, runs_json)
 
 
 def what_if_main(
@@ -231,12 +235,9 @@ def what_if_main(
     from tallygate.report_runs import what_if, what_if_from_json, what_if_json
 
     if url is not None:
-        data = _remote(url, admin_key, "/admin/reports/what-if",
-                       {"step": step, "model": model, "since": since, "until": until})
-        if json:
-            _print_json(data)
-        else:
-            render.what_if(what_if_from_json(data))
+        _show_remote(_remote(url, admin_key, "/admin/reports/what-if",
+                             {"step": step, "model": model, "since": since, "until": until}),
+                     json, render.what_if, what_if_from_json)
         return
     ledger_url = _ledger_url_checked(config, ledger)
 
@@ -249,11 +250,7 @@ def what_if_main(
         return await _on_ledger(ledger_url, lambda store: what_if(
             store, step, target, since=window[0], until=window[1], lookup=catalog.find))
 
-    result = _run(work)
-    if json:
-        _print_json(what_if_json(result))
-    else:
-        render.what_if(result)
+    _show(_run(work), json, render.what_if, what_if_json)
 
 
 def register(app: typer.Typer) -> None:
