@@ -1,6 +1,7 @@
 """The gateway's own Python per call, without network or server: the ASGI app driven
-in-process with a canned upstream reply, once with memory:// state and once with SQLite
-state (SQLite ledger and journal in both), one call at a time. This is most of what
+in-process with a canned upstream reply, with memory:// state, SQLite state in owner mode
+(what a one-worker `serve` uses) and in shared mode (SQLite ledger and journal in all),
+one call at a time. This is most of what
 `bench/overhead.py` sees on top of the bare forwarder (the rest: the upstream client and
 uvicorn).
 
@@ -49,7 +50,8 @@ class CannedUpstream:
         return UpstreamResponse(200, {"content-type": "application/json"}, REPLY)
 
 
-async def measure(state: str | None, calls: int) -> list[float]:
+async def measure(state: str | None, calls: int, *, sole_process: bool = True
+                  ) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="tg-inproc-") as tmpdir:
         config = gateway_config(Path(tmpdir), "http://127.0.0.1:9")
         if state:
@@ -57,7 +59,7 @@ async def measure(state: str | None, calls: int) -> list[float]:
             data["storage"]["state"] = state
             config.write_text(yaml.safe_dump(data))
         key = create_key(config)
-        app = create_app(load_policy(config))
+        app = create_app(load_policy(config), sole_process=sole_process)
         app.upstream = CannedUpstream()  # type: ignore[assignment]
         inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
         started = asyncio.Event()
@@ -107,8 +109,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     rows = []
-    for name, state in (("memory://", "memory://"), ("sqlite (default)", None)):
-        times = sorted(asyncio.run(measure(state, args.calls)))
+    for name, state, sole in (("memory://", "memory://", True),
+                              ("sqlite, owner mode (serve's default)", None, True),
+                              ("sqlite, shared mode", None, False)):
+        times = sorted(asyncio.run(measure(state, args.calls, sole_process=sole)))
         p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99)]
         rows.append(f"| {name} | {args.calls} | {statistics.mean(times) * 1e6:.0f} | "
                     f"{p50 * 1e6:.0f} | {p99 * 1e6:.0f} |")
@@ -118,7 +122,7 @@ def main() -> None:
         f"Command: `python bench/gateway_inprocess.py --calls {args.calls}`",
         f"Machine: {platform.machine()}, Python {platform.python_version()}. The ASGI app "
         "driven directly (no server, no network), canned upstream reply, one call at a "
-        "time, paced at about 1,000 calls/s; SQLite ledger + journal in both rows.",
+        "time, paced at about 1,000 calls/s; SQLite ledger + journal in every row.",
         "",
         "| state | calls | mean µs | p50 µs | p99 µs |",
         "|---|---|---:|---:|---:|",

@@ -1,8 +1,9 @@
 """Gateway overhead against the bare forwarding floor, measured in the same run.
 
 Starts the simulated provider, the bare forwarder (bench/floor.py) and the gateway
-(`tallygate serve`, SQLite state and ledger; again with alert rules firing; again with
-memory:// state) as separate processes on 127.0.0.1, then
+(`tallygate serve`, SQLite state and ledger, defaults: the one worker owns its state
+file; again with alert rules firing; again with `state_mode: shared`, every operation a
+SQLite transaction; again with memory:// state) as separate processes on 127.0.0.1, then
 drives each target with an aiohttp load generator: non-streaming latency at 1 and 32
 concurrent clients and throughput at 32, and streaming time to first token. Added
 latency = target p50 minus the direct-to-simulator p50 of the same round; rounds
@@ -109,10 +110,10 @@ def pct(values: list[float], q: float) -> float:
 
 def gateway_config(tmp: Path, sim_url: str, *, alerts: bool = False,
                    name: str = "tallygate", upstream: str = "lean",
-                   state: str | None = None) -> Path:
+                   state: str | None = None, state_mode: str = "auto") -> Path:
     policy: dict[str, object] = {
         "storage": {"state": state or f"sqlite:///{tmp}/state.db",
-                    "ledger": f"sqlite:///{tmp}/ledger.db"},
+                    "ledger": f"sqlite:///{tmp}/ledger.db", "state_mode": state_mode},
         "providers": {"openai": {"protocol": "openai", "base_url": f"{sim_url}/v1",
                                  "api_key": "sk-sim"}},
         "features": {"default": {"max_output": 64, "model": "gpt-4o-mini"}},
@@ -221,17 +222,22 @@ def main() -> None:
             procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
                                 str(alerts_config), "--port", alerts_url.rsplit(":", 1)[1]],
                                alerts_url + "/healthz"))
-            # The same gateway with its limits in process memory (memory://): what the
-            # SQLite state store costs, by difference.
-            mem_dir = tmp / "memory"
-            mem_dir.mkdir()
-            mem_config = gateway_config(mem_dir, sim_url, upstream=args.upstream,
-                                        state="memory://")
-            mem_key = create_key(mem_config)
-            mem_url = f"http://127.0.0.1:{free_port()}"
-            procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
-                                str(mem_config), "--port", mem_url.rsplit(":", 1)[1]],
-                               mem_url + "/healthz"))
+            # The same gateway with SQLite in shared mode (what several workers on one
+            # file pay) and with its limits in memory:// (no durability at all).
+            variants = {}
+            for name, opts in (("shared", {"state_mode": "shared"}),
+                               ("memory", {"state": "memory://"})):
+                var_dir = tmp / name
+                var_dir.mkdir()
+                var_config = gateway_config(var_dir, sim_url, upstream=args.upstream,
+                                            **opts)
+                var_key = create_key(var_config)
+                var_url = f"http://127.0.0.1:{free_port()}"
+                procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
+                                    str(var_config), "--port", var_url.rsplit(":", 1)[1]],
+                                   var_url + "/healthz"))
+                variants[name] = (var_url + "/v1/chat/completions",
+                                  {"authorization": f"Bearer {var_key}"})
             auth = {"authorization": "Bearer sk-sim"}
             targets = {
                 "direct": (sim_url + "/v1/chat/completions", auth),
@@ -239,8 +245,8 @@ def main() -> None:
                 "gateway": (gw_url + "/v1/chat/completions", {"authorization": f"Bearer {key}"}),
                 "gateway+alerts": (alerts_url + "/v1/chat/completions",
                                    {"authorization": f"Bearer {alerts_key}"}),
-                "gateway memory-state": (mem_url + "/v1/chat/completions",
-                                         {"authorization": f"Bearer {mem_key}"}),
+                "gateway shared-sqlite": variants["shared"],
+                "gateway memory-state": variants["memory"],
             }
             results: dict[tuple[str, str], list[tuple[list[float], float]]] = {}
             for _ in range(args.rounds):

@@ -229,6 +229,11 @@ class Storage(BaseModel):
     state: str = "sqlite:///tallygate.db"
     ledger: str = "sqlite:///tallygate.db"
     fail_mode: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # SQLite state only (docs/architecture.md): `owner` keeps the limits in this process's
+    # memory with a journal (fastest; one process per file), `shared` runs every operation
+    # as a SQLite transaction (any number of processes); `auto` = owner for a one-worker
+    # `tallygate serve`, shared for everything else.
+    state_mode: Literal["auto", "owner", "shared"] = "auto"
     lease_seconds: Seconds = 600.0
     # The ledger writer's crash journal (docs/ledger.md): None = beside a SQLite ledger,
     # or ./.tallygate-journal for PostgreSQL. fsync: never | batch | always.

@@ -37,8 +37,15 @@ def _warm_encodings() -> None:
         get_encoding(name)
 
 
-def open_state(policy: Policy) -> StateStore:
-    """The configured state store; a shared (Redis) one is guarded by the fail mode."""
+def open_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
+    """The configured state store; a shared (Redis) one is guarded by the fail mode.
+    `sole_process`: nothing else will use a SQLite state file (a one-worker `serve`), so
+    `state_mode: auto` may own it."""
+    storage = policy.storage
+    if storage.state.startswith("sqlite:") and not storage.state.endswith(":memory:"):
+        owner = storage.state_mode == "owner" or (storage.state_mode == "auto"
+                                                  and sole_process)
+        return from_url(storage.state, owner=owner)
     store = from_url(policy.storage.state)
     if policy.storage.state.startswith(("redis://", "rediss://")):
         from tallygate.state.guard import GuardedStore
@@ -60,12 +67,13 @@ class Runtime:
 
     @classmethod
     async def open(
-        cls, policy: Policy, *, clock: Callable[[], float] = time.time
+        cls, policy: Policy, *, clock: Callable[[], float] = time.time,
+        sole_process: bool = False,
     ) -> Runtime:
         catalog = Catalog(policy.models)
         # Build the tokenizers now (≈1.5 s, in a thread) rather than on the first request.
         await asyncio.to_thread(_warm_encodings)
-        store = open_state(policy)
+        store = open_state(policy, sole_process=sole_process)
         ledger = await open_ledger(policy.storage.ledger)
         journal = policy.storage.ledger_journal or default_journal_dir(policy.storage.ledger)
         writer = LedgerWriter(

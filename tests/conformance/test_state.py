@@ -1,5 +1,5 @@
-"""One conformance suite for every state store: memory, sqlite and redis (a real
-redis-server from the session fixture). Time is injected everywhere."""
+"""One conformance suite for every state store: memory, sqlite (shared and owner mode)
+and redis (a real redis-server from the session fixture). Time is injected everywhere."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from tallygate.core.windows import ROLLING_SLOTS, bucket_bounds, counter_name
 from tallygate.errors import ConfigError, InvalidRequest
 from tallygate.state import StateStore, from_url
 from tallygate.types import Hold, LimitUsage, Metric, Window
+from tests.support.state import abandon
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "sqlite-owner", "redis"]
 T0 = 1_718_000_000.0  # 2024-06-10T06:13:20Z, mid-day
 DAY_START = T0 - T0 % 86400
 
@@ -39,6 +40,12 @@ async def store_factory(
             return shared_memory[0]
         if kind == "sqlite":
             store = from_url(f"sqlite:///{tmp_path / 'state.db'}")
+        elif kind == "sqlite-owner":  # one process owns the file: one store object
+            if opened:
+                return opened[0]
+            # Snapshots every 10 ms: they run between and during the operations.
+            store = from_url(f"sqlite:///{tmp_path / 'state.db'}", owner=True,
+                             flush_seconds=0.01)
         else:
             redis_url = request.getfixturevalue("redis_url")
             store = from_url(redis_url, namespace=namespace)
@@ -509,6 +516,7 @@ from hypothesis.stateful import (  # noqa: E402
     RuleBasedStateMachine,
     consumes,
     invariant,
+    precondition,
     rule,
 )
 
@@ -552,7 +560,14 @@ class _Model:
         return sum(a for k, w, a in self.late if k == key and lo <= w <= hi)
 
 
-def _machine(make: Callable[[], StateStore]) -> type[RuleBasedStateMachine]:
+Reopen = Callable[[StateStore, bool], Awaitable[StateStore]]
+
+
+def _machine(make: Callable[[], StateStore], reopen: Reopen | None = None
+             ) -> type[RuleBasedStateMachine]:
+    """`reopen(store, crash)`: the same state opened again after a clean close or, with
+    crash, after the process died (the SQLite stores)."""
+
     class StoreMachine(RuleBasedStateMachine):
         reservations = Bundle("reservations")
 
@@ -638,6 +653,12 @@ def _machine(make: Callable[[], StateStore]) -> type[RuleBasedStateMachine]:
         def tick(self, dt: float) -> None:
             self.model.now += dt
 
+        @precondition(lambda self: reopen is not None)
+        @rule(crash=st.booleans())
+        def restart(self, crash: bool) -> None:
+            assert reopen is not None
+            self.store = self.run(reopen(self.store, crash))  # type: ignore[assignment]
+
         @invariant()
         def matches_model_and_never_overspends(self) -> None:
             m = self.model
@@ -660,15 +681,26 @@ def test_state_machine_invariants(kind: str, request: pytest.FixtureRequest,
     if kind == "memory":
         def make() -> StateStore:
             return from_url("memory://")
-    elif kind == "sqlite":
+    reopen: Reopen | None = None
+    if kind.startswith("sqlite"):
+        owner = kind == "sqlite-owner"
+        opts = {"owner": True, "flush_seconds": 0.005} if owner else {}
+
         def make() -> StateStore:
-            return from_url(f"sqlite:///{tmp_path / uuid.uuid4().hex}.db")
+            return from_url(f"sqlite:///{tmp_path / uuid.uuid4().hex}.db", **opts)
+
+        async def reopen(store: StateStore, crash: bool) -> StateStore:
+            if crash and owner:
+                await abandon(store)  # type: ignore[arg-type]
+            else:
+                await store.close()
+            return from_url(f"sqlite:///{store._path}", **opts)  # type: ignore[attr-defined]
     else:
         redis_url = request.getfixturevalue("redis_url")
 
         def make() -> StateStore:
             return from_url(redis_url, namespace=uuid.uuid4().hex[:12])
-    machine = _machine(make)
+    machine = _machine(make, reopen)
     examples = 60 if kind == "memory" else 20
     machine.TestCase.settings = settings(max_examples=examples, stateful_step_count=40,
                                          deadline=None)

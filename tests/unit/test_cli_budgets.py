@@ -192,3 +192,22 @@ def test_missing_state_store_is_reported(cli: typer.Typer, tmp_path: Path) -> No
     assert result.exit_code == 2
     assert "no state store at" in result.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_state_file_owned_by_a_gateway_points_to_url(cli: typer.Typer,
+                                                       setup: dict[str, Any]) -> None:
+    """A one-worker gateway owns its SQLite state (owner mode): the local read is
+    refused with the way to ask the gateway instead, and the owner keeps its figures."""
+    import os
+
+    policy = load_policy(setup["config"])
+    owner = from_url(policy.storage.state, owner=True)
+    try:
+        result = CliRunner().invoke(cli, ["budgets", "--config", setup["config"]])
+        assert result.exit_code == 2
+        assert f"owned by process {os.getpid()}" in result.stderr
+        assert "budgets --url" in result.stderr and "Traceback" not in result.output
+    finally:
+        asyncio.run(owner.close())
+    assert _by_key(_json(cli, "--user", "alice", "--config", setup["config"])
+                   )["user:alice:tokens:day"]["used"] == 1_200

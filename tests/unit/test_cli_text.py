@@ -87,6 +87,18 @@ def test_serve_refuses_memory_state_with_several_workers(tmp_path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_serve_refuses_owner_state_with_several_workers(tmp_path) -> None:
+    config = tmp_path / "t.yaml"
+    config.write_text(f"storage: {{state: 'sqlite:///{tmp_path}/s.db', "
+                      "ledger: 'memory://', state_mode: owner}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tallygate", "serve", "--config", str(config), "--workers", "2"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "state_mode owner keeps the limits in one process" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_config_models_apply_to_count(tmp_path) -> None:
     config = tmp_path / "t.yaml"
     config.write_text("models:\n  my-local-llama: {provider: local, context_window: 8192, "

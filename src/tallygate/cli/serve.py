@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 CONFIG_ENV = "TALLYGATE_CONFIG"
+WORKERS_ENV = "TALLYGATE_WORKERS"  # set by `serve`: "1" lets state_mode auto own SQLite
 
 
 def app_from_env() -> object:
@@ -16,7 +17,8 @@ def app_from_env() -> object:
     from tallygate.config import load_policy
     from tallygate.gateway.app import create_app
 
-    return create_app(load_policy(os.environ.get(CONFIG_ENV) or None))
+    return create_app(load_policy(os.environ.get(CONFIG_ENV) or None),
+                      sole_process=os.environ.get(WORKERS_ENV) == "1")
 
 
 def register(app: typer.Typer) -> None:
@@ -41,8 +43,14 @@ def register(app: typer.Typer) -> None:
                 "storage.state memory:// cannot be shared by several workers: use "
                 "sqlite:///PATH (one machine) or redis:// (several machines), or --workers 1."
             )
+        if workers > 1 and policy.storage.state_mode == "owner" and \
+                policy.storage.state.startswith("sqlite:"):
+            raise ConfigError(
+                "storage.state_mode owner keeps the limits in one process: with several "
+                "workers use state_mode shared (or auto), or --workers 1.")
         if config is not None:
             os.environ[CONFIG_ENV] = str(config.resolve())
+        os.environ[WORKERS_ENV] = str(workers)
         bind_host = host or policy.server.host
         bind_port = policy.server.port if port is None else port
         typer.echo(f"tallygate gateway on http://{bind_host}:{bind_port} ({workers} worker(s))")

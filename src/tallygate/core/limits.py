@@ -79,7 +79,7 @@ def parse_key(key: str) -> ParsedKey:
     return ParsedKey(scope, ident, Metric(parts[-2]), Window(parts[-1]), rolling)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ would cost ~0.1 µs a field, per call
 class Identity:
     """Who is calling. `key_limits` are the virtual key's own limits, if any."""
 
@@ -90,7 +90,7 @@ class Identity:
     key_limits: LimitFields | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ would cost ~0.1 µs a field, per call
 class Amounts:
     """The most one call can use: tokens (input + capped output × n), cost upper bound."""
 

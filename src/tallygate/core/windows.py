@@ -94,4 +94,27 @@ def room_returns_at(
 def counter_name(key: str, window: Window, rolling: bool) -> str:
     """Storage name of a limit's counters: the same key under another window kind
     never shares (or mixes up) buckets and slots."""
-    return f"{'r' if rolling else 'c'}:{window.value}:{key}"
+    return ("r:" if rolling else "c:") + window + ":" + key  # (a StrEnum adds as its value)
+
+
+class LiveRanges:
+    """live_range(), remembered until `now` leaves the bucket or slot: the in-memory
+    stores ask for the same window thousands of times a second."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[Window, bool], tuple[float, float, int, int]] = {}
+
+    def get(self, window: Window, now: float, rolling: bool) -> tuple[int, int]:
+        known = self._known.get((window, rolling))
+        if known is not None and known[0] <= now < known[1]:
+            return known[2], known[3]
+        oldest, current = live_range(window, now, rolling)
+        if rolling:
+            size = slot_seconds(window)
+            start, end = current * size, (current + 1) * size
+        else:
+            start, end = bucket_bounds(window, current)
+        self._known[(window, rolling)] = (start, end, oldest, current)
+        return oldest, current

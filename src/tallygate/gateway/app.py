@@ -40,9 +40,11 @@ _NOT_FOUND = orjson.dumps(
 class Gateway:
     """ASGI callable. `runtime` is opened at lifespan start (or injected by tests)."""
 
-    def __init__(self, policy: Policy, *, runtime: Runtime | None = None) -> None:
+    def __init__(self, policy: Policy, *, runtime: Runtime | None = None,
+                 sole_process: bool = False) -> None:
         self.policy = policy
         self.runtime = runtime
+        self._sole_process = sole_process  # see runtime.open_state
         self._owns_runtime = runtime is None
         self.upstream: Transport = (
             LeanUpstream() if policy.server.upstream == "lean" else Upstream())
@@ -52,7 +54,7 @@ class Gateway:
 
     async def startup(self) -> None:
         if self.runtime is None:
-            self.runtime = await Runtime.open(self.policy)
+            self.runtime = await Runtime.open(self.policy, sole_process=self._sole_process)
         await self.upstream.start()
         rt = self.runtime
         self.observe = install(rt, self.policy)

@@ -55,9 +55,10 @@ def _lock(fd: int) -> bool:
 class Journal:
     """Segments of one process in `directory`. Not thread-safe: the writer locks."""
 
-    def __init__(self, directory: str | os.PathLike[str], fsync: str = "never") -> None:
+    def __init__(self, directory: str | os.PathLike[str], fsync: str = "never", *,
+                 what: str = "ledger journal") -> None:
         if fsync not in FSYNC_POLICIES:
-            raise ConfigError(f"ledger journal fsync must be one of {FSYNC_POLICIES}: {fsync!r}")
+            raise ConfigError(f"{what} fsync must be one of {FSYNC_POLICIES}: {fsync!r}")
         self.directory = Path(directory)
         self.fsync: str = fsync
         self._current: Segment | None = None
@@ -65,7 +66,7 @@ class Journal:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create ledger journal {self.directory}: {exc}") from exc
+            raise ConfigError(f"cannot create {what} {self.directory}: {exc}") from exc
 
     def append(self, line: bytes) -> None:
         """Write one line; returns once the kernel has it (see the module's contract)."""
@@ -109,8 +110,13 @@ class Journal:
 
     @staticmethod
     def read(path: Path) -> list[CallRecord]:
-        """Rows of a segment. A torn last line (power loss mid-write) is skipped: its
-        write(2) never returned, so no client was told the call succeeded."""
+        """Rows of a segment (see read_lines)."""
+        return [from_line(line) for line in Journal.read_lines(path)]
+
+    @staticmethod
+    def read_lines(path: Path) -> list[bytes]:
+        """The lines of a segment. A torn last line (power loss mid-write) is skipped:
+        its write(2) never returned, so no client was told the call succeeded."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:  # another writer replayed it first
@@ -120,7 +126,7 @@ class Journal:
             lines.pop()
         elif lines:
             lines.pop()  # no trailing newline: torn write
-        return [from_line(line) for line in lines if line.strip()]
+        return [line for line in lines if line.strip()]
 
     def close(self) -> None:
         """Drop an empty current segment; a non-empty one stays for the next start."""

@@ -22,7 +22,8 @@ __all__ = ["MAX_AMOUNT", "StateStore", "check_actual", "check_holds", "from_url"
 
 
 def from_url(url: str, **opts: Any) -> StateStore:
-    """memory://, sqlite:///PATH (or sqlite:///:memory:), redis://HOST:PORT/DB, rediss://."""
+    """memory://, sqlite:///PATH (or sqlite:///:memory:), redis://HOST:PORT/DB, rediss://.
+    `owner=True` opens a SQLite file in owner mode (state/sqlite_owner.py)."""
     scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
     if scheme == "memory":
         from tallygate.state.memory import MemoryStore
@@ -34,6 +35,10 @@ def from_url(url: str, **opts: Any) -> StateStore:
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
         if not path:
             raise ConfigError(f"state URL {url!r}: expected sqlite:///PATH or sqlite:///:memory:")
+        if opts.pop("owner", False):  # one process keeps the limits in memory
+            from tallygate.state.sqlite_owner import OwnedSqliteStore
+
+            return OwnedSqliteStore(path, **opts)
         return SqliteStore(path, **opts)
     if scheme in ("redis", "rediss"):
         from tallygate.state.redis import RedisStore

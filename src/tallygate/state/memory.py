@@ -10,12 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from tallygate.core.windows import (
-    bucket_bounds,
-    live_range,
-    room_returns_at,
-    slot_seconds,
-)
+from tallygate.core.windows import LiveRanges, room_returns_at
 from tallygate.errors import InvalidRequest
 from tallygate.state import (
     check_actual,
@@ -95,7 +90,7 @@ class MemoryStore:
         self._flags: dict[str, bool] = {}
         self._flags_version = 0
         self._claims: dict[str, float] = {}
-        self._ranges: dict[tuple[Window, bool], tuple[float, float, int, int]] = {}
+        self._ranges = LiveRanges()
         self._retention = retention
         self._ops = 0
 
@@ -120,7 +115,7 @@ class MemoryStore:
         for hold in holds:
             counter = self._counter(hold.key, hold.window, hold.rolling)
             self._reclaim(counter, now)
-            oldest, current = self._live_range(hold.window, now, hold.rolling)
+            oldest, current = self._ranges.get(hold.window, now, hold.rolling)
             used, reserved, first = counter.totals(oldest, current)
             if hold.amount > 0 and used + reserved + hold.amount > hold.limit:
                 return Denial(
@@ -218,25 +213,10 @@ class MemoryStore:
         """usage() without awaiting (inputs already checked)."""
         counter = self._counter(key, window, rolling)
         self._reclaim(counter, now)
-        oldest, current = self._live_range(window, now, rolling)
+        oldest, current = self._ranges.get(window, now, rolling)
         used, reserved, first = counter.totals(oldest, current)
         return LimitUsage(key=key, limit=limit, used=used, reserved=reserved,
                           reset_at=room_returns_at(window, now, rolling, first))
-
-    def _live_range(self, window: Window, now: float, rolling: bool) -> tuple[int, int]:
-        """core.windows.live_range, remembered until `now` leaves the bucket or slot
-        (the hot path asks for the same window thousands of times a second)."""
-        cached = self._ranges.get((window, rolling))
-        if cached is not None and cached[0] <= now < cached[1]:
-            return cached[2], cached[3]
-        oldest, current = live_range(window, now, rolling)
-        if rolling:
-            size = slot_seconds(window)
-            start, end = current * size, (current + 1) * size
-        else:
-            start, end = bucket_bounds(window, current)
-        self._ranges[(window, rolling)] = (start, end, oldest, current)
-        return oldest, current
 
     def _counter(self, key: str, window: Window, rolling: bool) -> _Counter:
         name = (key, window, rolling)  # the same key under another window never mixes

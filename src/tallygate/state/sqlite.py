@@ -30,6 +30,7 @@ from tallygate.state import (
     check_time,
     check_usage_args,
 )
+from tallygate.state.file_lock import release, take_sharer
 from tallygate.state.read_along import PlainFromRead
 from tallygate.state.sqlite_batch import BatchWorker
 from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
@@ -81,27 +82,19 @@ class SqliteStore(PlainFromRead):
         inline = None if path == ":memory:" else self._connect_inline
         self._worker = BatchWorker(self._connect, "tg-sqlite-state", inline=inline)
         self._ops = 0
+        # The limit tables are shared with other processes only while no owner
+        # (state/sqlite_owner.py) keeps them in its memory: taken at the first limit
+        # operation, so flag and claim users (the CLI) never need it.
+        self._sharing = path == ":memory:"
+        self._share_fd: int | None = None
+
+    def _share(self) -> None:
+        self._share_fd = take_sharer(self._path)
+        self._sharing = True
 
     # -- plumbing -------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute("BEGIN IMMEDIATE")  # concurrent creators wait on busy_timeout
-        try:
-            statements = _SCHEMA.split(";")
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'state_lines'"
-                          ).fetchone():
-                statements += _OLD_LAYOUT.split(";")
-            for statement in statements:
-                if statement.strip():
-                    db.execute(statement)
-            db.execute("COMMIT")
-        finally:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-        return db
+        return connect_state(self._path, self._busy_ms)
 
     def _connect_inline(self) -> sqlite3.Connection:
         """The event loop's connection: never waits on a lock (the worker's did the
@@ -131,6 +124,8 @@ class SqliteStore(PlainFromRead):
         read: Sequence[Hold],
     ) -> tuple[Denial | None, list[LimitUsage]]:
         check_holds(request_id, holds, lease, now)
+        if not self._sharing:
+            self._share()
         holds = list(holds)
         read = list(read)
         self._ops += 1
@@ -182,6 +177,8 @@ class SqliteStore(PlainFromRead):
         else:
             check_actual(request_id, actual, now)
             spent = dict(actual)
+        if not self._sharing:
+            self._share()
         read = list(read)
         return await self._run(lambda db: _finish(db, request_id, spent, now, read))
 
@@ -189,6 +186,8 @@ class SqliteStore(PlainFromRead):
         self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
     ) -> LimitUsage:
         check_usage_args(key, limit, window, now)
+        if not self._sharing:
+            self._share()
         hold = Hold(key, 0, limit, window, rolling=rolling)
 
         def work(db: sqlite3.Connection) -> LimitUsage:
@@ -241,6 +240,30 @@ class SqliteStore(PlainFromRead):
 
     async def close(self) -> None:
         await asyncio.to_thread(self._worker.close)
+        release(self._share_fd)
+        self._share_fd = None
+        self._sharing = self._path == ":memory:"
+
+
+def connect_state(path: str, busy_ms: int) -> sqlite3.Connection:
+    """A connection in WAL mode with the state tables created (or converted from 0.1)."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("BEGIN IMMEDIATE")  # concurrent creators wait on busy_timeout
+    try:
+        statements = _SCHEMA.split(";")
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'state_lines'").fetchone():
+            statements += _OLD_LAYOUT.split(";")
+        for statement in statements:
+            if statement.strip():
+                db.execute(statement)
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    return db
 
 
 def _reclaim(db: sqlite3.Connection, now: float) -> None:

@@ -1,0 +1,234 @@
+"""The owner mode's limit tables in memory: the SQLite store's layout (state/sqlite.py)
+kept as dicts, so a snapshot writes its rows 1:1 and either mode can open the file next.
+
+cells: counter name -> {window id: [used, reserved]}. rows: request id -> _Row, every held
+reservation plus the finished ones not yet written to SQLite (older finished ones are
+looked up there). Expired leases are reclaimed globally, as in SQLite (a heap ordered by
+expiry), so a row's lines are all live or all given back.
+
+Pure and synchronous: every operation is decided from the tables and its arguments alone
+(time is passed in), which is what lets the owner replay its journal after a crash and
+land on exactly the state it had. The only state change no journaled operation implies
+is a reclaim made by a read or a refused reservation; `reclaims` counts those so the
+owner journals them too."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from tallygate.core.windows import LiveRanges, counter_name, room_returns_at
+from tallygate.errors import InvalidRequest
+from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
+
+HELD, SETTLED, RELEASED = "held", "settled", "released"
+Line = tuple[str, int, int, str, str]  # counter, window id, amount, metric, key
+
+
+class _Row:
+    __slots__ = ("expires", "lines", "live", "state")
+
+    def __init__(self, state: str, live: bool, expires: float, lines: list[Line]) -> None:
+        self.state = state
+        self.live = live  # its amounts still count as reserved
+        self.expires = expires  # lease end while held; finish time afterwards
+        self.lines = lines  # emptied once finished (only the state is needed then)
+
+
+@dataclass(slots=True)
+class Dirty:
+    """What changed since the last snapshot, as rows for state_cells / state_holds."""
+
+    cells: list[tuple[str, int, int, int]] = field(default_factory=list)
+    holds: list[tuple[str, str, int, float, list[Line]]] = field(default_factory=list)
+    cell_keys: set[tuple[str, int]] = field(default_factory=set)
+    row_keys: set[str] = field(default_factory=set)
+
+
+class Book:
+    def __init__(self, finished_state: Callable[[str], str | None]) -> None:
+        self.cells: dict[str, dict[int, list[int]]] = {}
+        self.rows: dict[str, _Row] = {}
+        self.reclaims = 0
+        self._finished_state = finished_state  # a request id's state in SQLite, if any
+        self._heap: list[tuple[float, str]] = []
+        self._ranges = LiveRanges()
+        self._dirty_cells: set[tuple[str, int]] = set()
+        self._dirty_rows: set[str] = set()
+
+    # -- loading a snapshot -----------------------------------------------------------
+    def load_cell(self, counter: str, wid: int, used: int, reserved: int) -> None:
+        self.cells.setdefault(counter, {})[wid] = [used, reserved]
+
+    def load_row(self, rid: str, live: bool, expires: float, lines: Iterable[Line]) -> None:
+        self.rows[rid] = _Row(HELD, live, expires, [tuple(line) for line in lines])  # type: ignore[misc]
+        if live:
+            heapq.heappush(self._heap, (expires, rid))
+
+    # -- operations ---------------------------------------------------------------------
+    def reserve(self, rid: str, holds: Sequence[Hold], lease: float, now: float,
+                read: Sequence[Hold]) -> tuple[Denial | None, list[LimitUsage], bool]:
+        """(denial, usage of `read`, whether a reservation was made)."""
+        row = self.rows.get(rid)
+        state = row.state if row is not None else self._finished_state(rid)
+        if state is not None:
+            if state == HELD:
+                return None, self.read(read, now), False
+            raise InvalidRequest(f"request_id {rid!r} was already {state}; "
+                                 "use a new id for a new reservation")
+        self.reclaim(now)
+        lines: list[Line] = []
+        for hold in holds:
+            counter = counter_name(hold.key, hold.window, hold.rolling)
+            oldest, current = self._ranges.get(hold.window, now, hold.rolling)
+            used, reserved, first = self._totals(counter, oldest, current)
+            if hold.amount > 0 and used + reserved + hold.amount > hold.limit:
+                return Denial(
+                    key=hold.key, limit=hold.limit, used=used + reserved,
+                    requested=hold.amount,
+                    reset_at=room_returns_at(hold.window, now, hold.rolling, first),
+                    window=hold.window, metric=hold.metric), [], False
+            # (metric: a StrEnum, equal to and hashed as its value, as loaded lines have)
+            lines.append((counter, current, hold.amount, hold.metric, hold.key))
+        for counter, wid, amount, _, _ in lines:
+            if amount:
+                self._cell(counter, wid)[1] += amount
+        expires = now + lease
+        self.rows[rid] = _Row(HELD, True, expires, lines)
+        self._dirty_rows.add(rid)
+        heapq.heappush(self._heap, (expires, rid))
+        return None, self.read(read, now), True
+
+    def finish(self, rid: str, actual: Mapping[str, int] | None, now: float,
+               read: Sequence[Hold]) -> tuple[SettleResult, list[LimitUsage], bool]:
+        """Settle (actual given) or release (None): (result, usage, whether it changed
+        anything). An expired reservation is still charged its actual usage (the call
+        happened); its hold is given back exactly once."""
+        row = self.rows.get(rid)
+        if row is None or row.state != HELD:  # held rows are always in memory
+            return SettleResult(already_settled=actual is not None), self.read(read, now), False
+        charged: dict[str, int] = {}
+        overrun: dict[str, int] = {}
+        for counter, wid, amount, metric, key in row.lines:
+            spent = 0 if actual is None else actual.get(metric, 0)
+            held = amount if row.live else 0
+            if spent or held:
+                cell = self._cell(counter, wid)
+                cell[0] += spent
+                cell[1] -= held
+            if actual is not None:
+                charged[key] = spent
+                if spent > amount:
+                    overrun[key] = spent - amount
+        row.state = RELEASED if actual is None else SETTLED
+        row.live = False
+        row.expires = now
+        row.lines = []
+        self._dirty_rows.add(rid)
+        return SettleResult(charged=charged, overrun=overrun), self.read(read, now), True
+
+    def usage(self, key: str, limit: int, window: Window, rolling: bool, now: float
+              ) -> LimitUsage:
+        self.reclaim(now)
+        return self.read([Hold(key, 0, limit, window, rolling=rolling)], now)[0]
+
+    def read(self, holds: Sequence[Hold], now: float) -> list[LimitUsage]:
+        out = []
+        for hold in holds:
+            counter = counter_name(hold.key, hold.window, hold.rolling)
+            used, reserved, first = self._totals(
+                counter, *self._ranges.get(hold.window, now, hold.rolling))
+            out.append(LimitUsage(key=hold.key, limit=hold.limit, used=used,
+                                  reserved=reserved,
+                                  reset_at=room_returns_at(hold.window, now, hold.rolling,
+                                                           first)))
+        return out
+
+    def reclaim(self, now: float) -> None:
+        """Give back the amounts of every lease that has expired (any limit)."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            expires, rid = heapq.heappop(heap)
+            row = self.rows.get(rid)
+            if row is None or not row.live or row.expires != expires:
+                continue  # finished meanwhile
+            for counter, wid, amount, _, _ in row.lines:
+                if amount:
+                    self._cell(counter, wid)[1] -= amount
+            row.live = False
+            self._dirty_rows.add(rid)
+            self.reclaims += 1
+
+    # -- snapshots ------------------------------------------------------------------------
+    def take_dirty(self) -> Dirty:
+        """The changed rows, as they are now; the next snapshot starts empty."""
+        dirty = Dirty(cell_keys=self._dirty_cells, row_keys=self._dirty_rows)
+        self._dirty_cells, self._dirty_rows = set(), set()
+        for counter, wid in dirty.cell_keys:
+            cell = self.cells.get(counter, {}).get(wid)
+            if cell is not None:  # (None: dropped as out of its window; so is SQLite's)
+                dirty.cells.append((counter, wid, cell[0], cell[1]))
+        for rid in dirty.row_keys:
+            row = self.rows[rid]  # finished rows leave only once written (written())
+            dirty.holds.append((rid, row.state, int(row.live), row.expires, row.lines))
+        return dirty
+
+    def written(self, dirty: Dirty) -> list[str]:
+        """`dirty` is in SQLite: forget its finished rows (looked up there from now on;
+        their ids are returned), and drop heap entries of finished leases when they
+        outnumber the live ones."""
+        forgotten = []
+        for rid in dirty.row_keys:
+            row = self.rows.get(rid)
+            # (a row finished while it was being written as held is dirty again: kept)
+            if row is not None and row.state != HELD and rid not in self._dirty_rows:
+                del self.rows[rid]
+                forgotten.append(rid)
+        if len(self._heap) > 2 * len(self.rows) + 1024:
+            self._heap = [(row.expires, rid) for rid, row in self.rows.items() if row.live]
+            heapq.heapify(self._heap)
+        return forgotten
+
+    def not_written(self, dirty: Dirty) -> None:
+        """Writing `dirty` failed: its rows go into the next snapshot again."""
+        self._dirty_cells |= dirty.cell_keys
+        self._dirty_rows |= dirty.row_keys
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._dirty_cells or self._dirty_rows)
+
+    # -- cells ------------------------------------------------------------------------
+    def _cell(self, counter: str, wid: int) -> list[int]:
+        self._dirty_cells.add((counter, wid))
+        cells = self.cells.get(counter)
+        if cells is None:
+            cells = self.cells[counter] = {}
+        cell = cells.get(wid)
+        if cell is None:
+            cell = cells[wid] = [0, 0]
+        return cell
+
+    def _totals(self, counter: str, oldest: int, current: int
+                ) -> tuple[int, int, int | None]:
+        """used, reserved and the oldest non-empty window id in [oldest, current]; cells
+        that left the window are dropped when met."""
+        cells = self.cells.get(counter)
+        if not cells:
+            return 0, 0, None
+        used = reserved = 0
+        first: int | None = None
+        stale = None
+        for wid, (u, r) in cells.items():
+            if wid < oldest:
+                stale = [wid] if stale is None else [*stale, wid]
+            elif wid <= current:
+                used += u
+                reserved += r
+                if (u or r) and (first is None or wid < first):
+                    first = wid
+        if stale:
+            for wid in stale:
+                del cells[wid]
+        return used, reserved, first
