@@ -54,7 +54,8 @@ async def _commands(store: StateStore) -> int:
                if k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_script"))
 
 
-async def bench(name: str, url: str, seconds: float, opts: dict[str, str]) -> list[str]:
+async def bench(name: str, url: str, seconds: float, opts: dict[str, object]
+                ) -> list[str]:
     rows = []
     for tasks in (1, 64):
         store = from_url(url, **opts)
@@ -79,12 +80,16 @@ async def main(args: argparse.Namespace) -> str:
     rows += await bench("memory", "memory://", args.seconds, {})
     with tempfile.TemporaryDirectory() as tmp:
         rows += await bench("sqlite", f"sqlite:///{tmp}/bench.db", args.seconds, {})
+        rows += await bench("sqlite owner mode", f"sqlite:///{tmp}/owned.db", args.seconds,
+                            {"owner": True})
     with redis_server() as server:
         rows += await bench("redis", server.url, args.seconds, {"namespace": "bench"})
     note = (f"Command: `python bench/stores.py --seconds {args.seconds}`  \n"
             f"Machine: {platform.machine()}, {platform.python_version()}, "
             "2 cores shared with other work; redis-server 7 on loopback, same machine.  \n"
-            "One pair = reserve (2 limits: minute + day) then settle. Redis commands per op "
+            "One pair = reserve (2 limits: minute + day) then settle (owner mode: in memory, "
+            "each operation appended to its journal, snapshots to SQLite every second). "
+            "Redis commands per op "
             "from INFO commandstats deltas (EVALSHA only: 1 = one round trip).\n\n")
     return "# State stores\n\n" + note + "\n".join(rows) + "\n"
 

@@ -258,3 +258,21 @@ def test_sigkill_keeps_every_acknowledged_settlement(tmp_path: Path, acks: int) 
 
 async def asyncio_sleep() -> None:
     await asyncio.sleep(0.002)
+
+
+async def test_windows_nobody_touches_again_leave_memory_and_the_file(tmp_path: Path
+                                                                       ) -> None:
+    path = tmp_path / "state.db"
+    store = owner(path, flush_seconds=0.001)
+    for user in ("gone1", "gone2"):
+        await store.reserve(user, [tokens(f"user:{user}", 10)], lease=60, now=T0)
+        await store.settle(user, {"tokens": 10}, now=T0)
+    await store.reserve("today", [tokens("user:back", 10)], lease=60, now=T0 + 2 * 86400)
+    while store._book.has_changes or store._flushing is not None:
+        await asyncio_sleep()
+    assert list(store._book.cells) == [counter_name("user:back", Window.DAY, False)]
+    db = sqlite3.connect(path)
+    counters = {c for (c,) in db.execute("SELECT counter FROM state_cells")}
+    db.close()
+    assert counters == {counter_name("user:back", Window.DAY, False)}
+    await store.close()

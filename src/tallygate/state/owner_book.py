@@ -23,6 +23,7 @@ from tallygate.errors import InvalidRequest
 from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
 
 HELD, SETTLED, RELEASED = "held", "settled", "released"
+SWEEP_BATCH = 2000  # counters checked for stale windows per snapshot (≈1 ms)
 Line = tuple[str, int, int, str, str]  # counter, window id, amount, metric, key
 
 
@@ -41,6 +42,7 @@ class Dirty:
     """What changed since the last snapshot, as rows for state_cells / state_holds."""
 
     cells: list[tuple[str, int, int, int]] = field(default_factory=list)
+    gone: set[tuple[str, int]] = field(default_factory=set)  # cells out of their window
     holds: list[tuple[str, str, int, float, list[Line]]] = field(default_factory=list)
     cell_keys: set[tuple[str, int]] = field(default_factory=set)
     row_keys: set[str] = field(default_factory=set)
@@ -56,6 +58,8 @@ class Book:
         self._ranges = LiveRanges()
         self._dirty_cells: set[tuple[str, int]] = set()
         self._dirty_rows: set[str] = set()
+        self._gone_cells: set[tuple[str, int]] = set()  # dropped: to delete in SQLite
+        self._sweep_queue: list[str] = []
 
     # -- loading a snapshot -----------------------------------------------------------
     def load_cell(self, counter: str, wid: int, used: int, reserved: int) -> None:
@@ -163,8 +167,9 @@ class Book:
     # -- snapshots ------------------------------------------------------------------------
     def take_dirty(self) -> Dirty:
         """The changed rows, as they are now; the next snapshot starts empty."""
-        dirty = Dirty(cell_keys=self._dirty_cells, row_keys=self._dirty_rows)
-        self._dirty_cells, self._dirty_rows = set(), set()
+        dirty = Dirty(cell_keys=self._dirty_cells, row_keys=self._dirty_rows,
+                      gone=self._gone_cells)
+        self._dirty_cells, self._dirty_rows, self._gone_cells = set(), set(), set()
         for counter, wid in dirty.cell_keys:
             cell = self.cells.get(counter, {}).get(wid)
             if cell is not None:  # (None: dropped as out of its window; so is SQLite's)
@@ -194,10 +199,11 @@ class Book:
         """Writing `dirty` failed: its rows go into the next snapshot again."""
         self._dirty_cells |= dirty.cell_keys
         self._dirty_rows |= dirty.row_keys
+        self._gone_cells |= dirty.gone
 
     @property
     def has_changes(self) -> bool:
-        return bool(self._dirty_cells or self._dirty_rows)
+        return bool(self._dirty_cells or self._dirty_rows or self._gone_cells)
 
     # -- cells ------------------------------------------------------------------------
     def _cell(self, counter: str, wid: int) -> list[int]:
@@ -229,6 +235,33 @@ class Book:
                 if (u or r) and (first is None or wid < first):
                     first = wid
         if stale:
-            for wid in stale:
-                del cells[wid]
+            self._drop(counter, cells, stale)
         return used, reserved, first
+
+    def _drop(self, counter: str, cells: dict[int, list[int]], wids: list[int]) -> None:
+        for wid in wids:
+            del cells[wid]
+            self._gone_cells.add((counter, wid))
+        if not cells:
+            del self.cells[counter]
+
+    def sweep(self, now: float, budget: int = SWEEP_BATCH) -> None:
+        """Drop cells that left their window from up to `budget` counters, resuming where
+        the last call stopped: a limit nobody uses again (a user who never comes back)
+        must not keep its old windows in memory forever."""
+        if not self._sweep_queue:
+            self._sweep_queue = list(self.cells)
+        batch = self._sweep_queue[-budget:]
+        del self._sweep_queue[-budget:]
+        for counter in batch:
+            cells = self.cells.get(counter)
+            if not cells:
+                continue
+            kind, window, _ = counter.split(":", 2)
+            try:
+                oldest, _ = self._ranges.get(Window(window), now, kind == "r")
+            except ValueError:  # not a name counter_name() makes: leave it alone
+                continue
+            stale = [wid for wid in cells if wid < oldest]
+            if stale:
+                self._drop(counter, cells, stale)

@@ -226,6 +226,7 @@ class OwnedSqliteStore(PlainFromRead):
             segment = self._journal.cut()
             if segment is not None:
                 self._unwritten.append(segment)
+            self._book.sweep(self._now)
             dirty = self._book.take_dirty()
             try:
                 await asyncio.to_thread(self._write, dirty, self._now)
@@ -253,6 +254,9 @@ class OwnedSqliteStore(PlainFromRead):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            # (a gone cell written again since, by a late settle, is upserted after)
+            db.executemany("DELETE FROM state_cells WHERE counter = ? AND wid = ?",
+                           dirty.gone)
             db.executemany(_CELLS, dirty.cells)
             db.executemany(_HOLDS, [
                 (rid, state, live, expires, orjson.dumps(lines).decode() if lines else "")
