@@ -276,3 +276,12 @@ async def test_windows_nobody_touches_again_leave_memory_and_the_file(tmp_path: 
     db.close()
     assert counters == {counter_name("user:back", Window.DAY, False)}
     await store.close()
+
+
+async def test_a_file_that_is_not_a_database_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not SQLite" * 100)
+    with pytest.raises(ConfigError, match="state store"):
+        owner(path)
+    path.unlink()
+    await owner(path).close()  # the lock was let go: a good file opens at once

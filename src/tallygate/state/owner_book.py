@@ -225,10 +225,12 @@ class Book:
             return 0, 0, None
         used = reserved = 0
         first: int | None = None
-        stale = None
+        stale: list[int] | None = None  # (rare: no list made per call)
         for wid, (u, r) in cells.items():
             if wid < oldest:
-                stale = [wid] if stale is None else [*stale, wid]
+                if stale is None:
+                    stale = []
+                stale.append(wid)
             elif wid <= current:
                 used += u
                 reserved += r

@@ -75,17 +75,24 @@ class OwnedSqliteStore(PlainFromRead):
         # The latest time an operation was given: forgetting finished rows is judged by
         # the callers' clock, as in the shared mode, never by this machine's.
         self._now = 0.0
+        opened: list[sqlite3.Connection] = []
         try:
             busy_ms = int(busy_timeout * 1000)
             self._db = connect_state(path, busy_ms)  # snapshots (one thread at a time)
+            opened.append(self._db)
             self._reader = sqlite3.connect(path, isolation_level=None,
                                            check_same_thread=False)
+            opened.append(self._reader)
             self._flags = SqliteStore(path, busy_timeout=busy_timeout, retention=retention)
             self._book = Book(self._finished_state)
             self._journal = Journal(journal_dir(path), what="state journal")
             self._recover()
-        except BaseException:
+        except BaseException as exc:
+            for db in opened:
+                db.close()
             release(self._lock)
+            if isinstance(exc, sqlite3.Error):
+                raise ConfigError(f"state store {path!r}: {exc}") from exc
             raise
 
     # -- opening ------------------------------------------------------------------------
