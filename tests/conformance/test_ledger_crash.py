@@ -1,11 +1,13 @@
 """SIGKILL the gateway under load, restart it: every 2xx a client received has its
 ledger row (the writer journals a row before the response is sent; the restart
-replays the journal)."""
+replays the journal), and the user's budget holds every settled call (a one-worker
+gateway owns its SQLite state: the state journal is replayed too)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 
 import aiohttp
@@ -13,6 +15,8 @@ import pytest
 
 from tallygate.keys import open_keystore
 from tallygate.ledger import open_ledger
+from tallygate.state import from_url
+from tallygate.types import CallRecord, Window
 from tests.support.gateway import running_sim
 from tests.support.procs import start_gateway, stop, write_policy
 
@@ -26,6 +30,7 @@ def test_sigkill_under_load_loses_no_acknowledged_row(tmp_path: Path) -> None:
             "providers": {"openai": {"protocol": "openai", "base_url": f"{sim.url}/v1",
                                      "api_key": "sk-sim"}},
             "features": {"default": {"max_output": 50, "model": "gpt-4o-mini"}},
+            "plans": {"free": {"tokens_per_day": 10**9}},
         })
         secret = asyncio.run(_create_key(ledger_url))
         url, proc = start_gateway(config)
@@ -33,10 +38,18 @@ def test_sigkill_under_load_loses_no_acknowledged_row(tmp_path: Path) -> None:
         # Restart: start-up replays the journal the killed process left behind.
         _, proc2 = start_gateway(config)
         stop(proc2)
-    ids = asyncio.run(_ledger_ids(ledger_url))
+    rows = asyncio.run(_ledger_rows(ledger_url))
+    ids = {row.request_id for row in rows}
     assert len(acked) >= 50, "the load did not get going before the kill"
     missing = acked - ids
     assert not missing, f"{len(missing)} acknowledged calls have no ledger row"
+    # A call is settled before its row is written: every row's tokens are in the budget;
+    # at most the 16 calls in flight at the kill were settled without a row.
+    recorded = sum(row.input_tokens + row.output_tokens for row in rows)
+    most = max(row.input_tokens + row.output_tokens for row in rows)
+    used, reserved = asyncio.run(_user_usage(f"sqlite:///{tmp_path}/state.db"))
+    assert recorded <= used <= recorded + 16 * most, (recorded, used)
+    assert reserved <= 16 * 2 * most  # holds of the calls cut off, until their lease ends
 
 
 async def _create_key(ledger_url: str) -> str:
@@ -77,9 +90,19 @@ async def _load_then_kill(url: str, secret: str, proc) -> set[str]:
     return acked
 
 
-async def _ledger_ids(ledger_url: str) -> set[str]:
+async def _ledger_rows(ledger_url: str) -> list[CallRecord]:
     store = await open_ledger(ledger_url)
     try:
-        return {row.request_id for row in await store.records()}
+        return await store.records()
+    finally:
+        await store.close()
+
+
+async def _user_usage(state_url: str) -> tuple[int, int]:
+    store = from_url(state_url)  # shared mode: the gateways have stopped
+    try:
+        u = await store.usage("user:crash-user:tokens:day", limit=10**9, window=Window.DAY,
+                              now=time.time())
+        return u.used, u.reserved
     finally:
         await store.close()
