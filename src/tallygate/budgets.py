@@ -13,6 +13,7 @@ from tallygate.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
+    from tallygate.config_models import LimitFields
     from tallygate.core.limits import Identity
     from tallygate.keys.model import VirtualKey
     from tallygate.state.base import StateStore
@@ -44,12 +45,17 @@ class BudgetRow:
 # ------------------------------------------------------------------ which limits apply
 
 
-def _identity(key: VirtualKey, run: str | None) -> Identity:
+def key_limit_fields(key: VirtualKey) -> LimitFields | None:
+    """A virtual key's own limits, as holds_for() takes them."""
     from tallygate.config_models import LimitFields
+
+    return LimitFields.model_validate(dict(key.limits)) if key.limits else None
+
+
+def _identity(key: VirtualKey, run: str | None) -> Identity:
     from tallygate.core.limits import Identity
 
-    limits = LimitFields.model_validate(dict(key.limits)) if key.limits else None
-    return Identity(key.id, key.user, key.plan, run, limits)
+    return Identity(key.id, key.user, key.plan, run, key_limit_fields(key))
 
 
 def identities(q: Query, keys: list[VirtualKey]) -> list[Identity]:

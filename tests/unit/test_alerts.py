@@ -13,6 +13,7 @@ import pytest
 
 from tallygate.config import Policy
 from tallygate.core.catalog import Catalog
+from tallygate.keys import open_keystore
 from tallygate.ledger import open_ledger
 from tallygate.ledger.base import LedgerStore
 from tallygate.observe.alerts import AlertEngine
@@ -160,6 +161,30 @@ async def test_budget_used_per_user(ledger: LedgerStore, receiver: Receiver) -> 
     assert await engine.evaluate(now + 3) == []  # once per day window
     await engine.sender.stop()
     assert len(receiver.posts) == 1
+
+
+async def test_budget_used_counts_a_keys_own_limits(ledger: LedgerStore,
+                                                    receiver: Receiver) -> None:
+    """A virtual key's own limit (set at `keys create --limit`) is watched like the
+    policy's: no `limits.key` in the policy, the key alone carries tokens_per_day."""
+    keys = await open_keystore("memory://")
+    key, _ = await keys.create("alice", "free", limits={"tokens_per_day": 1000})
+    plain, _ = await keys.create("bob", "free")
+    store = MemoryStore()
+    engine = make_engine([{"metric": "budget_used", "scope": "key", "above": 0.5,
+                           "notify": receiver.url}], ledger, store)
+    engine.keys = keys
+    now = HOUR0 + 100
+    hold = Hold(f"key:{key.id}:tokens:day", 700, 1000, Window.DAY, Metric.TOKENS)
+    assert await store.reserve("r", [hold], lease=60, now=now) is None
+    await store.settle("r", {"tokens": 700}, now=now)
+    engine.record(row("c1", now, key_id=key.id, plan="free"))
+    engine.record(row("c2", now, key_id=plain.id, user="bob", plan="free"))
+    [fired] = await engine.evaluate(now + 1)
+    assert fired["figures"]["limit_key"] == f"key:{key.id}:tokens:day"
+    assert (fired["figures"]["used"], fired["figures"]["limit"]) == (700, 1000)
+    await engine.sender.stop()
+    await keys.close()
 
 
 async def test_failing_webhook_is_retried(ledger: LedgerStore) -> None:

@@ -98,7 +98,8 @@ def install(
 
         obs.alerts = AlertEngine(policy.alerts, runtime.store, LedgerFigures(runtime.ledger),
                                  policy=policy, catalog=runtime.catalog, clock=clock,
-                                 poster=poster, interval=alert_interval)
+                                 poster=poster, interval=alert_interval,
+                                 keys=runtime.keys)
         runtime.recorders.recorders.append(obs.alerts)
         obs.alerts.start()
     obs._tasks.append(asyncio.create_task(

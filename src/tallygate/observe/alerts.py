@@ -26,11 +26,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from tallygate.budgets import key_limit_fields
 from tallygate.config import Policy
-from tallygate.config_models import Alert
+from tallygate.config_models import Alert, LimitFields
 from tallygate.core.catalog import Catalog
 from tallygate.core.limits import Amounts, Identity, holds_for, parse_key
 from tallygate.core.windows import bucket, bucket_bounds
+from tallygate.keys.store import KeyStore
 from tallygate.observe.figures import FiguresSource, WindowFigures
 from tallygate.observe.webhooks import Poster, WebhookSender
 from tallygate.state.base import StateStore
@@ -80,6 +82,7 @@ class AlertEngine:
         poster: Poster | None = None,
         interval: float = 5.0,
         sender: WebhookSender | None = None,
+        keys: KeyStore | None = None,
     ) -> None:
         self.rules = tuple(rules)
         self.ids = tuple(rule_id(r) for r in self.rules)
@@ -90,6 +93,7 @@ class AlertEngine:
         self.clock = clock
         self.interval = interval
         self.sender = sender or WebhookSender(poster)
+        self.keys = keys  # for virtual keys' own limits (budget_used)
         self.fired: list[dict[str, Any]] = []  # payloads this process fired (newest last)
         self._context_rules = [i for i, r in enumerate(self.rules)
                                if r.metric == "context_utilization"]
@@ -207,9 +211,10 @@ class AlertEngine:
             self._seen.clear()
             return []
         seen, self._seen = self._seen, OrderedDict()
+        own = await self._own_limits({ident[0] for ident in seen if ident[0]})
         holds: dict[str, Hold] = {}
         for key_id, user, plan, run, feature, model in seen:
-            ident = Identity(key_id, user, plan, run, None)
+            ident = Identity(key_id, user, plan, run, own.get(key_id))
             for h in holds_for(self.policy, ident, feature=feature, model=model or "",
                                amounts=_ZERO):
                 holds.setdefault(h.key, h)
@@ -222,6 +227,22 @@ class AlertEngine:
                                            rolling=hold.rolling, now=now)
             for i in rules:
                 out += await self._budget_hit(i, hold, usage.used, usage.reset_at, now)
+        return out
+
+    async def _own_limits(self, key_ids: set[str]) -> dict[str | None, LimitFields | None]:
+        """Each key's own limits (once per evaluation, off the request path); a key that
+        cannot be read counts with the policy's `limits.key` alone."""
+        out: dict[str | None, LimitFields | None] = {}
+        if self.keys is None:
+            return out
+        for key_id in key_ids:
+            try:
+                key = await self.keys.get(key_id)
+            except Exception:  # a ledger outage: the policy's key limits still apply
+                log.warning("alerts: cannot read key %s's own limits", key_id, exc_info=True)
+                continue
+            if key is not None:
+                out[key_id] = key_limit_fields(key)
         return out
 
     async def _budget_hit(self, i: int, hold: Hold, used: int, reset_at: float,
