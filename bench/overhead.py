@@ -3,7 +3,8 @@
 Starts the simulated provider, the bare forwarder (bench/floor.py) and the gateway
 (`tallygate serve`, SQLite state and ledger, defaults: the one worker owns its state
 file; again with alert rules firing; again with `state_mode: shared`, every operation a
-SQLite transaction; again with memory:// state) as separate processes on 127.0.0.1, then
+SQLite transaction; again with memory:// state; again with the response cache answering)
+as separate processes on 127.0.0.1, then
 drives each target with an aiohttp load generator: non-streaming latency at 1 and 32
 concurrent clients and throughput at 32, and streaming time to first token. Added
 latency = target p50 minus the direct-to-simulator p50 of the same round; rounds
@@ -25,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -110,7 +112,8 @@ def pct(values: list[float], q: float) -> float:
 
 def gateway_config(tmp: Path, sim_url: str, *, alerts: bool = False,
                    name: str = "tallygate", upstream: str = "lean",
-                   state: str | None = None, state_mode: str = "auto") -> Path:
+                   state: str | None = None, state_mode: str = "auto",
+                   cache: bool = False) -> Path:
     policy: dict[str, object] = {
         "storage": {"state": state or f"sqlite:///{tmp}/state.db",
                     "ledger": f"sqlite:///{tmp}/ledger.db", "state_mode": state_mode},
@@ -121,6 +124,10 @@ def gateway_config(tmp: Path, sim_url: str, *, alerts: bool = False,
         "limits": {"global": {"tokens_per_minute": 10**12}},
         "server": {"upstream": upstream},
     }
+    if cache:  # every call the same body: all but the first are answered from the cache
+        policy["cache"] = {"hmac_key": "bench-only-cache-key"}
+        policy["features"] = {"default": {"max_output": 64, "model": "gpt-4o-mini",
+                                          "cache": True}}
     if alerts:  # rules that fire constantly, to a webhook that refuses every connection
         dead = f"http://127.0.0.1:{free_port()}/hook"
         policy["alerts"] = [
@@ -223,10 +230,13 @@ def main() -> None:
                                 str(alerts_config), "--port", alerts_url.rsplit(":", 1)[1]],
                                alerts_url + "/healthz"))
             # The same gateway with SQLite in shared mode (what several workers on one
-            # file pay) and with its limits in memory:// (no durability at all).
+            # file pay), with its limits in memory:// (no durability at all), and with the
+            # response cache on (the same body every time: hits, no upstream call).
             variants = {}
-            for name, opts in (("shared", {"state_mode": "shared"}),
-                               ("memory", {"state": "memory://"})):
+            variants_opts: tuple[tuple[str, dict[str, Any]], ...] = (
+                ("shared", {"state_mode": "shared"}), ("memory", {"state": "memory://"}),
+                ("cache", {"cache": True}))
+            for name, opts in variants_opts:
                 var_dir = tmp / name
                 var_dir.mkdir()
                 var_config = gateway_config(var_dir, sim_url, upstream=args.upstream,
@@ -247,6 +257,7 @@ def main() -> None:
                                    {"authorization": f"Bearer {alerts_key}"}),
                 "gateway shared-sqlite": variants["shared"],
                 "gateway memory-state": variants["memory"],
+                "gateway cache-hit": variants["cache"],
             }
             results: dict[tuple[str, str], list[tuple[list[float], float]]] = {}
             for _ in range(args.rounds):

@@ -61,3 +61,31 @@ async def test_redis_expires_entries_itself(redis_url: str) -> None:
         assert await backend.get("short") is None
     finally:
         await backend.close()
+
+
+async def test_sqlite_hits_never_wait_for_a_writer_and_expired_rows_are_purged(
+        tmp_path) -> None:
+    import sqlite3
+
+    from tallygate.cache.backends import PURGE_EVERY
+
+    path = tmp_path / "cache.db"
+    backend = open_backend(f"sqlite:///{path}")
+    try:
+        await backend.set("hit", b"v1", 60)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+        other.execute("UPDATE tg_cache SET value = x'00' WHERE key = 'hit'")
+        assert await asyncio.wait_for(backend.get("hit"), 1) == b"v1"  # the committed one
+        other.execute("ROLLBACK")
+        other.close()
+        await backend.set("old", b"x", -1)  # already expired: a miss, then purged
+        assert await backend.get("old") is None
+        for i in range(PURGE_EVERY):
+            await backend.set(f"k{i}", b"v", 60)
+        db = sqlite3.connect(path)
+        keys = {k for (k,) in db.execute("SELECT key FROM tg_cache")}
+        db.close()
+        assert "old" not in keys and "hit" in keys
+    finally:
+        await backend.close()
