@@ -21,6 +21,7 @@ from tallygate.errors import (
     LimitError,
     PermissionDenied,
     RateLimited,
+    StoreUnavailable,
     TallygateError,
     UnknownModel,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "LimitError",
     "PermissionDenied",
     "RateLimited",
+    "StoreUnavailable",
     "TallygateError",
     "UnknownModel",
     "__version__",

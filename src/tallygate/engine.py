@@ -32,7 +32,16 @@ from tallygate.errors import FeatureDisabled, LimitError, PermissionDenied, Tall
 from tallygate.flags import FlagView
 from tallygate.request_ids import new_request_id
 from tallygate.state.base import StateStore
-from tallygate.types import CallRecord, Count, Hold, LimitUsage, ModelInfo, Outcome, Usage
+from tallygate.types import (
+    CallRecord,
+    Count,
+    Hold,
+    LimitUsage,
+    ModelInfo,
+    Outcome,
+    SettleResult,
+    Usage,
+)
 
 DEFAULT_LEASE_SECONDS = 600.0
 T = TypeVar("T")
@@ -222,7 +231,8 @@ class Engine:
         if allowed is not None and not allowed(model_name):  # a key's allow-list binds too
             raise PermissionDenied(f"This key may not use model {model_name!r}.",
                                    param="model")
-        await self.store.release(adm.hold_id, now=self.clock())
+        if adm.holds:
+            await self.store.release(adm.hold_id, now=self.clock())
         moves = adm.detail.setdefault("fallback", [])
         moves.append({"from": previous, "to": model_name, "reason": reason})
         adm.model = self.catalog.get(model_name)
@@ -418,8 +428,7 @@ class Engine:
         adm.closed = True
         cost = adm.model.cost_nusd(usage)
         actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-        result, adm.limit_usage = await self.store.finish_and_read(
-            adm.hold_id, actual, now=self.clock(), read=_tightest_holds(adm.holds))
+        result = await self._finish(adm, actual)
         if result.overrun:
             adm.detail["overrun"] = dict(result.overrun)
         if outcome is None:
@@ -447,12 +456,21 @@ class Engine:
         if usage is not None and usage.total_tokens > 0:
             cost = adm.model.cost_nusd(usage)
             actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-        _, adm.limit_usage = await self.store.finish_and_read(
-            adm.hold_id, actual, now=self.clock(), read=_tightest_holds(adm.holds))
+        await self._finish(adm, actual)
         row = self._row(adm, Outcome.ERROR, status, usage or Usage(), cost, exact=True,
                         ttft_ms=ttft_ms, retries=retries, error_code=error_code)
         self.recorder.record(row)
         return row
+
+    async def _finish(self, adm: Admission, actual: dict[str, int] | None) -> SettleResult:
+        """Settle (actual) or release (None) the call's reservation, reading the usage
+        its headers show. A call no limit applies to held nothing: the store is not
+        asked (it may not even be usable by this process: a SQLite file another owns)."""
+        if not adm.holds:
+            return SettleResult()
+        result, adm.limit_usage = await self.store.finish_and_read(
+            adm.hold_id, actual, now=self.clock(), read=_tightest_holds(adm.holds))
+        return result
 
     def record_cached(
         self, ctx: CallContext, model: ModelInfo, requested: str | None, saved: Usage,

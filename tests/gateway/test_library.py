@@ -361,3 +361,35 @@ def test_wrapping_the_wrong_client_is_a_clear_error(gov: Governor, sim: SimServe
         gov.openai(_an(sim))
     with pytest.raises(tallygate.InvalidRequest, match="wraps an Anthropic or AsyncAnthropic"):
         gov.anthropic(_oa(sim))
+
+
+def test_a_state_file_owned_by_a_gateway_is_refused_clearly(
+        make_gov: Callable[..., Governor], sim: SimServer, tmp_path: Path) -> None:
+    """A one-worker gateway owns its SQLite state (owner mode): a library process on the
+    same file (shared mode under `auto`) gets StoreUnavailable naming the owner before
+    anything reaches the provider; with `state_mode: owner` itself, it works alone."""
+    import os
+
+    from tallygate.state import from_url
+
+    state = f"sqlite:///{tmp_path}/shared-state.db"
+    owner = from_url(state, owner=True)
+    try:
+        gov = make_gov(storage={"state": state, "ledger": f"sqlite:///{tmp_path}/l.db"})
+        client = gov.openai(_oa(sim), feature="chat", user="ann", plan="tiny")
+        with pytest.raises(tallygate.StoreUnavailable, match=f"process {os.getpid()}"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert sim.stats.total == 0
+        # A call no limit applies to holds nothing, so it never needs the store.
+        free = gov.openai(_oa(sim), feature="chat", user="ann")
+        assert free.chat.completions.create(model="gpt-4o-mini", messages=HI).usage
+        assert sim.stats.total == 1
+        gov.close()
+    finally:
+        asyncio.run(owner.close())
+    alone = make_gov(storage={"state": state, "ledger": f"sqlite:///{tmp_path}/l.db",
+                              "state_mode": "owner"})
+    answer = alone.openai(_oa(sim), feature="chat", user="ann", plan="tiny"
+                          ).chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert answer.usage.total_tokens > 0
+    assert user_day(alone, "ann", 150).used == answer.usage.total_tokens

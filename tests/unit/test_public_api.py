@@ -16,8 +16,8 @@ from tallygate.errors import LimitError, TallygateError
 EXPECTED = {
     "BudgetExceeded", "ConfigError", "FeatureDisabled", "Governor", "InputBudgetExceeded",
     "InputTooLarge", "InvalidRequest", "LimitError", "PermissionDenied", "RateLimited",
-    "TallygateError", "UnknownModel", "__version__", "chunk", "count_tokens", "estimate_cost",
-    "trim",
+    "StoreUnavailable", "TallygateError", "UnknownModel", "__version__", "chunk",
+    "count_tokens", "estimate_cost", "trim",
 }
 
 
