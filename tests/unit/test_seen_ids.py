@@ -27,3 +27,38 @@ def test_non_strings_are_never_seen() -> None:
     seen = SeenIds()
     seen.add("x")
     assert 42 not in seen and None not in seen
+
+
+def test_the_loader_answers_maybe_until_built_and_keeps_what_was_added_meanwhile(
+        tmp_path, monkeypatch) -> None:
+    import sqlite3
+    import threading
+
+    from tallygate.state.seen_ids import SeenIdsLoader
+    from tallygate.state.sqlite import connect_state
+
+    path = str(tmp_path / "state.db")
+    db = connect_state(path, 1000)
+    db.executemany("INSERT INTO state_holds VALUES (?, ?, 0, 1.0, '')",
+                   [("done-1", "settled"), ("done-2", "released"), ("live", "held")])
+    db.close()
+    go = threading.Event()
+    real_connect = sqlite3.connect
+
+    def held_back(*args, **kwargs):  # the build waits until the test lets it go
+        go.wait(5)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr("tallygate.state.seen_ids.sqlite3.connect", held_back)
+    loader = SeenIdsLoader(path)
+    assert loader.maybe("fresh")  # not built yet: everything needs the exact lookup
+    loader.add("evicted-while-building")
+    go.set()
+    loader._thread.join(5)
+    assert not loader.maybe("fresh")
+    assert loader.maybe("done-1") and loader.maybe("done-2")
+    assert loader.maybe("evicted-while-building")
+    assert not loader.maybe("live")  # held reservations are in memory, not here
+    loader.add("later")
+    assert loader.maybe("later")
+    loader.close()

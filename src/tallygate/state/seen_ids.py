@@ -10,6 +10,11 @@ process's memory only and are rebuilt from the file at each start."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
+
+log = logging.getLogger("tallygate.state")
 BITS_PER_ID = 10  # ≈1% false positives with 4 probes
 PROBES = 4
 SMALLEST = 1 << 16  # ids in the first filter (80 KiB)
@@ -58,3 +63,63 @@ def _spots(rid: str, size: int) -> list[int]:
     first = h & 0xFFFFFFFF
     step = ((h >> 32) & 0xFFFFFFFF) | 1
     return [(first + i * step) % size for i in range(PROBES)]
+
+
+class SeenIdsLoader:
+    """A SeenIds of the finished request ids a SQLite state file holds, built in a
+    thread: a day of ids at a busy gateway is millions (≈2 s per million to hash), and
+    start-up should not wait for them. Until the filter is ready every id is a "maybe"
+    (the exact lookup answers). Ids added meanwhile are kept and merged in when it is.
+    Everything but the build itself runs on the caller's (event loop) thread."""
+
+    def __init__(self, path: str) -> None:
+        self._pending: list[str] = []
+        self._built: SeenIds | None = None  # set once, by the thread
+        self._ready: SeenIds | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._build, args=(path,), daemon=True,
+                                        name="tg-seen-ids")
+        self._thread.start()
+
+    def add(self, rid: str) -> None:
+        if self._ready is not None:
+            self._ready.add(rid)
+        else:
+            self._pending.append(rid)
+
+    def maybe(self, rid: str) -> bool:
+        """False only when `rid` is surely not one of the ids."""
+        ready = self._ready
+        if ready is None:
+            built = self._built
+            if built is None:
+                return True
+            for pending in self._pending:
+                built.add(pending)
+            self._pending = []
+            self._ready = ready = built
+        return rid in ready
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=5)
+
+    def _build(self, path: str) -> None:
+        try:
+            db = sqlite3.connect(path)
+        except sqlite3.Error:
+            log.exception("state store: cannot read finished ids; exact lookups only")
+            return
+        try:
+            finished = "FROM state_holds WHERE state != 'held'"
+            [(count,)] = db.execute(f"SELECT count(*) {finished}").fetchall()
+            seen = SeenIds(count)
+            for n, (rid,) in enumerate(db.execute(f"SELECT rid {finished}")):
+                if n % 65_536 == 0 and self._stop:
+                    return
+                seen.add(rid)
+            self._built = seen
+        except sqlite3.Error:
+            log.exception("state store: cannot read finished ids; exact lookups only")
+        finally:
+            db.close()

@@ -37,7 +37,7 @@ from tallygate.state import check_actual, check_holds, check_request, check_usag
 from tallygate.state.file_lock import release, take_owner
 from tallygate.state.owner_book import Book, Dirty
 from tallygate.state.read_along import PlainFromRead
-from tallygate.state.seen_ids import SeenIds
+from tallygate.state.seen_ids import SeenIdsLoader
 from tallygate.state.sqlite import RETENTION, SqliteStore, connect_state
 from tallygate.types import Denial, Hold, LimitUsage, Metric, SettleResult, Window
 
@@ -75,11 +75,14 @@ class OwnedSqliteStore(PlainFromRead):
         # The latest time an operation was given: forgetting finished rows is judged by
         # the callers' clock, as in the shared mode, never by this machine's.
         self._now = 0.0
-        opened: list[sqlite3.Connection] = []
+        opened: list[sqlite3.Connection | SeenIdsLoader] = []
         try:
             busy_ms = int(busy_timeout * 1000)
             self._db = connect_state(path, busy_ms)  # snapshots (one thread at a time)
             opened.append(self._db)
+            # Ids of finished reservations, read in a thread (exact lookups until then).
+            self._seen = SeenIdsLoader(path)
+            opened.append(self._seen)
             self._reader = sqlite3.connect(path, isolation_level=None,
                                            check_same_thread=False)
             opened.append(self._reader)
@@ -88,8 +91,8 @@ class OwnedSqliteStore(PlainFromRead):
             self._journal = Journal(journal_dir(path), what="state journal")
             self._recover()
         except BaseException as exc:
-            for db in opened:
-                db.close()
+            for handle in opened:
+                handle.close()
             release(self._lock)
             if isinstance(exc, sqlite3.Error):
                 raise ConfigError(f"state store {path!r}: {exc}") from exc
@@ -105,11 +108,6 @@ class OwnedSqliteStore(PlainFromRead):
         for rid, live, expires, lines in self._db.execute(
                 "SELECT rid, live, expires, lines FROM state_holds WHERE state = 'held'"):
             book.load_row(rid, bool(live), expires, orjson.loads(lines))
-        finished = "FROM state_holds WHERE state != 'held'"
-        [(count,)] = self._db.execute(f"SELECT count(*) {finished}").fetchall()
-        self._seen = SeenIds(count)
-        for (rid,) in self._db.execute(f"SELECT rid {finished}"):
-            self._seen.add(rid)
         left = self._journal.orphans()
         replayed = 0
         for segment in left:
@@ -146,7 +144,7 @@ class OwnedSqliteStore(PlainFromRead):
 
     def _finished_state(self, rid: str) -> str | None:
         """The state of a reservation no longer in memory: only SQLite knows it."""
-        if rid not in self._seen:  # exact "never finished here": no lookup
+        if not self._seen.maybe(rid):  # exact "never finished here": no lookup
             return None
         row = self._reader.execute("SELECT state FROM state_holds WHERE rid = ?",
                                    (rid,)).fetchone()
@@ -309,6 +307,7 @@ class OwnedSqliteStore(PlainFromRead):
             os.close(segment.fd)
         self._unwritten = []
         self._journal.close()
+        self._seen.close()
         await self._flags.close()
         self._reader.close()
         self._db.close()
