@@ -52,13 +52,26 @@ def test_the_loader_answers_maybe_until_built_and_keeps_what_was_added_meanwhile
     monkeypatch.setattr("tallygate.state.seen_ids.sqlite3.connect", held_back)
     loader = SeenIdsLoader(path)
     assert loader.maybe("fresh")  # not built yet: everything needs the exact lookup
-    loader.add("evicted-while-building")
+    loader.add("evicted-while-building", 2.0)
     go.set()
     loader._thread.join(5)
     assert not loader.maybe("fresh")
     assert loader.maybe("done-1") and loader.maybe("done-2")
     assert loader.maybe("evicted-while-building")
     assert not loader.maybe("live")  # held reservations are in memory, not here
-    loader.add("later")
+    loader.add("later", 3.0)
     assert loader.maybe("later")
     loader.close()
+
+
+def test_filters_older_than_the_retention_are_dropped_whole() -> None:
+    """Ids leave SQLite `retention` after they finished: their filter goes then, so
+    memory follows what SQLite keeps, not the uptime."""
+    seen = SeenIds(slot=10.0)
+    for t in range(100):  # one id a second: a new filter every 10 s
+        seen.add(f"id-{t}", float(t))
+    assert len(seen._filters) == 10
+    seen.forget_before(95.0)  # ids added before t=95 have left SQLite
+    assert len(seen._filters) == 1  # the newest filter (t=90..99) stays
+    assert "id-99" in seen and "id-90" in seen
+    assert "id-5" not in seen and "id-50" not in seen

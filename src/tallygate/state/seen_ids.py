@@ -4,9 +4,12 @@ SQLite lookup (≈15 µs on the request path) for the fresh id of almost every r
 A chain of Bloom filters over the ids that left the owner's memory (and those found in the
 file at start). "No" is exact, so no lookup is needed; "maybe" (about 1% of fresh ids)
 is settled by the lookup. When the newest filter is full a twice larger one is started, so
-the false-positive rate stays near 1% however many ids arrive. Ids are hashed with
-Python's `hash()` (cached on the string, and salted per process): the filters live in one
-process's memory only and are rebuilt from the file at each start."""
+the false-positive rate stays near 1% however many ids arrive; a new one is also started
+every `slot` seconds, so that filters whose every id has left SQLite (finished rows are
+kept `retention` seconds) can be dropped whole: memory follows the ids SQLite keeps, not
+the process's uptime. Times are the callers' clock (`now` of the operations). Ids are
+hashed with Python's `hash()` (cached on the string, salted per process): the filters live
+in one process's memory only and are rebuilt from the file at each start."""
 
 from __future__ import annotations
 
@@ -21,28 +24,41 @@ SMALLEST = 1 << 16  # ids in the first filter (80 KiB)
 
 
 class _Filter:
-    __slots__ = ("bits", "capacity", "count", "size")
+    __slots__ = ("bits", "capacity", "count", "first", "last", "size")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, now: float) -> None:
         self.capacity = capacity
         self.size = capacity * BITS_PER_ID
         self.bits = bytearray(self.size // 8 + 1)
         self.count = 0
+        self.first = self.last = now  # when its first and latest ids were added
 
 
 class SeenIds:
-    def __init__(self, expected: int = 0) -> None:
-        self._filters = [_Filter(max(SMALLEST, 2 * expected))]
+    def __init__(self, expected: int = 0, *, now: float = 0.0,
+                 slot: float = 3 * 3600.0) -> None:
+        self._slot = slot
+        self._filters = [_Filter(max(SMALLEST, 2 * expected), now)]
 
-    def add(self, rid: str) -> None:
+    def add(self, rid: str, now: float = 0.0) -> None:
         newest = self._filters[-1]
-        if newest.count >= newest.capacity:
-            newest = _Filter(2 * newest.capacity)
+        if not newest.count:
+            newest.first = now
+        elif newest.count >= newest.capacity or now - newest.first >= self._slot:
+            grow = 2 if newest.count >= newest.capacity else 1
+            newest = _Filter(grow * newest.capacity, now)
             self._filters.append(newest)
         bits, size = newest.bits, newest.size
         for spot in _spots(rid, size):
             bits[spot >> 3] |= 1 << (spot & 7)
         newest.count += 1
+        newest.last = max(newest.last, now)
+
+    def forget_before(self, cutoff: float) -> None:
+        """Drop the filters whose ids were all added before `cutoff` (they have left
+        SQLite, so "no lookup" is the right answer for them now); the newest stays."""
+        self._filters = [f for f in self._filters[:-1] if f.last >= cutoff] + \
+            self._filters[-1:]
 
     def __contains__(self, rid: object) -> bool:
         if not isinstance(rid, str):
@@ -73,7 +89,7 @@ class SeenIdsLoader:
     Everything but the build itself runs on the caller's (event loop) thread."""
 
     def __init__(self, path: str) -> None:
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, float]] = []
         self._built: SeenIds | None = None  # set once, by the thread
         self._ready: SeenIds | None = None
         self._stop = False
@@ -81,11 +97,15 @@ class SeenIdsLoader:
                                         name="tg-seen-ids")
         self._thread.start()
 
-    def add(self, rid: str) -> None:
+    def add(self, rid: str, now: float) -> None:
         if self._ready is not None:
-            self._ready.add(rid)
+            self._ready.add(rid, now)
         else:
-            self._pending.append(rid)
+            self._pending.append((rid, now))
+
+    def forget_before(self, cutoff: float) -> None:
+        if self._ready is not None:
+            self._ready.forget_before(cutoff)
 
     def maybe(self, rid: str) -> bool:
         """False only when `rid` is surely not one of the ids."""
@@ -94,8 +114,8 @@ class SeenIdsLoader:
             built = self._built
             if built is None:
                 return True
-            for pending in self._pending:
-                built.add(pending)
+            for pending, now in self._pending:
+                built.add(pending, now)
             self._pending = []
             self._ready = ready = built
         return rid in ready
@@ -112,12 +132,14 @@ class SeenIdsLoader:
             return
         try:
             finished = "FROM state_holds WHERE state != 'held'"
-            [(count,)] = db.execute(f"SELECT count(*) {finished}").fetchall()
-            seen = SeenIds(count)
+            # (expires of a finished row = when it finished, in the callers' clock)
+            [(count, latest)] = db.execute(
+                f"SELECT count(*), coalesce(max(expires), 0) {finished}").fetchall()
+            seen = SeenIds(count, now=latest)
             for n, (rid,) in enumerate(db.execute(f"SELECT rid {finished}")):
                 if n % 65_536 == 0 and self._stop:
                     return
-                seen.add(rid)
+                seen.add(rid, latest)
             self._built = seen
         except sqlite3.Error:
             log.exception("state store: cannot read finished ids; exact lookups only")

@@ -253,7 +253,8 @@ class OwnedSqliteStore(PlainFromRead):
     def _forget(self, dirty: Dirty) -> None:
         """`dirty` is in SQLite: its finished rows leave memory, their ids are seen."""
         for rid in self._book.written(dirty):
-            self._seen.add(rid)
+            self._seen.add(rid, self._now)
+        self._seen.forget_before(self._now - self._retention)
 
     def _write(self, dirty: Dirty, now: float) -> None:
         db = self._db
