@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tallygate.core.catalog import resolve_model
 from tallygate.core.tokens import count_request, count_text
 
@@ -76,26 +78,21 @@ def test_errors_are_one_line() -> None:
         assert proc.stderr.strip().count("\n") == 0 and "tallygate: error:" in proc.stderr
 
 
-def test_serve_refuses_memory_state_with_several_workers(tmp_path) -> None:
+@pytest.mark.parametrize(("storage", "message"), [
+    ("{state: 'memory://', ledger: 'memory://'}",
+     "memory:// cannot be shared by several workers"),
+    ("{state: 'sqlite:///{tmp}/s.db', ledger: 'memory://', state_mode: owner}",
+     "state_mode owner keeps the limits in one process"),
+])
+def test_serve_refuses_per_process_state_with_several_workers(
+        tmp_path, storage: str, message: str) -> None:
     config = tmp_path / "t.yaml"
-    config.write_text("storage: {state: 'memory://', ledger: 'memory://'}\n")
+    config.write_text(f"storage: {storage.replace('{tmp}', str(tmp_path))}\n")
     result = subprocess.run(
         [sys.executable, "-m", "tallygate", "serve", "--config", str(config), "--workers", "2"],
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
-    assert "memory:// cannot be shared by several workers" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_serve_refuses_owner_state_with_several_workers(tmp_path) -> None:
-    config = tmp_path / "t.yaml"
-    config.write_text(f"storage: {{state: 'sqlite:///{tmp_path}/s.db', "
-                      "ledger: 'memory://', state_mode: owner}\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "tallygate", "serve", "--config", str(config), "--workers", "2"],
-        capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 2
-    assert "state_mode owner keeps the limits in one process" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 

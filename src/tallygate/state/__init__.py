@@ -101,6 +101,16 @@ def check_actual(request_id: object, actual: Mapping[str, int], now: object) -> 
                                  f"got {value!r}")
 
 
+def check_finish(request_id: object, actual: Mapping[str, int] | None, now: object
+                 ) -> dict[str, int] | None:
+    """Inputs of finish_and_read: a settle's actual usage (copied) or None (a release)."""
+    if actual is None:
+        check_request(request_id, now)
+        return None
+    check_actual(request_id, actual, now)
+    return dict(actual)
+
+
 def check_usage_args(key: object, limit: object, window: object, now: object) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidRequest(f"key must be a non-empty string, got {key!r}")

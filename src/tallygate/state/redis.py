@@ -37,9 +37,8 @@ from tallygate.core.windows import (
 )
 from tallygate.errors import InvalidRequest, StoreUnavailable
 from tallygate.state import (
-    check_actual,
+    check_finish,
     check_holds,
-    check_request,
     check_time,
     check_usage_args,
 )
@@ -181,13 +180,9 @@ class RedisStore(PlainFromRead):
         self, request_id: str, actual: Mapping[str, int] | None, *, now: float,
         read: Sequence[Hold],
     ) -> tuple[SettleResult, list[LimitUsage]]:
-        if actual is None:
-            check_request(request_id, now)
-            spent = [0, 0, 0]
-        else:
-            check_actual(request_id, actual, now)
-            spent = [actual.get(m.value, 0) for m in (Metric.TOKENS, Metric.REQUESTS,
-                                                      Metric.COST)]
+        actual = check_finish(request_id, actual, now)
+        spent = [0, 0, 0] if actual is None else [
+            actual.get(m.value, 0) for m in (Metric.TOKENS, Metric.REQUESTS, Metric.COST)]
         _check_reads(read, now)
         keys = [f"{self._prefix}:res:{request_id}"]
         args: list[Any] = ["release" if actual is None else "settle", request_id,

@@ -24,9 +24,8 @@ import orjson
 from tallygate.core.windows import counter_name, live_range, room_returns_at
 from tallygate.errors import InvalidRequest, StoreUnavailable
 from tallygate.state import (
-    check_actual,
+    check_finish,
     check_holds,
-    check_request,
     check_time,
     check_usage_args,
 )
@@ -171,12 +170,7 @@ class SqliteStore(PlainFromRead):
         self, request_id: str, actual: Mapping[str, int] | None, *, now: float,
         read: Sequence[Hold],
     ) -> tuple[SettleResult, list[LimitUsage]]:
-        if actual is None:
-            check_request(request_id, now)
-            spent = None
-        else:
-            check_actual(request_id, actual, now)
-            spent = dict(actual)
+        spent = check_finish(request_id, actual, now)
         if not self._sharing:
             self._share()
         read = list(read)

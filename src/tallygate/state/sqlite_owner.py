@@ -33,7 +33,7 @@ import orjson
 
 from tallygate.errors import ConfigError, InvalidRequest, StoreUnavailable
 from tallygate.ledger.journal import Journal, Segment
-from tallygate.state import check_actual, check_holds, check_request, check_usage_args
+from tallygate.state import check_finish, check_holds, check_usage_args
 from tallygate.state.file_lock import release, take_owner
 from tallygate.state.owner_book import Book, Dirty
 from tallygate.state.read_along import PlainFromRead
@@ -172,11 +172,7 @@ class OwnedSqliteStore(PlainFromRead):
         self, request_id: str, actual: Mapping[str, int] | None, *, now: float,
         read: Sequence[Hold],
     ) -> tuple[SettleResult, list[LimitUsage]]:
-        if actual is None:
-            check_request(request_id, now)
-        else:
-            check_actual(request_id, actual, now)
-            actual = dict(actual)
+        actual = check_finish(request_id, actual, now)
         self._usable()
         result, usages, changed = self._book.finish(request_id, actual, now, read)
         if changed:
