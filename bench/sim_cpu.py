@@ -19,7 +19,7 @@ import orjson
 
 SERVER = """
 import asyncio, sys
-from tallygate.providers.sim import start_sim
+from tallygate.sim import start_sim
 async def main():
     server = await start_sim(port=int(sys.argv[1]))
     print("ready", flush=True)

@@ -29,7 +29,7 @@ from tallygate.errors import (
 if TYPE_CHECKING:
     from tallygate.core.chunk import chunk
     from tallygate.library import Governor
-    from tallygate.library_helpers import count_tokens, estimate_cost, trim
+    from tallygate.library.helpers import count_tokens, estimate_cost, trim
 
 __version__ = "0.2.0"
 
@@ -57,9 +57,9 @@ __all__ = [
 _LAZY = {
     "Governor": "tallygate.library",
     "chunk": "tallygate.core.chunk",
-    "count_tokens": "tallygate.library_helpers",
-    "estimate_cost": "tallygate.library_helpers",
-    "trim": "tallygate.library_helpers",
+    "count_tokens": "tallygate.library.helpers",
+    "estimate_cost": "tallygate.library.helpers",
+    "trim": "tallygate.library.helpers",
 }
 
 

@@ -22,7 +22,7 @@ from referencing.jsonschema import DRAFT202012
 from tallygate import errors
 from tallygate.providers import openai as oai
 from tallygate.providers.common import parse_event
-from tallygate.providers.sim import SimConfig, create_sim_app
+from tallygate.sim import SimConfig, create_sim_app
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "data" / "openai-openapi.json"
 BASE = "urn:openai-openapi"

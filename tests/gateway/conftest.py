@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tallygate.providers.sim import SimServer
+from tallygate.sim import SimServer
 from tests.support.gateway import RunningGateway, running_gateway, running_sim, sim_policy
 
 FEATURES = {

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from tallygate.cli import flags as flags_cli
-from tallygate.providers.sim import SimServer
+from tallygate.sim import SimServer
 from tests.gateway.conftest import FEATURES, PLANS
 from tests.gateway.resilience_support import HELLO, post
 from tests.support.gateway import ADMIN_KEY, RunningGateway, http, running_gateway, sim_policy

@@ -22,7 +22,7 @@ import pytest
 
 import tallygate
 from tallygate.library import Governor
-from tallygate.providers.sim import SimServer
+from tallygate.sim import SimServer
 from tallygate.types import CallRecord, Outcome, Window
 from tests.gateway.conftest import FEATURES, PLANS
 from tests.support.gateway import RunningGateway, sim_policy

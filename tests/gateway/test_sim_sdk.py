@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tallygate.core import bpe
-from tallygate.providers.sim import SimConfig, SimServer, start_sim
+from tallygate.sim import SimConfig, SimServer, start_sim
 
 REPLY = 16
 MSGS = [{"role": "user", "content": "Say something nice about budgets."}]

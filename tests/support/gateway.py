@@ -14,7 +14,7 @@ import uvicorn
 
 from tallygate.config import Policy
 from tallygate.gateway.app import Gateway
-from tallygate.providers.sim import SimConfig, SimServer, start_sim
+from tallygate.sim import SimConfig, SimServer, start_sim
 from tests.support.servers import free_port
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from tallygate.cli import budgets
 from tallygate.config import load_policy
 from tallygate.core.limits import Amounts, Identity, holds_for
-from tallygate.keys.store import open_keystore
+from tallygate.keys import open_keystore
 from tallygate.state import from_url
 
 POLICY = """\
@@ -69,7 +69,7 @@ def setup(tmp_path: Path) -> dict[str, Any]:
         ident = Identity(key.id, "alice", "free", "R1")
         now = time.time()
         for rid, amounts in (("r1", Amounts(1500, 2000, 1)), ("r2", Amounts(700, 400, 1))):
-            holds = holds_for(policy, ident, feature="chat", model="gpt-4o-mini",
+            holds = holds_for(policy.limit_index, ident, feature="chat", model="gpt-4o-mini",
                               amounts=amounts)
             assert await store.reserve(rid, holds, lease=600, now=now) is None
         await store.settle("r1", {"tokens": 1200, "cost": 900, "requests": 1}, now=now)

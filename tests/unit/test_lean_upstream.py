@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tallygate.errors import UpstreamError
-from tallygate.gateway.lean_upstream import LeanUpstream
+from tallygate.gateway.upstream.lean import LeanUpstream
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -45,6 +45,7 @@ POLICY = Policy.from_mapping(
     },
     env={},
 )
+INDEX = POLICY.limit_index
 AMOUNTS = Amounts(tokens=300, cost_nusd=12_345)
 FULL = Identity(key_id="k1", user="u42", plan="free", run="run-7")
 
@@ -54,7 +55,7 @@ def keyed(holds: tuple) -> dict[str, tuple[int, int]]:
 
 
 def test_every_scope_in_stable_order() -> None:
-    holds = holds_for(POLICY, FULL, feature="chat", model="gpt-4o", amounts=AMOUNTS)
+    holds = holds_for(INDEX, FULL, feature="chat", model="gpt-4o", amounts=AMOUNTS)
     assert [h.key for h in holds] == [
         "global:tokens:minute",
         "global:cost:day",
@@ -72,7 +73,7 @@ def test_every_scope_in_stable_order() -> None:
 
 
 def test_amounts_by_metric_and_limits_merged() -> None:
-    got = keyed(holds_for(POLICY, FULL, feature="chat", model="gpt-4o", amounts=AMOUNTS))
+    got = keyed(holds_for(INDEX, FULL, feature="chat", model="gpt-4o", amounts=AMOUNTS))
     assert got["global:cost:day"] == (12_345, 500 * 10**9)
     # feature: default < limits.feature.chat < features.chat inline
     assert got["feature:chat:tokens:day"] == (300, 5000)
@@ -87,7 +88,7 @@ def test_amounts_by_metric_and_limits_merged() -> None:
 
 def test_defaults_for_unlisted_names() -> None:
     ident = Identity(user="u1", plan="pro")
-    got = keyed(holds_for(POLICY, ident, feature="unlisted", model="claude-x", amounts=AMOUNTS))
+    got = keyed(holds_for(INDEX, ident, feature="unlisted", model="claude-x", amounts=AMOUNTS))
     assert got["feature:unlisted:tokens:day"] == (300, 9000)
     assert got["plan:pro:tokens:day"] == (300, 7)  # limits.plan.default
     assert got["user:u1:tokens:day"] == (300, 100_000)
@@ -98,7 +99,7 @@ def test_defaults_for_unlisted_names() -> None:
 def test_feature_none_is_default_and_unknown_plan_uses_user_defaults() -> None:
     got = keyed(
         holds_for(
-            POLICY, Identity(user="u9", plan="ghost"), feature=None, model="m", amounts=AMOUNTS
+            INDEX, Identity(user="u9", plan="ghost"), feature=None, model="m", amounts=AMOUNTS
         )
     )
     assert "feature:default:tokens:day" in got
@@ -109,8 +110,8 @@ def test_key_own_limits_override_key_defaults() -> None:
     own = LimitSet.model_validate({"requests_per_minute": 3, "tokens_per_day": 10})
     got = keyed(
         holds_for(
-            POLICY,
-            Identity(key_id="k2", key_limits=own),
+            INDEX,
+            Identity(key_id="k2", key_limits=own.rules),
             feature="other",
             model="m",
             amounts=AMOUNTS,
@@ -122,12 +123,12 @@ def test_key_own_limits_override_key_defaults() -> None:
 
 def test_no_limits_no_holds() -> None:
     empty = Policy.from_mapping({}, env={})
-    assert holds_for(empty, FULL, feature="chat", model="m", amounts=AMOUNTS) == ()
+    assert holds_for(empty.limit_index, FULL, feature="chat", model="m", amounts=AMOUNTS) == ()
 
 
 def test_user_ids_cannot_forge_keys() -> None:
     evil = Identity(user="u1:tokens:day", run="{tag} x%")
-    got = keyed(holds_for(POLICY, evil, feature="chat", model="m", amounts=AMOUNTS))
+    got = keyed(holds_for(INDEX, evil, feature="chat", model="m", amounts=AMOUNTS))
     assert "user:u1%3Atokens%3Aday:tokens:day" in got
     assert "run:%7Btag%7D%20x%25:tokens:day" in got
     for key in got:

@@ -11,14 +11,21 @@ import orjson
 import pytest
 
 from tallygate.ledger import LedgerStore, open_ledger
-from tallygate.report import dumps, parse_when, usage_json, usage_report, usd_display, usd_text
-from tallygate.report_runs import (
+from tallygate.reports.runs import (
     runs_from_json,
     runs_json,
     runs_report,
     what_if,
     what_if_from_json,
     what_if_json,
+)
+from tallygate.reports.usage import (
+    dumps,
+    parse_when,
+    usage_json,
+    usage_report,
+    usd_display,
+    usd_text,
 )
 from tallygate.types import CallRecord, ModelInfo, Outcome
 from tests.support.ledgers import fresh_ledger_url

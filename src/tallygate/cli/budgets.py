@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tallygate.budgets import BudgetRow, Query, budget_rows, iso, row_json
 from tallygate.errors import ConfigError, TallygateError
+from tallygate.reports.budgets import BudgetRow, Query, budget_rows, iso, row_json
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
@@ -57,7 +57,7 @@ def _sqlite_exists(url: str) -> bool:
 async def _keys(store_url: str) -> list[VirtualKey]:
     if not _sqlite_exists(store_url):
         return []  # nothing created yet: no keys
-    from tallygate.keys.store import open_keystore
+    from tallygate.keys import open_keystore
 
     store = await open_keystore(store_url)
     try:
@@ -100,7 +100,7 @@ def human_delta(seconds: float) -> str:
 
 
 def _amount(metric: str, value: int) -> str:
-    from tallygate.report import usd_display
+    from tallygate.reports.usage import usd_display
 
     return usd_display(value) if metric == "cost" else f"{value:,}"
 
@@ -136,7 +136,7 @@ def budgets(
     store: StoreOpt = None, url: UrlOpt = None, admin_key: AdminKeyOpt = None,
 ) -> None:
     """Every limit that applies, with used / reserved / remaining and the reset time."""
-    from tallygate.report import dumps
+    from tallygate.reports.usage import dumps
 
     q = Query(user, key, feature, plan, model, run)
     try:

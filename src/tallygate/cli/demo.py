@@ -63,7 +63,7 @@ async def _run(directory: Path, seconds: float, seed: int, console: Console,
 
 def _print_reports(result: DemoResult, console: Console) -> None:
     from tallygate.cli import report_render as render
-    from tallygate.report_runs import RunsReport
+    from tallygate.reports.runs import RunsReport
 
     render.usage(result.by_step)
     render.usage(result.by_feature)
@@ -98,7 +98,7 @@ def demo(
     from tallygate.demo.html import write_html
     from tallygate.demo.runner import demo_config_yaml
     from tallygate.errors import TallygateError
-    from tallygate.report import dumps
+    from tallygate.reports.usage import dumps
 
     if not out.parent.resolve().is_dir():  # fail before the run, not after it
         print(f"tallygate: error: demo: no directory {out.parent} for --out", file=sys.stderr)

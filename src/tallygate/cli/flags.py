@@ -28,7 +28,7 @@ def _policy(config: str | None) -> Any:
 
 
 def _with_store(store_url: str | None, config: str | None, action: Any) -> Any:
-    from tallygate.gateway.admin_flags import flag_list
+    from tallygate.gateway.admin.flags import flag_list
     from tallygate.state import from_url
 
     policy = _policy(config) if store_url is None or action == "list" else None
@@ -58,7 +58,7 @@ def list_flags(store: str | None, config: str | None, url: str | None,
 
 def set_flag(feature: str, on: bool, store: str | None, config: str | None, url: str | None,
              admin_key: str | None) -> dict[str, Any]:
-    from tallygate.gateway.admin_flags import check_feature_name
+    from tallygate.gateway.admin.flags import check_feature_name
 
     check_feature_name(feature)
     if url:

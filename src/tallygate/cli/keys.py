@@ -46,7 +46,7 @@ class Target:
         return str(load_policy(self.config).storage.ledger)
 
     def with_store(self, action: Callable[[Any], Awaitable[T]]) -> T:
-        from tallygate.keys.store import open_keystore
+        from tallygate.keys import open_keystore
 
         async def run() -> T:
             store = await open_keystore(self.store_url())

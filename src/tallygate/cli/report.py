@@ -111,7 +111,7 @@ async def _on_ledger(url: str, query: Callable[[Any], Awaitable[T]]) -> T:
 
 
 def _window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
-    from tallygate.report import parse_when
+    from tallygate.reports.usage import parse_when
 
     now = time.time()
     return (
@@ -121,7 +121,7 @@ def _window(since: str | None, until: str | None) -> tuple[float | None, float |
 
 
 def _print_json(data: Any) -> None:
-    from tallygate.report import dumps
+    from tallygate.reports.usage import dumps
 
     sys.stdout.buffer.write(dumps(data) + b"\n")
     sys.stdout.flush()
@@ -160,7 +160,7 @@ def report_main(
     if ctx.invoked_subcommand is not None:
         return
     from tallygate.cli import report_render as render
-    from tallygate.report import usage_from_json, usage_json, usage_report
+    from tallygate.reports.usage import usage_from_json, usage_json, usage_report
 
     if url is not None:
         _show_remote(_remote(url, admin_key, "/admin/reports",
@@ -202,7 +202,7 @@ def runs_main(
 ) -> None:
     """Per-run steps with attempts (review loops), tokens and cost; costliest steps."""
     from tallygate.cli import report_render as render
-    from tallygate.report_runs import runs_from_json, runs_json, runs_report
+    from tallygate.reports.runs import runs_from_json, runs_json, runs_report
 
     if url is not None:
         _show_remote(_remote(url, admin_key, "/admin/reports/runs",
@@ -232,7 +232,7 @@ def what_if_main(
 ) -> None:
     """Re-price the recorded calls of a step as if it had used another model."""
     from tallygate.cli import report_render as render
-    from tallygate.report_runs import what_if, what_if_from_json, what_if_json
+    from tallygate.reports.runs import what_if, what_if_from_json, what_if_json
 
     if url is not None:
         _show_remote(_remote(url, admin_key, "/admin/reports/what-if",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tallygate.report import UsageReport, UsageRow, iso, usd_display
-from tallygate.report_runs import RunsReport, WhatIf
+from tallygate.reports.runs import RunsReport, WhatIf
+from tallygate.reports.usage import UsageReport, UsageRow, iso, usd_display
 
 
 def _console() -> Console:

@@ -22,7 +22,7 @@ def sim(
     """Run the simulated provider (OpenAI and Anthropic wire protocols) for tests and demos."""
     from aiohttp import web
 
-    from tallygate.providers.sim import SimConfig, create_sim_app
+    from tallygate.sim import SimConfig, create_sim_app
 
     config = SimConfig(
         latency_ms=latency_ms,

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from tallygate.core.limits import Amounts, Identity, holds_for, parse_key
+from tallygate.core.limits import Amounts, Identity, LimitIndex, holds_for, parse_key
 from tallygate.errors import (
     BudgetExceeded,
     InputBudgetExceeded,
@@ -34,8 +34,36 @@ from tallygate.types import (
     Window,
 )
 
-if TYPE_CHECKING:
-    from tallygate.config import Policy
+
+class FeatureRules(Protocol):
+    """What the verdict reads of one feature's settings."""
+
+    @property
+    def max_input(self) -> int | None: ...
+    @property
+    def max_output(self) -> int | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def on_exceed(self) -> str: ...
+
+
+class StepRouting(Protocol):
+    @property
+    def steps(self) -> Mapping[str, str]: ...
+
+
+class Policy(Protocol):
+    """What the verdict reads of the policy (`tallygate.config.Policy` is one): the core
+    names the shape it needs and imports nothing above it."""
+
+    @property
+    def tiers(self) -> Mapping[str, str]: ...
+    @property
+    def routing(self) -> StepRouting: ...
+    @property
+    def limit_index(self) -> LimitIndex: ...
+    def feature(self, name: str | None) -> FeatureRules: ...
 
 AUTO = "auto"
 TIER_PREFIX = "tier:"
@@ -152,7 +180,7 @@ def decide(facts: RequestFacts, policy: Policy, model: ModelInfo) -> Decision:
         cost_nusd=cost_upper_bound(model, tokens, out_total),
     )
     holds = holds_for(
-        policy, facts.identity, feature=facts.feature, model=model.name, amounts=amounts
+        policy.limit_index, facts.identity, feature=facts.feature, model=model.name, amounts=amounts
     )
     return Decision(
         Action.ADMIT,

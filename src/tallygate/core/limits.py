@@ -17,13 +17,9 @@ key: `%` `:` `{` `}`, whitespace and control characters become `%XX`."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from tallygate.types import Hold, Metric, Window
-
-if TYPE_CHECKING:
-    from tallygate.config_models import LimitFields, LimitRule, PolicyModel
 
 _DEFAULT = "default"
 _UNSAFE = frozenset("%:{}")
@@ -79,7 +75,28 @@ def parse_key(key: str) -> ParsedKey:
     return ParsedKey(scope, ident, Metric(parts[-2]), Window(parts[-1]), rolling)
 
 
-@dataclass(slots=True)  # not frozen: its __init__ would cost ~0.1 µs a field, per call
+@dataclass(frozen=True, slots=True)
+class LimitRule:
+    """One limit after loading: `amount` of `metric` per `window` (cost in nano-USD)."""
+
+    metric: Metric
+    window: Window
+    amount: int
+    rolling: bool = False
+    # The hold key's tail (`:tokens:day`, `:cost:month:rolling`), built once: see the
+    # key format above.
+    key_suffix: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tail = ":rolling" if self.rolling else ""
+        suffix = f":{self.metric.value}:{self.window.value}{tail}"
+        object.__setattr__(self, "key_suffix", suffix)
+
+
+Rules = tuple[LimitRule, ...]
+
+
+@dataclass(slots=True)  # per-call record: not frozen (see types.py)
 class Identity:
     """Who is calling. `key_limits` are the virtual key's own limits, if any."""
 
@@ -87,10 +104,10 @@ class Identity:
     user: str | None = None
     plan: str | None = None
     run: str | None = None
-    key_limits: LimitFields | None = None
+    key_limits: Rules | None = None
 
 
-@dataclass(slots=True)  # not frozen: its __init__ would cost ~0.1 µs a field, per call
+@dataclass(slots=True)  # per-call record: not frozen (see types.py)
 class Amounts:
     """The most one call can use: tokens (input + capped output × n), cost upper bound."""
 
@@ -114,9 +131,6 @@ class Amounts:
         }
 
 
-Rules = tuple["LimitRule", ...]
-
-
 def merge_rules(*layers: Iterable[LimitRule]) -> Rules:
     """Later layers override earlier ones per (metric, window)."""
     merged: dict[tuple[Metric, Window], LimitRule] = {}
@@ -128,7 +142,8 @@ def merge_rules(*layers: Iterable[LimitRule]) -> Rules:
 
 @dataclass(frozen=True, slots=True)
 class LimitIndex:
-    """The policy's limits merged per scope once, so per-call work is lookups only."""
+    """The policy's limits merged per scope once (config builds it at load), so per-call
+    work is lookups only."""
 
     global_: Rules
     feature: Mapping[str, Rules]
@@ -142,36 +157,9 @@ class LimitIndex:
     model_default: Rules
     run: Rules
 
-    @classmethod
-    def build(cls, policy: PolicyModel) -> LimitIndex:
-        lim = policy.limits
-        f_default = lim.feature[_DEFAULT].rules if _DEFAULT in lim.feature else ()
-        features = {
-            name: merge_rules(
-                f_default,
-                lim.feature[name].rules if name in lim.feature else (),
-                policy.features[name].rules if name in policy.features else (),
-            )
-            for name in {*lim.feature, *policy.features}
-        }
-        m_default = lim.model[_DEFAULT].rules if _DEFAULT in lim.model else ()
-        return cls(
-            global_=lim.global_.rules,
-            feature=features,
-            feature_default=features.get(_DEFAULT, f_default),
-            plan={name: s.rules for name, s in lim.plan.items()},
-            plan_default=lim.plan[_DEFAULT].rules if _DEFAULT in lim.plan else (),
-            user={name: merge_rules(lim.user.rules, p.rules) for name, p in policy.plans.items()},
-            user_default=lim.user.rules,
-            key=lim.key.rules,
-            model={n: merge_rules(m_default, s.rules) for n, s in lim.model.items()},
-            model_default=m_default,
-            run=lim.run.rules,
-        )
-
 
 def holds_for(
-    policy: PolicyModel,
+    index: LimitIndex,
     identity: Identity,
     *,
     feature: str | None,
@@ -180,7 +168,6 @@ def holds_for(
 ) -> tuple[Hold, ...]:
     """Every hold a call must reserve, in a stable order:
     global, feature, plan, user, key, model, run."""
-    index = policy.limit_index
     out: list[Hold] = []
     _add(out, "global", None, index.global_, amounts)
     fname = feature or _DEFAULT
@@ -196,7 +183,7 @@ def holds_for(
     if identity.key_id is not None:
         rules = index.key
         if identity.key_limits is not None:
-            rules = merge_rules(rules, identity.key_limits.rules)
+            rules = merge_rules(rules, identity.key_limits)
         _add(out, "key", identity.key_id, rules, amounts)
     _add(out, "model", model, index.model.get(model, index.model_default), amounts)
     if identity.run is not None:

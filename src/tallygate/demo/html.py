@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tallygate.demo.results import DemoResult, Timeline
 from tallygate.demo.workload import ticket_title
-from tallygate.report import UsageReport, usd_display
+from tallygate.reports.usage import UsageReport, usd_display
 
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#bab0ac")

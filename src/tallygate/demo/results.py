@@ -13,8 +13,8 @@ from tallygate.core.catalog import Catalog
 from tallygate.demo.runner import TIERS, WHAT_IF_STEP, ClientTally
 from tallygate.demo.workload import Workload
 from tallygate.ledger.base import LedgerStore
-from tallygate.report import UsageReport, usage_json, usage_report
-from tallygate.report_runs import RunsReport, WhatIf, runs_json, runs_report, what_if, what_if_json
+from tallygate.reports.runs import RunsReport, WhatIf, runs_json, runs_report, what_if, what_if_json
+from tallygate.reports.usage import UsageReport, usage_json, usage_report
 
 TIMELINE_BUCKETS = 20
 

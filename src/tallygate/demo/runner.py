@@ -29,7 +29,8 @@ from tallygate.demo.workload import (
     build_workload,
 )
 from tallygate.gateway.app import Gateway
-from tallygate.providers.sim import SimConfig, SimServer, reply_text, start_sim
+from tallygate.sim import SimConfig, SimServer, start_sim
+from tallygate.sim.common import reply_text
 
 # The demo routes verification to the medium tier on purpose, as many teams start: the
 # what-if then shows what moving it to the small tier would save.

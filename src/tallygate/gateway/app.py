@@ -5,23 +5,21 @@ Starlette sub-app. Everything long-lived is created in the lifespan."""
 from __future__ import annotations
 
 import gc
-import time
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
 
 from tallygate.config import Policy
-from tallygate.errors import TallygateError
 from tallygate.gateway import ops
 from tallygate.gateway.admin import admin_routes
-from tallygate.gateway.admin_flags import flag_routes
-from tallygate.gateway.admin_reports import report_routes
-from tallygate.gateway.errors import render_error
-from tallygate.gateway.http import Receive, Scope, Send, encode_headers, send_json
-from tallygate.gateway.lean_upstream import LeanUpstream
+from tallygate.gateway.admin.flags import flag_routes
+from tallygate.gateway.admin.reports import report_routes
+from tallygate.gateway.http import Receive, Scope, Send
 from tallygate.gateway.proxy import Proxy, Route
-from tallygate.gateway.upstream import Transport, Upstream
+from tallygate.gateway.upstream import Transport
+from tallygate.gateway.upstream.aiohttp import Upstream
+from tallygate.gateway.upstream.lean import LeanUpstream
 from tallygate.observe import Observability, install
 from tallygate.runtime import Runtime
 
@@ -50,6 +48,7 @@ class Gateway:
             LeanUpstream() if policy.server.upstream == "lean" else Upstream())
         self.proxy: Proxy | None = None
         self.ops: Starlette | None = None
+        self.count_tokens: ops.CountTokens | None = None
         self.observe: Observability | None = None
 
     async def startup(self) -> None:
@@ -59,6 +58,7 @@ class Gateway:
         rt = self.runtime
         self.observe = install(rt, self.policy)
         self.proxy = Proxy(self.policy, rt.engine, rt.keys, self.upstream)
+        self.count_tokens = ops.CountTokens(rt)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
         self.ops = Starlette(
             routes=[*ops.routes(rt), *self.observe.routes,
@@ -88,7 +88,8 @@ class Gateway:
                 await self.proxy.handle(route, scope, receive, send)
                 return
             if scope["path"] == "/v1/messages/count_tokens" and scope["method"] == "POST":
-                await ops.count_tokens(self, scope, receive, send)
+                assert self.count_tokens is not None
+                await self.count_tokens(scope, receive, send)
                 return
             assert self.ops is not None
             await self.ops(scope, receive, send)
@@ -109,12 +110,6 @@ class Gateway:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-    async def send_error(self, send: Send, exc: TallygateError, protocol: str,
-                         request_id: str) -> None:
-        status, body, headers = render_error(exc, protocol, request_id=request_id,
-                                             now=time.time())
-        await send_json(send, status, body, encode_headers(headers))
 
 
 def _static_flags(policy: Policy) -> dict[str, bool]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tallygate.errors import InvalidApiKey, PermissionDenied
+from tallygate.keys.base import KeyStore
 from tallygate.keys.model import VirtualKey
-from tallygate.keys.store import KeyStore
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

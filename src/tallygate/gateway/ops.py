@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tallygate.config.models import key_rules
 from tallygate.core.limits import Amounts, Identity, holds_for
 from tallygate.core.tokens import acount_request
 from tallygate.errors import InvalidRequest, TallygateError
@@ -27,9 +28,6 @@ from tallygate.gateway.http import (
 )
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.runtime import Runtime
-
-if TYPE_CHECKING:
-    from tallygate.gateway.app import Gateway
 
 
 def _json(status: int, obj: Any) -> Response:
@@ -76,14 +74,11 @@ def routes(rt: Runtime) -> list[Route]:
 
 
 async def _limits_of(rt: Runtime, key: Any, request: Request) -> list[dict[str, Any]]:
-    from tallygate.config_models import LimitFields
-
     feature = auth.resolve_feature(key, request.headers.get("x-tallygate-feature"))
-    limits = LimitFields.model_validate(dict(key.limits)) if key.limits else None
     identity = Identity(key.id, key.user, key.plan, request.headers.get("x-tallygate-run"),
-                        limits)
+                        key_rules(key.limits))
     model = request.query_params.get("model", "")
-    holds = holds_for(rt.policy, identity, feature=feature, model=model,
+    holds = holds_for(rt.policy.limit_index, identity, feature=feature, model=model,
                       amounts=Amounts(0, 0, 0))
     now = time.time()
     out = []
@@ -99,26 +94,32 @@ async def _limits_of(rt: Runtime, key: Any, request: Request) -> list[dict[str, 
     return out
 
 
-async def count_tokens(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+class CountTokens:
     """POST /v1/messages/count_tokens, answered locally (no provider call, no budget).
     Claude's tokenizer is not public: the figure is tallygate's upper-bound estimate."""
-    assert gw.runtime is not None
-    rt = gw.runtime
-    headers = header_map(scope)
-    try:
-        raw = await read_body(scope, receive, gw.policy.server.max_body_bytes)
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.cap = rt.policy.server.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt = self.rt
+        headers = header_map(scope)
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
-        anthropic_wire.validate_request("messages/count_tokens", body)
-        await auth.authenticate(rt.keys, headers, anthropic=True)
-        model = rt.catalog.get(body["model"])
-        count = await acount_request("anthropic", "messages/count_tokens", body, model)
-    except ClientGone:
-        return
-    except TallygateError as exc:
-        await gw.send_error(send, exc, "anthropic", "")
-        return
-    await send_json(send, 200, orjson.dumps({"input_tokens": count.tokens}),
-                    encode_headers([("x-tallygate-estimated", str(not count.exact).lower())]))
+            raw = await read_body(scope, receive, self.cap)
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+            anthropic_wire.validate_request("messages/count_tokens", body)
+            await auth.authenticate(rt.keys, headers, anthropic=True)
+            model = rt.catalog.get(body["model"])
+            count = await acount_request("anthropic", "messages/count_tokens", body, model)
+        except ClientGone:
+            return
+        except TallygateError as exc:
+            status, out, extra = render_error(exc, "anthropic", request_id="", now=time.time())
+            await send_json(send, status, out, encode_headers(extra))
+            return
+        await send_json(send, 200, orjson.dumps({"input_tokens": count.tokens}),
+                        encode_headers([("x-tallygate-estimated", str(not count.exact).lower())]))

@@ -17,6 +17,7 @@ import orjson
 from tallygate.cache import ResponseCache, open_cache
 from tallygate.config import Policy
 from tallygate.engine import Admission, CallContext, Engine
+from tallygate.engine.ids import new_request_id
 from tallygate.errors import InvalidRequest, TallygateError, UpstreamError
 from tallygate.gateway import auth
 from tallygate.gateway.cached import CacheGate
@@ -32,16 +33,15 @@ from tallygate.gateway.http import (
     send_json,
     watch_disconnect,
 )
-from tallygate.gateway.output_schema import apply_output_schema
 from tallygate.gateway.resilience import UpstreamCaller
 from tallygate.gateway.retry import RetrySettings
 from tallygate.gateway.summarize import GatewaySummarizer
 from tallygate.gateway.upstream import StreamBody, Transport, passthrough_headers
-from tallygate.keys.store import KeyStore
+from tallygate.keys.base import KeyStore
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.providers import openai as openai_wire
 from tallygate.providers.common import end_user
-from tallygate.request_ids import new_request_id
+from tallygate.providers.output_schema import apply_output_schema
 from tallygate.types import Usage
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]

@@ -13,8 +13,8 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from tallygate.keys.base import KeyStore
 from tallygate.keys.model import LimitValue, VirtualKey, hash_secret, plausible_secret
-from tallygate.keys.store import KeyStore
 
 Clock = Callable[[], float]
 

@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from tallygate.errors import ConfigError, StoreUnavailable
+from tallygate.keys.base import BaseKeyStore, Clock
 from tallygate.keys.model import VirtualKey
-from tallygate.keys.store import BaseKeyStore, Clock
 
 _FIELDS = "id, name, user_id, plan, features, models, limits, created_at, revoked_at"
 

@@ -26,15 +26,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from tallygate.budgets import key_limit_fields
 from tallygate.config import Policy
-from tallygate.config_models import Alert, LimitFields
+from tallygate.config.models import Alert
 from tallygate.core.catalog import Catalog
-from tallygate.core.limits import Amounts, Identity, holds_for, parse_key
+from tallygate.core.limits import Amounts, Identity, Rules, holds_for, parse_key
 from tallygate.core.windows import bucket, bucket_bounds
-from tallygate.keys.store import KeyStore
+from tallygate.keys.base import KeyStore
 from tallygate.observe.figures import FiguresSource, WindowFigures
 from tallygate.observe.webhooks import Poster, WebhookSender
+from tallygate.reports.budgets import key_limit_rules
 from tallygate.state.base import StateStore
 from tallygate.types import NANO_PER_USD, CallRecord, Hold, Outcome, Window
 
@@ -215,7 +215,7 @@ class AlertEngine:
         holds: dict[str, Hold] = {}
         for key_id, user, plan, run, feature, model in seen:
             ident = Identity(key_id, user, plan, run, own.get(key_id))
-            for h in holds_for(self.policy, ident, feature=feature, model=model or "",
+            for h in holds_for(self.policy.limit_index, ident, feature=feature, model=model or "",
                                amounts=_ZERO):
                 holds.setdefault(h.key, h)
         out = []
@@ -229,10 +229,10 @@ class AlertEngine:
                 out += await self._budget_hit(i, hold, usage.used, usage.reset_at, now)
         return out
 
-    async def _own_limits(self, key_ids: set[str]) -> dict[str | None, LimitFields | None]:
+    async def _own_limits(self, key_ids: set[str]) -> dict[str | None, Rules | None]:
         """Each key's own limits (once per evaluation, off the request path); a key that
         cannot be read counts with the policy's `limits.key` alone."""
-        out: dict[str | None, LimitFields | None] = {}
+        out: dict[str | None, Rules | None] = {}
         if self.keys is None:
             return out
         for key_id in key_ids:
@@ -242,7 +242,7 @@ class AlertEngine:
                 log.warning("alerts: cannot read key %s's own limits", key_id, exc_info=True)
                 continue
             if key is not None:
-                out[key_id] = key_limit_fields(key)
+                out[key_id] = key_limit_rules(key)
         return out
 
     async def _budget_hit(self, i: int, hold: Hold, used: int, reset_at: float,

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from tallygate.core.windows import LiveRanges, room_returns_at
 from tallygate.errors import InvalidRequest
-from tallygate.state import (
+from tallygate.state.checks import (
     check_actual,
     check_holds,
     check_request,

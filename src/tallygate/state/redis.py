@@ -36,7 +36,7 @@ from tallygate.core.windows import (
     window_seconds,
 )
 from tallygate.errors import InvalidRequest, StoreUnavailable
-from tallygate.state import (
+from tallygate.state.checks import (
     check_finish,
     check_holds,
     check_time,

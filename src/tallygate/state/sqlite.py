@@ -23,7 +23,7 @@ import orjson
 
 from tallygate.core.windows import counter_name, live_range, room_returns_at
 from tallygate.errors import InvalidRequest, StoreUnavailable
-from tallygate.state import (
+from tallygate.state.checks import (
     check_finish,
     check_holds,
     check_time,

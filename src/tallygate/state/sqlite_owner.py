@@ -33,7 +33,7 @@ import orjson
 
 from tallygate.errors import ConfigError, InvalidRequest, StoreUnavailable
 from tallygate.ledger.journal import Journal, Segment
-from tallygate.state import check_finish, check_holds, check_usage_args
+from tallygate.state.checks import check_finish, check_holds, check_usage_args
 from tallygate.state.file_lock import release, take_owner
 from tallygate.state.owner_book import Book, Dirty
 from tallygate.state.read_along import PlainFromRead

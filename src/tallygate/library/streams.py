@@ -23,7 +23,7 @@ from tallygate.engine import Admission, Engine
 from tallygate.providers import openai as openai_wire
 
 if TYPE_CHECKING:
-    from tallygate.library_calls import Binding
+    from tallygate.library.binding import Binding
 
 
 class StreamMeter:

@@ -7,91 +7,32 @@ OpenAI-format JSON; every malformed body is a 400, never a 500.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tallygate.errors import (
-    InvalidApiKey,
-    InvalidRequest,
-    PermissionDenied,
-    RequestTooLarge,
-    TallygateError,
+from tallygate.errors import InvalidRequest
+from tallygate.gateway.admin.guard import (
+    DEFAULT_MAX_BODY,
+    AdminGuard,
+    guarded,
+    json_response,
+    openai_error,
+    read_json_object,
 )
-from tallygate.gateway.auth import bearer_token
+from tallygate.keys.base import KeyStore
 from tallygate.keys.model import VirtualKey, check_limits, check_names, check_text
-from tallygate.keys.store import KeyStore
 
-Handler = Callable[[Request], Awaitable[Response]]
 LimitsValidator = Callable[[Mapping[str, Any]], object]
 CREATE_FIELDS = frozenset({"user", "plan", "name", "features", "models", "limits"})
-DEFAULT_MAX_BODY = 64 * 1024
-
-
-def json_response(status: int, body: Any) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def openai_error(status: int, message: str, *, type_: str, code: str,
-                 param: str | None = None) -> Response:
-    return json_response(
-        status, {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    )
-
-
-def error_response(exc: TallygateError) -> Response:
-    return openai_error(exc.status, exc.message, type_=exc.openai_type, code=exc.code,
-                        param=exc.param)
 
 
 def not_found(key_id: str) -> Response:
     return openai_error(404, f"No key with id {key_id[:64]!r}.",
                         type_="invalid_request_error", code="not_found", param="id")
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
-
-
-class AdminGuard:
-    """Checks the admin key; hashing both sides first hides the key's length too."""
-
-    def __init__(self, admin_key: str | None) -> None:
-        self._digest = _digest(admin_key) if admin_key else None
-
-    def check(self, request: Request) -> None:
-        if self._digest is None:
-            raise PermissionDenied(
-                "The admin API is disabled: set TALLYGATE_ADMIN_KEY on the gateway to enable it."
-            )
-        token = bearer_token(request.headers.get("authorization"))
-        if token is None or not hmac.compare_digest(_digest(token), self._digest):
-            raise InvalidApiKey("Invalid or missing admin key (Authorization: Bearer <admin key>).")
-
-
-async def read_json_object(request: Request, cap: int) -> dict[str, Any]:
-    """The body as a JSON object, RequestTooLarge past `cap` bytes, else InvalidRequest."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise RequestTooLarge(f"Request body exceeds {cap} bytes.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise RequestTooLarge(f"Request body exceeds {cap} bytes.")
-    try:
-        data = orjson.loads(bytes(body))
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return data
 
 
 def _check_create(data: Mapping[str, Any], plans: Collection[str] | None,
@@ -114,17 +55,6 @@ def _check_create(data: Mapping[str, Any], plans: Collection[str] | None,
         "models": check_names(data.get("models"), "models"),
         "limits": limits,
     }
-
-
-def _guarded(guard: AdminGuard, handler: Handler) -> Handler:
-    async def endpoint(request: Request) -> Response:
-        try:
-            guard.check(request)
-            return await handler(request)
-        except TallygateError as exc:
-            return error_response(exc)
-
-    return endpoint
 
 
 def _public(key: VirtualKey) -> dict[str, Any]:
@@ -168,8 +98,8 @@ def admin_routes(
         return json_response(200, {**body, "revoked": True})
 
     return [
-        Route("/admin/keys", _guarded(guard, create), methods=["POST"]),
-        Route("/admin/keys", _guarded(guard, list_keys), methods=["GET"]),
-        Route("/admin/keys/{key_id}", _guarded(guard, get_key), methods=["GET"]),
-        Route("/admin/keys/{key_id}", _guarded(guard, revoke), methods=["DELETE"]),
+        Route("/admin/keys", guarded(guard, create), methods=["POST"]),
+        Route("/admin/keys", guarded(guard, list_keys), methods=["GET"]),
+        Route("/admin/keys/{key_id}", guarded(guard, get_key), methods=["GET"]),
+        Route("/admin/keys/{key_id}", guarded(guard, revoke), methods=["DELETE"]),
     ]

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from tallygate.errors import InvalidRequest
 from tallygate.providers import openai as oai
-from tallygate.providers.sim import (
+from tallygate.sim.common import (
     CONFIG,
     SimConfig,
     SimRequest,

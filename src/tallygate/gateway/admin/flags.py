@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tallygate.errors import InvalidRequest
-from tallygate.gateway.admin import AdminGuard, _guarded, json_response, read_json_object
+from tallygate.gateway.admin.guard import AdminGuard, guarded, json_response, read_json_object
 from tallygate.state.base import StateStore
 
 MAX_BODY = 4096
@@ -56,6 +56,6 @@ def flag_routes(
         return json_response(200, {"feature": name, "on": on, "source": "runtime"})
 
     return [
-        Route("/admin/flags", _guarded(guard, list_flags), methods=["GET"]),
-        Route("/admin/flags/{feature:path}", _guarded(guard, set_flag), methods=["PUT"]),
+        Route("/admin/flags", guarded(guard, list_flags), methods=["GET"]),
+        Route("/admin/flags/{feature:path}", guarded(guard, set_flag), methods=["PUT"]),
     ]

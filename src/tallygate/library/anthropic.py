@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from tallygate.errors import InvalidRequest
-from tallygate.library_calls import Binding, is_async_client
-from tallygate.library_openai import _BYPASSES, Delegate
+from tallygate.library.binding import Binding, is_async_client
+from tallygate.library.delegate import BYPASSES, Delegate
 
 if TYPE_CHECKING:
     from tallygate.library import Attribution, Governor
@@ -24,7 +24,7 @@ ROUTE = "messages"
 
 class Messages(Delegate):
     def __getattr__(self, name: str) -> Any:
-        if name in _BYPASSES:  # would call the model around the budgets
+        if name in BYPASSES:  # would call the model around the budgets
             raise InvalidRequest(
                 f"messages: `.{name}` is not governed by tallygate; use `.create(...)` or "
                 "`.stream(...)`, or `client.wrapped` for a deliberately ungoverned call.")

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
-from tallygate.errors import ConfigError
 from tallygate.keys.model import (
     LimitValue,
     VirtualKey,
@@ -119,57 +117,3 @@ class BaseKeyStore:
         raise NotImplementedError
 
 
-class MemoryKeyStore(BaseKeyStore):
-    """Process-local keys (tests, demos). Same behaviour as the SQL stores."""
-
-    def __init__(self, clock: Clock = time.time) -> None:
-        super().__init__(clock)
-        self._keys: dict[str, VirtualKey] = {}
-        self._hashes: dict[str, str] = {}  # hash → id
-
-    async def _insert(self, key: VirtualKey, digest: str) -> None:
-        self._keys[key.id] = key
-        self._hashes[digest] = key.id
-
-    async def _find_by_hash(self, digest: str) -> tuple[VirtualKey, str] | None:
-        key_id = self._hashes.get(digest)
-        if key_id is None:
-            return None
-        return self._keys[key_id], digest
-
-    async def _mark_revoked(self, key_id: str, now: int) -> bool:
-        key = self._keys.get(key_id)
-        if key is None:
-            return False
-        if key.active:
-            self._keys[key_id] = replace(key, revoked_at=now)
-        return True
-
-    async def get(self, key_id: str) -> VirtualKey | None:
-        return self._keys.get(key_id)
-
-    async def list(self, include_revoked: bool = False) -> list[VirtualKey]:
-        keys = sorted(self._keys.values(), key=lambda k: (k.created_at, k.id))
-        return [k for k in keys if include_revoked or k.active]
-
-    async def close(self) -> None:
-        return None
-
-
-async def open_keystore(url: str, *, clock: Clock = time.time) -> KeyStore:
-    """`memory://`, `sqlite:///PATH` or `postgresql://USER@HOST:PORT/DB`; the table
-    `tg_keys` is created when missing."""
-    if url.startswith("memory://"):
-        return MemoryKeyStore(clock)
-    if url.startswith("sqlite:///"):
-        from tallygate.keys.sql import SqliteKeyStore
-
-        return await SqliteKeyStore.open(url.removeprefix("sqlite:///"), clock=clock)
-    if url.startswith(("postgresql://", "postgres://")):
-        from tallygate.keys.sql import PostgresKeyStore
-
-        return await PostgresKeyStore.open(url, clock=clock)
-    scheme = url.split("://", 1)[0] if "://" in url else url[:32]
-    raise ConfigError(
-        f"Unsupported key store {scheme!r}: use memory://, sqlite:///PATH or postgresql://…"
-    )

@@ -23,52 +23,21 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import contextvars
 import os
 import threading
 import weakref
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tallygate.config import Policy, load_policy
 from tallygate.engine import Engine
 from tallygate.errors import ConfigError, InvalidRequest
+from tallygate.library.attribution import Attribution, run_scope, step_scope
 from tallygate.runtime import Runtime
 
 T = TypeVar("T")
 _OPEN_TIMEOUT = 60.0
-
-_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("tallygate_run", default=None)
-_STEP: contextvars.ContextVar[tuple[str, int | None] | None] = contextvars.ContextVar(
-    "tallygate_step", default=None
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Attribution:
-    """Who a wrapped client's calls are charged to and how they are labelled."""
-
-    feature: str | None = None
-    user: str | None = None
-    plan: str | None = None
-    run: str | None = None
-    step: str | None = None
-    attempt: int | None = None
-
-    def resolved(self) -> Attribution:
-        """These arguments, with the gaps filled from `gov.run()` / `gov.step()`."""
-        step = self.step
-        attempt = self.attempt
-        active = _STEP.get()
-        if active is not None:
-            if step is None:
-                step = active[0]
-            if attempt is None and step == active[0]:
-                attempt = active[1]
-        run = self.run if self.run is not None else _RUN.get()
-        return Attribution(self.feature, self.user, self.plan, run, step, attempt)
 
 
 class _PrivateLoop:
@@ -144,7 +113,7 @@ class Governor:
         attempt: int | None = None,
     ) -> Any:
         """Wrap an `openai.OpenAI` / `openai.AsyncOpenAI` client (see library_openai)."""
-        from tallygate.library_openai import wrap_openai
+        from tallygate.library.openai import wrap_openai
 
         return wrap_openai(self, client, self._attribution(feature, user, plan, run, step,
                                                             attempt))
@@ -161,7 +130,7 @@ class Governor:
         attempt: int | None = None,
     ) -> Any:
         """Wrap an `anthropic.Anthropic` / `anthropic.AsyncAnthropic` client."""
-        from tallygate.library_anthropic import wrap_anthropic
+        from tallygate.library.anthropic import wrap_anthropic
 
         return wrap_anthropic(self, client, self._attribution(feature, user, plan, run, step,
                                                                attempt))
@@ -189,11 +158,8 @@ class Governor:
         """Attribute every call in the block to the workflow run (or ticket) `run_id`."""
         if not isinstance(run_id, str) or not run_id:
             raise InvalidRequest("run id must be a non-empty string")
-        token = _RUN.set(run_id)
-        try:
+        with run_scope(run_id):
             yield
-        finally:
-            _RUN.reset(token)
 
     @contextmanager
     def step(self, name: str, *, attempt: int | None = None) -> Iterator[None]:
@@ -204,11 +170,8 @@ class Governor:
         if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int)
                                     or attempt < 0):
             raise InvalidRequest(f"attempt must be a non-negative integer, got {attempt!r}")
-        token = _STEP.set((name, attempt))
-        try:
+        with step_scope(name, attempt):
             yield
-        finally:
-            _STEP.reset(token)
 
     # ------------------------------------------------------------------ engine access
 

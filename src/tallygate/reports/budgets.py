@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tallygate.config.models import key_rules
+from tallygate.core.limits import Amounts, Identity, Rules, holds_for, parse_key
 from tallygate.errors import InvalidRequest
+from tallygate.reports.usage import usd
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
-    from tallygate.config_models import LimitFields
-    from tallygate.core.limits import Identity
     from tallygate.keys.model import VirtualKey
     from tallygate.state.base import StateStore
     from tallygate.types import Hold, LimitUsage
@@ -45,24 +46,18 @@ class BudgetRow:
 # ------------------------------------------------------------------ which limits apply
 
 
-def key_limit_fields(key: VirtualKey) -> LimitFields | None:
+def key_limit_rules(key: VirtualKey) -> Rules | None:
     """A virtual key's own limits, as holds_for() takes them."""
-    from tallygate.config_models import LimitFields
-
-    return LimitFields.model_validate(dict(key.limits)) if key.limits else None
+    return key_rules(key.limits)
 
 
 def _identity(key: VirtualKey, run: str | None) -> Identity:
-    from tallygate.core.limits import Identity
-
-    return Identity(key.id, key.user, key.plan, run, key_limit_fields(key))
+    return Identity(key.id, key.user, key.plan, run, key_limit_rules(key))
 
 
 def identities(q: Query, keys: list[VirtualKey]) -> list[Identity]:
     """Who the limits are listed for: one key, a user's keys (or the user on --plan),
     or everyone with an active key plus the anonymous caller."""
-    from tallygate.core.limits import Identity
-
     active = [k for k in keys if k.active]
     if q.key is not None:
         found = [k for k in keys if k.id == q.key]
@@ -97,8 +92,6 @@ def candidate_models(policy: Policy, model: str | None) -> list[str]:
 
 def applicable_holds(policy: Policy, q: Query, keys: list[VirtualKey]) -> list[Hold]:
     """Every limit that applies, once each, in scope order."""
-    from tallygate.core.limits import Amounts, holds_for
-
     features = [q.feature] if q.feature else (list(policy.features) or ["default"])
     models = candidate_models(policy, q.model)
     zero = Amounts(0, 0, 0)
@@ -106,7 +99,7 @@ def applicable_holds(policy: Policy, q: Query, keys: list[VirtualKey]) -> list[H
     for ident in identities(q, keys):
         for feature in features:
             for model in models or ["-"]:
-                for hold in holds_for(policy, ident, feature=feature, model=model,
+                for hold in holds_for(policy.limit_index, ident, feature=feature, model=model,
                                       amounts=zero):
                     if not models and hold.key.startswith("model:"):
                         continue
@@ -127,8 +120,6 @@ def iso(ts: float) -> str:
 
 
 def row_json(row: BudgetRow, now: float) -> dict[str, Any]:
-    from tallygate.core.limits import parse_key
-    from tallygate.report import usd
 
     parsed = parse_key(row.hold.key)
     u = row.usage

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from tallygate.errors import InvalidRequest
 from tallygate.providers import anthropic as ant
-from tallygate.providers.sim import (
+from tallygate.sim.common import (
     CONFIG,
     SimRequest,
     apply_pre_fault,

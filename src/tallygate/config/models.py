@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,10 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from tallygate.core.limits import LimitIndex, LimitRule, Rules, merge_rules
 from tallygate.types import NANO_PER_USD, Metric, Window
-
-if TYPE_CHECKING:
-    from tallygate.core.limits import LimitIndex
 
 _MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
@@ -123,24 +121,6 @@ Secret = Annotated[SecretStr | None, BeforeValidator(_empty_secret_is_none)]
 
 
 # ---------------------------------------------------------------- limits
-
-
-@dataclass(frozen=True, slots=True)
-class LimitRule:
-    """One limit after loading: `amount` of `metric` per `window` (cost in nano-USD)."""
-
-    metric: Metric
-    window: Window
-    amount: int
-    rolling: bool = False
-    # The hold key's tail (`:tokens:day`, `:cost:month:rolling`), built once: see
-    # core/limits.py for the key format.
-    key_suffix: str = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        tail = ":rolling" if self.rolling else ""
-        suffix = f":{self.metric.value}:{self.window.value}{tail}"
-        object.__setattr__(self, "key_suffix", suffix)
 
 
 class LimitFields(BaseModel):
@@ -377,6 +357,7 @@ class Metrics(BaseModel):
 
 
 _TIER_PREFIX = "tier:"
+DEFAULT = "default"  # the feature / plan / model name that stands for every other
 
 
 class PolicyModel(BaseModel):
@@ -425,6 +406,37 @@ class PolicyModel(BaseModel):
     @functools.cached_property
     def limit_index(self) -> LimitIndex:
         """Per-scope limits merged once at load, so a decision only does lookups."""
-        from tallygate.core.limits import LimitIndex
+        return build_limit_index(self)
 
-        return LimitIndex.build(self)
+
+def build_limit_index(policy: PolicyModel) -> LimitIndex:
+    """The core's per-scope view of the policy's limits (later layers win per window)."""
+    lim = policy.limits
+    f_default = lim.feature[DEFAULT].rules if DEFAULT in lim.feature else ()
+    features = {
+        name: merge_rules(
+            f_default,
+            lim.feature[name].rules if name in lim.feature else (),
+            policy.features[name].rules if name in policy.features else (),
+        )
+        for name in {*lim.feature, *policy.features}
+    }
+    m_default = lim.model[DEFAULT].rules if DEFAULT in lim.model else ()
+    return LimitIndex(
+        global_=lim.global_.rules,
+        feature=features,
+        feature_default=features.get(DEFAULT, f_default),
+        plan={name: s.rules for name, s in lim.plan.items()},
+        plan_default=lim.plan[DEFAULT].rules if DEFAULT in lim.plan else (),
+        user={name: merge_rules(lim.user.rules, p.rules) for name, p in policy.plans.items()},
+        user_default=lim.user.rules,
+        key=lim.key.rules,
+        model={n: merge_rules(m_default, s.rules) for n, s in lim.model.items()},
+        model_default=m_default,
+        run=lim.run.rules,
+    )
+
+
+def key_rules(limits: Mapping[str, Any] | None) -> Rules | None:
+    """A virtual key's own limits (as stored on the key) as the core's rules."""
+    return LimitFields.model_validate(dict(limits)).rules if limits else None

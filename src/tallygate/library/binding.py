@@ -159,7 +159,7 @@ class Binding:
 
     def create(self, route: str, method: Callable[..., Any], kwargs: Mapping[str, Any],
                wrap_stream: Callable[[Any, Any], Any] | None = None) -> Any:
-        from tallygate.library_streams import StreamMeter
+        from tallygate.library.streams import StreamMeter
 
         ctx, body, options = self.prepare(route, kwargs)
         adm: Admission = self.gov.call(Engine.admit, ctx, body)
@@ -182,7 +182,7 @@ class Binding:
 
     async def acreate(self, route: str, method: Callable[..., Any], kwargs: Mapping[str, Any],
                       wrap_stream: Callable[[Any, Any], Any] | None = None) -> Any:
-        from tallygate.library_streams import StreamMeter
+        from tallygate.library.streams import StreamMeter
 
         ctx, body, options = self.prepare(route, kwargs)
         adm = await self.admit_async(ctx, body)
@@ -221,13 +221,13 @@ def _release_late(gov: Governor, fut: Any) -> None:
 
 
 def _sync_stream(response: Any, meter: Any) -> Any:
-    from tallygate.library_streams import GovernedStream
+    from tallygate.library.streams import GovernedStream
 
     return GovernedStream(response, meter)
 
 
 def _async_stream(response: Any, meter: Any) -> Any:
-    from tallygate.library_streams import GovernedAsyncStream
+    from tallygate.library.streams import GovernedAsyncStream
 
     return GovernedAsyncStream(response, meter)
 

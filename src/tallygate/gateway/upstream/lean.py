@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from tallygate.errors import UpstreamError
-from tallygate.gateway.upstream import UpstreamResponse
+from tallygate.gateway.upstream.base import UpstreamResponse
 
 PAUSE_AT = 1 << 20  # buffered stream bytes before the socket stops being read
 MAX_IDLE = 64  # idle connections kept per upstream host

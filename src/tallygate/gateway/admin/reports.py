@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tallygate.budgets import Query, budget_rows, iso, row_json
 from tallygate.errors import InvalidRequest
-from tallygate.gateway.admin import AdminGuard, _guarded
-from tallygate.report import dumps, parse_when, usage_json, usage_report
-from tallygate.report_runs import runs_json, runs_report, what_if, what_if_json
+from tallygate.gateway.admin.guard import AdminGuard, guarded
+from tallygate.reports.budgets import Query, budget_rows, iso, row_json
+from tallygate.reports.runs import runs_json, runs_report, what_if, what_if_json
+from tallygate.reports.usage import dumps, parse_when, usage_json, usage_report
 
 if TYPE_CHECKING:
     from tallygate.runtime import Runtime
@@ -67,10 +67,10 @@ def report_routes(rt: Runtime, admin_key: str | None) -> list[Route]:
         return since, until
 
     return [
-        Route("/admin/budgets", _guarded(guard, budgets), methods=["GET"]),
-        Route("/admin/reports", _guarded(guard, reports), methods=["GET"]),
-        Route("/admin/reports/runs", _guarded(guard, runs), methods=["GET"]),
-        Route("/admin/reports/what-if", _guarded(guard, repriced), methods=["GET"]),
+        Route("/admin/budgets", guarded(guard, budgets), methods=["GET"]),
+        Route("/admin/reports", guarded(guard, reports), methods=["GET"]),
+        Route("/admin/reports/runs", guarded(guard, runs), methods=["GET"]),
+        Route("/admin/reports/what-if", guarded(guard, repriced), methods=["GET"]),
     ]
 
 

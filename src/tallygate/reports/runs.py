@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from tallygate.ledger.base import LedgerStore
-from tallygate.report import as_int, iso, time_filter, usd
+from tallygate.reports.usage import as_int, iso, time_filter, usd
 from tallygate.types import ModelInfo
 
 

@@ -22,15 +22,15 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from tallygate.config import DEFAULT_FEATURE, Policy
-from tallygate.config_models import LimitFields
+from tallygate.config.models import key_rules
 from tallygate.core import decide as verdict
 from tallygate.core.catalog import Catalog
-from tallygate.core.limits import Amounts, Identity, holds_for
+from tallygate.core.limits import Amounts, Identity, Rules, holds_for
 from tallygate.core.tokens import acount_request
 from tallygate.core.trim import trim_messages
+from tallygate.engine.flags import FlagView
+from tallygate.engine.ids import new_request_id
 from tallygate.errors import FeatureDisabled, LimitError, PermissionDenied, TallygateError
-from tallygate.flags import FlagView
-from tallygate.request_ids import new_request_id
 from tallygate.state.base import StateStore
 from tallygate.types import (
     CallRecord,
@@ -145,7 +145,7 @@ class Engine:
         self.lease = lease
         static = {name: policy.flag(name) for name in {*policy.features, *policy.flags}}
         self.flags = FlagView(store, static, clock=clock)
-        self._key_limits: dict[str, LimitFields] = {}
+        self._key_limits: dict[str, Rules | None] = {}
         self.summarizer: Summarizer | None = None  # None: summarize falls back to trim
 
     # ------------------------------------------------------------------ admit
@@ -364,10 +364,9 @@ class Engine:
     def _identity(self, ctx: CallContext) -> Identity:
         limits = None
         if ctx.key_id is not None and ctx.key_limits:
-            limits = self._key_limits.get(ctx.key_id)
-            if limits is None:
-                limits = LimitFields.model_validate(dict(ctx.key_limits))
-                self._key_limits[ctx.key_id] = limits
+            if ctx.key_id not in self._key_limits:
+                self._key_limits[ctx.key_id] = key_rules(ctx.key_limits)
+            limits = self._key_limits[ctx.key_id]
         return Identity(ctx.key_id, ctx.user, ctx.plan, ctx.run, limits)
 
     def _holds(self, adm: Admission, decision: verdict.Decision) -> tuple[Hold, ...]:
@@ -376,7 +375,7 @@ class Engine:
         # Embeddings produce no output tokens: hold the input alone.
         tokens = adm.count.tokens
         amounts = Amounts(tokens, adm.model.cost_nusd(Usage(input_tokens=tokens)))
-        return holds_for(self.policy, self._identity(adm.ctx), feature=adm.ctx.feature,
+        return holds_for(self.policy.limit_index, self._identity(adm.ctx), feature=adm.ctx.feature,
                          model=adm.model.name, amounts=amounts)
 
     async def _reserve(self, adm: Admission) -> None:

@@ -11,29 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tallygate.errors import InvalidRequest
-from tallygate.library_calls import Binding, is_async_client
+from tallygate.library.binding import Binding, is_async_client
+from tallygate.library.delegate import BYPASSES, Delegate
 
 if TYPE_CHECKING:
     from tallygate.library import Attribution, Governor
-
-
-class Delegate:
-    """Forwards every attribute it does not define to the wrapped SDK object."""
-
-    def __init__(self, inner: Any, binding: Binding) -> None:
-        self._inner = inner
-        self._binding = binding
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __repr__(self) -> str:
-        return f"<governed {self._inner!r}>"
-
-
-# Other ways to call the model on a governed resource: refused rather than let through
-# ungoverned, since a silent bypass would break the budget guarantee.
-_BYPASSES = frozenset({"parse", "stream", "with_raw_response", "with_streaming_response"})
 
 
 class GovernedCreate(Delegate):
@@ -42,7 +24,7 @@ class GovernedCreate(Delegate):
     route = ""
 
     def __getattr__(self, name: str) -> Any:
-        if name in _BYPASSES:
+        if name in BYPASSES:
             raise InvalidRequest(
                 f"{self.route}: `.{name}` is not governed by tallygate; use `.create(...)`, "
                 f"or call `client.wrapped` for a deliberately ungoverned call.")

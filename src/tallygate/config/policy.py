@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tallygate.config_models import (
+from tallygate.config.models import (
     Alert,
     Cache,
     Feature,

@@ -1,0 +1,26 @@
+"""The wrapped SDK objects' base: everything not governed is the SDK's own."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tallygate.library.binding import Binding
+
+class Delegate:
+    """Forwards every attribute it does not define to the wrapped SDK object."""
+
+    def __init__(self, inner: Any, binding: Binding) -> None:
+        self._inner = inner
+        self._binding = binding
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"<governed {self._inner!r}>"
+
+
+# Other ways to call the model on a governed resource: refused rather than let through
+# ungoverned, since a silent bypass would break the budget guarantee.
+BYPASSES = frozenset({"parse", "stream", "with_raw_response", "with_streaming_response"})
