@@ -9,7 +9,7 @@ Durability contract of `LedgerWriter` (details in docs/ledger.md):
    the death of the process (SIGKILL, crash, OOM kill): the bytes are in the kernel's page
    cache and the next writer started on the same journal directory replays them.
 2. Rows are inserted in batches (every `batch_size` rows or `interval` seconds) in one
-   transaction each, idempotent on (request_id, attempt); a segment is deleted only after
+   transaction each, idempotent on request_id; a segment is deleted only after
    every row in it is committed. A failed insert is retried with back-off; rows stay in
    memory and in the journal meanwhile.
 3. `start()` replays segments left by dead writers before anything else. Replaying a row that
@@ -52,8 +52,8 @@ class LedgerStore(Protocol):
     url: str
 
     async def write_batch(self, rows: Sequence[CallRecord]) -> None:
-        """Insert rows in one transaction; a row whose (request_id, attempt) is already
-        stored is ignored (idempotent replays)."""
+        """Insert rows in one transaction; a row whose request_id is already stored is
+        ignored (idempotent replays)."""
         ...
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -63,7 +63,7 @@ class LedgerStore(Protocol):
     async def records(
         self, *, since: float | None = None, until: float | None = None
     ) -> list[CallRecord]:
-        """Stored rows with since <= ts < until, in (ts, request_id, attempt) order."""
+        """Stored rows with since <= ts < until, in (ts, request_id) order."""
         ...
 
     async def count(self) -> int: ...

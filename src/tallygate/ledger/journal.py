@@ -4,7 +4,7 @@ Rows are appended, one orjson line each, with a single write(2) to the current *
 file (`seg-<pid>-<ns>-<n>.jsonl`, opened O_APPEND). The writer cuts the segment when it
 takes a batch; once that batch is committed to the store the segment is unlinked. Segments
 left behind by a dead process are *orphans*: the next writer started on the same directory
-replays them (inserts are idempotent on (request_id, attempt)) and deletes them.
+replays them (inserts are idempotent on request_id) and deletes them.
 
 A live segment is held under an exclusive flock(2), so several processes may share one
 journal directory: a starting writer only replays segments nobody holds; the kernel drops
