@@ -50,7 +50,7 @@ def attempt(value: Any, what: str = "X-Tallygate-Attempt") -> int | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        if not text.isdigit() or len(text) > 7:
+        if not (text.isascii() and text.isdigit()) or len(text) > 7:
             raise InvalidRequest(
                 f"{what} must be an integer from 0 to {MAX_ATTEMPT}.", param=what)
         value = int(text)
