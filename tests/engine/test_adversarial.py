@@ -6,6 +6,7 @@ ledger tokens == provider truth, nothing left held."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import pytest
@@ -66,7 +67,7 @@ def test_ids_are_random_not_a_counter() -> None:
     assert len(set(ids)) == 2000
     values = [int(i[3:], 16) for i in ids]
     # A counter would give small steps; random ids differ in about half their 128 bits.
-    steps = [bin(a ^ b).count("1") for a, b in zip(values, values[1:], strict=False)]
+    steps = [bin(a ^ b).count("1") for a, b in itertools.pairwise(values)]
     assert min(steps) > 30
 
 

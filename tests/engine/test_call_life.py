@@ -73,7 +73,7 @@ async def test_an_impossible_usage_is_a_502_charged_the_hold(rig: Rig) -> None:
 
 async def test_trim_keeps_the_newest_turns(rig: Rig) -> None:
     turns = [{"role": "user", "content": f"turn {i} " + "word " * 8} for i in range(8)]
-    call, answer = await rig.engine.run(rig.ctx("trimmed"), body(turns), rig.port)
+    _, answer = await rig.engine.run(rig.ctx("trimmed"), body(turns), rig.port)
     assert answer.ok
     sent = rig.port.sent[0]["body"]["messages"]
     assert sent[-1] == turns[-1] and len(sent) < len(turns)
@@ -85,7 +85,7 @@ async def test_trim_keeps_the_newest_turns(rig: Rig) -> None:
 async def test_summarize_is_a_sub_call_through_the_same_port(rig: Rig) -> None:
     turns = [{"role": "user", "content": f"turn {i} " + "word " * 8} for i in range(8)]
     rig.port.script = [reply(30, 6, text="They talked about words.")]
-    call, answer = await rig.engine.run(rig.ctx("summed"), body(turns), rig.port)
+    _, answer = await rig.engine.run(rig.ctx("summed"), body(turns), rig.port)
     assert answer.ok
     summary_row, main_row = rig.rows
     assert summary_row.feature == "summed:summarize" and summary_row.outcome is Outcome.OK

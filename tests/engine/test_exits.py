@@ -46,8 +46,6 @@ async def test_a_cancelled_call_is_recorded_as_499(rig: Rig) -> None:
         raise AssertionError
 
     class Hanging:
-        sent: list[Any] = []
-
         async def send(self, call: Any, *, timeout: float) -> Answer:
             return await forever(call)
 

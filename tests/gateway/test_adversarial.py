@@ -131,6 +131,6 @@ def test_a_refusals_response_carries_its_rows_id(make_gateway) -> None:  # type:
     ]
     assert [status for status, _, _ in answers] == [429, 403, 400]
     rows = {r.request_id: r for r in gw.rows()}
-    for status, got, body in answers:
+    for status, got, _ in answers:
         assert rows[got["x-tallygate-request-id"]].status == status
     assert answers[1][2]["type"] == "error"  # the Anthropic route answers in its format
