@@ -281,3 +281,43 @@ async def test_memory_ledger_works_without_journal() -> None:
 def test_journal_rejects_unknown_fsync_policy(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fsync"):
         Journal(tmp_path, fsync="sometimes")
+
+
+async def test_a_row_the_store_refuses_is_set_aside_and_the_rest_go_on(store, tmp_path) -> None:
+    """An integer past int64 once stopped every later row and the next start's replay."""
+    journal = tmp_path / "j"
+    writer = LedgerWriter(store, journal_dir=journal, batch_size=100, interval=10)
+    await writer.start()
+    writer.record(row(1))
+    writer.record(row(2, step_attempt=2**63))  # past what the store can hold
+    writer.record(row(3))
+    await writer.flush()
+    await writer.close()
+    assert sorted(r.request_id for r in await store.records()) == ["req-000001", "req-000003"]
+    assert writer.stats.rejected == 1
+    [kept] = journal.glob("rejected-*.jsonl")
+    assert b"req-000002" in kept.read_bytes()
+
+
+async def test_a_refused_row_in_a_dead_writers_journal_does_not_stop_the_replay(
+        store, tmp_path) -> None:
+    journal = Journal(tmp_path / "j")
+    for r in (row(1), row(2, step_attempt=2**63), row(3)):
+        journal.append(to_line(r))
+    seg = journal.cut()
+    assert seg is not None
+    os.close(seg.fd)  # the writer "died": its lock is gone, its segment is an orphan
+    writer = LedgerWriter(store, journal_dir=tmp_path / "j")
+    assert await writer.start() == 3
+    await writer.close()
+    assert await store.count() == 2
+
+
+async def test_a_row_json_cannot_hold_is_set_aside_at_record(store, tmp_path) -> None:
+    writer = LedgerWriter(store, journal_dir=tmp_path / "j")
+    await writer.start()
+    writer.record(row(1, step_attempt=2**64))  # never raises into the call it records
+    writer.record(row(2))
+    await writer.close()
+    assert [r.request_id for r in await store.records()] == ["req-000002"]
+    assert writer.stats.rejected == 1
