@@ -209,6 +209,10 @@ class Storage(BaseModel):
     state: str = "sqlite:///tallygate.db"
     ledger: str = "sqlite:///tallygate.db"
     fail_mode: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # fail_open only: the share of each limit one replica may admit on its own while the
+    # shared store is unreachable (state/guard.py; worst case R × share × limit).
+    fail_open_share: Annotated[Decimal, BeforeValidator(_finite_ratio),
+                               Field(gt=0, le=1)] = Decimal("0.1")
     # SQLite state only (docs/architecture.md): `owner` keeps the limits in this process's
     # memory with a journal (fastest; one process per file), `shared` runs every operation
     # as a SQLite transaction (any number of processes); `auto` = owner for a one-worker
