@@ -163,6 +163,10 @@ class Proxy:
         out = [("x-tallygate-request-id", call.id)]
         if call.ctx.client_request_id:
             out.append(("x-tallygate-client-request-id", call.ctx.client_request_id))
+        if call.trimmed_tokens:  # what policy changed, said where the client can see it
+            out.append(("x-tallygate-trimmed", str(call.trimmed_tokens)))
+        if call.notes.routed is not None or call.notes.fallback:
+            out.append(("x-tallygate-routed-model", call.model.name))
         out += passthrough_headers(answer.headers)
         if usages:
             out += ratelimit_headers(usages, self.engine.clock()).items()
