@@ -44,7 +44,7 @@ class Gateway:
                  sole_process: bool = False) -> None:
         self.policy = policy
         self.runtime = runtime
-        self._sole_process = sole_process  # see runtime.open_state
+        self._sole_process = sole_process  # see runtime.open_policy_state
         self._owns_runtime = runtime is None
         self.upstream: Transport = (
             LeanUpstream() if policy.server.upstream == "lean" else Upstream())
