@@ -152,7 +152,8 @@ GOOD = {"model": "claude-haiku-4-5", "max_tokens": 10,
     ({"max_tokens": 2.5}, "max_tokens"),
     ({"model": None}, "model"),
     ({"messages": None}, "messages"),
-    ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": 5, "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"system": 5}, "system"),
     ({"stream": 1}, "stream"),
@@ -162,6 +163,21 @@ def test_messages_validation(patch: dict, param: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
         ant.validate_messages_request(body)
     assert exc.value.param == param
+
+
+def test_unknown_roles_blocks_and_fields_pass() -> None:
+    """Claude Code's default request: a mid-conversation system turn, adaptive thinking,
+    output_config, context_management, a deferred tool: nothing the gateway must judge."""
+    body = {**GOOD, "max_tokens": 128000,
+            "messages": [{"role": "user", "content": "hi"},
+                         {"role": "system", "content": [{"type": "text", "text": "env"}]},
+                         {"role": "observer"}],
+            "thinking": {"type": "adaptive", "display": "omitted"},
+            "output_config": {"effort": "medium"},
+            "context_management": {"edits": [{"type": "clear_thinking_20251015"}]},
+            "tools": [{"name": "Read", "input_schema": {"type": "object"},
+                       "defer_loading": True}]}
+    ant.validate_messages_request(body)
 
 
 def test_count_tokens_needs_no_max_tokens() -> None:

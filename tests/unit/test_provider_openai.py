@@ -295,7 +295,8 @@ GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     ({"messages": "hi"}, "messages"),
     ({"messages": []}, "messages"),
     ({"messages": [1]}, "messages[0]"),
-    ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": None, "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"max_tokens": -1}, "max_tokens"),
     ({"max_tokens": 0}, "max_tokens"),
@@ -316,6 +317,7 @@ def test_chat_validation(patch: dict, param: str) -> None:
 
 
 def test_valid_requests_pass() -> None:
+    oai.validate_chat_request({**GOOD, "messages": [{"role": "robot", "content": "x"}]})
     oai.validate_chat_request({**GOOD, "max_tokens": 5, "n": 2, "stream": True})
     oai.validate_responses_request({"model": "gpt-4o", "input": "hi", "max_output_tokens": 16})
     oai.validate_embeddings_request({"model": "e", "input": [[1, 2], [3]]})

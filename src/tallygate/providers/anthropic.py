@@ -26,6 +26,8 @@ from tallygate.providers.common import (
 from tallygate.types import Usage
 
 PROTOCOL = "anthropic"
+# The roles whose shape the gateway checks (content required). Any other role — Claude
+# Code's mid-conversation `system` turn (beta per-turn-control) — passes as sent.
 ROLES = frozenset({"user", "assistant"})
 
 
@@ -248,7 +250,7 @@ def _check_system(body: Mapping[str, Any]) -> None:
 
 def _check_contents(body: Mapping[str, Any]) -> None:
     for i, msg in enumerate(body["messages"]):
-        if msg.get("content") is None:
+        if msg.get("role") in ROLES and msg.get("content") is None:
             raise InvalidRequest(
                 f"Missing required parameter: 'messages[{i}].content'.",
                 param=f"messages[{i}].content",
@@ -258,7 +260,7 @@ def _check_contents(body: Mapping[str, Any]) -> None:
 def validate_count_tokens_request(body: Any) -> None:
     body = require_object(body)
     require_model(body)
-    check_messages(body, ROLES)
+    check_messages(body)
     _check_contents(body)
     _check_system(body)
     check_type(body, "tools", (list,), "an array")

@@ -344,7 +344,11 @@ def check_type(body: Mapping[str, Any], name: str, types: tuple[type, ...], labe
         )
 
 
-def check_messages(body: Mapping[str, Any], roles: frozenset[str], name: str = "messages") -> None:
+def check_messages(body: Mapping[str, Any], name: str = "messages") -> None:
+    """Only what counting needs: a non-empty array of objects, each with a string role
+    and content that is a string or an array when present. Roles the gateway does not
+    know (a mid-conversation `system` turn, a newer role) pass to the provider as sent
+    and are counted like a user turn; the provider is the judge of their meaning."""
     messages = body.get(name)
     if messages is None:
         raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
@@ -363,9 +367,10 @@ def check_messages(body: Mapping[str, Any], roles: frozenset[str], name: str = "
                 param=where,
             )
         role = msg.get("role")
-        if not isinstance(role, str) or role not in roles:
+        if not isinstance(role, str) or not role.strip():
             raise InvalidRequest(
-                f"Invalid value for '{where}.role': expected one of {sorted(roles)}.",
+                f"Invalid value for '{where}.role': expected a non-empty string, "
+                f"got {json_type(role)}.",
                 param=f"{where}.role",
             )
         content = msg.get("content")

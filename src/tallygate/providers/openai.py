@@ -26,7 +26,6 @@ from tallygate.providers.common import (
 from tallygate.types import Usage
 
 PROTOCOL = "openai"
-CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # o-series and gpt-5 reasoning models reject `max_tokens` (SPEC: "not compatible with o-series").
 _NEEDS_MAX_COMPLETION = re.compile(r"^(o\d|gpt-5)")
 
@@ -319,7 +318,7 @@ def _common_checks(body: Any) -> Mapping[str, Any]:
 def validate_chat_request(body: Any) -> None:
     """Raise InvalidRequest (with `param`) for a malformed chat/completions body."""
     body = _common_checks(body)
-    check_messages(body, CHAT_ROLES)
+    check_messages(body)
     check_int(body, "max_tokens", minimum=1)
     check_int(body, "max_completion_tokens", minimum=1)
     check_int(body, "n", minimum=1, maximum=128)
