@@ -341,11 +341,30 @@ def test_denial_headers() -> None:
         "x-ratelimit-limit-tokens": "1000",
         "x-ratelimit-remaining-tokens": "10",
         "x-ratelimit-reset-tokens": "2h0m0s",
-        "retry-after": "7200",
         "x-should-retry": "false",
     }
     short = denial(Window.MINUTE, reset_in=5)
-    assert "x-should-retry" not in denial_headers(denial_to_error(short, 1000.0), short, 1000.0)
+    assert denial_headers(denial_to_error(short, 1000.0), short, 1000.0) == {
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "10",
+        "x-ratelimit-reset-tokens": "5s",
+        "retry-after": "5",
+    }
+
+
+def test_final_refusal_message_names_limit_and_reset() -> None:
+    err = denial_to_error(denial(Window.DAY, reset_in=55633), now=1000.0)
+    assert "daily token limit of user 'u42'" in err.message
+    assert "resets in 15h27m13s (at 1970-01-01T15:43:53Z)" in err.message
+    assert "will not clear soon" in err.message
+    assert "clear soon" not in denial_to_error(denial(Window.MINUTE), 1000.0).message
+
+
+def test_retry_within_is_configurable() -> None:
+    hour = denial(Window.HOUR, reset_in=300)
+    assert not denial_to_error(hour, 1000.0).details["should_retry"]
+    assert denial_to_error(hour, 1000.0, retry_within=600).details["should_retry"]
+    assert not denial_to_error(hour, 1000.0, retry_within=299).details["should_retry"]
 
 
 # ---------------------------------------------------------------- headers

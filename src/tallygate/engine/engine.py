@@ -390,7 +390,8 @@ class Engine:
             denial = await self.store.reserve(adm.hold_id, adm.holds, lease=self.lease,
                                               now=now)
         if denial is not None:
-            raise verdict.denial_to_error(denial, now)
+            raise verdict.denial_to_error(
+                denial, now, retry_within=self.policy.refusals.retry_within)
 
     async def _usages(self, adm: Admission, now: float) -> list[LimitUsage]:
         """Usage of the tightest token and request limits."""

@@ -23,19 +23,35 @@ def render_error(
             request_id=request_id,
         )
     else:
-        body = openai_wire.error_body(exc.code, exc.message, type=exc.openai_type,
-                                      param=exc.param)
+        kind = QUOTA_TYPE if is_final(exc) else exc.openai_type
+        body = openai_wire.error_body(exc.code, exc.message, type=kind, param=exc.param)
     if isinstance(exc, LimitError) and exc.retry_after is not None:
         headers += _limit_headers(exc, now)
     status = exc.upstream_status if isinstance(exc, UpstreamError) else exc.status
     return status, body, headers
 
 
+# OpenAI's own "you are out of quota" type: the openai SDKs, Codex and most OpenAI
+# clients stop on it at once instead of sleeping on a Retry-After (docs/gateway.md).
+QUOTA_TYPE = "insufficient_quota"
+
+
+def is_final(exc: TallygateError) -> bool:
+    """A limit refusal that retrying before the reset cannot clear (decide.denial_to_error
+    sets `should_retry`): the reset is far away, or the call alone exceeds the limit."""
+    return (isinstance(exc, LimitError) and exc.status == 429
+            and exc.details.get("should_retry", True) is False)
+
+
 def _limit_headers(exc: LimitError, now: float) -> list[tuple[str, str]]:
+    """x-ratelimit-* always (the reset stays visible); Retry-After only when the refusal
+    clears soon: a final one carries `x-should-retry: false` instead, since clients that
+    honour Retry-After (Codex among them) would sleep until a reset hours away."""
     reset_at = float(exc.details.get("reset_at", now + (exc.retry_after or 1)))
     usage = LimitUsage(exc.limit_key, exc.limit, exc.used, 0, reset_at)
     out = list(ratelimit_headers([usage], now).items())
-    out.append(("retry-after", str(int(exc.retry_after or 1))))
-    if not exc.details.get("should_retry", True):
+    if is_final(exc):
         out.append(("x-should-retry", "false"))
+    else:
+        out.append(("retry-after", str(int(exc.retry_after or 1))))
     return out

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from tallygate.errors import InvalidRequest
+from tallygate.providers import sessions
 from tallygate.types import Usage
 
 # --------------------------------------------------------------------------- routes
@@ -387,16 +388,9 @@ def dumps(obj: Any) -> bytes:
 
 
 def end_user(body: Mapping[str, Any]) -> str | None:
-    """The OpenAI `user` field or Anthropic `metadata.user_id`: recorded, not enforced."""
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        return user[:256]
-    meta = body.get("metadata")
-    if isinstance(meta, Mapping):
-        uid = meta.get("user_id")
-        if isinstance(uid, str) and uid:
-            return uid[:256]
-    return None
+    """The OpenAI `user` field or Anthropic `metadata.user_id` (for Claude Code's JSON
+    form, its account or device, not the session): recorded, not enforced."""
+    return sessions.end_user(body)
 
 
 def error_object(body: bytes | Mapping[str, Any] | None) -> Mapping[str, Any]:
