@@ -262,6 +262,35 @@ def test_holds_amounts_tokens_and_cost() -> None:
     assert d.amounts.cost_nusd == 7_500_000
 
 
+# ---------------------------------------------------------------- output floors
+
+THINKING = (1025, "extended thinking needs thinking.budget_tokens >= 1024", "thinking.budget_tokens")
+
+
+def test_lowered_cap_below_the_floor_names_the_feature_cap() -> None:
+    f = facts(100, feature="summarize", max_output=32000)
+    f.output_floor = THINKING
+    with pytest.raises(InvalidRequest) as info:
+        decide(f, POLICY, GPT4O)
+    message = info.value.message
+    assert "max_output of feature 'summarize' (500 tokens)" in message
+    assert "below the 1025 this request needs" in message
+    assert info.value.param == "thinking.budget_tokens"
+
+
+def test_floor_only_binds_a_lowered_cap() -> None:
+    f = facts(100, feature="free", max_output=32000)  # lowered to gpt-4o's 16,384
+    f.output_floor = THINKING
+    assert decide(f, POLICY, GPT4O).max_output == 16_384
+    own = facts(100, max_output=500)  # the client's own small cap: the provider judges it
+    own.output_floor = THINKING
+    assert decide(own, POLICY, GPT4O).max_output == 500
+    model = facts(10, feature="free", max_output=5000)  # TINY's output limit is 800
+    model.output_floor = THINKING
+    with pytest.raises(InvalidRequest, match="output limit of model 'tiny' \\(800 tokens\\)"):
+        decide(model, POLICY, TINY)
+
+
 # ---------------------------------------------------------------- denials
 
 

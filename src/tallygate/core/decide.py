@@ -99,6 +99,9 @@ class RequestFacts:
     n: int = 1
     step: str | None = None
     identity: Identity = field(default_factory=Identity)
+    # The smallest output cap the request works with when lowered (tokens, why, param):
+    # the adapters' `output_floor` (extended thinking, the Responses minimum).
+    output_floor: tuple[int, str, str] | None = None
 
 
 @dataclass(slots=True)  # not frozen: its __init__ would cost ~0.1 µs a field, per call
@@ -174,6 +177,8 @@ def decide(facts: RequestFacts, policy: Policy, model: ModelInfo) -> Decision:
     if over is not None:
         return _on_exceed(facts, policy, model, over)
     value, clamp = _clamp_output(facts, feature.max_output, model)
+    if clamp is not None and facts.output_floor is not None:
+        _check_floor(facts, clamp, feature.max_output, model)
     out_total = value * facts.n
     tokens = facts.input.tokens
     amounts = Amounts(
@@ -292,6 +297,30 @@ def _clamp_output(
     if requested is not None and requested <= value:
         return requested, None
     return value, Clamp(value, reason, requested)
+
+
+def _check_floor(facts: RequestFacts, clamp: Clamp, cap: int | None, model: ModelInfo) -> None:
+    """A lowered cap below what the request needs (a thinking budget of at least 1024,
+    the Responses minimum): a clear 400 naming the cap, before anything is reserved."""
+    assert facts.output_floor is not None
+    floor, why, param = facts.output_floor
+    if clamp.value >= floor:
+        return
+    if clamp.reason is ClampReason.FEATURE_CAP:
+        shared = f", shared by {facts.n} choices" if facts.n > 1 else ""
+        what = (f"The max_output of feature {facts.feature or 'default'!r} "
+                f"({cap} tokens{shared})")
+    elif clamp.reason is ClampReason.MODEL_MAX_OUTPUT:
+        what = f"The output limit of model {model.name!r} ({model.max_output_tokens} tokens)"
+    elif clamp.reason is ClampReason.CONTEXT_WINDOW:
+        what = f"What the context window of model {model.name!r} leaves after the input"
+    else:
+        what = "The default output cap"
+    raise InvalidRequest(
+        f"{what} lowers the output cap to {clamp.value} tokens, below the {floor} this "
+        f"request needs: {why}.",
+        param=param,
+    )
 
 
 # ---------------------------------------------------------------- denials

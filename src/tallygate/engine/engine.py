@@ -298,6 +298,7 @@ class Engine:
             n=_choices(adm.body),
             step=ctx.step,
             identity=self._identity(ctx),
+            output_floor=_output_floor(ctx, adm.body),
         )
         return verdict.decide(facts, self.policy, adm.model)
 
@@ -578,6 +579,16 @@ def _requested_output(ctx: CallContext, body: Mapping[str, Any]) -> int | None:
     else:
         from tallygate.providers import openai as adapter  # type: ignore[no-redef]
     return adapter.requested_max_output(ctx.route, body)
+
+
+def _output_floor(ctx: CallContext, body: Mapping[str, Any]) -> tuple[int, str, str] | None:
+    if ctx.route == "embeddings":
+        return None
+    if ctx.protocol == "anthropic":
+        from tallygate.providers import anthropic as adapter
+    else:
+        from tallygate.providers import openai as adapter  # type: ignore[no-redef]
+    return adapter.output_floor(ctx.route, body)
 
 
 def _choices(body: Mapping[str, Any]) -> int:

@@ -102,8 +102,11 @@ class UpstreamCaller:
         else:
             url = f"{base}/{route}"
             headers["authorization"] = f"Bearer {secret}"
+        # A thinking budget may exceed max_tokens only with the interleaved-thinking beta.
+        extra = ({"interleaved": anthropic_wire.interleaved_thinking(client_headers)}
+                 if protocol == "anthropic" else {})
         body = wire_of(protocol).prepare_body(route, adm.body, model=adm.model.name,
-                                              max_output=adm.max_output)
+                                              max_output=adm.max_output, **extra)
         return url, body, headers
 
     # ------------------------------------------------------------ one try
