@@ -264,7 +264,8 @@ def test_holds_amounts_tokens_and_cost() -> None:
 
 # ---------------------------------------------------------------- output floors
 
-THINKING = (1025, "extended thinking needs thinking.budget_tokens >= 1024", "thinking.budget_tokens")
+THINKING = (1025, "extended thinking needs thinking.budget_tokens >= 1024",
+            "thinking.budget_tokens")
 
 
 def test_lowered_cap_below_the_floor_names_the_feature_cap() -> None:
