@@ -25,5 +25,14 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev]"
 
+# The real coding-agent CLIs for tests/gateway/test_real_agents.py, pinned, from the npm
+# registry (they ship native binaries in platform packages; no install script is needed).
+# Skipped without npm, or with TALLYGATE_SKIP_AGENT_CLIS=1; those tests then skip.
+if command -v npm >/dev/null 2>&1 && [ "${TALLYGATE_SKIP_AGENT_CLIS:-0}" != "1" ]; then
+  timeout 600 npm install --silent --no-audit --no-fund --ignore-scripts \
+    --prefix .agent-clis @anthropic-ai/claude-code@2.1.328 @openai/codex@0.169.0 \
+    || echo "agent CLIs not installed: tests/gateway/test_real_agents.py will skip"
+fi
+
 .venv/bin/ruff check src tests bench
 .venv/bin/python -m pytest "$@"

@@ -58,13 +58,28 @@ def _has_result(content: Any) -> bool:
         isinstance(p, Mapping) and p.get("type") == "tool_result" for p in content)
 
 
+_INSTRUCTION_ROLES = ("system", "developer")
+
+
+def _last_turn(turns: list[Any]) -> Mapping[str, Any] | None:
+    """The last conversational turn: instruction turns after it (Claude Code's
+    mid-conversation system turn, developer messages) are skipped."""
+    for turn in reversed(turns):
+        if not isinstance(turn, Mapping):
+            return None
+        if turn.get("type", "message") == "message" and turn.get("role") in _INSTRUCTION_ROLES:
+            continue
+        return turn
+    return None
+
+
 def marker_in_last_turn(turns: list[Any]) -> tuple[str, str] | None:
     """(name, args) of a `[sim-tool: …]` marker in the last turn when it is a user turn
     with no tool result; None otherwise."""
-    if not turns or not isinstance(turns[-1], Mapping):
+    last = _last_turn(turns)
+    if last is None or last.get("role", "user") != "user":
         return None
-    last = turns[-1]
-    if last.get("role", "user") != "user" or last.get("type", "message") != "message":
+    if last.get("type", "message") != "message":
         return None
     if _has_result(last.get("content")):
         return None
