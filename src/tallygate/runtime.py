@@ -52,7 +52,8 @@ def open_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
     if policy.storage.state.startswith(("redis://", "rediss://")):
         from tallygate.state.guard import GuardedStore
 
-        return GuardedStore(store, mode=policy.storage.fail_mode)
+        return GuardedStore(store, mode=policy.storage.fail_mode,
+                            open_share=float(policy.storage.fail_open_share))
     return store
 
 
