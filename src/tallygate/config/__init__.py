@@ -3,6 +3,7 @@
 
 from tallygate.config.models import (
     Alert,
+    Attribution,
     Cache,
     Feature,
     LimitFields,
@@ -10,6 +11,7 @@ from tallygate.config.models import (
     LimitSet,
     Metrics,
     Provider,
+    Refusals,
     Routing,
     Server,
     Storage,
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_FEATURE",
     "DEFAULT_PATH",
     "Alert",
+    "Attribution",
     "Cache",
     "Feature",
     "LimitFields",
@@ -37,6 +40,7 @@ __all__ = [
     "Metrics",
     "Policy",
     "Provider",
+    "Refusals",
     "Routing",
     "Server",
     "Storage",

@@ -363,6 +363,42 @@ class Metrics(BaseModel):
     high_cardinality_labels: tuple[Literal["user", "run", "key"], ...] = ()
 
 
+class Refusals(BaseModel):
+    """How a limit refusal is told to clients (docs/gateway.md, Errors)."""
+
+    model_config = _MODEL_CONFIG
+
+    # A refusal whose limit resets within this keeps Retry-After (clients wait and retry);
+    # a later reset — or a call larger than the limit — is final: OpenAI's quota shape
+    # (`insufficient_quota`), `x-should-retry: false` and no Retry-After to sleep on.
+    retry_within: Seconds = 60.0
+
+
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class Attribution(BaseModel):
+    """Where a call's run and end user come from when the client sets no tallygate
+    header: coding agents' own session ids (docs/agents.md). On by default."""
+
+    model_config = _MODEL_CONFIG
+
+    agent_sessions: bool = True  # a session id becomes the run when X-Tallygate-Run is absent
+    # Read in this order; the first one present wins.
+    session_headers: tuple[str, ...] = ("x-claude-code-session-id", "session-id", "thread-id")
+    # Claude Code's metadata.user_id JSON: its session_id is a run, the rest the end user.
+    session_from_metadata: bool = True
+
+    @field_validator("session_headers")
+    @classmethod
+    def _header_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        out = tuple(name.strip().lower() for name in names)
+        bad = [name for name in out if not _HEADER_NAME.match(name)]
+        if bad:
+            raise ValueError(f"not an HTTP header name: {bad[0]!r} (letters, digits and '-')")
+        return out
+
+
 _TIER_PREFIX = "tier:"
 DEFAULT = "default"  # the feature / plan / model name that stands for every other
 
@@ -388,6 +424,8 @@ class PolicyModel(BaseModel):
     log_content: bool = False
     metrics: Metrics = Field(default_factory=Metrics)
     tracing: Tracing = Field(default_factory=Tracing)
+    refusals: Refusals = Field(default_factory=Refusals)
+    attribution: Attribution = Field(default_factory=Attribution)
 
     @model_validator(mode="after")
     def _references_exist(self) -> PolicyModel:

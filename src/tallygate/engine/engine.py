@@ -365,6 +365,8 @@ class Engine:
             n=_choices(call.body),
             step=ctx.step,
             identity=self._identity(ctx),
+            output_floor=(None if ctx.route == "embeddings"
+                          else call.adapter.output_floor(ctx.route, call.body)),
         )
         return decide.decide(facts, self.policy, call.model)
 
@@ -455,7 +457,8 @@ class Engine:
                                               now=now)
         if denial is not None:
             call.holds = ()  # nothing is held: never settle or release it
-            raise decide.denial_to_error(denial, now)
+            raise decide.denial_to_error(
+                denial, now, retry_within=self.policy.refusals.retry_within)
 
     # ------------------------------------------------------------------ sending
 
