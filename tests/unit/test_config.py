@@ -195,8 +195,8 @@ def test_cross_references(tmp_path: Path) -> None:
         "plans: {free: {tokens_per_day: 1}}\n"
         "limits: {plan: {gold: {tokens_per_day: 5}, free: {tokens_per_day: 9}}}\n",
     )
-    assert "features.chat.model: no tier 'huge' in tiers" in lines
-    assert "limits.plan.gold: no plan 'gold' in plans (or use 'default')" in lines
+    assert "features.chat.model: unknown tier 'huge'; known tiers: none" in lines
+    assert "limits.plan.gold: unknown plan 'gold'; known plans: default, free" in lines
 
 
 def test_bad_urls(tmp_path: Path) -> None:
@@ -246,9 +246,10 @@ def test_env_expansion_and_default() -> None:
 
 def test_env_empty_value_takes_default_and_dollar_escape() -> None:
     policy = Policy.from_mapping(
-        {"tiers": {"a": "${A:-fallback}", "b": "cost$$", "c": "${C}"}}, env={"A": "", "C": ""}
+        {"models": {"m": {"provider": "${A:-fallback}", "note": "cost$$", "other": "${C}"}}},
+        env={"A": "", "C": ""},
     )
-    assert policy.tiers == {"a": "fallback", "b": "cost$", "c": ""}
+    assert policy.models["m"] == {"provider": "fallback", "note": "cost$", "other": ""}
 
 
 def test_missing_env_var_is_named(tmp_path: Path) -> None:
@@ -383,7 +384,8 @@ def test_limits_shape_and_rolling() -> None:
 
 def test_flags_on_off_and_feature_enabled(tmp_path: Path) -> None:
     policy = load_policy(
-        write(tmp_path, "flags: {a: on, b: off, c: 'on'}\nfeatures: {d: {enabled: false}}\n")
+        write(tmp_path, "flags: {a: on, b: off, c: 'on'}\n"
+                        "features: {a: {}, b: {}, c: {}, d: {enabled: false}}\n")
     )
     assert policy.flags == {"a": True, "b": False, "c": True}
     assert policy.flag("a") and not policy.flag("b") and not policy.flag("d")

@@ -356,7 +356,6 @@ class Metrics(BaseModel):
     high_cardinality_labels: tuple[Literal["user", "run", "key"], ...] = ()
 
 
-_TIER_PREFIX = "tier:"
 DEFAULT = "default"  # the feature / plan / model name that stands for every other
 
 
@@ -381,27 +380,18 @@ class PolicyModel(BaseModel):
     log_content: bool = False
     metrics: Metrics = Field(default_factory=Metrics)
     tracing: Tracing = Field(default_factory=Tracing)
+    # An X-Tallygate-Feature value that names no feature: counted as the `default`
+    # feature (its limits and kill switch, one shared counter), or refused.
+    unknown_features: Literal["default", "reject"] = "default"
 
     @model_validator(mode="after")
     def _references_exist(self) -> PolicyModel:
-        problems = list(self._bad_tier_references())
-        problems += [
-            f"limits.plan.{name}: no plan {name!r} in plans (or use 'default')"
-            for name in self.limits.plan
-            if name != "default" and name not in self.plans
-        ]
+        from tallygate.config.names import policy_problems  # it reads this model
+
+        problems = policy_problems(self)
         if problems:
             raise Problems(problems)
         return self
-
-    def _bad_tier_references(self) -> list[str]:
-        out = []
-        for name, feature in self.features.items():
-            pairs = (("model", feature.model), ("summarize_model", feature.summarize_model))
-            for key, model in pairs:
-                if model and model.startswith(_TIER_PREFIX) and model[5:] not in self.tiers:
-                    out.append(f"features.{name}.{key}: no tier {model[5:]!r} in tiers")
-        return out
 
     @functools.cached_property
     def limit_index(self) -> LimitIndex:

@@ -11,6 +11,7 @@ import orjson
 from starlette.applications import Starlette
 
 from tallygate.config import Policy
+from tallygate.config.names import PolicyNames
 from tallygate.gateway import ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin.flags import flag_routes
@@ -60,10 +61,12 @@ class Gateway:
         self.proxy = Proxy(self.policy, rt.engine, rt.keys, self.upstream)
         self.count_tokens = ops.CountTokens(rt)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
+        names = PolicyNames(self.policy, rt.catalog)
         self.ops = Starlette(
             routes=[*ops.routes(rt), *self.observe.routes,
-                    *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans)),
-                    *flag_routes(rt.store, admin_key, static=_static_flags(self.policy)),
+                    *admin_routes(rt.keys, admin_key, names=names),
+                    *flag_routes(rt.store, admin_key, static=_static_flags(self.policy),
+                                 names=names),
                     *report_routes(rt, admin_key)]
         )
         # Everything built so far (catalog, tokenizer tables, policy) lives as long as
