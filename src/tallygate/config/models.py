@@ -31,14 +31,6 @@ _MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=Tru
 # ---------------------------------------------------------------- scalar types
 
 
-class Problems(ValueError):
-    """Cross-field problems, each already prefixed with its document path."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("; ".join(lines))
-        self.lines = lines
-
-
 def _reject_bool(value: Any) -> Any:
     """`True` is an int in Python; a token count of `yes` is a typo, not 1."""
     if isinstance(value, bool):
@@ -383,15 +375,6 @@ class PolicyModel(BaseModel):
     # An X-Tallygate-Feature value that names no feature: counted as the `default`
     # feature (its limits and kill switch, one shared counter), or refused.
     unknown_features: Literal["default", "reject"] = "default"
-
-    @model_validator(mode="after")
-    def _references_exist(self) -> PolicyModel:
-        from tallygate.config.names import policy_problems  # it reads this model
-
-        problems = policy_problems(self)
-        if problems:
-            raise Problems(problems)
-        return self
 
     @functools.cached_property
     def limit_index(self) -> LimitIndex:

@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Collection, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any, Protocol
 
 from tallygate.core.catalog import Catalog, default_catalog
 from tallygate.errors import InvalidRequest
 
-if TYPE_CHECKING:
-    from tallygate.config.models import PolicyModel
+
+class PolicyModel(Protocol):
+    """The parts of the policy (config/models.py) whose names are checked here."""
+
+    @property
+    def plans(self) -> Mapping[str, Any]: ...
+    @property
+    def features(self) -> Mapping[str, Any]: ...
+    @property
+    def tiers(self) -> Mapping[str, str]: ...
+    @property
+    def models(self) -> Mapping[str, Any]: ...
+    @property
+    def flags(self) -> Mapping[str, bool]: ...
+    @property
+    def routing(self) -> Any: ...
+    @property
+    def limits(self) -> Any: ...
 
 DEFAULT = "default"  # the feature / plan / model name that stands for every other
 TIER_PREFIX = "tier:"

@@ -29,13 +29,13 @@ from tallygate.config.models import (
     LimitSet,
     Metrics,
     PolicyModel,
-    Problems,
     Provider,
     Routing,
     Server,
     Storage,
     usd_to_nano,
 )
+from tallygate.config.names import policy_problems
 from tallygate.errors import ConfigError
 
 __all__ = [
@@ -85,6 +85,11 @@ class Policy(PolicyModel):
             policy = cls.model_validate(expanded)
         except ValidationError as exc:
             raise ConfigError(_format_errors(exc, source)) from None
+        problems = [f"{source}: {line}" for line in policy_problems(policy)]
+        if len(problems) > 1:
+            problems.insert(0, f"{source}: {len(problems)} problems in the policy:")
+        if problems:
+            raise ConfigError("\n".join(problems))
         return policy
 
     def feature(self, name: str | None) -> Feature:
@@ -298,10 +303,6 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     lines: list[str] = []
     for err in exc.errors(include_input=False, include_url=False):
         loc = tuple(err["loc"])
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, Problems):
-            lines += [f"{source}: {line}" for line in cause.lines]
-            continue
         lines.append(f"{source}: {_dotted(loc) or '(top level)'}: {_expectation(err, loc)}")
     if len(lines) > 1:
         lines.insert(0, f"{source}: {len(lines)} problems in the policy:")
