@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tallygate.config import Policy, default_policy, load_policy
-from tallygate.errors import ConfigError
+from tallygate.config.models import unset_secrets
+from tallygate.errors import ConfigError, SecretNotSet
 from tallygate.types import Metric, Window
 
 SPEC_EXAMPLE = """\
@@ -253,16 +254,37 @@ def test_env_empty_value_takes_default_and_dollar_escape() -> None:
 
 
 def test_missing_env_var_is_named(tmp_path: Path) -> None:
+    os.environ.pop("TG_TEST_MISSING_VAR", None)
+    with pytest.raises(ConfigError) as info:
+        load_policy(write(tmp_path, "server: {host: ${TG_TEST_MISSING_VAR}}\n"))
+    msg = str(info.value)
+    assert msg.endswith("server.host: environment variable TG_TEST_MISSING_VAR is not set "
+                        "(set it, or write ${TG_TEST_MISSING_VAR:-default})")
+
+
+def test_unset_secret_fails_only_when_read(tmp_path: Path) -> None:
+    """A secret's variable is needed where the secret is used, never to load the file."""
     path = write(
         tmp_path,
         "providers:\n  o: {protocol: openai, base_url: 'https://x', "
         "api_key: ${TG_TEST_MISSING_VAR}}\n",
     )
     os.environ.pop("TG_TEST_MISSING_VAR", None)
-    with pytest.raises(ConfigError) as info:
-        load_policy(path)
-    msg = str(info.value)
-    assert msg.startswith(f"{path}: providers.o.api_key: environment variable TG_TEST_MISSING_VAR")
+    policy = load_policy(path)
+    secret = policy.providers["o"].api_key
+    assert secret and unset_secrets(policy) == [secret]
+    with pytest.raises(SecretNotSet) as info:
+        secret.get_secret_value()
+    assert info.value.message.startswith(
+        f"{path}: providers.o.api_key: environment variable TG_TEST_MISSING_VAR is not set")
+    assert info.value.status == 500
+    assert policy == load_policy(path)  # comparing never reads the value
+    os.environ["TG_TEST_MISSING_VAR"] = "sk-set-now"
+    try:
+        assert load_policy(path).providers["o"].api_key.get_secret_value() == "sk-set-now"
+        assert "sk-set-now" not in repr(load_policy(path))
+    finally:
+        del os.environ["TG_TEST_MISSING_VAR"]
 
 
 def test_admin_key_from_environment() -> None:

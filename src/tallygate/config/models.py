@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from tallygate.core.limits import LimitIndex, LimitRule, Rules, merge_rules
+from tallygate.errors import SecretNotSet
 from tallygate.types import NANO_PER_USD, Metric, Window
 
 _MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
@@ -95,6 +96,41 @@ def _duration(value: Any) -> float:
     if not seconds.is_finite() or seconds <= 0:
         raise ValueError("expected a duration > 0")
     return float(seconds)
+
+
+class UnsetSecret(SecretStr):
+    """A secret written as `${VAR}` whose variable is not set. Loading the policy works
+    (offline commands never read a provider's key); reading the value raises
+    SecretNotSet naming the variable, at the first call that needs it."""
+
+    def __init__(self, variable: str, where: str) -> None:
+        super().__init__("")
+        self.variable = variable
+        self.where = where
+
+    def __bool__(self) -> bool:
+        return True  # configured: only its value is missing here
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnsetSecret) and other.variable == self.variable
+
+    def __hash__(self) -> int:
+        return hash(self.variable)
+
+    def __repr__(self) -> str:
+        return f"UnsetSecret(${{{self.variable}}})"
+
+    def get_secret_value(self) -> str:
+        raise SecretNotSet(
+            f"{self.where}: environment variable {self.variable} is not set "
+            f"(export {self.variable}=… where tallygate runs)")
+
+
+def unset_secrets(policy: PolicyModel) -> list[UnsetSecret]:
+    """Every secret of the policy whose environment variable is missing."""
+    found: list[SecretStr | None] = [p.api_key for p in policy.providers.values()]
+    found += [policy.cache.hmac_key, policy.admin_key]
+    return [s for s in found if isinstance(s, UnsetSecret)]
 
 
 def _empty_secret_is_none(value: Any) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from tallygate.config.models import (
     Alert,
@@ -33,6 +33,7 @@ from tallygate.config.models import (
     Routing,
     Server,
     Storage,
+    UnsetSecret,
     usd_to_nano,
 )
 from tallygate.config.names import policy_problems
@@ -247,10 +248,18 @@ _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _VAR_TEXT = re.compile(r"\$\{[^}\n]*\}")
 
 
+class _MissingVariable(ConfigError):
+    def __init__(self, message: str, variable: str) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
 def _expand(value: Any, env: Mapping[str, str], source: str, path: tuple[Any, ...]) -> Any:
-    """Expand `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
+    """Expand `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`.
+    A missing variable is an error, except in a secret: that one is kept as an
+    UnsetSecret, so only what actually uses it fails (and says which variable)."""
     if isinstance(value, str):
-        return _expand_str(value, env, source, path) if "$" in value else value
+        return _expand_text(value, env, source, path) if "$" in value else value
     if isinstance(value, float):
         return Decimal(repr(value))  # as from YAML: the number as written, exactly
     if isinstance(value, Mapping):
@@ -258,6 +267,16 @@ def _expand(value: Any, env: Mapping[str, str], source: str, path: tuple[Any, ..
     if isinstance(value, list | tuple):
         return [_expand(v, env, source, (*path, i)) for i, v in enumerate(value)]
     return value
+
+
+def _expand_text(text: str, env: Mapping[str, str], source: str,
+                 path: tuple[Any, ...]) -> str | UnsetSecret:
+    try:
+        return _expand_str(text, env, source, path)
+    except _MissingVariable as exc:
+        if not _is_secret(path):
+            raise
+        return UnsetSecret(exc.variable, f"{source}: {_dotted(path)}")
 
 
 def _key(key: Any) -> Any:
@@ -278,10 +297,9 @@ def _expand_str(text: str, env: Mapping[str, str], source: str, path: tuple[Any,
         if default is not None:
             return default
         where = _dotted(path) or "(top level)"
-        raise ConfigError(
+        raise _MissingVariable(
             f"{source}: {where}: environment variable {name} is not set "
-            f"(set it, or write ${{{name}:-default}})"
-        )
+            f"(set it, or write ${{{name}:-default}})", name)
 
     return _VAR.sub(replace, text)
 
@@ -356,6 +374,16 @@ def _child_type(node: Any, part: Any) -> Any:
     if origin in (tuple, list) and args:
         return args[0]
     return None
+
+
+def _is_secret(path: tuple[Any, ...]) -> bool:
+    """Whether the document path leads to a SecretStr field (api_key, hmac_key …)."""
+    node: Any = Policy
+    for part in path:
+        node = _child_type(node, part)
+        if node is None:
+            return False
+    return _unwrap_optional(node) is SecretStr
 
 
 def _unwrap_optional(node: Any) -> Any:
