@@ -129,7 +129,7 @@ class UnsetSecret(SecretStr):
 def unset_secrets(policy: PolicyModel) -> list[UnsetSecret]:
     """Every secret of the policy whose environment variable is missing."""
     found: list[SecretStr | None] = [p.api_key for p in policy.providers.values()]
-    found += [policy.cache.hmac_key, policy.admin_key]
+    found += [policy.cache.hmac_key, policy.admin_key, policy.metrics.token]
     return [s for s in found if isinstance(s, UnsetSecret)]
 
 
@@ -366,6 +366,18 @@ class Server(BaseModel):
     max_chars: PositiveInt = 4_000_000  # counting refuses longer texts (InputTooLarge)
     # Upstream HTTP client: the lean httptools one (gateway/lean_upstream.py), or aiohttp.
     upstream: Literal["aiohttp", "lean"] = "lean"
+    # The connection defences (gateway/guarded_http.py; docs/gateway.md). `http: uvicorn`
+    # is plain uvicorn + httptools without them (for comparison only).
+    http: Literal["guarded", "uvicorn"] = "guarded"
+    header_timeout: Seconds = 10.0  # request line + headers, from the first byte
+    body_timeout: Seconds = 30.0  # the whole body, from the end of the headers
+    idle_timeout: Seconds = 5.0  # a kept-alive connection with no new request
+    max_connections: PositiveInt = 1024  # per worker; more get 503, then are closed
+    max_header_bytes: Annotated[int, BeforeValidator(_reject_bool),
+                                Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    # Failed key checks (401) allowed per client address and minute before its key
+    # checks are refused with 429 for the rest of that minute; 0 = no throttling.
+    auth_failures_per_minute: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0)] = 20
 
 
 class Tracing(BaseModel):
@@ -382,6 +394,8 @@ class Metrics(BaseModel):
     model_config = _MODEL_CONFIG
 
     high_cardinality_labels: tuple[Literal["user", "run", "key"], ...] = ()
+    # When set, GET /metrics needs `Authorization: Bearer <token>` (it shows spend).
+    token: Secret = None
 
 
 DEFAULT = "default"  # the feature / plan / model name that stands for every other

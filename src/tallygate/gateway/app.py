@@ -7,20 +7,21 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 
 from tallygate.config import Policy
 from tallygate.config.names import PolicyNames
-from tallygate.gateway import ops
+from tallygate.gateway import edges, ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin.flags import flag_routes
 from tallygate.gateway.admin.reports import report_routes
 from tallygate.gateway.http import Receive, Scope, Send
 from tallygate.gateway.proxy import Proxy, Route
+from tallygate.gateway.throttle import CLIENT, AuthThrottle, ThrottledKeys
 from tallygate.gateway.upstream import Transport
 from tallygate.gateway.upstream.aiohttp import Upstream
 from tallygate.gateway.upstream.lean import LeanUpstream
+from tallygate.keys.base import KeyStore
 from tallygate.observe import Observability, install
 from tallygate.runtime import Runtime
 
@@ -30,10 +31,7 @@ PROXY_ROUTES = {
     "/v1/embeddings": Route("openai", "embeddings"),
     "/v1/messages": Route("anthropic", "messages"),
 }
-_NOT_FOUND = orjson.dumps(
-    {"error": {"message": "Not found.", "type": "invalid_request_error", "param": None,
-               "code": "not_found"}}
-)
+COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
 class Gateway:
@@ -51,6 +49,7 @@ class Gateway:
         self.ops: Starlette | None = None
         self.count_tokens: ops.CountTokens | None = None
         self.observe: Observability | None = None
+        self.throttled = policy.server.auth_failures_per_minute > 0
 
     async def startup(self) -> None:
         if self.runtime is None:
@@ -58,12 +57,17 @@ class Gateway:
         await self.upstream.start()
         rt = self.runtime
         self.observe = install(rt, self.policy)
-        self.proxy = Proxy(self.policy, rt.engine, rt.keys, self.upstream)
-        self.count_tokens = ops.CountTokens(rt)
+        keys: KeyStore = rt.keys
+        if self.throttled:
+            keys = ThrottledKeys(rt.keys, AuthThrottle(
+                self.policy.server.auth_failures_per_minute))
+        self.proxy = Proxy(self.policy, rt.engine, keys, self.upstream)
+        self.count_tokens = ops.CountTokens(rt, keys)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
         names = PolicyNames(self.policy, rt.catalog)
         self.ops = Starlette(
-            routes=[*ops.routes(rt), *self.observe.routes,
+            exception_handlers=edges.HANDLERS,
+            routes=[*ops.routes(rt, keys), *self.observe.routes,
                     *admin_routes(rt.keys, admin_key, names=names),
                     *flag_routes(rt.store, admin_key, static=_static_flags(self.policy),
                                  names=names),
@@ -85,14 +89,20 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            route = PROXY_ROUTES.get(scope["path"])
-            if route is not None and scope["method"] == "POST":
-                assert self.proxy is not None
-                await self.proxy.handle(route, scope, receive, send)
-                return
-            if scope["path"] == "/v1/messages/count_tokens" and scope["method"] == "POST":
-                assert self.count_tokens is not None
-                await self.count_tokens(scope, receive, send)
+            if self.throttled:
+                client = scope.get("client")
+                CLIENT.set(client[0] if client else None)
+            path = scope["path"]
+            route = PROXY_ROUTES.get(path)
+            if route is not None or path == COUNT_TOKENS:
+                if scope["method"] != "POST" or not edges.json_body(scope):
+                    await edges.refuse(scope, send)
+                elif route is not None:
+                    assert self.proxy is not None
+                    await self.proxy.handle(route, scope, receive, send)
+                else:
+                    assert self.count_tokens is not None
+                    await self.count_tokens(scope, receive, send)
                 return
             assert self.ops is not None
             await self.ops(scope, receive, send)

@@ -81,7 +81,8 @@ def install(
     alert (when rules exist) recorders to the runtime and start their background tasks.
     Call from a running event loop; returns the `/metrics` route in `routes`."""
     metrics = MetricsRecorder(policy, runtime.catalog)
-    obs = Observability(metrics, [metrics_route(metrics)])
+    token = policy.metrics.token.get_secret_value() if policy.metrics.token else None
+    obs = Observability(metrics, [metrics_route(metrics, token)])
     runtime.recorders.recorders.append(metrics)
     options = tracing_options(policy)
     if tracer_provider is not None or options.get("exporter", "none") != "none":
