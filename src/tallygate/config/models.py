@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -264,7 +265,33 @@ def _check_scheme(url: str, schemes: tuple[str, ...]) -> str:
     if scheme not in schemes:
         wanted = ", ".join(f"{s}://" for s in schemes)
         raise ValueError(f"expected a URL starting with one of {wanted}")
+    problem = _url_problem(scheme, url)
+    if problem:
+        raise ValueError(problem)
     return url
+
+
+def _url_problem(scheme: str, url: str) -> str | None:
+    """What is malformed in a storage URL (never echoing it: it may hold a password)."""
+    if scheme == "memory":
+        return None
+    if scheme == "sqlite":
+        bad = not url.startswith("sqlite:///") or len(url) == len("sqlite:///")
+        return "expected sqlite:///PATH (or sqlite:///:memory:)" if bad else None
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return f"the port of this {scheme}:// URL is not a number from 0 to 65535"
+    problem = None
+    target = parts.path.strip("/")
+    if scheme.startswith("redis") and not parts.hostname:
+        problem = f"this {scheme}:// URL names no host"
+    elif scheme in ("redis", "rediss") and target and not target.isdigit():
+        problem = "expected redis://HOST:PORT/DB with DB a number"
+    elif scheme.startswith("postgres") and not target:
+        problem = f"expected {scheme}://USER@HOST:PORT/DATABASE (no database named)"
+    return problem
 
 
 def _check_http_url(url: str) -> str:

@@ -23,6 +23,7 @@ from tallygate.gateway.upstream.aiohttp import Upstream
 from tallygate.gateway.upstream.lean import LeanUpstream
 from tallygate.keys.base import KeyStore
 from tallygate.observe import Observability, install
+from tallygate.observe.access_log import AccessLog
 from tallygate.runtime import Runtime
 
 PROXY_ROUTES = {
@@ -38,8 +39,10 @@ class Gateway:
     """ASGI callable. `runtime` is opened at lifespan start (or injected by tests)."""
 
     def __init__(self, policy: Policy, *, runtime: Runtime | None = None,
-                 sole_process: bool = False) -> None:
+                 sole_process: bool = False, access_log: str | None = None) -> None:
         self.policy = policy
+        self.access_log_path = access_log  # a file, or "-" for stdout
+        self.access_log: AccessLog | None = None
         self.runtime = runtime
         self._sole_process = sole_process  # see runtime.open_state
         self._owns_runtime = runtime is None
@@ -57,6 +60,9 @@ class Gateway:
         await self.upstream.start()
         rt = self.runtime
         self.observe = install(rt, self.policy)
+        if self.access_log_path:
+            self.access_log = AccessLog(self.access_log_path)
+            rt.recorders.recorders.append(self.access_log)
         keys: KeyStore = rt.keys
         if self.throttled:
             keys = ThrottledKeys(rt.keys, AuthThrottle(
@@ -85,6 +91,8 @@ class Gateway:
         await self.upstream.close()
         if self.runtime is not None and self._owns_runtime:
             await self.runtime.close()
+        if self.access_log is not None:
+            self.access_log.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -28,6 +28,7 @@ from tallygate.providers import anthropic as anthropic_wire
 from tallygate.providers import openai as openai_wire
 
 log = logging.getLogger("tallygate.server")
+LINGER_SECONDS = 2.0
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
            503: b"Service Unavailable"}
 
@@ -105,6 +106,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.in_headers = True
         self.header_bytes = 0
         self.deadline: asyncio.TimerHandle | None = None
+        self.discarding = False  # refused: the rest of what the client sends is dropped
 
     # -- connection ---------------------------------------------------------------
 
@@ -135,10 +137,12 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
         if self.in_headers:
             self.header_bytes += len(data)
         super().data_received(data)
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.discarding:
             return
         if self.in_headers and self.header_bytes > self.guards.max_header_bytes:
             self._refuse(431, "request_header_fields_too_large",
@@ -171,10 +175,12 @@ class GuardedProtocol(HttpToolsProtocol):
             self._arm(self.guards.body_timeout, self._body_deadline)
 
     def on_body(self, body: bytes) -> None:
-        if self.cycle is not None and not self.transport.is_closing():
+        if self.cycle is not None and not self.discarding and not self.transport.is_closing():
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self.discarding:
+            return
         self._disarm()
         if self.cycle is not None and not self.transport.is_closing():
             super().on_message_complete()
@@ -221,7 +227,7 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- answers --------------------------------------------------------------------
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.discarding:
             return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
@@ -230,7 +236,18 @@ class GuardedProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         target = getattr(self, "url", b"")  # the request target (path and query) so far
         self.transport.write(error_response(status, code, message, target))
-        self._close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close and discard what the client still sends for a moment, so the
+        answer is read before the connection goes (closing with unread data sends a
+        reset, which can destroy the answer in flight)."""
+        if not self.transport.can_write_eof():
+            self._close()
+            return
+        self.discarding = True
+        self.transport.write_eof()
+        self._arm(LINGER_SECONDS, self._close)
 
     def _close(self) -> None:
         self.deadline = None
