@@ -54,6 +54,7 @@ __all__ = [
     "Storage",
     "default_policy",
     "load_policy",
+    "parse_policy",
     "usd_to_nano",
 ]
 
@@ -121,10 +122,13 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
         raise ConfigError(f"{source}: policy file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read the policy file ({type(exc).__name__})") from None
+    return parse_policy(text, source)
+
+
+def parse_policy(text: str, source: str = "<inline>") -> Policy:
+    """A policy from YAML text (what load_policy reads from the file)."""
     data = _parse_yaml(text, source)
-    if data is None:
-        data = {}
-    return Policy.from_mapping(data, source)
+    return Policy.from_mapping({} if data is None else data, source)
 
 
 _DEFAULTS: dict[str, Any] = {

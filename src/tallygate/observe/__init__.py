@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Route
 
+from tallygate.extras import needs
 from tallygate.observe.metrics import MetricsRecorder, metrics_route
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ def install(
     runtime.recorders.recorders.append(metrics)
     options = tracing_options(policy)
     if tracer_provider is not None or options.get("exporter", "none") != "none":
-        from tallygate.observe.tracing import TracingRecorder  # OTel loads only here
+        with needs("otel", "tracing"):
+            from tallygate.observe.tracing import TracingRecorder  # OTel loads only here
 
         obs.tracing = TracingRecorder(
             tracer_provider, exporter=options.get("exporter", "console"),
