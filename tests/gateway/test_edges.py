@@ -16,7 +16,7 @@ import pytest
 from tallygate.sim import SimServer
 from tests.gateway.conftest import FEATURES, PLANS
 from tests.gateway.resilience_support import HELLO
-from tests.support.gateway import RunningGateway, http, running_gateway, sim_policy
+from tests.support.gateway import ADMIN_KEY, RunningGateway, http, running_gateway, sim_policy
 
 
 @pytest.fixture
@@ -113,3 +113,12 @@ def test_failed_key_checks_are_throttled_per_address(
     openai_error(status, raw, "auth_throttled")
     lines = [r.getMessage() for r in caplog.records if r.name == "tallygate.auth"]
     assert len(lines) == 1 and "127.0.0.1" in lines[0] and "4 failed key checks" in lines[0]
+
+
+def test_admin_key_guesses_count_against_the_address(gw: RunningGateway) -> None:
+    def keys(admin: str) -> int:
+        return http("GET", gw.url + "/admin/keys", headers={"Authorization": f"Bearer {admin}"})[0]
+
+    assert keys(ADMIN_KEY) == 200
+    assert [keys(f"guess-{i}") for i in range(4)] == [401] * 4
+    assert keys(ADMIN_KEY) == 429  # the right key too, until the minute ends

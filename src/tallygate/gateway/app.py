@@ -64,9 +64,10 @@ class Gateway:
             self.access_log = AccessLog(self.access_log_path)
             rt.recorders.recorders.append(self.access_log)
         keys: KeyStore = rt.keys
-        if self.throttled:
-            keys = ThrottledKeys(rt.keys, AuthThrottle(
-                self.policy.server.auth_failures_per_minute))
+        throttle = None
+        if self.throttled:  # one count per address for virtual keys and the admin key
+            throttle = AuthThrottle(self.policy.server.auth_failures_per_minute)
+            keys = ThrottledKeys(rt.keys, throttle)
         self.proxy = Proxy(self.policy, rt.engine, keys, self.upstream)
         self.count_tokens = ops.CountTokens(rt, keys)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
@@ -74,10 +75,10 @@ class Gateway:
         self.ops = Starlette(
             exception_handlers=edges.HANDLERS,
             routes=[*ops.routes(rt, keys), *self.observe.routes,
-                    *admin_routes(rt.keys, admin_key, names=names),
+                    *admin_routes(rt.keys, admin_key, names=names, throttle=throttle),
                     *flag_routes(rt.store, admin_key, static=_static_flags(self.policy),
-                                 names=names),
-                    *report_routes(rt, admin_key)]
+                                 names=names, throttle=throttle),
+                    *report_routes(rt, admin_key, throttle)]
         )
         # Everything built so far (catalog, tokenizer tables, policy) lives as long as
         # the process: out of the collector's sight, full collections stay short.

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from tallygate.config.names import PolicyNames
 from tallygate.errors import InvalidRequest
 from tallygate.gateway.admin.guard import AdminGuard, guarded, json_response, read_json_object
+from tallygate.gateway.throttle import AuthThrottle
 from tallygate.state.base import StateStore
 
 MAX_BODY = 4096
@@ -40,10 +41,10 @@ async def flag_list(store: StateStore, static: Mapping[str, bool]) -> list[dict[
 
 def flag_routes(
     store: StateStore, admin_key: str | None, *, static: Mapping[str, bool] | None = None,
-    names: PolicyNames | None = None,
+    names: PolicyNames | None = None, throttle: AuthThrottle | None = None,
 ) -> list[Route]:
     """`names`: the policy's names; a flag for no configured feature is then a 400."""
-    guard = AdminGuard(admin_key)
+    guard = AdminGuard(admin_key, throttle)
     defaults = dict(static or {})
 
     def feature_of(request: Request) -> str:

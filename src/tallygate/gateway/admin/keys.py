@@ -24,6 +24,7 @@ from tallygate.gateway.admin.guard import (
     openai_error,
     read_json_object,
 )
+from tallygate.gateway.throttle import AuthThrottle
 from tallygate.keys.base import KeyStore
 from tallygate.keys.model import VirtualKey, check_limits, check_names, check_text
 
@@ -69,11 +70,12 @@ def admin_routes(
     names: PolicyNames | None = None,
     validate_limits: LimitsValidator | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    throttle: AuthThrottle | None = None,
 ) -> list[Route]:
     """Routes for `/admin/keys`. `names`: the policy's names (unknown plans, features
     and models → 400 with "did you mean");
     `validate_limits`: the policy's own check of a limits mapping (raise TallygateError)."""
-    guard = AdminGuard(admin_key)
+    guard = AdminGuard(admin_key, throttle)
 
     async def create(request: Request) -> Response:
         fields = _check_create(await read_json_object(request, max_body), names,
