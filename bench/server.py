@@ -11,6 +11,7 @@ backpressure cap but no body deadline, no connection cap answering 503 and no 43
 hypercorn has keep-alive and read timeouts and a header size cap (h11), no connection
 cap. The guarded protocol has all of them.
 
+    pip install granian hypercorn   # compared here only; not tallygate dependencies
     python bench/server.py --requests 2000 --rounds 3 [--out bench/results/server.md]
 """
 
