@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +123,25 @@ def test_refusals_are_one_line(sim: SimServer, tmp_path: Path) -> None:
     result = tallygate("serve", "--config", str(down), "--port", "0", env=env)
     err = one_line_refusal(result, "cannot open ledger")
     assert "pw" not in err and "pw" not in result.stdout
+
+
+def test_workers_get_the_defences(tmp_path: Path) -> None:
+    """With --workers 2 the guarded protocol and its settings reach each worker process."""
+    config = write_policy(tmp_path / "tallygate.yaml", {
+        "storage": {"state": f"sqlite:///{tmp_path}/s.db", "ledger": f"sqlite:///{tmp_path}/l.db"},
+        "server": {"header_timeout": 1},
+    })
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tallygate", "serve", "--config", str(config), "--port",
+         str(port), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            started = time.monotonic()
+            assert silent.recv(100) == b""  # closed by the header deadline
+            assert time.monotonic() - started < 1 + 2.0
+    finally:
+        stop(proc)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    assert "(2 workers)" in out and "header 1 s" in out

@@ -156,7 +156,7 @@ def _run(sock: socket.socket, workers: int, log_level: str, guards: Any,
               else GuardedConfig(app, guards=guards, **common))
     server = uvicorn.Server(config)
     if workers > 1:
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock]).run()
     else:
         server.run(sockets=[sock])
     if not server.started:  # the lifespan failed: uvicorn said why on stderr
