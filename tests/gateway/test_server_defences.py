@@ -84,9 +84,10 @@ def test_half_a_request_line_gets_408_and_is_closed(gw: RunningGateway) -> None:
 
 
 def test_half_a_body_gets_408_and_is_closed(gw: RunningGateway) -> None:
+    key = gw.create_key("u", "pro").encode()  # the gateway checks the key first
     with connect(gw) as sock:
         sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                     b"\r\nContent-Length: 100\r\n\r\n{\"model\":")
+                     b"\r\nx-api-key: " + key + b"\r\nContent-Length: 100\r\n\r\n{\"model\":")
         data, took = read_until_closed(sock)
     assert took < GUARDS.body_timeout + SLACK
     assert data.startswith(b"HTTP/1.1 408 ")

@@ -138,12 +138,15 @@ def startup_block(policy: Any, source: str, sock: socket.socket, workers: int,
     return "\n".join([f"tallygate {__version__}"] + [f"  {k:<11}{v}" for k, v in rows])
 
 
-def _run(sock: socket.socket, workers: int, log_level: str, guards: Any,
-         plain: bool) -> None:
+def _run(sock: socket.socket, workers: int, log_level: str, guards: Any, *,
+         plain: bool, deadline: float) -> None:
+    """uvicorn over the bound socket with the gateway's own way to stop
+    (gateway/server.py), in one process or under uvicorn's supervisor for several."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     from tallygate.gateway.guarded_http import GuardedConfig
+    from tallygate.gateway.server import GatewayServer
 
     common: dict[str, Any] = dict(
         factory=True, workers=workers, loop="uvloop", lifespan="on", log_level=log_level,
@@ -154,8 +157,9 @@ def _run(sock: socket.socket, workers: int, log_level: str, guards: Any,
     app = "tallygate.cli.serve:app_from_env"
     config = (uvicorn.Config(app, http="httptools", **common) if plain
               else GuardedConfig(app, guards=guards, **common))
-    server = uvicorn.Server(config)
+    server = GatewayServer(config, deadline=deadline)
     if workers > 1:
+        # uvicorn's supervisor runs a plain uvicorn.Server in each worker process.
         Multiprocess(config, sockets=[sock]).run()
     else:
         server.run(sockets=[sock])
@@ -203,8 +207,30 @@ def register(app: typer.Typer) -> None:
             found = Path(DEFAULT_PATH)
             source = str(found.resolve()) if found.is_file() else "built-in defaults"
         os.environ[WORKERS_ENV] = str(workers)
+        check_state_free(policy, workers)
         if access_log:
             os.environ[ACCESS_LOG_ENV] = access_log
         typer.echo(startup_block(policy, source, sock, workers, guards, cap_note, access_log),
                    err=access_log == "-")
-        _run(sock, workers, log_level, guards, plain=server.http == "uvicorn")
+        _run(sock, workers, log_level, guards, plain=server.http == "uvicorn",
+             deadline=server.shutdown_deadline)
+
+
+def check_state_free(policy: object, workers: int) -> None:
+    """Several workers share a SQLite state file: refuse to start (instead of answering
+    every call 429) while another process owns it."""
+    from tallygate.config import Policy
+    from tallygate.errors import ConfigError, StoreUnavailable
+    from tallygate.state.file_lock import release, take_sharer
+
+    assert isinstance(policy, Policy)
+    url = policy.storage.state
+    if workers <= 1 or not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return
+    path = url.removeprefix("sqlite:///")
+    if not Path(path).exists():
+        return
+    try:
+        release(take_sharer(path))
+    except StoreUnavailable as exc:
+        raise ConfigError(exc.message) from None

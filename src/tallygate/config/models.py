@@ -391,7 +391,7 @@ class Server(BaseModel):
     port: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     max_chars: PositiveInt = 4_000_000  # counting refuses longer texts (InputTooLarge)
-    # Upstream HTTP client: the lean httptools one (gateway/lean_upstream.py), or aiohttp.
+    # Upstream HTTP client: the lean httptools one (gateway/upstream/lean.py), or aiohttp.
     upstream: Literal["aiohttp", "lean"] = "lean"
     # The connection defences (gateway/guarded_http.py; docs/gateway.md). `http: uvicorn`
     # is plain uvicorn + httptools without them (for comparison only).
@@ -405,6 +405,9 @@ class Server(BaseModel):
     # Failed key checks (401) allowed per client address and minute before its key
     # checks are refused with 429 for the rest of that minute; 0 = no throttling.
     auth_failures_per_minute: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0)] = 20
+    # On SIGTERM / Ctrl-C: how long calls in flight may run on before their streams are
+    # cut (each settled with what it relayed, and recorded).
+    shutdown_deadline: Seconds = 10.0
 
 
 class Tracing(BaseModel):

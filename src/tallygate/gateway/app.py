@@ -15,7 +15,9 @@ from tallygate.gateway import edges, ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin.flags import flag_routes
 from tallygate.gateway.admin.reports import report_routes
+from tallygate.gateway.drain import DEFAULT_DEADLINE, Drain
 from tallygate.gateway.http import Receive, Scope, Send
+from tallygate.gateway.port import UpstreamPort
 from tallygate.gateway.proxy import Proxy, Route
 from tallygate.gateway.throttle import CLIENT, AuthThrottle, ThrottledKeys
 from tallygate.gateway.upstream import Transport
@@ -51,6 +53,7 @@ class Gateway:
         self.proxy: Proxy | None = None
         self.ops: Starlette | None = None
         self.count_tokens: ops.CountTokens | None = None
+        self.drain = Drain()
         self.observe: Observability | None = None
         self.throttled = policy.server.auth_failures_per_minute > 0
 
@@ -68,7 +71,8 @@ class Gateway:
         if self.throttled:  # one count per address for virtual keys and the admin key
             throttle = AuthThrottle(self.policy.server.auth_failures_per_minute)
             keys = ThrottledKeys(rt.keys, throttle)
-        self.proxy = Proxy(self.policy, rt.engine, keys, self.upstream)
+        port = UpstreamPort(self.policy, self.upstream)
+        self.proxy = Proxy(self.policy, rt.engine, keys, port, self.drain)
         self.count_tokens = ops.CountTokens(rt, keys)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
         names = PolicyNames(self.policy, rt.catalog)
@@ -84,11 +88,19 @@ class Gateway:
         # the process: out of the collector's sight, full collections stay short.
         gc.freeze()
 
+    def begin_shutdown(self, deadline: float = DEFAULT_DEADLINE) -> None:
+        """Stop taking calls; those in flight get `deadline` seconds (gateway/drain.py)."""
+        self.drain.begin(deadline)
+
+    def stop_now(self) -> None:
+        """Cut every call in flight now (each still settled and recorded)."""
+        self.drain.cut_now()
+
     async def shutdown(self) -> None:
+        self.drain.begin()
+        await self.drain.wait()
         if self.observe is not None:
             await self.observe.close()
-        if self.proxy is not None:
-            await self.proxy.close()
         await self.upstream.close()
         if self.runtime is not None and self._owns_runtime:
             await self.runtime.close()
