@@ -35,9 +35,21 @@ def main(
 
 
 def _register() -> None:
-    from tallygate.cli import budgets, demo, doctor, flags, init, keys, report, serve, sim, text
+    from tallygate.cli import (
+        budgets,
+        demo,
+        doctor,
+        flags,
+        init,
+        keys,
+        reload,
+        report,
+        serve,
+        sim,
+        text,
+    )
 
-    for module in (init, demo, serve, keys, flags, report, budgets, text, sim, doctor):
+    for module in (init, demo, serve, reload, keys, flags, report, budgets, text, sim, doctor):
         module.register(app)
 
 
