@@ -257,7 +257,7 @@ def test_holds_amounts_tokens_and_cost() -> None:
     assert got["global:tokens:minute"] == (1500, 1_000_000)
     assert got["user:u42:tokens:day"] == (1500, 10000)
     # 1000 in × $2.50/M + 500 out × $10/M = $0.0075
-    assert got["run:r1:cost:day"] == (7_500_000, 10**9)
+    assert got["run:user.u42:r1:cost:day"] == (7_500_000, 10**9)
     assert d.amounts is not None
     assert d.amounts.cost_nusd == 7_500_000
 
