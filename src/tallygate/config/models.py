@@ -463,6 +463,10 @@ class PolicyModel(BaseModel):
     @model_validator(mode="after")
     def _references_exist(self) -> PolicyModel:
         problems = list(self._bad_tier_references())
+        if (any(a.metric == "runaway_context" for a in self.alerts)
+                and self.limits.run.runaway is None):
+            problems.append("alerts: a runaway_context alert needs limits.run."
+                            "max_input_per_call or limits.run.max_input_growth")
         problems += [
             f"limits.plan.{name}: no plan {name!r} in plans (or use 'default')"
             for name in self.limits.plan
