@@ -45,12 +45,14 @@ def open_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
     if storage.state.startswith("sqlite:") and not storage.state.endswith(":memory:"):
         owner = storage.state_mode == "owner" or (storage.state_mode == "auto"
                                                   and sole_process)
-        return from_url(storage.state, owner=owner)
-    store = from_url(policy.storage.state)
+        return from_url(storage.state, owner=owner, run_ttl=storage.run_ttl)
+    store = from_url(policy.storage.state, run_ttl=storage.run_ttl)
     if policy.storage.state.startswith(("redis://", "rediss://")):
         from tallygate.state.guard import GuardedStore
+        from tallygate.state.memory import MemoryStore
 
-        return GuardedStore(store, mode=policy.storage.fail_mode)
+        return GuardedStore(store, mode=policy.storage.fail_mode,
+                            local=MemoryStore(run_ttl=storage.run_ttl))
     return store
 
 

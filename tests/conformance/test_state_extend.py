@@ -166,3 +166,25 @@ async def test_extensions_race_reservations_and_never_overspend(
     admitted = sum(r is None for r in results)
     assert admitted == 20  # (1000 - 400) // 30
     assert await used_reserved(stores[1], "g") == (0, 400 + 30 * admitted)
+
+
+async def test_redis_extend_is_one_script_call(redis_url: str) -> None:
+    import uuid
+
+    from tallygate.state.redis import RedisStore
+
+    store = RedisStore(redis_url, namespace=uuid.uuid4().hex[:12])
+
+    async def evalsha_calls() -> int:
+        stats = await store._redis.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    await store.reserve("r", LINES, lease=60, now=T0)
+    await store.extend("r", {"tokens": 1}, lease=60, now=T0)  # loads the script
+    before = await evalsha_calls()
+    for i in range(5):
+        assert await store.extend("r", {"tokens": 10, "cost": i}, lease=60, now=T0) is None
+    assert await evalsha_calls() == before + 5
+    assert await used_reserved(store, "a") == (0, 351)
+    await store.flush_namespace()
+    await store.close()

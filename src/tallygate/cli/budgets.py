@@ -77,7 +77,7 @@ async def read_budgets(policy: Policy, q: Query, state_url: str, store_url: str,
         raise ConfigError(f"no state store at {state_url} (nothing reserved yet, or wrong "
                           "--state / --config?)")
     keys = await _keys(store_url)
-    store = from_url(state_url)
+    store = from_url(state_url, run_ttl=policy.storage.run_ttl)
     try:
         return await budget_rows(policy, q, store, keys, now)
     finally:
