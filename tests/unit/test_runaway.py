@@ -78,3 +78,16 @@ def test_conversation_keys_follow_the_opening_and_the_owner() -> None:
     assert key == conversation_key("user.alice", [dict(reversed(m.items())) for m in opening])
     assert key != conversation_key("user.bob", opening)
     assert key != conversation_key("user.alice", opening[:1])
+
+
+def test_a_refusal_says_which_rule_and_the_figures() -> None:
+    size = judge((), 600_000, RunawayPolicy(max_input_per_call=500_000, refuse=True))
+    err = size.error("ticket-42")
+    assert (err.status, err.code, err.limit, err.requested) == (
+        400, "runaway_context", 500_000, 600_000)
+    assert "run 'ticket-42'" in err.message and "max_input_per_call (500000)" in err.message
+    growth = judge((10, 20, 40), 80, RunawayPolicy(max_input_growth=Decimal("1.5"),
+                                                   refuse=True))
+    err = growth.error(None)
+    assert "this conversation" in err.message and "10, 20, 40, 80 tokens: 8.000×" in err.message
+    assert err.details["rule"] == "growth" and err.details["recent_inputs"] == [10, 20, 40, 80]

@@ -36,6 +36,8 @@ from typing import Any
 
 import orjson
 
+from tallygate.errors import RunawayContext
+
 DEFAULT_GROWTH_CALLS = 4
 MAX_THREADS = 10_000
 
@@ -78,6 +80,25 @@ class Judgement:
             "recent_inputs": list(self.recent),
             "growth": None if self.growth is None else str(self.growth),
         }
+
+
+    def error(self, run: str | None) -> RunawayContext:
+        """The refusal to raise for a REFUSE verdict (400 runaway_context)."""
+        where = f"run {run!r}" if run else "this conversation"
+        if self.rule == "size":
+            why = (f"its input of {self.input_tokens} tokens is over "
+                   f"limits.run.max_input_per_call ({self.limit})")
+        else:
+            sizes = ", ".join(str(n) for n in self.recent)
+            why = (f"its input kept growing ({sizes} tokens: {self.growth}×, over "
+                   f"limits.run.max_input_growth {self.limit})")
+        return RunawayContext(
+            f"Refused a call of {where}: {why}. Summarise or trim the context, or start a "
+            "new run", param="messages", limit_key="limits.run", requested=self.input_tokens,
+            limit=int(self.limit or 0) if self.rule == "size" else 0, run=run,
+            rule=self.rule, recent_inputs=list(self.recent),
+            growth=None if self.growth is None else str(self.growth),
+            threshold=None if self.limit is None else str(self.limit))
 
 
 OK = Judgement(Verdict.OK)
