@@ -135,11 +135,11 @@ async def test_expired_run_counters_are_dropped(tmp_path: Path) -> None:
 @pytest.mark.parametrize("state", ["sqlite", "memory"])
 async def test_the_policys_run_ttl_reaches_the_store(tmp_path: Path, state: str) -> None:
     from tallygate.config import Policy
-    from tallygate.runtime import open_state
+    from tallygate.runtime import open_policy_state
 
     url = f"sqlite:///{tmp_path / 's.db'}" if state == "sqlite" else "memory://"
     policy = Policy.from_mapping({"storage": {"state": url, "run_ttl": "2h"}}, env={})
-    store = open_state(policy, sole_process=True)
+    store = await open_policy_state(policy, sole_process=True)
     await store.reserve("a", [run_hold("r", 10)], lease=60, now=T0)
     await store.settle("a", {"tokens": 10}, now=T0)
     assert await used(store, "r", T0 + 7200) == (10, 0)

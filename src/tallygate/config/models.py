@@ -263,6 +263,10 @@ class Storage(BaseModel):
     state: str = "sqlite:///tallygate.db"
     ledger: str = "sqlite:///tallygate.db"
     fail_mode: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # fail_open only: the share of each limit one replica may admit on its own while the
+    # shared store is unreachable (state/guard.py; worst case R × share × limit).
+    fail_open_share: Annotated[Decimal, BeforeValidator(_finite_ratio),
+                               Field(gt=0, le=1)] = Decimal("0.1")
     # SQLite state only (docs/architecture.md): `owner` keeps the limits in this process's
     # memory with a journal (fastest; one process per file), `shared` runs every operation
     # as a SQLite transaction (any number of processes); `auto` = owner for a one-worker
@@ -414,8 +418,11 @@ class Server(BaseModel):
     port: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     max_chars: PositiveInt = 4_000_000  # counting refuses longer texts (InputTooLarge)
-    # Upstream HTTP client: the lean httptools one (gateway/lean_upstream.py), or aiohttp.
+    # Upstream HTTP client: the lean httptools one (gateway/upstream/lean.py), or aiohttp.
     upstream: Literal["aiohttp", "lean"] = "lean"
+    # On SIGTERM / Ctrl-C: how long calls in flight may run on before their streams are
+    # cut (each settled with what it relayed, and recorded).
+    shutdown_deadline: Seconds = 10.0
 
 
 class Tracing(BaseModel):
