@@ -119,7 +119,7 @@ async def test_expired_run_counters_are_dropped(tmp_path: Path) -> None:
             await store.settle(f"r{i}", {"tokens": 5}, now=T0)
         await store.reserve("late", [run_hold("new", 10)], lease=10, now=T0 + 500)
     assert [k for k, _, _ in memory._counters] == ["new"]  # type: ignore[attr-defined]
-    assert owned.in_memory()[1] == ["c:run:new"]  # type: ignore[attr-defined]
+    assert owned.in_memory[1] == ["c:run:new"]  # type: ignore[attr-defined]
     await owned.close()
     await shared.close()
     import sqlite3
