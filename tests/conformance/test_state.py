@@ -669,7 +669,7 @@ def test_state_machine_invariants(kind: str, request: pytest.FixtureRequest,
             else:
                 await store.close()
             return from_url(f"sqlite:///{store._path}", **opts)  # type: ignore[attr-defined]
-    else:
+    elif kind == "redis":  # (memory must not fall through to here)
         redis_url = request.getfixturevalue("redis_url")
 
         def make() -> StateStore:

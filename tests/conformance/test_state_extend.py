@@ -188,3 +188,17 @@ async def test_redis_extend_is_one_script_call(redis_url: str) -> None:
     assert await used_reserved(store, "a") == (0, 351)
     await store.flush_namespace()
     await store.close()
+
+
+async def test_a_rolling_line_whose_slot_left_the_window_still_checks_it(
+    store: StateStore,
+) -> None:
+    """(Found by the state machine on Redis.) The hold's own slot left the rolling
+    window; the window as it is now still limits the growth."""
+    roll = Window.MINUTE
+    t = (T0 // 60) * 60 + 0.5
+    await store.reserve("long", [tokens("m", 0, 60, roll, True)], lease=600, now=t)
+    await store.reserve("now", [tokens("m", 53, 60, roll, True)], lease=600, now=t + 61)
+    denial = await store.extend("long", {"tokens": 8}, lease=600, now=t + 61)
+    assert isinstance(denial, Denial) and denial.used == 53
+    assert await store.extend("long", {"tokens": 7}, lease=600, now=t + 61) is None

@@ -30,13 +30,14 @@ for i = 1, n do
   if grow ~= "0" then
     local cell, wid = line[1], tonumber(line[3])
     local at = windows[string.sub(line[6], 3)]
+    local rolling = string.sub(line[6], 1, 2) == "r:"
     local oldest, current = 0, 0  -- the lifetime window: one bucket
-    if string.sub(line[6], 1, 2) == "r:" then  -- a rolling window: as it is now
+    if rolling then  -- a rolling window: as it is now
       oldest, current = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
     elseif at then  -- a calendar window: the bucket at now
       oldest, current = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 2])
     end
-    if oldest <= wid and wid <= current then  -- (else its calendar window ended)
+    if rolling or wid == current then  -- (else its calendar window ended)
       reclaim(prefix, cell, line[2], now)  -- other expired leases give their room back
       local used, reserved, first = totals(cell, oldest, current)
       local total = add(used, reserved)
