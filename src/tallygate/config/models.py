@@ -399,6 +399,11 @@ class Feature(LimitFields):
     output_schema: dict[str, Any] | None = None
     log_content: bool | None = None  # None: the policy-wide log_content
     enabled: bool = True
+    # A streaming call holds its input plus `stream_slice` output tokens and grows the
+    # hold a slice at a time as tokens arrive (`streamed`), or holds the whole output cap
+    # at once (`full`). None: streamed (docs/policy.md says why).
+    reserve: Literal["full", "streamed"] | None = None
+    stream_slice: PositiveInt = 2048
 
     @field_validator("output_schema")
     @classmethod
