@@ -12,6 +12,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tallygate.ledger import rollups
+
 Dialect = Literal["sqlite", "postgres"]
 
 # One column per CallRecord field, in field order. Kinds map to a type per dialect.
@@ -93,8 +95,11 @@ def _v1(dialect: Dialect) -> list[str]:
     return [_calls_table(dialect), *_INDEXES]
 
 
-_STATEMENTS = {1: _v1}
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "calls table and its indexes"),)
+_STATEMENTS = {1: _v1, 2: rollups.statements}
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "calls table and its indexes"),
+    Migration(2, "hourly and daily rollups kept by a trigger (ledger/rollups.py)"),
+)
 LATEST = MIGRATIONS[-1].version
 
 _VERSION_TABLE = {

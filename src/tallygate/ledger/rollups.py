@@ -1,0 +1,175 @@
+"""Rollups of the calls table, kept by the database itself (migration 2).
+
+The dashboard reads day- and month-long windows of a ledger of millions of rows; summing
+the raw rows each time costs a full scan. Two small tables are kept current by an
+`AFTER INSERT` trigger on `calls`, in the same transaction as the insert, so they are
+exact at every moment (a replayed row that `INSERT OR IGNORE` / `ON CONFLICT DO NOTHING`
+skips fires no trigger, so replays are not counted twice):
+
+- `rollup_hour`: one row per UTC hour and (feature, model, step, plan, outcome, reason)
+  — the low-cardinality names — with the sums of every token and money column.
+  `reason` is the error code of refused and failed calls ('' otherwise).
+- `rollup_day`: one row per UTC day and (dim, value) for the high-cardinality names
+  (dim `user`, `key` and `run`), with calls, tokens, cost, refusals, the highest
+  X-Tallygate-Attempt seen (how far a run looped) and the first/last call time.
+
+A missing name is stored as '' (primary-key columns cannot be NULL) and read back as
+None. Hours are floor(ts / 3600), days floor(ts / 86400): UTC calendar buckets.
+
+SQLite runs a row trigger (its only kind): four small upserts per inserted row, inside
+the writer's batch transaction. PostgreSQL runs one statement trigger over the statement's
+transition table (set-based upserts), after a transaction-scoped advisory lock so two
+replicas' batches never take rollup row locks in opposite orders (no deadlocks).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Dialect = Literal["sqlite", "postgres"]
+
+HOUR_KEY = ("hour", "feature", "model", "step", "plan", "outcome", "reason")
+HOUR_SUMS = ("calls", "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+             "reasoning_tokens", "cost_nusd", "trimmed_tokens", "tokens_saved", "estimated")
+DAY_KEY = ("day", "dim", "value")
+DAY_SUMS = ("calls", "input_tokens", "output_tokens", "cost_nusd", "rejected")
+DAY_DIMS = {"user": '"user"', "key": "key_id", "run": "run"}
+
+_INT = {"sqlite": "INTEGER", "postgres": "BIGINT"}
+_REAL = {"sqlite": "REAL", "postgres": "DOUBLE PRECISION"}
+_PG_LOCK_ID = 0x7A11_6A7F  # serialises rollup upserts of concurrent ledger batches
+
+
+def _tables(d: Dialect) -> list[str]:
+    i = _INT[d]
+    # SQLite: the primary key *is* the table (one B-tree per upsert instead of two).
+    clustered = " WITHOUT ROWID" if d == "sqlite" else ""
+    hour_sums = ", ".join(f"{c} {i} NOT NULL" for c in HOUR_SUMS)
+    day_sums = ", ".join(f"{c} {i} NOT NULL" for c in DAY_SUMS)
+    return [
+        f"CREATE TABLE IF NOT EXISTS rollup_hour (hour {i} NOT NULL, feature TEXT NOT NULL, "
+        "model TEXT NOT NULL, step TEXT NOT NULL, plan TEXT NOT NULL, outcome TEXT NOT NULL, "
+        f"reason TEXT NOT NULL, {hour_sums}, PRIMARY KEY ({', '.join(HOUR_KEY)})){clustered}",
+        f"CREATE TABLE IF NOT EXISTS rollup_day (day {i} NOT NULL, dim TEXT NOT NULL, "
+        f"value TEXT NOT NULL, {day_sums}, max_attempt {i}, first_ts {_REAL[d]} NOT NULL, "
+        f"last_ts {_REAL[d]} NOT NULL, PRIMARY KEY ({', '.join(DAY_KEY)})){clustered}",
+    ]
+
+
+def _floor(d: Dialect, expr: str, width: int) -> str:
+    if d == "sqlite":
+        return f"CAST({expr} / {width} AS INTEGER)"
+    return f"floor({expr} / {width})::bigint"
+
+
+def _hour_values(d: Dialect, p: str) -> list[str]:
+    """The rollup_hour key of a calls row, `p` the row prefix ("NEW." or "")."""
+    return [
+        _floor(d, f"{p}ts", 3600), f"COALESCE({p}feature, '')",
+        f"COALESCE({p}model_used, {p}model_requested, '')", f"COALESCE({p}step, '')",
+        f"COALESCE({p}plan, '')", f"{p}outcome",
+        f"CASE WHEN {p}outcome IN ('rejected', 'error') THEN COALESCE({p}error_code, '') "
+        "ELSE '' END",
+    ]
+
+
+def _hour_sums(p: str, agg: bool) -> list[str]:
+    cols = [f"{p}input_tokens", f"{p}output_tokens", f"{p}cached_tokens",
+            f"{p}cache_write_tokens", f"{p}reasoning_tokens", f"{p}cost_nusd",
+            f"{p}trimmed_tokens", f"{p}tokens_saved",
+            f"CASE WHEN {p}exact THEN 0 ELSE 1 END"]
+    if agg:
+        return ["COUNT(*)", *(f"SUM({c})" for c in cols)]
+    return ["1", *cols]
+
+
+def _day_sums(p: str, agg: bool) -> list[str]:
+    rejected = f"CASE WHEN {p}outcome = 'rejected' THEN 1 ELSE 0 END"
+    cols = [f"{p}input_tokens", f"{p}output_tokens", f"{p}cost_nusd", rejected]
+    if agg:
+        return ["COUNT(*)", *(f"SUM({c})" for c in cols), f"MAX({p}step_attempt)",
+                f"MIN({p}ts)", f"MAX({p}ts)"]
+    return ["1", *cols, f"{p}step_attempt", f"{p}ts", f"{p}ts"]
+
+
+def _on_conflict(table: str, key: tuple[str, ...], sums: tuple[str, ...],
+                 extra: bool) -> str:
+    sets = [f"{c} = {table}.{c} + excluded.{c}" for c in sums]
+    if extra:  # NULL-safe max of attempts, min/max of times
+        sets += [
+            f"max_attempt = CASE WHEN {table}.max_attempt IS NULL THEN excluded.max_attempt "
+            f"WHEN excluded.max_attempt IS NULL THEN {table}.max_attempt "
+            f"WHEN excluded.max_attempt > {table}.max_attempt THEN excluded.max_attempt "
+            f"ELSE {table}.max_attempt END",
+            f"first_ts = CASE WHEN excluded.first_ts < {table}.first_ts THEN excluded.first_ts "
+            f"ELSE {table}.first_ts END",
+            f"last_ts = CASE WHEN excluded.last_ts > {table}.last_ts THEN excluded.last_ts "
+            f"ELSE {table}.last_ts END",
+        ]
+    return f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(sets)}"
+
+
+_HOUR_COLS = f"rollup_hour ({', '.join((*HOUR_KEY, *HOUR_SUMS))})"
+_DAY_COLS = (f"rollup_day ({', '.join((*DAY_KEY, *DAY_SUMS))}, max_attempt, first_ts, "
+             "last_ts)")
+
+
+def _sqlite_trigger() -> str:
+    hour = (f"INSERT INTO {_HOUR_COLS} VALUES "
+            f"({', '.join([*_hour_values('sqlite', 'NEW.'), *_hour_sums('NEW.', False)])}) "
+            f"{_on_conflict('rollup_hour', HOUR_KEY, HOUR_SUMS, False)};")
+    days = []
+    for dim, col in DAY_DIMS.items():
+        values = [_floor("sqlite", "NEW.ts", 86400), f"'{dim}'", f"COALESCE(NEW.{col}, '')",
+                  *_day_sums("NEW.", False)]
+        # VALUES where it can (cheaper); a SELECT … WHERE skips calls without a run.
+        head = (f"SELECT {', '.join(values)} WHERE NEW.{col} IS NOT NULL" if dim == "run"
+                else f"VALUES ({', '.join(values)})")
+        days.append(f"INSERT INTO {_DAY_COLS} {head} "
+                    f"{_on_conflict('rollup_day', DAY_KEY, DAY_SUMS, True)};")
+    body = "\n  ".join([hour, *days])
+    return f"CREATE TRIGGER IF NOT EXISTS calls_rollups AFTER INSERT ON calls BEGIN\n  {body}\nEND"
+
+
+def _hour_select(d: Dialect, source: str) -> str:
+    keys = _hour_values(d, "")
+    group = ", ".join(str(i) for i in range(1, len(keys) + 1))
+    return (f"SELECT {', '.join([*keys, *_hour_sums('', True)])} FROM {source} "
+            f"WHERE 1=1 GROUP BY {group}")
+
+
+def _day_select(d: Dialect, source: str) -> str:
+    parts = []
+    for dim, col in DAY_DIMS.items():
+        values = [_floor(d, "ts", 86400), f"'{dim}'", f"COALESCE({col}, '')",
+                  *_day_sums("", True)]
+        only = f" WHERE {col} IS NOT NULL" if dim == "run" else ""
+        parts.append(f"SELECT {', '.join(values)} FROM {source}{only} GROUP BY 1, 3")
+    return " UNION ALL ".join(parts)
+
+
+def _pg_trigger() -> list[str]:
+    hour = (f"INSERT INTO {_HOUR_COLS} {_hour_select('postgres', 'fresh')} "
+            f"ORDER BY 1, 2, 3, 4, 5, 6, 7 "
+            f"{_on_conflict('rollup_hour', HOUR_KEY, HOUR_SUMS, False)};")
+    day = (f"INSERT INTO {_DAY_COLS} SELECT * FROM ({_day_select('postgres', 'fresh')}) AS d "
+           f"ORDER BY 1, 2, 3 {_on_conflict('rollup_day', DAY_KEY, DAY_SUMS, True)};")
+    return [
+        "CREATE OR REPLACE FUNCTION calls_rollups() RETURNS trigger LANGUAGE plpgsql AS $fn$\n"
+        f"BEGIN\n  PERFORM pg_advisory_xact_lock({_PG_LOCK_ID});\n  {hour}\n  {day}\n"
+        "  RETURN NULL;\nEND\n$fn$",
+        "DROP TRIGGER IF EXISTS calls_rollups ON calls",
+        "CREATE TRIGGER calls_rollups AFTER INSERT ON calls REFERENCING NEW TABLE AS fresh "
+        "FOR EACH STATEMENT EXECUTE FUNCTION calls_rollups()",
+    ]
+
+
+def statements(d: Dialect) -> list[str]:
+    """Migration 2: the tables, a backfill from the rows already stored, the trigger.
+    On PostgreSQL `calls` is locked against inserts meanwhile (a row committed between
+    the backfill and the trigger would be missed otherwise)."""
+    lock = ["LOCK TABLE calls IN SHARE MODE"] if d == "postgres" else []
+    backfill = [f"INSERT INTO {_HOUR_COLS} {_hour_select(d, 'calls')}",
+                f"INSERT INTO {_DAY_COLS} {_day_select(d, 'calls')}"]
+    trigger = [_sqlite_trigger()] if d == "sqlite" else _pg_trigger()
+    return [*lock, *_tables(d), *backfill, *trigger]

@@ -1,0 +1,313 @@
+"""The dashboard's read models: tokens and cost over a recent window in time buckets,
+stacked by one name, the window's totals (calls, refusals by reason, trims, cache savings),
+the costliest and most-looped runs, spend per key, and what-if re-pricing.
+
+Windows end now and are whole buckets: the last hour by minute, the last day by hour,
+the last 30 days by day (UTC). Minute buckets and hourly buckets of high-cardinality
+names (user, key) read the raw rows of the window through the `ts` index; everything else
+reads the rollups the ledger keeps (ledger/rollups.py), so a 30-day view of millions of
+calls sums a few thousand rows. Names stored as '' in the rollups come back as None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tallygate.errors import InvalidRequest
+from tallygate.ledger.base import LedgerStore
+from tallygate.reports.names import did_you_mean
+from tallygate.reports.runs import WhatIf, WhatIfGroup, _rates, _tokenizer_notes
+from tallygate.reports.usage import as_int
+from tallygate.types import ModelInfo
+
+OTHER = "(other)"
+NONE = "(none)"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    name: str
+    bucket: int  # seconds per bucket
+    buckets: int
+    label: str
+
+    def bounds(self, now: float) -> tuple[int, int]:
+        """First bucket number and the bucket after the last (the current one included)."""
+        last = int(now // self.bucket)
+        return last - self.buckets + 1, last + 1
+
+
+SPANS: dict[str, Span] = {
+    "hour": Span("hour", 60, 60, "last hour, by minute"),
+    "day": Span("day", 3600, 24, "last day, by hour"),
+    "month": Span("month", 86400, 30, "last 30 days, by day"),
+}
+STACKS: tuple[str, ...] = ("feature", "user", "model", "step", "key", "plan")
+_LOW = {"feature": "feature", "model": "model", "step": "step", "plan": "plan"}
+_RAW = {"feature": "feature", "user": '"user"', "key": "key_id", "step": "step",
+        "plan": "plan", "model": "COALESCE(model_used, model_requested)"}
+
+
+def span_of(name: str) -> Span:
+    if name not in SPANS:
+        raise InvalidRequest(f"unknown window {name!r}{did_you_mean(name, SPANS)}: use one "
+                             f"of {', '.join(SPANS)}", param="window")
+    return SPANS[name]
+
+
+def stack_of(name: str) -> str:
+    if name not in STACKS:
+        raise InvalidRequest(f"cannot stack by {name!r}{did_you_mean(name, STACKS)}: use one "
+                             f"of {', '.join(STACKS)}", param="by")
+    return name
+
+
+def _floor(store: LedgerStore, expr: str, width: int) -> str:
+    if store.dialect == "sqlite":
+        return f"CAST({expr} / {width} AS INTEGER)"
+    return f"floor({expr} / {width})::bigint"
+
+
+def _name(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+# ---------------------------------------------------------------- tokens and cost over time
+
+
+@dataclass(frozen=True, slots=True)
+class TimeSeries:
+    span: Span
+    by: str
+    first: int  # bucket number of the first bucket
+    tokens: dict[str, list[int]] = field(default_factory=dict)  # series → per bucket
+    cost_nusd: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def starts(self) -> list[float]:
+        return [float((self.first + i) * self.span.bucket) for i in range(self.span.buckets)]
+
+    def labels(self) -> list[str]:
+        fmt = "%m-%d" if self.span.bucket >= 86400 else "%H:%M"
+        return [datetime.fromtimestamp(t, UTC).strftime(fmt) for t in self.starts]
+
+
+async def _bucket_sums(store: LedgerStore, span: Span, by: str,
+                       first: int, end: int) -> list[tuple[Any, ...]]:
+    """(bucket, name, tokens, cost) rows of the window, from the cheapest source."""
+    if span.bucket == 60 or (span.bucket == 3600 and by not in _LOW):
+        b = _floor(store, "ts", span.bucket)
+        sql = (f"SELECT {b}, {_RAW[by]}, SUM(input_tokens + output_tokens), SUM(cost_nusd) "
+               f"FROM calls WHERE ts >= ? AND ts < ? GROUP BY 1, 2")
+        return await store.query(sql, [first * span.bucket, end * span.bucket])
+    if by in _LOW:
+        per = span.bucket // 3600
+        b = "hour" if per == 1 else f"{_floor(store, 'hour', per)}"
+        sql = (f"SELECT {b}, {_LOW[by]}, SUM(input_tokens + output_tokens), SUM(cost_nusd) "
+               "FROM rollup_hour WHERE hour >= ? AND hour < ? GROUP BY 1, 2")
+        return await store.query(sql, [first * per, end * per])
+    sql = ("SELECT day, value, SUM(input_tokens + output_tokens), SUM(cost_nusd) "
+           "FROM rollup_day WHERE dim = ? AND day >= ? AND day < ? GROUP BY 1, 2")
+    return await store.query(sql, [by, first, end])
+
+
+async def timeseries(store: LedgerStore, span: Span, by: str, *, now: float,
+                     top: int = 8) -> TimeSeries:
+    """Tokens and cost per bucket of `span` ending now, one series per name of `by`
+    (the `top` largest by tokens, the rest summed as "(other)")."""
+    first, end = span.bounds(now)
+    rows = await _bucket_sums(store, span, stack_of(by), first, end)
+    totals: dict[str, int] = {}
+    for _, name, tokens, _cost in rows:
+        key = _name(name) or NONE
+        totals[key] = totals.get(key, 0) + as_int(tokens)
+    keep = set(sorted(totals, key=lambda k: (-totals[k], k))[:top])
+    tokens_by: dict[str, list[int]] = {}
+    cost_by: dict[str, list[int]] = {}
+    for bucket, name, tokens, cost in rows:
+        key = _name(name) or NONE
+        key = key if key in keep else OTHER
+        i = int(bucket) - first
+        if 0 <= i < span.buckets:
+            tokens_by.setdefault(key, [0] * span.buckets)[i] += as_int(tokens)
+            cost_by.setdefault(key, [0] * span.buckets)[i] += as_int(cost)
+    order = sorted(tokens_by, key=lambda k: (k == OTHER, -sum(tokens_by[k]), k))
+    return TimeSeries(span, by, first, {k: tokens_by[k] for k in order},
+                      {k: cost_by[k] for k in order})
+
+
+# ---------------------------------------------------------------- the window's totals
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_nusd: int = 0
+    rejected: int = 0
+    trimmed: int = 0
+    trimmed_tokens: int = 0
+    cache_hits: int = 0
+    tokens_saved: int = 0
+    errors: int = 0
+    estimated: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)  # error code → calls
+    errors_by: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+_TOTALS_COLS = ("outcome, {reason}, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
+                "SUM(cached_tokens), SUM(cost_nusd), SUM(trimmed_tokens), SUM(tokens_saved), "
+                "SUM({estimated})")
+
+
+async def window_totals(store: LedgerStore, span: Span, *, now: float) -> Totals:
+    first, end = span.bounds(now)
+    if span.bucket == 60:
+        cols = _TOTALS_COLS.format(
+            reason="CASE WHEN outcome IN ('rejected', 'error') THEN error_code END",
+            estimated="CASE WHEN exact THEN 0 ELSE 1 END")
+        sql = f"SELECT {cols} FROM calls WHERE ts >= ? AND ts < ? GROUP BY 1, 2"
+        rows = await store.query(sql, [first * 60, end * 60])
+    else:
+        per = span.bucket // 3600
+        cols = _TOTALS_COLS.format(reason="reason", estimated="estimated").replace(
+            "COUNT(*)", "SUM(calls)")
+        sql = f"SELECT {cols} FROM rollup_hour WHERE hour >= ? AND hour < ? GROUP BY 1, 2"
+        rows = await store.query(sql, [first * per, end * per])
+    return _totals(rows)
+
+
+def _totals(rows: list[tuple[Any, ...]]) -> Totals:
+    acc = dict.fromkeys(("calls", "input_tokens", "output_tokens", "cached_tokens",
+                         "cost_nusd", "trimmed_tokens", "tokens_saved", "estimated"), 0)
+    by_outcome: dict[str, int] = {}
+    refusals: dict[str, int] = {}
+    errors_by: dict[str, int] = {}
+    for outcome, reason, calls, inp, out, cached, cost, trimmed, saved, est in rows:
+        n = as_int(calls)
+        for name, value in zip(acc, (calls, inp, out, cached, cost, trimmed, saved, est),
+                               strict=True):
+            acc[name] += as_int(value)
+        by_outcome[outcome] = by_outcome.get(outcome, 0) + n
+        code = _name(reason) or "unknown"
+        if outcome == "rejected":
+            refusals[code] = refusals.get(code, 0) + n
+        elif outcome == "error":
+            errors_by[code] = errors_by.get(code, 0) + n
+    return Totals(
+        **acc, rejected=by_outcome.get("rejected", 0), trimmed=by_outcome.get("trimmed", 0),
+        cache_hits=by_outcome.get("cached", 0), errors=by_outcome.get("error", 0),
+        refusals=dict(sorted(refusals.items(), key=lambda kv: (-kv[1], kv[0]))),
+        errors_by=dict(sorted(errors_by.items(), key=lambda kv: (-kv[1], kv[0]))),
+    )
+
+
+# ---------------------------------------------------------------- runs and keys
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    run: str
+    calls: int
+    total_tokens: int
+    cost_nusd: int
+    rejected: int
+    max_attempt: int | None
+    first_ts: float
+    last_ts: float
+
+
+def _days(span: Span, now: float) -> tuple[int, int]:
+    first, end = span.bounds(now)
+    return (first * span.bucket) // 86400, (end * span.bucket - 1) // 86400 + 1
+
+
+_DAY_SQL = """SELECT value, SUM(calls), SUM(input_tokens + output_tokens), SUM(cost_nusd),
+  SUM(rejected), MAX(max_attempt), MIN(first_ts), MAX(last_ts)
+FROM rollup_day WHERE dim = ? AND day >= ? AND day < ? GROUP BY value"""
+
+
+async def _day_rows(store: LedgerStore, dim: str, span: Span, now: float,
+                    order: str, limit: int) -> list[RunSummary]:
+    first, end = _days(span, now)
+    sql = f"{_DAY_SQL} ORDER BY {order} LIMIT ?"
+    rows = await store.query(sql, [dim, first, end, limit])
+    return [RunSummary(str(r[0]), as_int(r[1]), as_int(r[2]), as_int(r[3]), as_int(r[4]),
+                       None if r[5] is None else int(r[5]), float(r[6]), float(r[7]))
+            for r in rows]
+
+
+async def costliest_runs(store: LedgerStore, span: Span, *, now: float,
+                         limit: int = 15) -> list[RunSummary]:
+    """Runs with calls on the window's days, costliest first."""
+    return await _day_rows(store, "run", span, now, "4 DESC, 3 DESC, 1", limit)
+
+
+async def most_looped_runs(store: LedgerStore, span: Span, *, now: float,
+                           limit: int = 10) -> list[RunSummary]:
+    """Runs with calls on the window's days by the highest attempt number they reached."""
+    rows = await _day_rows(store, "run", span, now, "6 DESC, 4 DESC, 1", limit)
+    return [r for r in rows if (r.max_attempt or 0) > 1]
+
+
+async def spend_by_key(store: LedgerStore, span: Span, *, now: float,
+                       limit: int = 10_000) -> dict[str | None, RunSummary]:
+    """Calls, tokens and cost per key id over the window's days ('' = no key → None)."""
+    rows = await _day_rows(store, "key", span, now, "4 DESC, 1", limit)
+    return {_name(r.run): r for r in rows}
+
+
+# ---------------------------------------------------------------- what-if from the rollups
+
+
+_WHAT_IF_SQL = """SELECT model, SUM(calls), SUM(input_tokens), SUM(output_tokens),
+  SUM(cached_tokens), SUM(cache_write_tokens), SUM(cost_nusd)
+FROM rollup_hour WHERE {col} = ? AND outcome NOT IN ('rejected', 'cached')
+  AND hour >= ? AND hour < ? GROUP BY model"""
+
+
+def _price(rates: list[int], inp: int, out: int, cached: int, write: int) -> int:
+    uncached = max(0, inp - cached - write)
+    total = uncached * rates[0] + cached * rates[1] + write * rates[2] + out * rates[3]
+    return -(-total // 1_000_000)
+
+
+async def what_if_window(
+    store: LedgerStore, target: ModelInfo, span: Span, *, now: float,
+    step: str | None = None, feature: str | None = None,
+    lookup: Callable[[str], ModelInfo | None] | None = None,
+) -> WhatIf:
+    """Re-price a step's (or a feature's) calls of the window with `target`'s prices, per
+    hour and model group: within 1 nano-USD a call of `tallygate what-if` (which prices
+    each call, rounding each up)."""
+    if (step is None) == (feature is None):
+        raise InvalidRequest("what-if needs a step or a feature (one of them)")
+    first, end = span.bounds(now)
+    per = span.bucket // 3600 if span.bucket >= 3600 else 0
+    hours = (first * per, end * per) if per else (first * 60 // 3600, (end * 60 - 1) // 3600 + 1)
+    col, name = ("step", step) if step is not None else ("feature", feature)
+    rows = await store.query(_WHAT_IF_SQL.format(col=col), [name, *hours])
+    rates = _rates(target)
+    groups = sorted(
+        (WhatIfGroup(_name(r[0]), *(as_int(v) for v in r[1:]),
+                     what_if_nusd=_price(rates, as_int(r[2]), as_int(r[3]), as_int(r[4]),
+                                         as_int(r[5])))
+         for r in rows),
+        key=lambda g: (-g.current_nusd, g.model or ""))
+    since, until = float(hours[0] * 3600), float(hours[1] * 3600)
+    notes = _tokenizer_notes(target, [g.model for g in groups], lookup or (lambda _: None))
+    notes.append("re-priced per hour and model, so within 1 nano-USD a call of the "
+                 "per-call figure of `tallygate what-if`")
+    return WhatIf(step=step, model=target.name, since=since, until=until, groups=groups,
+                  current_nusd=sum(g.current_nusd for g in groups),
+                  what_if_nusd=sum(g.what_if_nusd for g in groups), notes=notes,
+                  feature=feature)
