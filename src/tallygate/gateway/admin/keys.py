@@ -2,11 +2,13 @@
 
 `Authorization: Bearer <admin key>` (TALLYGATE_ADMIN_KEY), compared in constant time.
 No admin key configured → 403 (admin disabled); a wrong or missing one → 401. Errors are
-OpenAI-format JSON; every malformed body is a 400, never a 500.
+OpenAI-format JSON; every malformed body is a 400, never a 500. `PATCH /admin/keys/{id}`
+changes a key's plan, name, allow-lists or limits (only the fields given).
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -28,6 +30,7 @@ from tallygate.keys.model import VirtualKey, check_limits, check_names, check_te
 
 LimitsValidator = Callable[[Mapping[str, Any]], object]
 CREATE_FIELDS = frozenset({"user", "plan", "name", "features", "models", "limits"})
+UPDATE_FIELDS = frozenset({"plan", "name", "features", "models", "limits"})
 
 
 def not_found(key_id: str) -> Response:
@@ -35,18 +38,58 @@ def not_found(key_id: str) -> Response:
                         type_="invalid_request_error", code="not_found", param="id")
 
 
-def _check_create(data: Mapping[str, Any], plans: Collection[str] | None,
-                  validate_limits: LimitsValidator | None) -> dict[str, Any]:
-    unknown = sorted(set(data) - CREATE_FIELDS)
+def _check_fields(data: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(data) - allowed)
     if unknown:
-        raise InvalidRequest(f"Unknown field {unknown[0][:64]!r}.", param=unknown[0][:64])
-    plan = check_text(data.get("plan"), "plan")
+        name = unknown[0][:64]
+        hint = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
+        guess = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise InvalidRequest(f"Unknown field {name!r}{guess}.", param=name)
+
+
+def check_plan(value: object, plans: Collection[str] | None) -> str:
+    plan = str(check_text(value, "plan"))
     if plans is not None and plan not in plans:
         known = ", ".join(sorted(plans)) or "none"
-        raise InvalidRequest(f"Unknown plan {plan!r} (known plans: {known}).", param="plan")
-    limits = check_limits(data.get("limits"))
+        hint = difflib.get_close_matches(plan[:64], sorted(plans), n=1, cutoff=0.6)
+        guess = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise InvalidRequest(f"Unknown plan {plan[:64]!r}{guess} (known plans: {known}).",
+                             param="plan")
+    return plan
+
+
+def _check_limits(value: object, validate_limits: LimitsValidator | None) -> dict[str, Any]:
+    limits = check_limits(value)
     if validate_limits is not None and limits:
         validate_limits(limits)
+    return limits
+
+
+def check_update(data: Mapping[str, Any], plans: Collection[str] | None,
+                 validate_limits: LimitsValidator | None = None) -> dict[str, Any]:
+    """The fields of a key update, checked like a creation's (only those given)."""
+    _check_fields(data, UPDATE_FIELDS)
+    if not data:
+        raise InvalidRequest("Nothing to change: give plan, name, features, models or limits.")
+    out: dict[str, Any] = {}
+    if "plan" in data:
+        out["plan"] = check_plan(data["plan"], plans)
+    if "name" in data:
+        out["name"] = check_text(data["name"], "name", optional=True)
+    for field in ("features", "models"):
+        if field in data:
+            out[field] = list(check_names(data[field] if data[field] is not None else [],
+                                          field))
+    if "limits" in data:
+        out["limits"] = _check_limits(data["limits"] or {}, validate_limits)
+    return out
+
+
+def _check_create(data: Mapping[str, Any], plans: Collection[str] | None,
+                  validate_limits: LimitsValidator | None) -> dict[str, Any]:
+    _check_fields(data, CREATE_FIELDS)
+    plan = check_plan(data.get("plan"), plans)
+    limits = _check_limits(data.get("limits"), validate_limits)
     return {
         "user": check_text(data.get("user"), "user"),
         "plan": plan,
@@ -97,8 +140,16 @@ def admin_routes(
         body = _public(key) if key else {"id": key_id}
         return json_response(200, {**body, "revoked": True})
 
+    async def update(request: Request) -> Response:
+        key_id = request.path_params["key_id"]
+        fields = check_update(await read_json_object(request, max_body), plans,
+                              validate_limits)
+        key = await keystore.update(key_id, **fields)
+        return json_response(200, _public(key)) if key else not_found(key_id)
+
     return [
         Route("/admin/keys", guarded(guard, create), methods=["POST"]),
+        Route("/admin/keys/{key_id}", guarded(guard, update), methods=["PATCH"]),
         Route("/admin/keys", guarded(guard, list_keys), methods=["GET"]),
         Route("/admin/keys/{key_id}", guarded(guard, get_key), methods=["GET"]),
         Route("/admin/keys/{key_id}", guarded(guard, revoke), methods=["DELETE"]),
