@@ -22,6 +22,7 @@ from tallygate.observe.metrics import MetricsRecorder, metrics_route
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
+    from tallygate.observe.alert_log import AlertLog
     from tallygate.observe.alerts import AlertEngine
     from tallygate.observe.tracing import TracingRecorder
     from tallygate.observe.webhooks import Poster
@@ -76,10 +77,12 @@ def install(
     clock: Callable[[], float] = time.time,
     refresh_seconds: float = REFRESH_SECONDS,
     alert_interval: float = 5.0,
+    alert_log: AlertLog | None = None,
 ) -> Observability:
     """Add the metrics (always), tracing (when configured or a provider is given) and
     alert (when rules exist) recorders to the runtime and start their background tasks.
-    Call from a running event loop; returns the `/metrics` route in `routes`."""
+    Call from a running event loop; returns the `/metrics` route in `routes`. Fired
+    alerts are kept in `alert_log` when given (the dashboard's alerts page)."""
     metrics = MetricsRecorder(policy, runtime.catalog)
     obs = Observability(metrics, [metrics_route(metrics)])
     runtime.recorders.recorders.append(metrics)
@@ -99,7 +102,7 @@ def install(
         obs.alerts = AlertEngine(policy.alerts, runtime.store, LedgerFigures(runtime.ledger),
                                  policy=policy, catalog=runtime.catalog, clock=clock,
                                  poster=poster, interval=alert_interval,
-                                 keys=runtime.keys)
+                                 keys=runtime.keys, log=alert_log)
         runtime.recorders.recorders.append(obs.alerts)
         obs.alerts.start()
     obs._tasks.append(asyncio.create_task(
