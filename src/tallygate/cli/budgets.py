@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tallygate.errors import ConfigError, TallygateError
-from tallygate.reports.budgets import BudgetRow, Query, budget_rows, iso, row_json
+from tallygate.reports.budgets import BudgetRow, Query, budget_rows, human_delta, iso, row_json
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
@@ -85,18 +85,6 @@ async def read_budgets(policy: Policy, q: Query, state_url: str, store_url: str,
 
 
 # ------------------------------------------------------------------ output
-
-
-def human_delta(seconds: float) -> str:
-    """3725 → "1h 02m", 59 → "59s", 90061 → "1d 01h"."""
-    s = max(0, int(seconds + 0.5))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
 def _amount(metric: str, value: int) -> str:

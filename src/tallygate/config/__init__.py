@@ -4,6 +4,7 @@
 from tallygate.config.models import (
     Alert,
     Cache,
+    Dashboard,
     Feature,
     LimitFields,
     Limits,
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_PATH",
     "Alert",
     "Cache",
+    "Dashboard",
     "Feature",
     "LimitFields",
     "LimitSet",

@@ -340,6 +340,17 @@ class Server(BaseModel):
     upstream: Literal["aiohttp", "lean"] = "lean"
 
 
+class Dashboard(BaseModel):
+    """`/dashboard` (docs/dashboard.md): the admin key signs in with every right; the
+    optional `viewer_key` signs in to see everything and change nothing."""
+
+    model_config = _MODEL_CONFIG
+
+    viewer_key: Secret = Field(default=None, repr=False)
+    refresh_seconds: Annotated[float, Field(ge=1, le=3600)] = 5.0
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
+
+
 class Tracing(BaseModel):
     """OpenTelemetry spans (docs/observability.md). Off unless an exporter is chosen."""
 
@@ -381,6 +392,7 @@ class PolicyModel(BaseModel):
     log_content: bool = False
     metrics: Metrics = Field(default_factory=Metrics)
     tracing: Tracing = Field(default_factory=Tracing)
+    dashboard: Dashboard = Field(default_factory=Dashboard)
 
     @model_validator(mode="after")
     def _references_exist(self) -> PolicyModel:

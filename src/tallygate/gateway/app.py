@@ -11,6 +11,8 @@ import orjson
 from starlette.applications import Starlette
 
 from tallygate.config import Policy
+from tallygate.dashboard.app import Dashboard
+from tallygate.dashboard.sources import of_runtime
 from tallygate.gateway import ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin.flags import flag_routes
@@ -50,13 +52,15 @@ class Gateway:
         self.ops: Starlette | None = None
         self.count_tokens: ops.CountTokens | None = None
         self.observe: Observability | None = None
+        self.dashboard: Dashboard | None = None
 
     async def startup(self) -> None:
         if self.runtime is None:
             self.runtime = await Runtime.open(self.policy, sole_process=self._sole_process)
         await self.upstream.start()
         rt = self.runtime
-        self.observe = install(rt, self.policy)
+        self.dashboard = Dashboard(await of_runtime(rt))
+        self.observe = install(rt, self.policy, alert_log=self.dashboard.sources.alerts)
         self.proxy = Proxy(self.policy, rt.engine, rt.keys, self.upstream)
         self.count_tokens = ops.CountTokens(rt)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
@@ -64,7 +68,7 @@ class Gateway:
             routes=[*ops.routes(rt), *self.observe.routes,
                     *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans)),
                     *flag_routes(rt.store, admin_key, static=_static_flags(self.policy)),
-                    *report_routes(rt, admin_key)]
+                    *report_routes(rt, admin_key), *self.dashboard.routes()]
         )
         # Everything built so far (catalog, tokenizer tables, policy) lives as long as
         # the process: out of the collector's sight, full collections stay short.
@@ -75,6 +79,8 @@ class Gateway:
             await self.observe.close()
         if self.proxy is not None:
             await self.proxy.close()
+        if self.dashboard is not None:
+            await self.dashboard.close()
         await self.upstream.close()
         if self.runtime is not None and self._owns_runtime:
             await self.runtime.close()

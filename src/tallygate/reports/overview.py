@@ -20,7 +20,7 @@ from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
 from tallygate.reports.names import did_you_mean
 from tallygate.reports.runs import WhatIf, WhatIfGroup, _rates, _tokenizer_notes
-from tallygate.reports.usage import as_int
+from tallygate.reports.usage import as_int, time_filter
 from tallygate.types import ModelInfo
 
 OTHER = "(other)"
@@ -65,7 +65,7 @@ def stack_of(name: str) -> str:
     return name
 
 
-def _floor(store: LedgerStore, expr: str, width: int) -> str:
+def _floor(store: LedgerStore, expr: str, width: float) -> str:
     if store.dialect == "sqlite":
         return f"CAST({expr} / {width} AS INTEGER)"
     return f"floor({expr} / {width})::bigint"
@@ -139,6 +139,39 @@ async def timeseries(store: LedgerStore, span: Span, by: str, *, now: float,
                       {k: cost_by[k] for k in order})
 
 
+# ---------------------------------------------------------------- a report's timeline
+
+
+async def timeline(store: LedgerStore, *, since: float | None, until: float | None,
+                   buckets: int = 30) -> tuple[list[str], dict[str, list[int]],
+                                               dict[str, list[int]]]:
+    """Tokens (refused calls excluded) in `buckets` equal slices of a window, by step and
+    by feature: (bucket labels, by step, by feature). Summed in SQL."""
+    where, params = time_filter(since, until)
+    found = await store.query(f"SELECT MIN(ts), MAX(ts) FROM calls WHERE {where}", params)
+    if not found or found[0][0] is None:
+        return [], {}, {}
+    lo = float(since if since is not None else found[0][0])
+    hi = float(until if until is not None else found[0][1])
+    width = max((hi - lo) / buckets, 1e-3)
+    b = _floor(store, "(ts - ?)", width)
+    sql = (f"SELECT {b}, step, feature, SUM(input_tokens + output_tokens) FROM calls "
+           f"WHERE outcome <> 'rejected' AND {where} GROUP BY 1, 2, 3")
+    by_step: dict[str, list[int]] = {}
+    by_feature: dict[str, list[int]] = {}
+    for bucket, step, feature, tokens in await store.query(sql, [lo, *params]):
+        i = min(buckets - 1, max(0, int(bucket)))
+        by_step.setdefault(step or "(no step)", [0] * buckets)[i] += as_int(tokens)
+        by_feature.setdefault(feature or NONE, [0] * buckets)[i] += as_int(tokens)
+    fmt = "%Y-%m-%d" if hi - lo > 3 * 86400 else "%m-%d %H:%M"
+    labels = [datetime.fromtimestamp(lo + i * width, UTC).strftime(fmt) for i in range(buckets)]
+    return labels, _largest_first(by_step), _largest_first(by_feature)
+
+
+def _largest_first(series: dict[str, list[int]]) -> dict[str, list[int]]:
+    return dict(sorted(series.items(), key=lambda kv: (-sum(kv[1]), kv[0])))
+
+
 # ---------------------------------------------------------------- the window's totals
 
 
@@ -209,6 +242,37 @@ def _totals(rows: list[tuple[Any, ...]]) -> Totals:
         refusals=dict(sorted(refusals.items(), key=lambda kv: (-kv[1], kv[0]))),
         errors_by=dict(sorted(errors_by.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
+
+
+# ---------------------------------------------------------------- names of the window
+
+
+@dataclass(frozen=True, slots=True)
+class NameSum:
+    name: str | None
+    calls: int
+    total_tokens: int
+    cost_nusd: int
+    rejected: int
+
+
+def _hours(span: Span, now: float) -> tuple[int, int]:
+    """The whole hours that overlap the window (what the hourly rollup can answer)."""
+    first, end = span.bounds(now)
+    return (first * span.bucket) // 3600, (end * span.bucket - 1) // 3600 + 1
+
+
+async def names_in_window(store: LedgerStore, span: Span, dim: str, *,
+                          now: float) -> list[NameSum]:
+    """Calls, tokens and cost per feature, model, step or plan over the window's hours,
+    costliest first."""
+    if dim not in _LOW:
+        raise InvalidRequest(f"cannot list {dim!r}{did_you_mean(dim, _LOW)}", param="by")
+    sql = (f"SELECT {_LOW[dim]}, SUM(calls), SUM(input_tokens + output_tokens), "
+           "SUM(cost_nusd), SUM(CASE WHEN outcome = 'rejected' THEN calls ELSE 0 END) "
+           "FROM rollup_hour WHERE hour >= ? AND hour < ? GROUP BY 1 ORDER BY 4 DESC, 3 DESC")
+    rows = await store.query(sql, list(_hours(span, now)))
+    return [NameSum(_name(r[0]), *(as_int(v) for v in r[1:])) for r in rows]
 
 
 # ---------------------------------------------------------------- runs and keys
@@ -291,9 +355,7 @@ async def what_if_window(
     each call, rounding each up)."""
     if (step is None) == (feature is None):
         raise InvalidRequest("what-if needs a step or a feature (one of them)")
-    first, end = span.bounds(now)
-    per = span.bucket // 3600 if span.bucket >= 3600 else 0
-    hours = (first * per, end * per) if per else (first * 60 // 3600, (end * 60 - 1) // 3600 + 1)
+    hours = _hours(span, now)
     col, name = ("step", step) if step is not None else ("feature", feature)
     rows = await store.query(_WHAT_IF_SQL.format(col=col), [name, *hours])
     rates = _rates(target)
