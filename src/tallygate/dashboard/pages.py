@@ -87,14 +87,14 @@ class Pages:
         q = Query(user=_bounded(request, "user"), key=_bounded(request, "key"),
                   feature=_bounded(request, "feature"), plan=_bounded(request, "plan"),
                   run=_bounded(request, "run"))
-        problem = self.src.store_problem
+        problem, status = self.src.store_problem, 200
         rows: list[dict[str, Any]] = []
         try:
             rows = await self._budgets(q)
         except TallygateError as exc:
-            problem = exc.message
+            problem, status = exc.message, exc.status
         return render("budgets.html", self._ctx(session, "budgets", rows=rows, q=q,
-                                                problem=problem))
+                                                problem=problem), status)
 
     # ------------------------------------------------------------------ runs
 

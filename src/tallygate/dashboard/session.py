@@ -106,7 +106,7 @@ class Sessions:
     # ------------------------------------------------------------------ cookies
 
     def issue(self, role: Role) -> tuple[str, Session]:
-        session = Session(role, secrets.token_urlsafe(18), self._clock() + self._ttl)
+        session = Session(role, secrets.token_urlsafe(18), float(int(self._clock() + self._ttl)))
         body = {"r": role, "s": session.sid, "e": int(session.expires)}
         if role == "viewer":
             body["v"] = self._viewer_fp or ""
