@@ -65,7 +65,7 @@ class Pages:
         charts = {
             "tokens": stacked_bars(series.tokens, labels, f"Tokens by {by}, {span.label}"),
             "cost": stacked_bars(series.cost_nusd, labels, f"Cost by {by}, {span.label}",
-                                 fmt=lambda v: usd_display(v, 4), unit=""),
+                                 fmt=usd_axis, unit=""),
         }
         tight = (await self._budgets(Query()))[:5]
         return render("overview.html", self._ctx(
@@ -185,6 +185,12 @@ class Pages:
                  for p in fired]
         return render("alerts.html", self._ctx(session, "alerts", items=items,
                                                rules=self.src.policy.alerts))
+
+
+def usd_axis(nusd: int) -> str:
+    """Money on a chart axis: enough places that small amounts are not all $0.0000."""
+    places = 2 if nusd >= 10 * 10**9 else 4 if nusd >= 10**7 else 6
+    return usd_display(nusd, places)
 
 
 def _budget_view(row: BudgetRow, now: float) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 // Refreshes a live page's <main> every data-refresh seconds, in place, without a full
-// reload. Skipped while the tab is hidden or a form field is being edited. When the
+// reload. Skipped while the tab is hidden, a form field has the focus, or a form on the
+// page has been typed into (what was typed is never thrown away). When the
 // answer is no longer a dashboard page (signed out, session expired) the page reloads,
 // so the sign-in page shows. No other script runs on the dashboard.
 (function () {
@@ -8,9 +9,14 @@
   if (!main || !main.dataset.refresh) { return; }
   var every = Math.max(1, parseInt(main.dataset.refresh, 10) || 5) * 1000;
 
+  var touched = false;
+  main.addEventListener("input", function () { touched = true; });
+  main.addEventListener("change", function () { touched = true; });
+
   function editing() {
     var el = document.activeElement;
-    return el && (el.tagName === "INPUT" || el.tagName === "SELECT" || el.tagName === "TEXTAREA");
+    return touched || (el && (el.tagName === "INPUT" || el.tagName === "SELECT" ||
+                              el.tagName === "TEXTAREA"));
   }
 
   function refresh() {
