@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tallygate.ledger import LedgerStore, open_ledger
-from tallygate.ledger.rollups import DAY_SUMS, HOUR_SUMS
+from tallygate.ledger.rollups import HOUR_SUMS, IDS_SUMS
 from tallygate.types import CallRecord, Outcome
 from tests.support.ledgers import fresh_ledger_url
 
@@ -79,17 +79,18 @@ def _norm(rows: list[tuple]) -> list[tuple]:
 
 
 async def assert_rollups_match(store: LedgerStore) -> None:
-    raw = await store.query(HOUR_RAW.format(hour=_floor(store, 3600)))
-    rolled = await store.query(
-        f"SELECT hour, feature, model, step, plan, outcome, reason, {', '.join(HOUR_SUMS)} "
-        "FROM rollup_hour")
-    assert _norm(rolled) == _norm(raw)
+    for table, col, width in (("rollup_hour", "hour", 3600), ("rollup_day", "day", 86400)):
+        raw = await store.query(HOUR_RAW.format(hour=_floor(store, width)))
+        rolled = await store.query(
+            f"SELECT {col}, feature, model, step, plan, outcome, reason, "
+            f"{', '.join(HOUR_SUMS)} FROM {table}")
+        assert _norm(rolled) == _norm(raw), table
     for dim, col in (("user", '"user"'), ("key", "key_id"), ("run", "run")):
         where = "WHERE run IS NOT NULL" if dim == "run" else ""
         raw = await store.query(DAY_RAW.format(day=_floor(store, 86400), col=col, where=where))
         rolled = await store.query(
-            f"SELECT day, value, {', '.join(DAY_SUMS)}, max_attempt, first_ts, last_ts "
-            "FROM rollup_day WHERE dim = ?", [dim])
+            f"SELECT day, value, {', '.join(IDS_SUMS)}, max_attempt, first_ts, last_ts "
+            "FROM rollup_ids WHERE dim = ?", [dim])
         assert _norm(rolled) == _norm(raw), dim
 
 
@@ -114,6 +115,7 @@ async def test_rows_stored_before_the_migration_are_backfilled(ledger_url) -> No
     try:
         # Back to a version-1 ledger: no rollups, no trigger.
         for sql in (drop_trigger, "DROP TABLE rollup_hour", "DROP TABLE rollup_day",
+                    "DROP TABLE rollup_ids",
                     "DELETE FROM schema_version WHERE version = 2"):
             await _execute(store, sql)
         await store.write_batch(random_rows(800, 2))

@@ -6,17 +6,19 @@ the raw rows each time costs a full scan. Two small tables are kept current by a
 exact at every moment (a replayed row that `INSERT OR IGNORE` / `ON CONFLICT DO NOTHING`
 skips fires no trigger, so replays are not counted twice):
 
-- `rollup_hour`: one row per UTC hour and (feature, model, step, plan, outcome, reason)
-  — the low-cardinality names — with the sums of every token and money column.
-  `reason` is the error code of refused and failed calls ('' otherwise).
-- `rollup_day`: one row per UTC day and (dim, value) for the high-cardinality names
+- `rollup_hour` and `rollup_day`: one row per UTC hour (day) and (feature, model, step,
+  plan, outcome, reason) — the low-cardinality names — with the sums of every token and
+  money column. `reason` is the error code of refused and failed calls ('' otherwise).
+  The daily table serves month-long windows: its size does not grow with the traffic of
+  an hour.
+- `rollup_ids`: one row per UTC day and (dim, value) for the high-cardinality names
   (dim `user`, `key` and `run`), with calls, tokens, cost, refusals, the highest
   X-Tallygate-Attempt seen (how far a run looped) and the first/last call time.
 
 A missing name is stored as '' (primary-key columns cannot be NULL) and read back as
 None. Hours are floor(ts / 3600), days floor(ts / 86400): UTC calendar buckets.
 
-SQLite runs a row trigger (its only kind): four small upserts per inserted row, inside
+SQLite runs a row trigger (its only kind): five small upserts per inserted row, inside
 the writer's batch transaction. PostgreSQL runs one statement trigger over the statement's
 transition table (set-based upserts), after a transaction-scoped advisory lock so two
 replicas' batches never take rollup row locks in opposite orders (no deadlocks).
@@ -28,12 +30,14 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgres"]
 
-HOUR_KEY = ("hour", "feature", "model", "step", "plan", "outcome", "reason")
+NAME_KEY = ("feature", "model", "step", "plan", "outcome", "reason")
+HOUR_KEY = ("hour", *NAME_KEY)
+BUCKETS = {"rollup_hour": ("hour", 3600), "rollup_day": ("day", 86400)}
 HOUR_SUMS = ("calls", "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
              "reasoning_tokens", "cost_nusd", "trimmed_tokens", "tokens_saved", "estimated")
-DAY_KEY = ("day", "dim", "value")
-DAY_SUMS = ("calls", "input_tokens", "output_tokens", "cost_nusd", "rejected")
-DAY_DIMS = {"user": '"user"', "key": "key_id", "run": "run"}
+IDS_KEY = ("day", "dim", "value")
+IDS_SUMS = ("calls", "input_tokens", "output_tokens", "cost_nusd", "rejected")
+IDS_DIMS = {"user": '"user"', "key": "key_id", "run": "run"}
 
 _INT = {"sqlite": "INTEGER", "postgres": "BIGINT"}
 _REAL = {"sqlite": "REAL", "postgres": "DOUBLE PRECISION"}
@@ -44,15 +48,20 @@ def _tables(d: Dialect) -> list[str]:
     i = _INT[d]
     # SQLite: the primary key *is* the table (one B-tree per upsert instead of two).
     clustered = " WITHOUT ROWID" if d == "sqlite" else ""
-    hour_sums = ", ".join(f"{c} {i} NOT NULL" for c in HOUR_SUMS)
-    day_sums = ", ".join(f"{c} {i} NOT NULL" for c in DAY_SUMS)
-    return [
-        f"CREATE TABLE IF NOT EXISTS rollup_hour (hour {i} NOT NULL, feature TEXT NOT NULL, "
+    name_sums = ", ".join(f"{c} {i} NOT NULL" for c in HOUR_SUMS)
+    ids_sums = ", ".join(f"{c} {i} NOT NULL" for c in IDS_SUMS)
+    names = [
+        f"CREATE TABLE IF NOT EXISTS {table} ({col} {i} NOT NULL, feature TEXT NOT NULL, "
         "model TEXT NOT NULL, step TEXT NOT NULL, plan TEXT NOT NULL, outcome TEXT NOT NULL, "
-        f"reason TEXT NOT NULL, {hour_sums}, PRIMARY KEY ({', '.join(HOUR_KEY)})){clustered}",
-        f"CREATE TABLE IF NOT EXISTS rollup_day (day {i} NOT NULL, dim TEXT NOT NULL, "
-        f"value TEXT NOT NULL, {day_sums}, max_attempt {i}, first_ts {_REAL[d]} NOT NULL, "
-        f"last_ts {_REAL[d]} NOT NULL, PRIMARY KEY ({', '.join(DAY_KEY)})){clustered}",
+        f"reason TEXT NOT NULL, {name_sums}, PRIMARY KEY ({col}, {', '.join(NAME_KEY)})"
+        f"){clustered}"
+        for table, (col, _) in BUCKETS.items()
+    ]
+    return [
+        *names,
+        f"CREATE TABLE IF NOT EXISTS rollup_ids (day {i} NOT NULL, dim TEXT NOT NULL, "
+        f"value TEXT NOT NULL, {ids_sums}, max_attempt {i}, first_ts {_REAL[d]} NOT NULL, "
+        f"last_ts {_REAL[d]} NOT NULL, PRIMARY KEY ({', '.join(IDS_KEY)})){clustered}",
     ]
 
 
@@ -62,10 +71,10 @@ def _floor(d: Dialect, expr: str, width: int) -> str:
     return f"floor({expr} / {width})::bigint"
 
 
-def _hour_values(d: Dialect, p: str) -> list[str]:
-    """The rollup_hour key of a calls row, `p` the row prefix ("NEW." or "")."""
+def _hour_values(d: Dialect, p: str, width: int = 3600) -> list[str]:
+    """The rollup_hour (rollup_day) key of a calls row, `p` the row prefix ("NEW." or "")."""
     return [
-        _floor(d, f"{p}ts", 3600), f"COALESCE({p}feature, '')",
+        _floor(d, f"{p}ts", width), f"COALESCE({p}feature, '')",
         f"COALESCE({p}model_used, {p}model_requested, '')", f"COALESCE({p}step, '')",
         f"COALESCE({p}plan, '')", f"{p}outcome",
         f"CASE WHEN {p}outcome IN ('rejected', 'error') THEN COALESCE({p}error_code, '') "
@@ -109,30 +118,44 @@ def _on_conflict(table: str, key: tuple[str, ...], sums: tuple[str, ...],
     return f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(sets)}"
 
 
-_HOUR_COLS = f"rollup_hour ({', '.join((*HOUR_KEY, *HOUR_SUMS))})"
-_DAY_COLS = (f"rollup_day ({', '.join((*DAY_KEY, *DAY_SUMS))}, max_attempt, first_ts, "
+def _name_cols(table: str) -> str:
+    return f"{table} ({', '.join((BUCKETS[table][0], *NAME_KEY, *HOUR_SUMS))})"
+
+
+def _name_key(table: str) -> tuple[str, ...]:
+    return (BUCKETS[table][0], *NAME_KEY)
+
+
+_DAY_COLS = (f"rollup_ids ({', '.join((*IDS_KEY, *IDS_SUMS))}, max_attempt, first_ts, "
              "last_ts)")
 
 
-def _sqlite_trigger() -> str:
-    hour = (f"INSERT INTO {_HOUR_COLS} VALUES "
-            f"({', '.join([*_hour_values('sqlite', 'NEW.'), *_hour_sums('NEW.', False)])}) "
-            f"{_on_conflict('rollup_hour', HOUR_KEY, HOUR_SUMS, False)};")
+def _row_upserts(d: Dialect) -> str:
+    """The upserts of one inserted row (NEW), for a row trigger's body."""
+    names = [
+        f"INSERT INTO {_name_cols(t)} VALUES "
+        f"({', '.join([*_hour_values(d, 'NEW.', w), *_hour_sums('NEW.', False)])}) "
+        f"{_on_conflict(t, _name_key(t), HOUR_SUMS, False)};"
+        for t, (_, w) in BUCKETS.items()]
     days = []
-    for dim, col in DAY_DIMS.items():
-        values = [_floor("sqlite", "NEW.ts", 86400), f"'{dim}'", f"COALESCE(NEW.{col}, '')",
+    for dim, col in IDS_DIMS.items():
+        values = [_floor(d, "NEW.ts", 86400), f"'{dim}'", f"COALESCE(NEW.{col}, '')",
                   *_day_sums("NEW.", False)]
         # VALUES where it can (cheaper); a SELECT … WHERE skips calls without a run.
         head = (f"SELECT {', '.join(values)} WHERE NEW.{col} IS NOT NULL" if dim == "run"
                 else f"VALUES ({', '.join(values)})")
         days.append(f"INSERT INTO {_DAY_COLS} {head} "
-                    f"{_on_conflict('rollup_day', DAY_KEY, DAY_SUMS, True)};")
-    body = "\n  ".join([hour, *days])
-    return f"CREATE TRIGGER IF NOT EXISTS calls_rollups AFTER INSERT ON calls BEGIN\n  {body}\nEND"
+                    f"{_on_conflict('rollup_ids', IDS_KEY, IDS_SUMS, True)};")
+    return "\n  ".join([*names, *days])
 
 
-def _hour_select(d: Dialect, source: str) -> str:
-    keys = _hour_values(d, "")
+def _sqlite_trigger() -> str:
+    return ("CREATE TRIGGER IF NOT EXISTS calls_rollups AFTER INSERT ON calls BEGIN\n  "
+            f"{_row_upserts('sqlite')}\nEND")
+
+
+def _hour_select(d: Dialect, source: str, width: int = 3600) -> str:
+    keys = _hour_values(d, "", width)
     group = ", ".join(str(i) for i in range(1, len(keys) + 1))
     return (f"SELECT {', '.join([*keys, *_hour_sums('', True)])} FROM {source} "
             f"WHERE 1=1 GROUP BY {group}")
@@ -140,7 +163,7 @@ def _hour_select(d: Dialect, source: str) -> str:
 
 def _day_select(d: Dialect, source: str) -> str:
     parts = []
-    for dim, col in DAY_DIMS.items():
+    for dim, col in IDS_DIMS.items():
         values = [_floor(d, "ts", 86400), f"'{dim}'", f"COALESCE({col}, '')",
                   *_day_sums("", True)]
         only = f" WHERE {col} IS NOT NULL" if dim == "run" else ""
@@ -149,14 +172,15 @@ def _day_select(d: Dialect, source: str) -> str:
 
 
 def _pg_trigger() -> list[str]:
-    hour = (f"INSERT INTO {_HOUR_COLS} {_hour_select('postgres', 'fresh')} "
-            f"ORDER BY 1, 2, 3, 4, 5, 6, 7 "
-            f"{_on_conflict('rollup_hour', HOUR_KEY, HOUR_SUMS, False)};")
+    names = "\n  ".join(
+        f"INSERT INTO {_name_cols(t)} {_hour_select('postgres', 'fresh', w)} "
+        f"ORDER BY 1, 2, 3, 4, 5, 6, 7 {_on_conflict(t, _name_key(t), HOUR_SUMS, False)};"
+        for t, (_, w) in BUCKETS.items())
     day = (f"INSERT INTO {_DAY_COLS} SELECT * FROM ({_day_select('postgres', 'fresh')}) AS d "
-           f"ORDER BY 1, 2, 3 {_on_conflict('rollup_day', DAY_KEY, DAY_SUMS, True)};")
+           f"ORDER BY 1, 2, 3 {_on_conflict('rollup_ids', IDS_KEY, IDS_SUMS, True)};")
     return [
         "CREATE OR REPLACE FUNCTION calls_rollups() RETURNS trigger LANGUAGE plpgsql AS $fn$\n"
-        f"BEGIN\n  PERFORM pg_advisory_xact_lock({_PG_LOCK_ID});\n  {hour}\n  {day}\n"
+        f"BEGIN\n  PERFORM pg_advisory_xact_lock({_PG_LOCK_ID});\n  {names}\n  {day}\n"
         "  RETURN NULL;\nEND\n$fn$",
         "DROP TRIGGER IF EXISTS calls_rollups ON calls",
         "CREATE TRIGGER calls_rollups AFTER INSERT ON calls REFERENCING NEW TABLE AS fresh "
@@ -169,7 +193,8 @@ def statements(d: Dialect) -> list[str]:
     On PostgreSQL `calls` is locked against inserts meanwhile (a row committed between
     the backfill and the trigger would be missed otherwise)."""
     lock = ["LOCK TABLE calls IN SHARE MODE"] if d == "postgres" else []
-    backfill = [f"INSERT INTO {_HOUR_COLS} {_hour_select(d, 'calls')}",
+    backfill = [*(f"INSERT INTO {_name_cols(t)} {_hour_select(d, 'calls', w)}"
+                  for t, (_, w) in BUCKETS.items()),
                 f"INSERT INTO {_DAY_COLS} {_day_select(d, 'calls')}"]
     trigger = [_sqlite_trigger()] if d == "sqlite" else _pg_trigger()
     return [*lock, *_tables(d), *backfill, *trigger]

@@ -5,8 +5,9 @@ the costliest and most-looped runs, spend per key, and what-if re-pricing.
 Windows end now and are whole buckets: the last hour by minute, the last day by hour,
 the last 30 days by day (UTC). Minute buckets and hourly buckets of high-cardinality
 names (user, key) read the raw rows of the window through the `ts` index; everything else
-reads the rollups the ledger keeps (ledger/rollups.py), so a 30-day view of millions of
-calls sums a few thousand rows. Names stored as '' in the rollups come back as None.
+reads the rollups the ledger keeps (ledger/rollups.py): hourly ones for a day, daily
+ones for 30 days, so a 30-day view of millions of calls sums some ten thousand rows.
+Names stored as '' in the rollups come back as None.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ SPANS: dict[str, Span] = {
 }
 STACKS: tuple[str, ...] = ("feature", "user", "model", "step", "key", "plan")
 _LOW = {"feature": "feature", "model": "model", "step": "step", "plan": "plan"}
+_NAMES = {3600: ("rollup_hour", "hour"), 86400: ("rollup_day", "day")}  # by bucket width
 _RAW = {"feature": "feature", "user": '"user"', "key": "key_id", "step": "step",
         "plan": "plan", "model": "COALESCE(model_used, model_requested)"}
 
@@ -104,13 +106,12 @@ async def _bucket_sums(store: LedgerStore, span: Span, by: str,
                f"FROM calls WHERE ts >= ? AND ts < ? GROUP BY 1, 2")
         return await store.query(sql, [first * span.bucket, end * span.bucket])
     if by in _LOW:
-        per = span.bucket // 3600
-        b = "hour" if per == 1 else f"{_floor(store, 'hour', per)}"
-        sql = (f"SELECT {b}, {_LOW[by]}, SUM(input_tokens + output_tokens), SUM(cost_nusd) "
-               "FROM rollup_hour WHERE hour >= ? AND hour < ? GROUP BY 1, 2")
-        return await store.query(sql, [first * per, end * per])
+        table, col = _NAMES[span.bucket]
+        sql = (f"SELECT {col}, {_LOW[by]}, SUM(input_tokens + output_tokens), SUM(cost_nusd) "
+               f"FROM {table} WHERE {col} >= ? AND {col} < ? GROUP BY 1, 2")
+        return await store.query(sql, [first, end])
     sql = ("SELECT day, value, SUM(input_tokens + output_tokens), SUM(cost_nusd) "
-           "FROM rollup_day WHERE dim = ? AND day >= ? AND day < ? GROUP BY 1, 2")
+           "FROM rollup_ids WHERE dim = ? AND day >= ? AND day < ? GROUP BY 1, 2")
     return await store.query(sql, [by, first, end])
 
 
@@ -211,11 +212,11 @@ async def window_totals(store: LedgerStore, span: Span, *, now: float) -> Totals
         sql = f"SELECT {cols} FROM calls WHERE ts >= ? AND ts < ? GROUP BY 1, 2"
         rows = await store.query(sql, [first * 60, end * 60])
     else:
-        per = span.bucket // 3600
+        table, col = _NAMES[span.bucket]
         cols = _TOTALS_COLS.format(reason="reason", estimated="estimated").replace(
             "COUNT(*)", "SUM(calls)")
-        sql = f"SELECT {cols} FROM rollup_hour WHERE hour >= ? AND hour < ? GROUP BY 1, 2"
-        rows = await store.query(sql, [first * per, end * per])
+        sql = f"SELECT {cols} FROM {table} WHERE {col} >= ? AND {col} < ? GROUP BY 1, 2"
+        rows = await store.query(sql, [first, end])
     return _totals(rows)
 
 
@@ -256,10 +257,13 @@ class NameSum:
     rejected: int
 
 
-def _hours(span: Span, now: float) -> tuple[int, int]:
-    """The whole hours that overlap the window (what the hourly rollup can answer)."""
+def _names_source(span: Span, now: float) -> tuple[str, str, int, int]:
+    """(table, bucket column, first, end) of the rollup that covers the window: whole
+    hours that overlap it, or its days for 30-day windows."""
     first, end = span.bounds(now)
-    return (first * span.bucket) // 3600, (end * span.bucket - 1) // 3600 + 1
+    width = 86400 if span.bucket >= 86400 else 3600
+    table, col = _NAMES[width]
+    return table, col, (first * span.bucket) // width, (end * span.bucket - 1) // width + 1
 
 
 async def names_in_window(store: LedgerStore, span: Span, dim: str, *,
@@ -268,10 +272,11 @@ async def names_in_window(store: LedgerStore, span: Span, dim: str, *,
     costliest first."""
     if dim not in _LOW:
         raise InvalidRequest(f"cannot list {dim!r}{did_you_mean(dim, _LOW)}", param="by")
+    table, col, first, end = _names_source(span, now)
     sql = (f"SELECT {_LOW[dim]}, SUM(calls), SUM(input_tokens + output_tokens), "
            "SUM(cost_nusd), SUM(CASE WHEN outcome = 'rejected' THEN calls ELSE 0 END) "
-           "FROM rollup_hour WHERE hour >= ? AND hour < ? GROUP BY 1 ORDER BY 4 DESC, 3 DESC")
-    rows = await store.query(sql, list(_hours(span, now)))
+           f"FROM {table} WHERE {col} >= ? AND {col} < ? GROUP BY 1 ORDER BY 4 DESC, 3 DESC")
+    rows = await store.query(sql, [first, end])
     return [NameSum(_name(r[0]), *(as_int(v) for v in r[1:])) for r in rows]
 
 
@@ -297,7 +302,7 @@ def _days(span: Span, now: float) -> tuple[int, int]:
 
 _DAY_SQL = """SELECT value, SUM(calls), SUM(input_tokens + output_tokens), SUM(cost_nusd),
   SUM(rejected), MAX(max_attempt), MIN(first_ts), MAX(last_ts)
-FROM rollup_day WHERE dim = ? AND day >= ? AND day < ? GROUP BY value"""
+FROM rollup_ids WHERE dim = ? AND day >= ? AND day < ? GROUP BY value"""
 
 
 async def _day_rows(store: LedgerStore, dim: str, span: Span, now: float,
@@ -335,8 +340,8 @@ async def spend_by_key(store: LedgerStore, span: Span, *, now: float,
 
 _WHAT_IF_SQL = """SELECT model, SUM(calls), SUM(input_tokens), SUM(output_tokens),
   SUM(cached_tokens), SUM(cache_write_tokens), SUM(cost_nusd)
-FROM rollup_hour WHERE {col} = ? AND outcome NOT IN ('rejected', 'cached')
-  AND hour >= ? AND hour < ? GROUP BY model"""
+FROM {table} WHERE {col} = ? AND outcome NOT IN ('rejected', 'cached')
+  AND {bucket} >= ? AND {bucket} < ? GROUP BY model"""
 
 
 def _price(rates: list[int], inp: int, out: int, cached: int, write: int) -> int:
@@ -351,13 +356,14 @@ async def what_if_window(
     lookup: Callable[[str], ModelInfo | None] | None = None,
 ) -> WhatIf:
     """Re-price a step's (or a feature's) calls of the window with `target`'s prices, per
-    hour and model group: within 1 nano-USD a call of `tallygate what-if` (which prices
-    each call, rounding each up)."""
+    hour (day) and model group: within 1 nano-USD a call of `tallygate what-if` (which
+    prices each call, rounding each up)."""
     if (step is None) == (feature is None):
         raise InvalidRequest("what-if needs a step or a feature (one of them)")
-    hours = _hours(span, now)
+    table, bucket, first, end = _names_source(span, now)
     col, name = ("step", step) if step is not None else ("feature", feature)
-    rows = await store.query(_WHAT_IF_SQL.format(col=col), [name, *hours])
+    sql = _WHAT_IF_SQL.format(table=table, col=col, bucket=bucket)
+    rows = await store.query(sql, [name, first, end])
     rates = _rates(target)
     groups = sorted(
         (WhatIfGroup(_name(r[0]), *(as_int(v) for v in r[1:]),
@@ -365,9 +371,10 @@ async def what_if_window(
                                          as_int(r[5])))
          for r in rows),
         key=lambda g: (-g.current_nusd, g.model or ""))
-    since, until = float(hours[0] * 3600), float(hours[1] * 3600)
+    width = 3600 if bucket == "hour" else 86400
+    since, until = float(first * width), float(end * width)
     notes = _tokenizer_notes(target, [g.model for g in groups], lookup or (lambda _: None))
-    notes.append("re-priced per hour and model, so within 1 nano-USD a call of the "
+    notes.append(f"re-priced per {bucket} and model, so within 1 nano-USD a call of the "
                  "per-call figure of `tallygate what-if`")
     return WhatIf(step=step, model=target.name, since=since, until=until, groups=groups,
                   current_nusd=sum(g.current_nusd for g in groups),
