@@ -214,3 +214,11 @@ def test_overview_figures_come_from_the_ledger(site: Site) -> None:
     assert "budget_exceeded" in page and "<rect" in page
     budgets = site.client.get("/dashboard/budgets").text
     assert 'data-limit="feature:chat:tokens:day"' in budgets
+
+
+def test_unknown_dashboard_pages_are_an_html_404(site: Site) -> None:
+    r = site.client.get("/dashboard/nope")
+    assert r.status_code == 404 and "No such dashboard page" in r.text
+    assert r.headers["content-type"].startswith("text/html")
+    assert site.client.get("/dashboard/static/../../pyproject.toml").status_code == 404
+    assert site.client.get("/dashboard/static/x.js").status_code == 404

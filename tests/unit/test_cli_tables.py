@@ -219,3 +219,13 @@ def test_keys_list_fits_80_columns() -> None:
              "created_at": int(r["created_at"]),
              "revoked_at": int(r["revoked_at"]) if r["revoked_at"] else None} for r in rows]
     assert back == KEYS
+
+
+def test_markup_in_created_keys_and_file_names_is_printed(tmp_path: Path) -> None:
+    out = _capture(keys_cli._show_created, {**KEYS[0], "key": "tg-secret", "plan": "[bold]"})
+    assert "user: [/]" in out and "plan: [bold]" in out and "tg-secret" in out
+    from tallygate.cli.text import _print_table
+
+    table = _capture(_print_table, [{"file": "[/]x.txt", "kind": "text", "tokens": 5,
+                                     "exact": True}], "[red]counts")
+    assert "[/]x.txt" in table and "[red]counts" in table

@@ -144,17 +144,19 @@ def revoke_key(target: Target, key_id: str) -> bool:
 
 def _show_created(data: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
 
-    scope = []
+    scope = []  # names come from the caller: escaped, never read as markup
     if data.get("features"):
-        scope.append("features: " + ", ".join(data["features"]))
+        scope.append("features: " + escape(", ".join(data["features"])))
     if data.get("models"):
-        scope.append("models: " + ", ".join(data["models"]))
+        scope.append("models: " + escape(", ".join(data["models"])))
     if data.get("limits"):
         scope.append("limits: " + ", ".join(f"{k}={v}" for k, v in data["limits"].items()))
     body = "\n".join([
-        f"id:   {data['id']}", f"user: {data['user']}   plan: {data['plan']}", *scope, "",
+        f"id:   {data['id']}", f"user: {escape(data['user'])}   plan: {escape(data['plan'])}",
+        *scope, "",
         f"[bold]{data['key']}[/bold]", "",
         "[yellow]This secret is shown only once: store it now. "
         "tallygate keeps only its hash.[/yellow]",

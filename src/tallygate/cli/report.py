@@ -184,6 +184,8 @@ def report_main(
 
     out = _format(fmt, json)
     if html is not None:
+        if url is not None:
+            raise _fail("--html reads the ledger itself: give --ledger or --config, not --url")
         _write_html(html, config, ledger, since, until)
         return
     if url is not None:

@@ -130,7 +130,12 @@ class Dashboard:
             Route("/dashboard/flags", g.page(p.flags), methods=["GET"]),
             Route("/dashboard/flags/{feature:path}", g.action(a.set_flag), methods=["POST"]),
             Route("/dashboard/alerts", g.page(p.alerts), methods=["GET"]),
+            Route("/dashboard/{rest:path}", self.not_found, methods=["GET", "POST"]),
         ]
+
+    async def not_found(self, request: Request) -> Response:
+        return self.guard.message(self.guard.session(request), "Not found",
+                                  "No such dashboard page.", 404)
 
     async def close(self) -> None:
         await self.sources.close()
