@@ -169,7 +169,8 @@ async def one_backend(label: str, url: str, write_urls: tuple[str, str],
         results = await measure(store, now, reps, rows[len(rows) // 2].run or "")
         raw = await raw_floor(store, now)
         rollup_rows = tuple([(await store.query(f"SELECT COUNT(*) FROM {t}"))[0][0]
-                             for t in ("rollup_hour", "rollup_day", "rollup_ids")])
+                             for t in ("rollup_hour", "rollup_day", "rollup_ids",
+                                       "rollup_ids_hour")])
     finally:
         await store.close()
     return {"label": label, "write": (without, with_trigger), "load_s": load_s,
@@ -206,17 +207,16 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, n: int) -> str:
         lines.append(
             f"- {r['label']}: the 30-day series by user summed from the raw rows instead "
             f"takes {r['raw_ms']:.0f} ms (once); the rollups hold {r['rollup_rows'][0]:,} "
-            f"hourly, {r['rollup_rows'][1]:,} daily and {r['rollup_rows'][2]:,} per-id "
-            f"rows. Loading the {n:,} rows "
+            f"hourly, {r['rollup_rows'][1]:,} daily, {r['rollup_rows'][2]:,} daily per-id "
+            f"and {r['rollup_rows'][3]:,} hourly per-id rows. Loading the {n:,} rows "
             f"(batches of {CHUNK:,}) took {r['load_s']:.0f} s. `write_batch` in batches of "
             f"200 rows: {with_trigger:.1f} µs a row with the rollup trigger, {without:.1f} "
             f"µs without it (floor, same run, {args.sample:,} rows): "
             f"{with_trigger / without:.2f}×.")
     lines += [
-        "- Minute buckets (the last hour) and hourly buckets by user or key (the last day) "
-        "read the raw rows of that window through the `ts` index; everything else reads "
-        "`rollup_hour` (a day), `rollup_day` (30 days) or `rollup_ids` (users, keys, runs; "
-        "docs/dashboard.md).",
+        "- Minute buckets (the last hour) read the raw rows of that window through the `ts` "
+        "index; everything else reads `rollup_hour` / `rollup_ids_hour` (a day), `rollup_day`"
+        " / `rollup_ids` (30 days; docs/ledger.md).",
     ]
     return "\n".join(lines) + "\n"
 

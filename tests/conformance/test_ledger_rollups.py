@@ -85,13 +85,17 @@ async def assert_rollups_match(store: LedgerStore) -> None:
             f"SELECT {col}, feature, model, step, plan, outcome, reason, "
             f"{', '.join(HOUR_SUMS)} FROM {table}")
         assert _norm(rolled) == _norm(raw), table
-    for dim, col in (("user", '"user"'), ("key", "key_id"), ("run", "run")):
-        where = "WHERE run IS NOT NULL" if dim == "run" else ""
-        raw = await store.query(DAY_RAW.format(day=_floor(store, 86400), col=col, where=where))
-        rolled = await store.query(
-            f"SELECT day, value, {', '.join(IDS_SUMS)}, max_attempt, first_ts, last_ts "
-            "FROM rollup_ids WHERE dim = ?", [dim])
-        assert _norm(rolled) == _norm(raw), dim
+    for table, col_b, width, dims in (("rollup_ids", "day", 86400, ("user", "key", "run")),
+                                      ("rollup_ids_hour", "hour", 3600, ("user", "key"))):
+        for dim in dims:
+            col = {"user": '"user"', "key": "key_id", "run": "run"}[dim]
+            where = "WHERE run IS NOT NULL" if dim == "run" else ""
+            raw = await store.query(DAY_RAW.format(day=_floor(store, width), col=col,
+                                                   where=where))
+            rolled = await store.query(
+                f"SELECT {col_b}, value, {', '.join(IDS_SUMS)}, max_attempt, first_ts, "
+                f"last_ts FROM {table} WHERE dim = ?", [dim])
+            assert _norm(rolled) == _norm(raw), (table, dim)
 
 
 async def test_rollups_follow_every_insert(ledger_url) -> None:
@@ -115,7 +119,7 @@ async def test_rows_stored_before_the_migration_are_backfilled(ledger_url) -> No
     try:
         # Back to a version-1 ledger: no rollups, no trigger.
         for sql in (drop_trigger, "DROP TABLE rollup_hour", "DROP TABLE rollup_day",
-                    "DROP TABLE rollup_ids",
+                    "DROP TABLE rollup_ids", "DROP TABLE rollup_ids_hour",
                     "DELETE FROM schema_version WHERE version = 2"):
             await _execute(store, sql)
         await store.write_batch(random_rows(800, 2))
@@ -222,5 +226,30 @@ async def test_runs_keys_and_what_if_from_the_rollups(ledger_url) -> None:
             assert rolled.current_nusd == exact.current_nusd
             calls = sum(g.calls for g in exact.groups)
             assert exact.what_if_nusd - calls <= rolled.what_if_nusd <= exact.what_if_nusd
+    finally:
+        await store.close()
+
+
+async def test_timeseries_keeps_the_top_names_and_sums_the_rest(ledger_url) -> None:
+    from tallygate.reports.overview import OTHER, SPANS, timeseries
+
+    store = await open_ledger(ledger_url)
+    try:
+        rows = random_rows(3000, 6)
+        await store.write_batch(rows)
+        now = T0 + 2.5 * 86400
+        for span in SPANS.values():
+            for by in ("user", "model", "key"):
+                full = await timeseries(store, span, by, now=now, top=100)
+                cut = await timeseries(store, span, by, now=now, top=1)
+                biggest = max(full.tokens, key=lambda k: sum(full.tokens[k]))
+                assert set(cut.tokens) <= {biggest, OTHER}
+                assert cut.tokens[biggest] == full.tokens[biggest]
+                per_bucket = [sum(v[i] for v in full.tokens.values())
+                              for i in range(span.buckets)]
+                assert [sum(v[i] for v in cut.tokens.values())
+                        for i in range(span.buckets)] == per_bucket, (span.name, by)
+                assert sum(map(sum, cut.cost_nusd.values())) == sum(
+                    map(sum, full.cost_nusd.values()))
     finally:
         await store.close()

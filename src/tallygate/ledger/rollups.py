@@ -13,12 +13,13 @@ skips fires no trigger, so replays are not counted twice):
   an hour.
 - `rollup_ids`: one row per UTC day and (dim, value) for the high-cardinality names
   (dim `user`, `key` and `run`), with calls, tokens, cost, refusals, the highest
-  X-Tallygate-Attempt seen (how far a run looped) and the first/last call time.
+  X-Tallygate-Attempt seen (how far a run looped) and the first/last call time;
+  `rollup_ids_hour` the same per hour for `user` and `key` (a day's chart by user).
 
 A missing name is stored as '' (primary-key columns cannot be NULL) and read back as
 None. Hours are floor(ts / 3600), days floor(ts / 86400): UTC calendar buckets.
 
-SQLite runs a row trigger (its only kind): five small upserts per inserted row, inside
+SQLite runs a row trigger (its only kind): seven small upserts per inserted row, inside
 the writer's batch transaction. PostgreSQL runs one statement trigger over the statement's
 transition table (set-based upserts), after a transaction-scoped advisory lock so two
 replicas' batches never take rollup row locks in opposite orders (no deadlocks).
@@ -38,6 +39,9 @@ HOUR_SUMS = ("calls", "input_tokens", "output_tokens", "cached_tokens", "cache_w
 IDS_KEY = ("day", "dim", "value")
 IDS_SUMS = ("calls", "input_tokens", "output_tokens", "cost_nusd", "rejected")
 IDS_DIMS = {"user": '"user"', "key": "key_id", "run": "run"}
+# table → (bucket column, seconds, dims): hourly ids serve a day's chart by user or key
+IDS_TABLES = {"rollup_ids": ("day", 86400, ("user", "key", "run")),
+              "rollup_ids_hour": ("hour", 3600, ("user", "key"))}
 
 _INT = {"sqlite": "INTEGER", "postgres": "BIGINT"}
 _REAL = {"sqlite": "REAL", "postgres": "DOUBLE PRECISION"}
@@ -57,12 +61,13 @@ def _tables(d: Dialect) -> list[str]:
         f"){clustered}"
         for table, (col, _) in BUCKETS.items()
     ]
-    return [
-        *names,
-        f"CREATE TABLE IF NOT EXISTS rollup_ids (day {i} NOT NULL, dim TEXT NOT NULL, "
+    ids = [
+        f"CREATE TABLE IF NOT EXISTS {table} ({col} {i} NOT NULL, dim TEXT NOT NULL, "
         f"value TEXT NOT NULL, {ids_sums}, max_attempt {i}, first_ts {_REAL[d]} NOT NULL, "
-        f"last_ts {_REAL[d]} NOT NULL, PRIMARY KEY ({', '.join(IDS_KEY)})){clustered}",
+        f"last_ts {_REAL[d]} NOT NULL, PRIMARY KEY ({col}, dim, value)){clustered}"
+        for table, (col, _, _) in IDS_TABLES.items()
     ]
+    return [*names, *ids]
 
 
 def _floor(d: Dialect, expr: str, width: int) -> str:
@@ -126,8 +131,14 @@ def _name_key(table: str) -> tuple[str, ...]:
     return (BUCKETS[table][0], *NAME_KEY)
 
 
-_DAY_COLS = (f"rollup_ids ({', '.join((*IDS_KEY, *IDS_SUMS))}, max_attempt, first_ts, "
-             "last_ts)")
+def _ids_cols(table: str) -> str:
+    col = IDS_TABLES[table][0]
+    names = ", ".join((col, "dim", "value", *IDS_SUMS, "max_attempt", "first_ts", "last_ts"))
+    return f"{table} ({names})"
+
+
+def _ids_key(table: str) -> tuple[str, ...]:
+    return (IDS_TABLES[table][0], "dim", "value")
 
 
 def _row_upserts(d: Dialect) -> str:
@@ -138,14 +149,16 @@ def _row_upserts(d: Dialect) -> str:
         f"{_on_conflict(t, _name_key(t), HOUR_SUMS, False)};"
         for t, (_, w) in BUCKETS.items()]
     days = []
-    for dim, col in IDS_DIMS.items():
-        values = [_floor(d, "NEW.ts", 86400), f"'{dim}'", f"COALESCE(NEW.{col}, '')",
-                  *_day_sums("NEW.", False)]
-        # VALUES where it can (cheaper); a SELECT … WHERE skips calls without a run.
-        head = (f"SELECT {', '.join(values)} WHERE NEW.{col} IS NOT NULL" if dim == "run"
-                else f"VALUES ({', '.join(values)})")
-        days.append(f"INSERT INTO {_DAY_COLS} {head} "
-                    f"{_on_conflict('rollup_ids', IDS_KEY, IDS_SUMS, True)};")
+    for table, (_, width, dims) in IDS_TABLES.items():
+        for dim in dims:
+            col = IDS_DIMS[dim]
+            values = [_floor(d, "NEW.ts", width), f"'{dim}'", f"COALESCE(NEW.{col}, '')",
+                      *_day_sums("NEW.", False)]
+            # VALUES where it can (cheaper); a SELECT … WHERE skips calls without a run.
+            head = (f"SELECT {', '.join(values)} WHERE NEW.{col} IS NOT NULL" if dim == "run"
+                    else f"VALUES ({', '.join(values)})")
+            days.append(f"INSERT INTO {_ids_cols(table)} {head} "
+                        f"{_on_conflict(table, _ids_key(table), IDS_SUMS, True)};")
     return "\n  ".join([*names, *days])
 
 
@@ -161,10 +174,12 @@ def _hour_select(d: Dialect, source: str, width: int = 3600) -> str:
             f"WHERE 1=1 GROUP BY {group}")
 
 
-def _day_select(d: Dialect, source: str) -> str:
+def _day_select(d: Dialect, source: str, table: str = "rollup_ids") -> str:
     parts = []
-    for dim, col in IDS_DIMS.items():
-        values = [_floor(d, "ts", 86400), f"'{dim}'", f"COALESCE({col}, '')",
+    _, width, dims = IDS_TABLES[table]
+    for dim in dims:
+        col = IDS_DIMS[dim]
+        values = [_floor(d, "ts", width), f"'{dim}'", f"COALESCE({col}, '')",
                   *_day_sums("", True)]
         only = f" WHERE {col} IS NOT NULL" if dim == "run" else ""
         parts.append(f"SELECT {', '.join(values)} FROM {source}{only} GROUP BY 1, 3")
@@ -176,8 +191,10 @@ def _pg_trigger() -> list[str]:
         f"INSERT INTO {_name_cols(t)} {_hour_select('postgres', 'fresh', w)} "
         f"ORDER BY 1, 2, 3, 4, 5, 6, 7 {_on_conflict(t, _name_key(t), HOUR_SUMS, False)};"
         for t, (_, w) in BUCKETS.items())
-    day = (f"INSERT INTO {_DAY_COLS} SELECT * FROM ({_day_select('postgres', 'fresh')}) AS d "
-           f"ORDER BY 1, 2, 3 {_on_conflict('rollup_ids', IDS_KEY, IDS_SUMS, True)};")
+    day = "\n  ".join(
+        f"INSERT INTO {_ids_cols(t)} SELECT * FROM ({_day_select('postgres', 'fresh', t)}) AS d"
+        f" ORDER BY 1, 2, 3 {_on_conflict(t, _ids_key(t), IDS_SUMS, True)};"
+        for t in IDS_TABLES)
     return [
         "CREATE OR REPLACE FUNCTION calls_rollups() RETURNS trigger LANGUAGE plpgsql AS $fn$\n"
         f"BEGIN\n  PERFORM pg_advisory_xact_lock({_PG_LOCK_ID});\n  {names}\n  {day}\n"
@@ -195,6 +212,7 @@ def statements(d: Dialect) -> list[str]:
     lock = ["LOCK TABLE calls IN SHARE MODE"] if d == "postgres" else []
     backfill = [*(f"INSERT INTO {_name_cols(t)} {_hour_select(d, 'calls', w)}"
                   for t, (_, w) in BUCKETS.items()),
-                f"INSERT INTO {_DAY_COLS} {_day_select(d, 'calls')}"]
+                *(f"INSERT INTO {_ids_cols(t)} {_day_select(d, 'calls', t)}"
+                  for t in IDS_TABLES)]
     trigger = [_sqlite_trigger()] if d == "sqlite" else _pg_trigger()
     return [*lock, *_tables(d), *backfill, *trigger]

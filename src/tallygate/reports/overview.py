@@ -3,10 +3,10 @@ stacked by one name, the window's totals (calls, refusals by reason, trims, cach
 the costliest and most-looped runs, spend per key, and what-if re-pricing.
 
 Windows end now and are whole buckets: the last hour by minute, the last day by hour,
-the last 30 days by day (UTC). Minute buckets and hourly buckets of high-cardinality
-names (user, key) read the raw rows of the window through the `ts` index; everything else
-reads the rollups the ledger keeps (ledger/rollups.py): hourly ones for a day, daily
-ones for 30 days, so a 30-day view of millions of calls sums some ten thousand rows.
+the last 30 days by day (UTC). Minute buckets read the raw rows of the window through the
+`ts` index; everything else reads the rollups the ledger keeps (ledger/rollups.py):
+hourly ones for a day, daily ones for 30 days, so a 30-day view of millions of calls sums
+some ten thousand rows.
 Names stored as '' in the rollups come back as None.
 """
 
@@ -49,6 +49,7 @@ SPANS: dict[str, Span] = {
 STACKS: tuple[str, ...] = ("feature", "user", "model", "step", "key", "plan")
 _LOW = {"feature": "feature", "model": "model", "step": "step", "plan": "plan"}
 _NAMES = {3600: ("rollup_hour", "hour"), 86400: ("rollup_day", "day")}  # by bucket width
+_IDS = {3600: ("rollup_ids_hour", "hour"), 86400: ("rollup_ids", "day")}
 _RAW = {"feature": "feature", "user": '"user"', "key": "key_id", "step": "step",
         "plan": "plan", "model": "COALESCE(model_used, model_requested)"}
 
@@ -97,22 +98,43 @@ class TimeSeries:
         return [datetime.fromtimestamp(t, UTC).strftime(fmt) for t in self.starts]
 
 
-async def _bucket_sums(store: LedgerStore, span: Span, by: str,
-                       first: int, end: int) -> list[tuple[Any, ...]]:
-    """(bucket, name, tokens, cost) rows of the window, from the cheapest source."""
-    if span.bucket == 60 or (span.bucket == 3600 and by not in _LOW):
-        b = _floor(store, "ts", span.bucket)
-        sql = (f"SELECT {b}, {_RAW[by]}, SUM(input_tokens + output_tokens), SUM(cost_nusd) "
-               f"FROM calls WHERE ts >= ? AND ts < ? GROUP BY 1, 2")
-        return await store.query(sql, [first * span.bucket, end * span.bucket])
+_OTHERS = "\x1fother"  # what the series query calls every name outside the top ones
+
+
+def _source(store: LedgerStore, span: Span, by: str, first: int,
+            end: int) -> tuple[str, str, str, list[Any]]:
+    """(bucket expression, name expression, FROM … WHERE …, its parameters) of the cheapest
+    source for the window: the raw rows, the hourly/daily names rollup, or the per-id one."""
+    if span.bucket == 60:
+        return (_floor(store, "ts", span.bucket), f"COALESCE({_RAW[by]}, '')",
+                "calls WHERE ts >= ? AND ts < ?", [first * span.bucket, end * span.bucket])
     if by in _LOW:
         table, col = _NAMES[span.bucket]
-        sql = (f"SELECT {col}, {_LOW[by]}, SUM(input_tokens + output_tokens), SUM(cost_nusd) "
-               f"FROM {table} WHERE {col} >= ? AND {col} < ? GROUP BY 1, 2")
-        return await store.query(sql, [first, end])
-    sql = ("SELECT day, value, SUM(input_tokens + output_tokens), SUM(cost_nusd) "
-           "FROM rollup_ids WHERE dim = ? AND day >= ? AND day < ? GROUP BY 1, 2")
-    return await store.query(sql, [by, first, end])
+        return col, _LOW[by], f"{table} WHERE {col} >= ? AND {col} < ?", [first, end]
+    table, col = _IDS[span.bucket]
+    return col, "value", f"{table} WHERE dim = ? AND {col} >= ? AND {col} < ?", [
+        by, first, end]
+
+
+async def _bucket_sums(store: LedgerStore, span: Span, by: str, first: int, end: int,
+                       top: int) -> list[tuple[Any, ...]]:
+    """(bucket, name, tokens, cost) rows of the window: the `top` names by tokens, every
+    other name summed as one (ranked first in SQL, so a day of a thousand users comes
+    back as a few hundred rows, not tens of thousands)."""
+    bucket, name, source, params = _source(store, span, by, first, end)
+    tokens = "SUM(input_tokens + output_tokens)"
+    ranked = await store.query(
+        f"SELECT {name}, {tokens} FROM {source} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+        [*params, top + 1])
+    if len(ranked) <= top:
+        return await store.query(
+            f"SELECT {bucket}, {name}, {tokens}, SUM(cost_nusd) FROM {source} GROUP BY 1, 2",
+            params)
+    keep = [r[0] for r in ranked[:top]]
+    marks = ", ".join("?" for _ in keep)
+    return await store.query(
+        f"SELECT {bucket}, CASE WHEN {name} IN ({marks}) THEN {name} ELSE ? END, {tokens}, "
+        f"SUM(cost_nusd) FROM {source} GROUP BY 1, 2", [*keep, _OTHERS, *params])
 
 
 async def timeseries(store: LedgerStore, span: Span, by: str, *, now: float,
@@ -120,17 +142,11 @@ async def timeseries(store: LedgerStore, span: Span, by: str, *, now: float,
     """Tokens and cost per bucket of `span` ending now, one series per name of `by`
     (the `top` largest by tokens, the rest summed as "(other)")."""
     first, end = span.bounds(now)
-    rows = await _bucket_sums(store, span, stack_of(by), first, end)
-    totals: dict[str, int] = {}
-    for _, name, tokens, _cost in rows:
-        key = _name(name) or NONE
-        totals[key] = totals.get(key, 0) + as_int(tokens)
-    keep = set(sorted(totals, key=lambda k: (-totals[k], k))[:top])
+    rows = await _bucket_sums(store, span, stack_of(by), first, end, top)
     tokens_by: dict[str, list[int]] = {}
     cost_by: dict[str, list[int]] = {}
     for bucket, name, tokens, cost in rows:
-        key = _name(name) or NONE
-        key = key if key in keep else OTHER
+        key = OTHER if name == _OTHERS else (_name(name) or NONE)
         i = int(bucket) - first
         if 0 <= i < span.buckets:
             tokens_by.setdefault(key, [0] * span.buckets)[i] += as_int(tokens)
