@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -222,3 +223,12 @@ def test_unknown_dashboard_pages_are_an_html_404(site: Site) -> None:
     assert r.headers["content-type"].startswith("text/html")
     assert site.client.get("/dashboard/static/../../pyproject.toml").status_code == 404
     assert site.client.get("/dashboard/static/x.js").status_code == 404
+
+
+def test_a_broken_ledger_is_an_html_503(site: Site) -> None:
+    site.sign_in(ADMIN)
+    ledger: Any = site.sources.ledger  # a table goes away under the dashboard
+    site.run(ledger._call(ledger._db().execute, "DROP TABLE rollup_hour"))
+    r = site.client.get("/dashboard?window=day")
+    assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
+    assert "Traceback" not in r.text

@@ -3,6 +3,8 @@ caller is escaped), the security headers, sign-in checks and form parsing."""
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
@@ -31,6 +33,19 @@ HEADERS = {
 }
 
 Page = Callable[[Request, Session], Awaitable[Response]]
+
+
+@functools.cache
+def store_errors() -> tuple[type[BaseException], ...]:
+    """Driver errors of the stores (psycopg imported only once one is raised)."""
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:  # pragma: no cover - psycopg is optional
+        pass
+    return tuple(errors)
 
 
 def _number(value: int | None) -> str:
@@ -128,6 +143,9 @@ class Guard:
             except TallygateError as exc:
                 return self.message(session, "That did not work", exc.message,
                                     exc.status if 400 <= exc.status < 500 else 503)
+            except store_errors() as exc:  # the ledger or a store is down: say so, in HTML
+                return self.message(session, "Storage unavailable",
+                                    f"{type(exc).__name__}: {str(exc)[:200]}", 503)
 
         return endpoint
 
