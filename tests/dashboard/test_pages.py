@@ -232,3 +232,35 @@ def test_a_broken_ledger_is_an_html_503(site: Site) -> None:
     r = site.client.get("/dashboard?window=day")
     assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
     assert "Traceback" not in r.text
+
+
+def test_tallygate_dashboard_serves_the_policys_storage(tmp_path: Path) -> None:
+    """`tallygate dashboard --config FILE`: no gateway, the policy's ledger and stores."""
+    import asyncio
+    import re as re_
+
+    from tallygate.cli.dashboard import build_app
+    from tallygate.ledger import open_ledger
+    from tests.dashboard.conftest import rows
+
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        f"storage: {{state: 'sqlite:///{tmp_path}/s.db', ledger: 'sqlite:///{tmp_path}/l.db'}}\n"
+        f"admin_key: {ADMIN}\n")
+
+    async def fill() -> None:
+        store = await open_ledger(f"sqlite:///{tmp_path}/l.db")
+        import time as t
+
+        await store.write_batch(rows(t.time()))
+        await store.close()
+
+    asyncio.run(fill())
+    with TestClient(build_app(config)) as client:  # type: ignore[arg-type]
+        assert client.get("/", follow_redirects=False).headers["location"] == "/dashboard"
+        page = client.get("/dashboard/login").text
+        token = re_.search(r'name="token" value="([^"]+)"', page)
+        assert token is not None
+        client.post("/dashboard/login", data={"key": ADMIN, "token": token[1]})
+        overview = client.get("/dashboard?window=hour")
+        assert overview.status_code == 200 and re_.search(r'id="calls">3<', overview.text)
