@@ -1,6 +1,7 @@
-"""The long-lived objects one process needs, opened from the policy and closed once:
-the state store, the ledger writer, the key store, the catalog and the engine.
-The gateway opens one in its lifespan; the library opens one per Governor."""
+"""The composition root: the long-lived objects one process needs, opened from the
+policy and closed once — the state store, the ledger writer, the key store, the response
+cache, the catalog and the engine built on them. The gateway opens one in its lifespan;
+the library opens one per Governor. Nothing is wired into the engine afterwards."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tallygate.cache import ResponseCache, open_cache
 from tallygate.config import Policy
 from tallygate.core.catalog import Catalog
-from tallygate.engine import Engine, Recorder
+from tallygate.engine import Engine, Recorder, RetrySettings
 from tallygate.keys import CachedKeyStore, KeyStore, open_keystore
 from tallygate.ledger import LedgerStore, LedgerWriter, default_journal_dir, open_ledger
-from tallygate.state import from_url
+from tallygate.state import open_state
 from tallygate.state.base import StateStore
 from tallygate.types import CallRecord
 
@@ -37,7 +39,7 @@ def _warm_encodings() -> None:
         get_encoding(name)
 
 
-def open_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
+async def open_policy_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
     """The configured state store; a shared (Redis) one is guarded by the fail mode.
     `sole_process`: nothing else will use a SQLite state file (a one-worker `serve`), so
     `state_mode: auto` may own it."""
@@ -45,13 +47,21 @@ def open_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
     if storage.state.startswith("sqlite:") and not storage.state.endswith(":memory:"):
         owner = storage.state_mode == "owner" or (storage.state_mode == "auto"
                                                   and sole_process)
-        return from_url(storage.state, owner=owner)
-    store = from_url(policy.storage.state)
+        return await open_state(storage.state, owner=owner)
+    store = await open_state(policy.storage.state)
     if policy.storage.state.startswith(("redis://", "rediss://")):
         from tallygate.state.guard import GuardedStore
 
-        return GuardedStore(store, mode=policy.storage.fail_mode)
+        return GuardedStore(store, mode=policy.storage.fail_mode,
+                            open_share=float(policy.storage.fail_open_share))
     return store
+
+
+async def open_response_cache(policy: Policy) -> ResponseCache | None:
+    secret = policy.cache.hmac_key.get_secret_value() if policy.cache.hmac_key else ""
+    return await asyncio.to_thread(  # a SQLite backend opens its file
+        open_cache, policy.cache.backend, state_url=policy.storage.state, hmac_key=secret,
+        ttl=policy.cache.ttl)
 
 
 @dataclass
@@ -63,17 +73,18 @@ class Runtime:
     writer: LedgerWriter
     keys: KeyStore
     engine: Engine
+    cache: ResponseCache | None = None
     recorders: FanOut = field(default_factory=FanOut)
 
     @classmethod
     async def open(
         cls, policy: Policy, *, clock: Callable[[], float] = time.time,
-        sole_process: bool = False,
+        sole_process: bool = False, retry: RetrySettings | None = None,
     ) -> Runtime:
         catalog = Catalog(policy.models)
         # Build the tokenizers now (≈1.5 s, in a thread) rather than on the first request.
         await asyncio.to_thread(_warm_encodings)
-        store = open_state(policy, sole_process=sole_process)
+        store = await open_policy_state(policy, sole_process=sole_process)
         ledger = await open_ledger(policy.storage.ledger)
         journal = policy.storage.ledger_journal or default_journal_dir(policy.storage.ledger)
         writer = LedgerWriter(
@@ -84,12 +95,18 @@ class Runtime:
         )
         await writer.start()
         keys = CachedKeyStore(await open_keystore(policy.storage.ledger))
+        cache = await open_response_cache(policy)
         recorders = FanOut(writer)
         engine = Engine(policy, catalog, store, recorders, clock=clock,
-                        lease=policy.storage.lease_seconds)
-        return cls(policy, catalog, store, ledger, writer, keys, engine, recorders)
+                        lease=policy.storage.lease_seconds, cache=cache, retry=retry)
+        return cls(policy, catalog, store, ledger, writer, keys, engine, cache, recorders)
 
     async def close(self) -> None:
+        """Close the calls still open (their relayed tokens settled and recorded), then
+        flush the ledger and close every store."""
+        await self.engine.close_open_calls()
+        if self.cache is not None:
+            await self.cache.close()
         await self.writer.close()
         await self.ledger.close()
         await self.keys.close()

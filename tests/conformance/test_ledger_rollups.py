@@ -117,17 +117,17 @@ async def test_rows_stored_before_the_migration_are_backfilled(ledger_url) -> No
     drop_trigger = ("DROP TRIGGER calls_rollups" if store.dialect == "sqlite"
                     else "DROP TRIGGER calls_rollups ON calls")
     try:
-        # Back to a version-1 ledger: no rollups, no trigger.
+        # Back to a ledger before the rollups' migration: no rollups, no trigger.
         for sql in (drop_trigger, "DROP TABLE rollup_hour", "DROP TABLE rollup_day",
                     "DROP TABLE rollup_ids", "DROP TABLE rollup_ids_hour",
-                    "DELETE FROM schema_version WHERE version = 2"):
+                    "DELETE FROM schema_version WHERE version = 3"):
             await _execute(store, sql)
         await store.write_batch(random_rows(800, 2))
     finally:
         await store.close()
-    store = await open_ledger(ledger_url)  # migration 2 runs again: backfill + trigger
+    store = await open_ledger(ledger_url)  # migration 3 runs again: backfill + trigger
     try:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == 3
         await store.write_batch(random_rows(40, 3))
         await assert_rollups_match(store)
     finally:

@@ -135,9 +135,8 @@ async def test_finished_rows_leave_memory_once_written(tmp_path: Path) -> None:
     await store.reserve("a", [tokens("k", 10)], lease=60, now=T0)
     await store.settle("a", {"tokens": 9}, now=T0)
     await store.reserve("held", [tokens("k", 20)], lease=60, now=T0)
-    while store._book.has_changes or store._flushing is not None:
-        await asyncio_sleep()
-    assert set(store._book.rows) == {"held"}
+    await store.written()
+    assert set(store.in_memory[0]) == {"held"}
     assert (await store.settle("a", {"tokens": 9}, now=T0)).already_settled
     with pytest.raises(InvalidRequest, match="already settled"):
         await store.reserve("a", [tokens("k", 1)], lease=60, now=T0)
@@ -170,8 +169,7 @@ async def test_a_failed_snapshot_is_retried_and_the_journal_kept(
         await asyncio_sleep()
     assert segments(path)  # still there: the rows are not in SQLite
     await store.settle("a", {"tokens": 4}, now=T0)
-    while store._book.has_changes or store._flushing is not None:
-        await asyncio_sleep()
+    await store.written()
     assert segments(path) == []
     await abandon(store)
     again = owner(path)
@@ -179,23 +177,37 @@ async def test_a_failed_snapshot_is_retried_and_the_journal_kept(
     await again.close()
 
 
-async def test_an_unwritable_journal_fails_closed(
+async def test_an_unwritable_journal_fails_closed_then_heals(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk full: reservations are refused (429 store_unavailable), finishes still give
+    their room back; once the disk takes writes again the store answers, no restart."""
     store = owner(tmp_path / "state.db")
     await store.reserve("a", [tokens("k", 10)], lease=60, now=T0)
+    real_append = type(store._journal).append
 
-    def disk_full(line: bytes) -> None:
+    def disk_full(self: object, line: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store._journal, "append", disk_full)
+    monkeypatch.setattr(type(store._journal), "append", disk_full)
     with pytest.raises(StoreUnavailable, match="journal cannot be written"):
-        await store.settle("a", {"tokens": 5}, now=T0)
-    with pytest.raises(StoreUnavailable):  # and stays so: memory is ahead of the journal
         await store.reserve("b", [tokens("k", 1)], lease=60, now=T0)
-    monkeypatch.undo()
+    await store.settle("a", {"tokens": 5}, now=T0)  # applied: room comes back
+    assert await used_reserved(store, "k") == (5, 0)  # "b" was never granted
+    with pytest.raises(StoreUnavailable):  # and stays so while the disk is full
+        await store.reserve("c", [tokens("k", 1)], lease=60, now=T0)
+    monkeypatch.setattr(type(store._journal), "append", real_append)  # space is back
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        try:
+            assert await store.reserve("d", [tokens("k", 1)], lease=60, now=T0) is None
+            break
+        except StoreUnavailable:
+            continue
+    else:
+        raise AssertionError("the store did not heal")
     await store.close()
     again = owner(tmp_path / "state.db")
-    assert await used_reserved(again, "k") == (0, 10)  # what the journal held
+    assert await used_reserved(again, "k") == (5, 1)  # the settle and "d" survived
     await again.close()
 
 
@@ -268,9 +280,8 @@ async def test_windows_nobody_touches_again_leave_memory_and_the_file(tmp_path: 
         await store.reserve(user, [tokens(f"user:{user}", 10)], lease=60, now=T0)
         await store.settle(user, {"tokens": 10}, now=T0)
     await store.reserve("today", [tokens("user:back", 10)], lease=60, now=T0 + 2 * 86400)
-    while store._book.has_changes or store._flushing is not None:
-        await asyncio_sleep()
-    assert list(store._book.cells) == [counter_name("user:back", Window.DAY, False)]
+    await store.written()
+    assert store.in_memory[1] == [counter_name("user:back", Window.DAY, False)]
     db = sqlite3.connect(path)
     counters = {c for (c,) in db.execute("SELECT counter FROM state_cells")}
     db.close()

@@ -3,6 +3,7 @@
 
 from tallygate.config.models import (
     Alert,
+    Attribution,
     Cache,
     Dashboard,
     Feature,
@@ -11,6 +12,7 @@ from tallygate.config.models import (
     LimitSet,
     Metrics,
     Provider,
+    Refusals,
     Routing,
     Server,
     Storage,
@@ -30,6 +32,7 @@ __all__ = [
     "DEFAULT_FEATURE",
     "DEFAULT_PATH",
     "Alert",
+    "Attribution",
     "Cache",
     "Dashboard",
     "Feature",
@@ -39,6 +42,7 @@ __all__ = [
     "Metrics",
     "Policy",
     "Provider",
+    "Refusals",
     "Routing",
     "Server",
     "Storage",

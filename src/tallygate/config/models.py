@@ -209,6 +209,10 @@ class Storage(BaseModel):
     state: str = "sqlite:///tallygate.db"
     ledger: str = "sqlite:///tallygate.db"
     fail_mode: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # fail_open only: the share of each limit one replica may admit on its own while the
+    # shared store is unreachable (state/guard.py; worst case R × share × limit).
+    fail_open_share: Annotated[Decimal, BeforeValidator(_finite_ratio),
+                               Field(gt=0, le=1)] = Decimal("0.1")
     # SQLite state only (docs/architecture.md): `owner` keeps the limits in this process's
     # memory with a journal (fastest; one process per file), `shared` runs every operation
     # as a SQLite transaction (any number of processes); `auto` = owner for a one-worker
@@ -336,8 +340,11 @@ class Server(BaseModel):
     port: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     max_chars: PositiveInt = 4_000_000  # counting refuses longer texts (InputTooLarge)
-    # Upstream HTTP client: the lean httptools one (gateway/lean_upstream.py), or aiohttp.
+    # Upstream HTTP client: the lean httptools one (gateway/upstream/lean.py), or aiohttp.
     upstream: Literal["aiohttp", "lean"] = "lean"
+    # On SIGTERM / Ctrl-C: how long calls in flight may run on before their streams are
+    # cut (each settled with what it relayed, and recorded).
+    shutdown_deadline: Seconds = 10.0
 
 
 class Dashboard(BaseModel):
@@ -367,6 +374,42 @@ class Metrics(BaseModel):
     high_cardinality_labels: tuple[Literal["user", "run", "key"], ...] = ()
 
 
+class Refusals(BaseModel):
+    """How a limit refusal is told to clients (docs/gateway.md, Errors)."""
+
+    model_config = _MODEL_CONFIG
+
+    # A refusal whose limit resets within this keeps Retry-After (clients wait and retry);
+    # a later reset — or a call larger than the limit — is final: OpenAI's quota shape
+    # (`insufficient_quota`), `x-should-retry: false` and no Retry-After to sleep on.
+    retry_within: Seconds = 60.0
+
+
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class Attribution(BaseModel):
+    """Where a call's run and end user come from when the client sets no tallygate
+    header: coding agents' own session ids (docs/agents.md). On by default."""
+
+    model_config = _MODEL_CONFIG
+
+    agent_sessions: bool = True  # a session id becomes the run when X-Tallygate-Run is absent
+    # Read in this order; the first one present wins.
+    session_headers: tuple[str, ...] = ("x-claude-code-session-id", "session-id", "thread-id")
+    # Claude Code's metadata.user_id JSON: its session_id is a run, the rest the end user.
+    session_from_metadata: bool = True
+
+    @field_validator("session_headers")
+    @classmethod
+    def _header_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        out = tuple(name.strip().lower() for name in names)
+        bad = [name for name in out if not _HEADER_NAME.match(name)]
+        if bad:
+            raise ValueError(f"not an HTTP header name: {bad[0]!r} (letters, digits and '-')")
+        return out
+
+
 _TIER_PREFIX = "tier:"
 DEFAULT = "default"  # the feature / plan / model name that stands for every other
 
@@ -392,6 +435,8 @@ class PolicyModel(BaseModel):
     log_content: bool = False
     metrics: Metrics = Field(default_factory=Metrics)
     tracing: Tracing = Field(default_factory=Tracing)
+    refusals: Refusals = Field(default_factory=Refusals)
+    attribution: Attribution = Field(default_factory=Attribution)
     dashboard: Dashboard = Field(default_factory=Dashboard)
 
     @model_validator(mode="after")

@@ -20,41 +20,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tallygate.config.models import (
-    Alert,
-    Cache,
     Feature,
     LimitFields,
-    LimitRule,
-    Limits,
     LimitSet,
-    Metrics,
     PolicyModel,
     Problems,
-    Provider,
-    Routing,
-    Server,
-    Storage,
-    usd_to_nano,
 )
 from tallygate.errors import ConfigError
-
-__all__ = [
-    "Alert",
-    "Cache",
-    "Feature",
-    "LimitRule",
-    "LimitSet",
-    "Limits",
-    "Metrics",
-    "Policy",
-    "Provider",
-    "Routing",
-    "Server",
-    "Storage",
-    "default_policy",
-    "load_policy",
-    "usd_to_nano",
-]
 
 DEFAULT_PATH = "tallygate.yaml"
 ADMIN_KEY_ENV = "TALLYGATE_ADMIN_KEY"

@@ -17,7 +17,9 @@ from tallygate.gateway import ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin.flags import flag_routes
 from tallygate.gateway.admin.reports import report_routes
+from tallygate.gateway.drain import DEFAULT_DEADLINE, Drain
 from tallygate.gateway.http import Receive, Scope, Send
+from tallygate.gateway.port import UpstreamPort
 from tallygate.gateway.proxy import Proxy, Route
 from tallygate.gateway.upstream import Transport
 from tallygate.gateway.upstream.aiohttp import Upstream
@@ -44,13 +46,14 @@ class Gateway:
                  sole_process: bool = False) -> None:
         self.policy = policy
         self.runtime = runtime
-        self._sole_process = sole_process  # see runtime.open_state
+        self._sole_process = sole_process  # see runtime.open_policy_state
         self._owns_runtime = runtime is None
         self.upstream: Transport = (
             LeanUpstream() if policy.server.upstream == "lean" else Upstream())
         self.proxy: Proxy | None = None
         self.ops: Starlette | None = None
         self.count_tokens: ops.CountTokens | None = None
+        self.drain = Drain()
         self.observe: Observability | None = None
         self.dashboard: Dashboard | None = None
 
@@ -61,7 +64,8 @@ class Gateway:
         rt = self.runtime
         self.dashboard = Dashboard(await of_runtime(rt))
         self.observe = install(rt, self.policy, alert_log=self.dashboard.sources.alerts)
-        self.proxy = Proxy(self.policy, rt.engine, rt.keys, self.upstream)
+        port = UpstreamPort(self.policy, self.upstream)
+        self.proxy = Proxy(self.policy, rt.engine, rt.keys, port, self.drain)
         self.count_tokens = ops.CountTokens(rt)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
         self.ops = Starlette(
@@ -74,11 +78,19 @@ class Gateway:
         # the process: out of the collector's sight, full collections stay short.
         gc.freeze()
 
+    def begin_shutdown(self, deadline: float = DEFAULT_DEADLINE) -> None:
+        """Stop taking calls; those in flight get `deadline` seconds (gateway/drain.py)."""
+        self.drain.begin(deadline)
+
+    def stop_now(self) -> None:
+        """Cut every call in flight now (each still settled and recorded)."""
+        self.drain.cut_now()
+
     async def shutdown(self) -> None:
+        self.drain.begin()
+        await self.drain.wait()
         if self.observe is not None:
             await self.observe.close()
-        if self.proxy is not None:
-            await self.proxy.close()
         if self.dashboard is not None:
             await self.dashboard.close()
         await self.upstream.close()

@@ -1,4 +1,4 @@
-"""Rollups of the calls table, kept by the database itself (migration 2).
+"""Rollups of the calls table, kept by the database itself (migration 3).
 
 The dashboard reads day- and month-long windows of a ledger of millions of rows; summing
 the raw rows each time costs a full scan. Two small tables are kept current by an
@@ -206,7 +206,7 @@ def _pg_trigger() -> list[str]:
 
 
 def statements(d: Dialect) -> list[str]:
-    """Migration 2: the tables, a backfill from the rows already stored, the trigger.
+    """Migration 3: the tables, a backfill from the rows already stored, the trigger.
     On PostgreSQL `calls` is locked against inserts meanwhile (a row committed between
     the backfill and the trigger would be missed otherwise)."""
     lock = ["LOCK TABLE calls IN SHARE MODE"] if d == "postgres" else []
