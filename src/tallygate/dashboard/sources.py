@@ -64,7 +64,7 @@ async def open_sources(policy: Policy) -> Sources:
     """Open the policy's ledger, key store, alert log and state store (shared mode: a
     gateway may be running on them). A memory:// state lives inside its gateway."""
     from tallygate.keys import open_keystore
-    from tallygate.ledger import open_ledger
+    from tallygate.ledger import default_journal_dir, open_ledger, replay_orphans
     from tallygate.observe.alert_log import open_alert_log
     from tallygate.state import from_url
 
@@ -72,6 +72,9 @@ async def open_sources(policy: Policy) -> Sources:
     ledger = await open_ledger(storage.ledger)
     closers: list[Callable[[], Awaitable[None]]] = [ledger.close]
     try:
+        # Rows a dead process left in its journal first (as `tallygate report` does).
+        await replay_orphans(ledger, storage.ledger_journal
+                             or default_journal_dir(storage.ledger))
         keys = await open_keystore(storage.ledger)
         closers.append(keys.close)
         alerts = await open_alert_log(storage.ledger)
