@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["overhead", "overhead_aiohttp", "inprocess", "stores", "counting", "decide", "ledger",
-         "keys", "observe", "library", "sim", "demo"]
+         "keys", "observe", "library", "sim", "demo", "dashboard"]
 
 
 def main() -> None:
