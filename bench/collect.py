@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["overhead", "overhead_aiohttp", "inprocess", "stores", "counting", "decide", "ledger",
-         "keys", "observe", "library", "sim", "demo", "dashboard"]
+ORDER = ["overhead", "overhead_aiohttp", "server", "inprocess", "stores", "counting", "decide",
+         "ledger", "keys", "observe", "library", "sim", "demo",
+         "dashboard"]
 
 
 def main() -> None:

@@ -139,14 +139,17 @@ def test_wrong_keys_are_throttled_per_client(site: Site, monkeypatch: pytest.Mon
 def test_keys_created_updated_and_revoked_through_forms(site: Site) -> None:
     site.sign_in(ADMIN)
     csrf = site.csrf()
+    typo = site.client.post("/dashboard/keys", data={
+        "csrf": csrf, "user": "u", "plan": "free", "features": "chta"})
+    assert typo.status_code == 400 and "did you mean &#39;chat&#39;" in typo.text
     r = site.client.post("/dashboard/keys", data={
-        "csrf": csrf, "user": NASTY, "plan": "free", "features": "chat, " + "x",
+        "csrf": csrf, "user": NASTY, "plan": "free", "features": "chat, default",
         "limits": "tokens_per_day=10"})
     assert r.status_code == 201 and NASTY not in r.text
     secret = re.search(r'id="secret">([^<]+)<', r.text)
     assert secret is not None
     key = site.run(site.sources.keys.verify(secret[1]))
-    assert key is not None and key.user == NASTY and key.features == ("chat", "x")
+    assert key is not None and key.user == NASTY and key.features == ("chat", "default")
     assert secret[1] not in site.client.get("/dashboard/keys").text  # shown once
     bad = site.client.post(f"/dashboard/keys/{key.id}", data={
         "csrf": csrf, "plan": "gold", "limits": "tokens_per_day=5"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +10,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from tallygate.config import Policy
+from tallygate.config.names import PolicyNames
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.auth import authenticate
 from tallygate.keys import MemoryKeyStore
@@ -24,7 +27,10 @@ def store() -> MemoryKeyStore:
 
 @pytest.fixture
 def client(store: MemoryKeyStore) -> Iterator[TestClient]:
-    app = Starlette(routes=admin_routes(store, ADMIN, plans={"free", "pro"}, max_body=4096))
+    names = PolicyNames(Policy.from_mapping(
+        {"plans": {"free": {}, "pro": {}, "enterprise": {}},
+         "features": {"chat": {}, "code_review": {}}}))
+    app = Starlette(routes=admin_routes(store, ADMIN, names=names, max_body=4096))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -133,6 +139,21 @@ def test_unknown_plan_names_known_plans(client: TestClient) -> None:
     assert "free" in error["message"] and error["param"] == "plan"
 
 
+@pytest.mark.parametrize(("field", "typo", "hint"), [
+    ("plan", "enterprize", "enterprise"),
+    ("features", ["code_reveiw"], "code_review"),
+    ("models", ["gpt-4o-mni"], "gpt-4o-mini"),
+])
+def test_create_refuses_a_typo(client: TestClient, store: MemoryKeyStore, field: str,
+                               typo: object, hint: str) -> None:
+    """The admin API door: the same PolicyNames.check_key as `tallygate keys create`."""
+    body = {"user": "u", "plan": "pro", field: typo}
+    error = assert_error(client.post("/admin/keys", json=body, headers=AUTH), 400,
+                         "invalid_request")
+    assert f"did you mean {hint!r}" in error["message"] and error["param"] == field
+    assert asyncio.run(store.list(include_revoked=True)) == []
+
+
 async def test_update_a_key(client: TestClient, store: MemoryKeyStore) -> None:
     created = client.post("/admin/keys", json={"user": "u", "plan": "free",
                                                "features": ["chat"]}, headers=AUTH).json()
@@ -155,6 +176,9 @@ async def test_update_a_key(client: TestClient, store: MemoryKeyStore) -> None:
     hint = assert_error(client.patch(path, json={"plna": "pro"}, headers=AUTH), 400,
                         "invalid_request")
     assert "did you mean 'plan'" in hint["message"]
+    typo = assert_error(client.patch(path, json={"models": ["gpt-4o-mni"]}, headers=AUTH),
+                        400, "invalid_request")  # the same names as a creation
+    assert "did you mean 'gpt-4o-mini'" in typo["message"] and typo["param"] == "models"
     assert_error(client.patch("/admin/keys/key_nope", json={"plan": "pro"}, headers=AUTH),
                  404, "not_found")
     client.delete(path, headers=AUTH)

@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tallygate.config.names import did_you_mean
 from tallygate.errors import InvalidRequest
-from tallygate.reports.names import did_you_mean
 
 FORMATS = ("table", "json", "csv")
 FormatOpt = Annotated[str | None, typer.Option(

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tallygate.config.names import PolicyNames
 from tallygate.dashboard.pages import Pages
 from tallygate.dashboard.session import Session
 from tallygate.dashboard.sources import Sources
@@ -46,19 +47,21 @@ def key_fields(form: dict[str, str], *, creating: bool) -> dict[str, Any]:
 
 
 class Actions:
-    def __init__(self, src: Sources, pages: Pages) -> None:
+    def __init__(self, src: Sources, pages: Pages, names: PolicyNames) -> None:
         self.src = src
         self.pages = pages
-        self.plans = set(src.policy.plans) or None
+        self.names = names  # plans, features, models: checked as at every other door
 
     async def create_key(self, request: Request, session: Session,
                          form: dict[str, str]) -> Response:
         try:
             data = key_fields(form, creating=True)
             user = data.pop("user")
-            checked = check_update(data, self.plans)
+            checked = check_update(data, self.names)
             if not user.strip():
                 raise InvalidRequest("'user' must be a non-empty string.", param="user")
+            self.names.check_key(plan=checked["plan"], features=checked["features"],
+                                 models=checked["models"])
             key, secret = await self.src.keys.create(user, **checked)
         except TallygateError as exc:
             context = await self.pages.keys_context(request, session)
@@ -71,7 +74,7 @@ class Actions:
         key_id = request.path_params["key_id"][:64]
         try:
             key = await self.src.keys.update(key_id, **check_update(
-                key_fields(form, creating=False), self.plans))
+                key_fields(form, creating=False), self.names))
         except TallygateError as exc:
             current = await self.src.keys.get(key_id)
             if current is None:
@@ -96,7 +99,7 @@ class Actions:
         del session
         if self.src.store is None:
             raise InvalidRequest(self.src.store_problem or "no state store")
-        name = check_feature_name(request.path_params["feature"])
+        name = self.names.check_flag(check_feature_name(request.path_params["feature"]))
         if form.get("on") not in ("on", "off"):
             raise InvalidRequest("A flag is switched on or off.", param="on")
         await self.src.store.set_flag(name, form["on"] == "on")

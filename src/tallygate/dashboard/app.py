@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from tallygate.config.names import PolicyNames
 from tallygate.dashboard.actions import Actions
 from tallygate.dashboard.pages import Pages
 from tallygate.dashboard.session import COOKIE, Session, Sessions, safe_next
@@ -24,7 +25,8 @@ FAILED_SIGN_IN_DELAY = 0.5  # seconds; slows one client's guessing down
 class Dashboard:
     """The routes and what they need; `close()` closes the sources it was given."""
 
-    def __init__(self, sources: Sources, *, admin_key: str | None = None) -> None:
+    def __init__(self, sources: Sources, *, admin_key: str | None = None,
+                 names: PolicyNames | None = None) -> None:
         policy = sources.policy
         if admin_key is None and policy.admin_key is not None:
             admin_key = policy.admin_key.get_secret_value()
@@ -34,7 +36,8 @@ class Dashboard:
                                  hours=policy.dashboard.session_hours, clock=sources.clock)
         self.guard = Guard(self.sessions, self.base)
         self.pages = Pages(sources, self.base)
-        self.actions = Actions(sources, self.pages)
+        self.actions = Actions(sources, self.pages,
+                               names or PolicyNames(policy, sources.catalog))
 
     def base(self, session: Session | None) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ import orjson
 from tallygate.cache import ResponseCache
 from tallygate.config import DEFAULT_FEATURE, Policy
 from tallygate.config.models import key_rules
+from tallygate.config.names import PolicyNames
 from tallygate.core import decide
 from tallygate.core.catalog import Catalog
 from tallygate.core.limits import Amounts, Identity, Rules, holds_for
@@ -43,6 +44,7 @@ from tallygate.engine.summarize import SUFFIX as SUMMARIZE_SUFFIX
 from tallygate.engine.summarize import Summarizer
 from tallygate.errors import (
     FeatureDisabled,
+    InvalidRequest,
     LimitError,
     PermissionDenied,
     TallygateError,
@@ -100,8 +102,19 @@ class Engine:
         static = {name: policy.flag(name) for name in {*policy.features, *policy.flags}}
         self.flags = FlagView(store, static, clock=clock, refresh=flag_refresh)
         self._key_limits: dict[str, Rules | None] = {}
+        self._names = PolicyNames(policy, catalog)
         self._open: set[Call] = set()  # admitted, not yet closed
         self._closing: set[asyncio.Task[Any]] = set()
+
+    def reload(self, policy: Policy, catalog: Catalog) -> None:
+        """Take a new policy for the calls that start from now on; calls in flight keep
+        the one they started with (`Call.policy`); limits keep their counters (they live
+        in the store, keyed by scope, not by policy)."""
+        self.policy = policy
+        self.catalog = catalog
+        self._names = PolicyNames(policy, catalog)
+        self.flags.reload({name: policy.flag(name) for name in {*policy.features, *policy.flags}})
+        self.cache.policy = policy
 
     # ------------------------------------------------------------------ whole calls
 
@@ -215,6 +228,7 @@ class Engine:
         raw_model = body.get("model")
         requested = raw_model if isinstance(raw_model, str) else None
         try:
+            asked = self._known_feature(ctx)
             feature = ctx.feature or DEFAULT_FEATURE
             if not await self.flags.enabled(feature):
                 raise FeatureDisabled(f"Feature {feature!r} is switched off.", feature=feature)
@@ -228,11 +242,27 @@ class Engine:
             self.record_refusal(ctx, exc, started=started, requested=requested)
             raise
         call = Call(ctx, adapter_for(ctx.protocol), model, requested, body, started,
-                    hold_id=ctx.call_id)
+                    policy=self.policy, hold_id=ctx.call_id)
         call.notes.end_user = ctx.end_user
+        call.notes.unknown_feature = asked
         if name != requested:
             call.notes.routed = (requested, name)
         return call
+
+    def _known_feature(self, ctx: CallContext) -> str | None:
+        """A feature name the policy does not define is the `default` feature — its
+        limits on one shared counter, its kill switch — or refused (`unknown_features:
+        reject`): invented names must not each get a fresh copy of the default budget.
+        Returns the name asked for when it was folded into `default`."""
+        name = ctx.feature
+        if (name is None or name == DEFAULT_FEATURE or name in self.policy.features
+                or ctx.parent is not None):  # (a summary's `<feature>:summarize`: ours)
+            return None
+        if self.policy.unknown_features == "reject":
+            raise InvalidRequest(self._names.feature_problem(name) or name,
+                                 param="X-Tallygate-Feature")
+        ctx.feature = DEFAULT_FEATURE
+        return name
 
     async def admit(self, ctx: CallContext, body: dict[str, Any], *,
                     port: Port | None = None) -> Call:
@@ -250,7 +280,7 @@ class Engine:
             try:
                 await self._reserve(call)
             except LimitError as exc:
-                if self.policy.feature(call.ctx.feature).on_limit != "fallback":
+                if call.policy.feature(call.ctx.feature).on_limit != "fallback":
                     raise
                 if not await recovery.fall_back(self, call, exc.code):
                     raise
@@ -272,13 +302,13 @@ class Engine:
         """The feature's fallbacks that speak the call's protocol (others are skipped,
         with a note on the call)."""
         out: list[str] = []
-        for name in self.policy.feature(call.ctx.feature).fallbacks:
+        for name in call.policy.feature(call.ctx.feature).fallbacks:
             try:
                 provider = self.catalog.get(name).provider
             except TallygateError:
                 call.notes.note_skipped(name, "unknown model")
                 continue
-            configured = self.policy.providers.get(provider)
+            configured = call.policy.providers.get(provider)
             if configured is not None and configured.protocol != call.ctx.protocol:
                 call.notes.note_skipped(
                     name, f"{provider} speaks {configured.protocol}, not {call.ctx.protocol}")
@@ -368,7 +398,7 @@ class Engine:
             output_floor=(None if ctx.route == "embeddings"
                           else call.adapter.output_floor(ctx.route, call.body)),
         )
-        return decide.decide(facts, self.policy, call.model)
+        return decide.decide(facts, call.policy, call.model)
 
     def _trim(self, call: Call, decision: decide.Decision) -> None:
         key = call.adapter.messages_key(call.ctx.route)
@@ -441,7 +471,7 @@ class Engine:
         # Embeddings produce no output tokens: hold the input alone.
         tokens = call.count.tokens
         amounts = Amounts(tokens, call.model.cost_nusd(Usage(input_tokens=tokens)))
-        return holds_for(self.policy.limit_index, self._identity(call.ctx),
+        return holds_for(call.policy.limit_index, self._identity(call.ctx),
                          feature=call.ctx.feature, model=call.model.name, amounts=amounts)
 
     async def _reserve(self, call: Call) -> None:
@@ -458,7 +488,7 @@ class Engine:
         if denial is not None:
             call.holds = ()  # nothing is held: never settle or release it
             raise decide.denial_to_error(
-                denial, now, retry_within=self.policy.refusals.retry_within)
+                denial, now, retry_within=call.policy.refusals.retry_within)
 
     # ------------------------------------------------------------------ sending
 

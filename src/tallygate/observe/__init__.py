@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Route
 
+from tallygate.extras import needs
 from tallygate.observe.metrics import MetricsRecorder, metrics_route
 
 if TYPE_CHECKING:
@@ -43,7 +44,21 @@ class Observability:
     routes: list[Route]
     tracing: TracingRecorder | None = None
     alerts: AlertEngine | None = None
+    alert_log: AlertLog | None = None  # where fired alerts are kept (the dashboard's page)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def reload(self, runtime: Runtime, policy: Policy) -> None:
+        """A reloaded policy: the metrics relabel, the alert rules are replaced."""
+        self.metrics.reload(policy, runtime.catalog)
+        if self.alerts is not None:
+            await self.alerts.stop()
+            runtime.recorders.recorders.remove(self.alerts)
+            self.alerts = None
+        if policy.alerts:
+            self.alerts = _alert_engine(runtime, policy, None, time.time, 5.0,
+                                        self.alert_log)
+            runtime.recorders.recorders.append(self.alerts)
+            self.alerts.start()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -84,11 +99,13 @@ def install(
     Call from a running event loop; returns the `/metrics` route in `routes`. Fired
     alerts are kept in `alert_log` when given (the dashboard's alerts page)."""
     metrics = MetricsRecorder(policy, runtime.catalog)
-    obs = Observability(metrics, [metrics_route(metrics)])
+    token = policy.metrics.token.get_secret_value() if policy.metrics.token else None
+    obs = Observability(metrics, [metrics_route(metrics, token)], alert_log=alert_log)
     runtime.recorders.recorders.append(metrics)
     options = tracing_options(policy)
     if tracer_provider is not None or options.get("exporter", "none") != "none":
-        from tallygate.observe.tracing import TracingRecorder  # OTel loads only here
+        with needs("otel", "tracing"):
+            from tallygate.observe.tracing import TracingRecorder  # OTel loads only here
 
         obs.tracing = TracingRecorder(
             tracer_provider, exporter=options.get("exporter", "console"),
@@ -96,18 +113,23 @@ def install(
             service_name=options.get("service_name", "tallygate"))
         runtime.recorders.recorders.append(obs.tracing)
     if policy.alerts:
-        from tallygate.observe.alerts import AlertEngine
-        from tallygate.observe.figures import LedgerFigures
-
-        obs.alerts = AlertEngine(policy.alerts, runtime.store, LedgerFigures(runtime.ledger),
-                                 policy=policy, catalog=runtime.catalog, clock=clock,
-                                 poster=poster, interval=alert_interval,
-                                 keys=runtime.keys, log=alert_log)
+        obs.alerts = _alert_engine(runtime, policy, poster, clock, alert_interval, alert_log)
         runtime.recorders.recorders.append(obs.alerts)
         obs.alerts.start()
     obs._tasks.append(asyncio.create_task(
         _refresh_loop(obs, runtime, clock, refresh_seconds), name="tallygate-metrics"))
     return obs
+
+
+def _alert_engine(runtime: Runtime, policy: Policy, poster: Poster | None,
+                  clock: Callable[[], float], interval: float,
+                  log: AlertLog | None = None) -> AlertEngine:
+    from tallygate.observe.alerts import AlertEngine
+    from tallygate.observe.figures import LedgerFigures
+
+    return AlertEngine(policy.alerts, runtime.store, LedgerFigures(runtime.ledger),
+                       policy=policy, catalog=runtime.catalog, clock=clock, poster=poster,
+                       interval=interval, keys=runtime.keys, log=log)
 
 
 async def _refresh_loop(obs: Observability, runtime: Runtime, clock: Callable[[], float],

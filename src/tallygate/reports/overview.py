@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tallygate.config.names import did_you_mean
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
-from tallygate.reports.names import did_you_mean
 from tallygate.reports.runs import WhatIf, WhatIfGroup, _rates, _tokenizer_notes
 from tallygate.reports.usage import as_int, time_filter
 from tallygate.types import ModelInfo

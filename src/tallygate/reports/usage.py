@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
+from tallygate.config.names import did_you_mean
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
-from tallygate.reports.names import did_you_mean
 from tallygate.types import NANO_PER_USD
 
 DIMENSIONS: tuple[str, ...] = (

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tallygate.errors import ConfigError
+from tallygate.extras import needs
 from tallygate.state.base import StateStore
 from tallygate.state.checks import MAX_AMOUNT, check_actual, check_holds
 
@@ -41,7 +42,8 @@ def from_url(url: str, **opts: Any) -> StateStore:
             return OwnedSqliteStore(path, **opts)
         return SqliteStore(path, **opts)
     if scheme in ("redis", "rediss"):
-        from tallygate.state.redis import RedisStore
+        with needs("redis", "a redis:// state store"):
+            from tallygate.state.redis import RedisStore
 
         return RedisStore(url, **opts)
     raise ConfigError(

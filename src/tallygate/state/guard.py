@@ -247,6 +247,9 @@ class GuardedStore(ReadAlong):
     async def set_flag(self, name: str, on: bool) -> None:
         await self._shared(lambda: self.inner.set_flag(name, on))
 
+    async def clear_flag(self, name: str) -> bool:
+        return await self._shared(lambda: self.inner.clear_flag(name))
+
     async def flags(self) -> dict[str, bool]:
         return await self._fallback(lambda s: s.flags())
 

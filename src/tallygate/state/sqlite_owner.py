@@ -324,6 +324,9 @@ class OwnedSqliteStore(PlainFromRead):
     async def set_flag(self, name: str, on: bool) -> None:
         await self._flags.set_flag(name, on)
 
+    async def clear_flag(self, name: str) -> bool:
+        return await self._flags.clear_flag(name)
+
     async def flags(self) -> dict[str, bool]:
         return await self._flags.flags()
 

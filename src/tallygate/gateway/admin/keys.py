@@ -8,14 +8,14 @@ changes a key's plan, name, allow-lists or limits (only the fields given).
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tallygate.config.names import PolicyNames, did_you_mean
 from tallygate.errors import InvalidRequest
 from tallygate.gateway.admin.guard import (
     DEFAULT_MAX_BODY,
@@ -25,6 +25,7 @@ from tallygate.gateway.admin.guard import (
     openai_error,
     read_json_object,
 )
+from tallygate.gateway.throttle import AuthThrottle
 from tallygate.keys.base import KeyStore
 from tallygate.keys.model import VirtualKey, check_limits, check_names, check_text
 
@@ -38,66 +39,60 @@ def not_found(key_id: str) -> Response:
                         type_="invalid_request_error", code="not_found", param="id")
 
 
-def _check_fields(data: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(data) - allowed)
+def _check_create(data: Mapping[str, Any], names: PolicyNames | None,
+                  validate_limits: LimitsValidator | None) -> dict[str, Any]:
+    unknown = sorted(set(data) - CREATE_FIELDS)
     if unknown:
-        name = unknown[0][:64]
-        hint = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
-        guess = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise InvalidRequest(f"Unknown field {name!r}{guess}.", param=name)
-
-
-def check_plan(value: object, plans: Collection[str] | None) -> str:
-    plan = str(check_text(value, "plan"))
-    if plans is not None and plan not in plans:
-        known = ", ".join(sorted(plans)) or "none"
-        hint = difflib.get_close_matches(plan[:64], sorted(plans), n=1, cutoff=0.6)
-        guess = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise InvalidRequest(f"Unknown plan {plan[:64]!r}{guess} (known plans: {known}).",
-                             param="plan")
-    return plan
-
-
-def _check_limits(value: object, validate_limits: LimitsValidator | None) -> dict[str, Any]:
-    limits = check_limits(value)
+        raise InvalidRequest(f"Unknown field {unknown[0][:64]!r}.", param=unknown[0][:64])
+    limits = check_limits(data.get("limits"))
     if validate_limits is not None and limits:
         validate_limits(limits)
-    return limits
-
-
-def check_update(data: Mapping[str, Any], plans: Collection[str] | None,
-                 validate_limits: LimitsValidator | None = None) -> dict[str, Any]:
-    """The fields of a key update, checked like a creation's (only those given)."""
-    _check_fields(data, UPDATE_FIELDS)
-    if not data:
-        raise InvalidRequest("Nothing to change: give plan, name, features, models or limits.")
-    out: dict[str, Any] = {}
-    if "plan" in data:
-        out["plan"] = check_plan(data["plan"], plans)
-    if "name" in data:
-        out["name"] = check_text(data["name"], "name", optional=True)
-    for field in ("features", "models"):
-        if field in data:
-            out[field] = list(check_names(data[field] if data[field] is not None else [],
-                                          field))
-    if "limits" in data:
-        out["limits"] = _check_limits(data["limits"] or {}, validate_limits)
-    return out
-
-
-def _check_create(data: Mapping[str, Any], plans: Collection[str] | None,
-                  validate_limits: LimitsValidator | None) -> dict[str, Any]:
-    _check_fields(data, CREATE_FIELDS)
-    plan = check_plan(data.get("plan"), plans)
-    limits = _check_limits(data.get("limits"), validate_limits)
-    return {
+    fields = {
         "user": check_text(data.get("user"), "user"),
-        "plan": plan,
+        "plan": check_text(data.get("plan"), "plan"),
         "name": check_text(data.get("name"), "name", optional=True),
         "features": check_names(data.get("features"), "features"),
         "models": check_names(data.get("models"), "models"),
         "limits": limits,
     }
+    if names is not None:  # the same check as `tallygate keys create` (config/names.py)
+        names.check_key(plan=fields["plan"], features=fields["features"],
+                        models=fields["models"])
+    return fields
+
+
+def check_update(data: Mapping[str, Any], names: PolicyNames | None,
+                 validate_limits: LimitsValidator | None = None) -> dict[str, Any]:
+    """The fields of a key update, checked like a creation's (only those given)."""
+    unknown = sorted(set(data) - UPDATE_FIELDS)
+    if unknown:
+        name = unknown[0][:64]
+        raise InvalidRequest(f"Unknown field {name!r}{did_you_mean(name, UPDATE_FIELDS)}.",
+                             param=name)
+    if not data:
+        raise InvalidRequest("Nothing to change: give plan, name, features, models or limits.")
+    out: dict[str, Any] = {}
+    if "plan" in data:
+        out["plan"] = check_text(data["plan"], "plan")
+    if "name" in data:
+        out["name"] = check_text(data["name"], "name", optional=True)
+    for field in ("features", "models"):
+        if field in data:
+            out[field] = list(check_names(data[field] or [], field))
+    if "limits" in data:
+        out["limits"] = check_limits(data["limits"] or {})
+        if validate_limits is not None and out["limits"]:
+            validate_limits(out["limits"])
+    if names is not None:  # the names a creation is checked against (config/names.py)
+        problems = [("plan", out["plan"], names.plan_problem)] if "plan" in out else []
+        problems += [("features", f, names.feature_pattern_problem)
+                     for f in out.get("features", [])]
+        problems += [("models", m, names.model_pattern_problem) for m in out.get("models", [])]
+        for param, value, check in problems:
+            problem = check(value)
+            if problem is not None:
+                raise InvalidRequest(problem[0].upper() + problem[1:] + ".", param=param)
+    return out
 
 
 def _public(key: VirtualKey) -> dict[str, Any]:
@@ -108,16 +103,18 @@ def admin_routes(
     keystore: KeyStore,
     admin_key: str | None,
     *,
-    plans: Collection[str] | None = None,
+    names: PolicyNames | None = None,
     validate_limits: LimitsValidator | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    throttle: AuthThrottle | None = None,
 ) -> list[Route]:
-    """Routes for `/admin/keys`. `plans`: the known plan names (others → 400);
+    """Routes for `/admin/keys`. `names`: the policy's names (unknown plans, features
+    and models → 400 with "did you mean");
     `validate_limits`: the policy's own check of a limits mapping (raise TallygateError)."""
-    guard = AdminGuard(admin_key)
+    guard = AdminGuard(admin_key, throttle)
 
     async def create(request: Request) -> Response:
-        fields = _check_create(await read_json_object(request, max_body), plans,
+        fields = _check_create(await read_json_object(request, max_body), names,
                                validate_limits)
         key, secret = await keystore.create(**fields)
         return json_response(201, {**_public(key), "key": secret})
@@ -142,7 +139,7 @@ def admin_routes(
 
     async def update(request: Request) -> Response:
         key_id = request.path_params["key_id"]
-        fields = check_update(await read_json_object(request, max_body), plans,
+        fields = check_update(await read_json_object(request, max_body), names,
                               validate_limits)
         key = await keystore.update(key_id, **fields)
         return json_response(200, _public(key)) if key else not_found(key_id)
