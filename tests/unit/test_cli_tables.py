@@ -173,6 +173,9 @@ LIMITS = [
      "window": "day", "rolling": True, "limit": 1_000_000_000_000, "used": 123_456_789_012,
      "reserved": 700, "remaining": 876_543_210_288, "reset_at": "2026-11-02T00:00:00Z",
      "reset_in_seconds": 3725},
+    {"key": "run:T-1:tokens:run", "scope": "run", "id": "T-1", "metric": "tokens",
+     "window": "run", "rolling": False, "limit": 500_000, "used": 12, "reserved": 0,
+     "remaining": 499_988, "reset_at": None, "reset_in_seconds": None},  # a run's lifetime
 ]
 KEYS = [
     {"id": "key_0123456789abcdef", "name": "ci pipeline", "user": MARKUP, "plan": "pro",
@@ -197,6 +200,7 @@ def test_budgets_fit_80_columns() -> None:
     _fits(out)
     _snapshot("budgets-80.txt", out)
     assert "876,543,210,288" in out and "$0.999999" in out and "1h 02m" in out
+    assert "never (run)" in out
     wide = _capture(budgets_cli.render, LIMITS, True)
     assert "reserved" in wide and "2026-11-02T00:00:00Z" in wide
 

@@ -78,7 +78,7 @@ async def read_budgets(policy: Policy, q: Query, state_url: str, store_url: str,
         raise ConfigError(f"no state store at {state_url} (nothing reserved yet, or wrong "
                           "--state / --config?)")
     keys = await _keys(store_url)
-    store = from_url(state_url)
+    store = from_url(state_url, run_ttl=policy.storage.run_ttl)
     try:
         return await budget_rows(policy, q, store, keys, now)
     finally:
@@ -98,6 +98,12 @@ def _figure(name: str) -> Callable[[Mapping[str, Any]], str]:
     return lambda d: _amount(d["metric"], d[name])
 
 
+def _resets_in(d: Mapping[str, Any]) -> str:
+    """A lifetime limit (window "run") never resets: its reset is null in the JSON."""
+    seconds = d["reset_in_seconds"]
+    return "never (run)" if seconds is None else human_delta(seconds)
+
+
 def _columns() -> list[Column]:
     amount = _figure
     return [
@@ -108,9 +114,9 @@ def _columns() -> list[Column]:
         Column("limit", amount("limit"), 1),
         Column("used", amount("used")),
         Column("remaining", amount("remaining")),
-        Column("resets in", lambda d: human_delta(d["reset_in_seconds"])),
+        Column("resets in", _resets_in),
         Column("reserved", amount("reserved"), 2),
-        Column("resets at", lambda d: d["reset_at"], 3, number=False),
+        Column("resets at", lambda d: d["reset_at"] or "never", 3, number=False),
     ]
 
 

@@ -5,6 +5,7 @@ template; nothing here changes anything."""
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import orjson
@@ -209,7 +210,9 @@ def _budget_view(row: BudgetRow, now: float) -> dict[str, Any]:
         "limit": show(u.limit), "used": show(u.used), "reserved": show(u.reserved),
         "remaining": show(u.remaining), "fraction": fraction,
         "percent": f"{min(fraction, 9.99) * 100:.0f}%",
-        "reset_in": human_delta(u.reset_at - now), "reset_at": iso(u.reset_at),
+        # A lifetime limit (window "run") never resets.
+        "reset_in": "never (run)" if math.isinf(u.reset_at) else human_delta(u.reset_at - now),
+        "reset_at": "" if math.isinf(u.reset_at) else iso(u.reset_at),
         "raw": {"limit": u.limit, "used": u.used, "reserved": u.reserved,
                 "remaining": u.remaining},
     }

@@ -29,7 +29,8 @@ from tallygate.config.models import key_rules
 from tallygate.config.names import PolicyNames
 from tallygate.core import decide
 from tallygate.core.catalog import Catalog
-from tallygate.core.limits import Amounts, Identity, Rules, holds_for
+from tallygate.core.limits import Amounts, Identity, Rules, holds_for, run_owner
+from tallygate.core.runaway import InputHistory, Verdict, conversation_key
 from tallygate.core.tokens import CHAT_REPLY_PRIMING, acount_request, message_tokens
 from tallygate.core.trim import trim_messages
 from tallygate.engine import recovery, rows
@@ -53,7 +54,7 @@ from tallygate.errors import (
 )
 from tallygate.providers.base import adapter_for
 from tallygate.state.base import StateStore
-from tallygate.types import CallRecord, Hold, LimitUsage, Outcome, SettleResult, Usage
+from tallygate.types import CallRecord, Hold, LimitUsage, Outcome, SettleResult, Usage, Window
 
 DEFAULT_LEASE_SECONDS = 600.0
 SUMMARY_PREFIX = "Summary of the earlier conversation: "
@@ -103,6 +104,7 @@ class Engine:
         self.flags = FlagView(store, static, clock=clock, refresh=flag_refresh)
         self._key_limits: dict[str, Rules | None] = {}
         self._names = PolicyNames(policy, catalog)
+        self._inputs: InputHistory | None = None  # the runaway guard's history
         self._open: set[Call] = set()  # admitted, not yet closed
         self._closing: set[asyncio.Task[Any]] = set()
 
@@ -276,6 +278,7 @@ class Engine:
         summary call (without one the turns are trimmed instead)."""
         try:
             decision = await self._decide(call, port)
+            self._runaway(call)
             self._apply(call, decision)
             try:
                 await self._reserve(call)
@@ -290,6 +293,25 @@ class Engine:
                                 requested=call.requested_model)
             raise
         self._open.add(call)
+
+    def _runaway(self, call: Call) -> None:
+        """The runaway-context guard's refusal (`on_runaway: refuse`; alerting alone is
+        the alert engine's, from the rows): a run — or, without one, a conversation —
+        whose input per call keeps growing past the policy's bounds (core/runaway.py)."""
+        guard = call.policy.limits.run.runaway
+        if guard is None or not guard.refuse:
+            return
+        if self._inputs is None or self._inputs.policy is not guard:
+            self._inputs = InputHistory(guard)
+        owner = run_owner(self._identity(call.ctx))
+        if call.ctx.run is not None:
+            thread = f"{owner}:{call.ctx.run}"
+        else:
+            turns = call.body.get(call.adapter.messages_key(call.ctx.route))
+            thread = conversation_key(owner, turns[:2] if isinstance(turns, list) else ())
+        judged = self._inputs.check(thread, call.count.tokens)
+        if judged.verdict is Verdict.REFUSE:
+            raise judged.error(call.ctx.run)
 
     def _apply(self, call: Call, decision: decide.Decision) -> None:
         call.max_output = decision.max_output if call.ctx.route != "embeddings" else None
@@ -394,6 +416,7 @@ class Engine:
                         else call.adapter.requested_max_output(ctx.route, call.body)),
             n=_choices(call.body),
             step=ctx.step,
+            attempt=ctx.step_attempt,
             identity=self._identity(ctx),
             output_floor=(None if ctx.route == "embeddings"
                           else call.adapter.output_floor(ctx.route, call.body)),
@@ -463,7 +486,7 @@ class Engine:
             if ctx.key_id not in self._key_limits:
                 self._key_limits[ctx.key_id] = key_rules(ctx.key_limits)
             limits = self._key_limits[ctx.key_id]
-        return Identity(ctx.key_id, ctx.user, ctx.plan, ctx.run, limits)
+        return Identity(ctx.key_id, ctx.user, ctx.plan, ctx.run, limits, ctx.step)
 
     def _holds(self, call: Call, decision: decide.Decision) -> tuple[Hold, ...]:
         if call.ctx.route != "embeddings":
@@ -672,7 +695,7 @@ def tightest_holds(holds: Sequence[Hold]) -> list[Hold]:
     best: dict[str, Hold] = {}
     for hold in holds:
         metric = hold.metric.value
-        if metric == "cost":
+        if metric == "cost" or hold.window is Window.RUN:  # (never resets: no header)
             continue
         current = best.get(metric)
         if current is None or hold.limit - hold.amount < current.limit - current.amount:
