@@ -37,6 +37,7 @@ def main(
 def _register() -> None:
     from tallygate.cli import (
         budgets,
+        dashboard,
         demo,
         doctor,
         flags,
@@ -49,7 +50,8 @@ def _register() -> None:
         text,
     )
 
-    for module in (init, demo, serve, reload, keys, flags, report, budgets, text, sim, doctor):
+    for module in (init, demo, serve, dashboard, reload, keys, flags, report, budgets, text,
+                   sim, doctor):
         module.register(app)
 
 

@@ -91,9 +91,10 @@ def count_source(name: str, raw: bytes, model: Any) -> dict[str, Any]:
 
 def _print_table(rows: list[dict[str, Any]], title: str, budget: int | None = None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("file")
     table.add_column("kind")
     table.add_column("tokens", justify="right")
@@ -101,7 +102,8 @@ def _print_table(rows: list[dict[str, Any]], title: str, budget: int | None = No
     if budget is not None:
         table.add_column("status")
     for row in rows:
-        cells = [row["file"], row["kind"], f"{row['tokens']:,}", "yes" if row["exact"] else "est."]
+        cells = [escape(row["file"]), row["kind"], f"{row['tokens']:,}",
+                 "yes" if row["exact"] else "est."]  # a file named "[/]" is a name
         if budget is not None:
             cells.append("[red]OVER[/red]" if row["tokens"] > budget else "ok")
         table.add_row(*cells)

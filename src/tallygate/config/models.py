@@ -497,6 +497,17 @@ class Server(BaseModel):
     shutdown_deadline: Seconds = 10.0
 
 
+class Dashboard(BaseModel):
+    """`/dashboard` (docs/dashboard.md): the admin key signs in with every right; the
+    optional `viewer_key` signs in to see everything and change nothing."""
+
+    model_config = _MODEL_CONFIG
+
+    viewer_key: Secret = Field(default=None, repr=False)
+    refresh_seconds: Annotated[float, Field(ge=1, le=3600)] = 5.0
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
+
+
 class Tracing(BaseModel):
     """OpenTelemetry spans (docs/observability.md). Off unless an exporter is chosen."""
 
@@ -578,6 +589,7 @@ class PolicyModel(BaseModel):
     tracing: Tracing = Field(default_factory=Tracing)
     refusals: Refusals = Field(default_factory=Refusals)
     attribution: Attribution = Field(default_factory=Attribution)
+    dashboard: Dashboard = Field(default_factory=Dashboard)
 
     # An X-Tallygate-Feature value that names no feature: counted as the `default`
     # feature (its limits and kill switch, one shared counter), or refused.
