@@ -123,6 +123,8 @@ def running_gateway(policy: Policy, *, guards: Guards | None = None,
             if task.done():
                 task.result()
                 raise RuntimeError("gateway did not start")
+            if not lt.thread.is_alive():  # uvicorn ends its loop (SystemExit) on a failed startup
+                raise RuntimeError("gateway did not start: its startup failed (see the log)")
         yield RunningGateway(f"http://127.0.0.1:{port}", gw, lt)
     finally:
         server.stop(lt.loop)

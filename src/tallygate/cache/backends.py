@@ -109,7 +109,8 @@ class RedisBackend:
         with needs("redis", "a redis:// response cache"):
             import redis.asyncio as redis
 
-        self._client = redis.from_url(url)
+            from tallygate.state.redis import client_identity
+        self._client = redis.from_url(url, **client_identity())
         self._prefix = prefix
 
     async def get(self, key: str) -> bytes | None:

@@ -1,6 +1,7 @@
 """OpenAI wire protocol adapter (chat/completions, responses, embeddings). Pure.
 
-Formats: /work/shared/research/protocols.md §1–2 (OpenAPI spec, openai-python)."""
+Formats: the OpenAI API reference and openai-python's types (tests/data/openai-openapi.json
+holds the schemas the conformance tests check against)."""
 
 from __future__ import annotations
 

@@ -25,8 +25,9 @@ from tallygate.engine import RetrySettings
 from tallygate.library import Governor
 from tallygate.sim import SimServer
 from tallygate.types import CallRecord, Outcome, Window
-from tests.gateway.conftest import FEATURES, PLANS
 from tests.support.gateway import RunningGateway, sim_policy
+from tests.support.policies import FEATURES, PLANS
+from tests.support.waiting import eventually
 
 HI = [{"role": "user", "content": "Hello!"}]
 TINY_PLAN = {"tiny": {"tokens_per_day": 150}}
@@ -311,11 +312,7 @@ def _detail_keys(row: CallRecord) -> set[str]:
 
 def _settled_rows(gw: RunningGateway, count: int) -> list[CallRecord]:
     """The gateway may settle a stream just after the client read its last byte."""
-    deadline = time.monotonic() + 10
-    got = gw.rows()
-    while len(got) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-        got = gw.rows()
+    got = eventually(lambda: rows if len(rows := gw.rows()) >= count else None)
     return sorted(got, key=lambda r: r.ts)
 
 
