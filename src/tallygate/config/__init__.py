@@ -4,6 +4,8 @@
 from tallygate.config.models import (
     Alert,
     Cache,
+    CheckBudget,
+    CheckSection,
     Feature,
     LimitFields,
     Limits,
@@ -13,6 +15,7 @@ from tallygate.config.models import (
     Routing,
     Server,
     Storage,
+    parse_duration,
     usd_to_nano,
 )
 from tallygate.config.policy import (
@@ -30,6 +33,8 @@ __all__ = [
     "DEFAULT_PATH",
     "Alert",
     "Cache",
+    "CheckBudget",
+    "CheckSection",
     "Feature",
     "LimitFields",
     "LimitSet",
@@ -42,5 +47,6 @@ __all__ = [
     "Storage",
     "default_policy",
     "load_policy",
+    "parse_duration",
     "usd_to_nano",
 ]
