@@ -19,9 +19,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from tallygate.cli import budgets, check, demo, flags, keys, report, serve, sim, text
+    from tallygate.cli import budgets, check, demo, flags, gen, keys, report, serve, sim, text
 
-    for module in (demo, serve, keys, flags, report, budgets, text, check, sim):
+    for module in (demo, serve, keys, flags, report, budgets, text, check, gen, sim):
         module.register(app)
 
 

@@ -26,7 +26,7 @@ import concurrent.futures
 import os
 import threading
 import weakref
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ from tallygate.engine import Engine
 from tallygate.errors import ConfigError, InvalidRequest
 from tallygate.library.attribution import Attribution, run_scope, step_scope
 from tallygate.runtime import Runtime
+from tallygate.types import CallRecord, Usage
 
 T = TypeVar("T")
 _OPEN_TIMEOUT = 60.0
@@ -250,6 +251,13 @@ class Governor:
         with suppress(InvalidRequest, RuntimeError):  # closing meanwhile: the lease frees it
             self.submit(make(self._runtime.engine, *args, **kwargs))
 
+    def record_cached(self, client: Any, route: str, model: str, saved: Usage,
+                      detail: Mapping[str, Any] | None = None) -> CallRecord:
+        """A hit of the caller's own cache (`tallygate gen`'s artifacts): a `cached` row,
+        attributed like `client`'s calls, with the tokens it saved; nothing reserved."""
+        ctx = client._binding.context(route, {})
+        return self.call(_record_cached, ctx, model, saved, detail)
+
     # ------------------------------------------------------------------ lifecycle
 
     def flush(self) -> None:
@@ -290,6 +298,12 @@ class Governor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _record_cached(engine: Engine, ctx: Any, model: str, saved: Usage,
+                         detail: Mapping[str, Any] | None) -> CallRecord:
+    return engine.record_cached(ctx, engine.catalog.get(model), model, saved, engine.clock(),
+                                detail)
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Governor]) -> None:

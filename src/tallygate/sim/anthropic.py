@@ -30,6 +30,7 @@ from tallygate.sim.common import (
     split_reply,
     token_delay,
 )
+from tallygate.sim.structured import requested_schema, structured_reply
 
 
 def add_routes(app: web.Application) -> None:
@@ -132,8 +133,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return prepared
     req, prompt = prepared
     config = request.app[CONFIG]
-    tokens, capped = reply_budget(config, req, ant.requested_max_output("messages", req.body))
-    text = reply_text(req.seed, tokens)
+    cap = ant.requested_max_output("messages", req.body)
+    schema = requested_schema("anthropic", "messages", req.body)
+    if schema is not None:  # structured output: a JSON instance of the schema
+        text, tokens, capped = structured_reply(schema, req.seed, req.model, cap)
+    else:
+        tokens, capped = reply_budget(config, req, cap)
+        text = reply_text(req.seed, tokens)
     output = tokens + reasoning_tokens(req)
     stop = "max_tokens" if capped else "end_turn"
     msg_id = new_id("msg_")

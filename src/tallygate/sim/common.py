@@ -10,7 +10,8 @@ Faults, per request with the header `x-sim-fault: NAME[:ARG]` or queued on the a
   timeout[:secs]  sleep (default SimConfig.timeout_sleep_s) before answering
   cut[:chunks]    close the connection mid-body / after that many stream chunks
 Per-request overrides: `x-sim-reply-tokens`, `x-sim-cached-tokens`, `x-sim-reasoning-tokens`.
-The handlers live in sim_openai.py and sim_anthropic.py."""
+A request asking for a JSON Schema gets a JSON instance of it (structured.py).
+The handlers live in openai.py and anthropic.py."""
 
 from __future__ import annotations
 

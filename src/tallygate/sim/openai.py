@@ -35,6 +35,7 @@ from tallygate.sim.common import (
     split_reply,
     token_delay,
 )
+from tallygate.sim.structured import requested_schema, structured_reply
 
 Producer = Callable[[web.Request, SimRequest, int], Awaitable[web.StreamResponse]]
 FINGERPRINT = "fp_tallygate_sim"
@@ -140,10 +141,19 @@ def chat_usage(prompt: int, completion: int, cached: int, reasoning: int) -> dic
 
 def _chat_plan(config: SimConfig, req: SimRequest, prompt: int) -> tuple[list[str], str, dict]:
     n = req.body.get("n") or 1
-    tokens, capped = reply_budget(config, req, oai.requested_max_output(req.route, req.body))
-    texts = [reply_text(req.seed + i, tokens) for i in range(n)]
+    cap = oai.requested_max_output(req.route, req.body)
+    schema = requested_schema("openai", req.route, req.body)
+    if schema is not None:  # structured output: a JSON instance of the schema per choice
+        replies = [structured_reply(schema, req.seed + i, req.model, cap) for i in range(n)]
+        texts = [text for text, _, _ in replies]
+        produced = sum(tokens for _, tokens, _ in replies)
+        capped = any(cut for _, _, cut in replies)
+    else:
+        tokens, capped = reply_budget(config, req, cap)
+        texts = [reply_text(req.seed + i, tokens) for i in range(n)]
+        produced = n * tokens
     reasoning = reasoning_tokens(req)
-    usage = chat_usage(prompt, n * tokens + reasoning, cached_tokens(req, prompt), reasoning)
+    usage = chat_usage(prompt, produced + reasoning, cached_tokens(req, prompt), reasoning)
     return texts, ("length" if capped else "stop"), usage
 
 
@@ -256,8 +266,13 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
 async def _responses(request: web.Request, req: SimRequest, prompt: int) -> web.StreamResponse:
     config = request.app[CONFIG]
-    tokens, capped = reply_budget(config, req, oai.requested_max_output("responses", req.body))
-    text = reply_text(req.seed, tokens)
+    cap = oai.requested_max_output("responses", req.body)
+    schema = requested_schema("openai", "responses", req.body)
+    if schema is not None:
+        text, tokens, capped = structured_reply(schema, req.seed, req.model, cap)
+    else:
+        tokens, capped = reply_budget(config, req, cap)
+        text = reply_text(req.seed, tokens)
     reasoning = reasoning_tokens(req)
     usage = responses_usage(prompt, tokens + reasoning, cached_tokens(req, prompt), reasoning)
     status = "incomplete" if capped else "completed"
