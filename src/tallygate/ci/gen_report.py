@@ -96,6 +96,7 @@ def print_run(run: GenRun) -> None:
         if r.error and r.status == "failed":
             console.print(escape(f"FAILED: {r.chunk.name}: {r.error}"), soft_wrap=True)
     if run.tampered:
+        then = "would be regenerated" if run.dry_run else "regenerated"
         console.print(f"{run.tampered} cache entries failed the signature check "
-                      "(tampered or foreign): regenerated")
+                      f"(tampered or foreign): {then}")
     console.print(escape(verdict_line(run)), soft_wrap=True)
