@@ -125,6 +125,21 @@ def test_per_entry_total_and_cost_limits(tmp_path: Path) -> None:
     assert docs["files"][0]["problems"][0].endswith("over max_cost_usd $0.000000001")
 
 
+def test_a_file_past_the_counting_cap_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    policy = {**POLICY, "server": {"max_chars": 200},
+              "check": {"budgets": [{"path": "prompts/*.txt", "max_tokens": 100_000}]}}
+    _tree(tmp_path, policy)
+    (tmp_path / "prompts" / "huge.txt").write_text("x" * 5_000)
+    done = tallygate("check", "--json", cwd=tmp_path)
+    assert done.returncode == 1
+    files = {f["file"]: f for f in json.loads(done.stdout)["entries"][0]["files"]}
+    assert files["prompts/huge.txt"]["problems"] == [
+        "cannot be counted: over 800 bytes, more than the counting cap of 200 characters"]
+    assert files["prompts/system.txt"]["problems"] == []
+    assert any(p.startswith("cannot be counted: input of")
+               for p in files["prompts/review.txt"]["problems"])  # 200 chars < its length
+
+
 def test_github_annotations_and_job_summary(tmp_path: Path) -> None:
     _tree(tmp_path)
     summary = tmp_path / "summary.md"

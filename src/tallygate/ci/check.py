@@ -21,7 +21,7 @@ from tallygate.ci.sources import count_bytes, is_binary
 from tallygate.config import CheckBudget, CheckSection, Policy
 from tallygate.core import decide as verdict
 from tallygate.core.catalog import Catalog
-from tallygate.errors import ConfigError, TallygateError
+from tallygate.errors import ConfigError, InputTooLarge, TallygateError
 from tallygate.types import ModelInfo, Usage
 
 DEFAULT_MODEL = "gpt-4o"
@@ -211,13 +211,35 @@ def usd(nusd: int) -> str:
     return f"{whole}.{frac.ljust(2, '0')}"
 
 
+def read_capped(base: Path, max_chars: int) -> Reader:
+    """A reader of files under `base` that never loads more than the counting cap can
+    count (4 UTF-8 bytes a character): a larger file is reported, not read whole."""
+    cap = max_chars * 4
+
+    def read(path: str) -> bytes:
+        with (base / path).open("rb") as handle:
+            data = handle.read(cap + 1)
+        if len(data) > cap:
+            raise InputTooLarge(f"over {cap:,} bytes, more than the counting cap of "
+                                f"{max_chars:,} characters", chars=cap + 1, cap=max_chars)
+        return data
+
+    return read
+
+
 def check_entry(entry: EntryResult, paths: list[str], read: Reader, max_chars: int,
                 baseline: Mapping[str, bytes] | None) -> None:
     """Count the entry's files and record every problem on them or on the entry."""
     limits = entry.limits
     for path in paths:
         result = FileResult(path)
-        _count(result, read(path), limits, max_chars)
+        try:
+            raw = read(path)
+        except InputTooLarge as exc:
+            result.problems.append(f"cannot be counted: {exc.message}")
+            entry.files.append(result)
+            continue
+        _count(result, raw, limits, max_chars)
         if baseline is not None and result.skipped is None:
             result.old_tokens = _old_tokens(baseline.get(path), limits, max_chars)
         entry.files.append(result)
@@ -269,7 +291,7 @@ def run_check(section: CheckSection, policy: Policy, base: Path, source: str, *,
         wanted = sorted({p for e, paths in plans for p in [*paths, *e.removed]})
         baseline = tree.read(wanted)
     for entry, paths in plans:
-        check_entry(entry, paths, lambda p: (base / p).read_bytes(),
+        check_entry(entry, paths, read_capped(base, policy.server.max_chars),
                     policy.server.max_chars, baseline)
         report.entries.append(entry)
     return report
@@ -294,8 +316,8 @@ def run_adhoc(files: list[str], section: CheckSection, policy: Policy, base: Pat
         inside = {p: _relative(p, base) for p in files}
         found = GitTree(base, compare_to).read(sorted({r for r in inside.values() if r}))
         baseline = {p: found[r] for p, r in inside.items() if r in found}
-    check_entry(entry, files, lambda p: (base / p).read_bytes(), policy.server.max_chars,
-                baseline)
+    check_entry(entry, files, read_capped(base, policy.server.max_chars),
+                policy.server.max_chars, baseline)
     return CheckReport("--budget", base, [entry], compare_to)
 
 
