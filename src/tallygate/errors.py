@@ -163,3 +163,20 @@ class UpstreamError(TallygateError):
         self.upstream_status = status
         self.body = body
         self.headers = dict(headers or {})
+
+
+class UpstreamInvalidUsage(UpstreamError):
+    """The provider answered but reported a token usage no call can have (negative, or
+    past 10^12): the answer is withheld and the call charged what it held."""
+
+    code = "upstream_invalid_usage"
+
+
+class ShuttingDown(TallygateError):
+    """The gateway is stopping: a new request is refused so a load balancer or the
+    client's retry sends it to another replica."""
+
+    status = 503
+    code = "shutting_down"
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"

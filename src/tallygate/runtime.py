@@ -1,6 +1,7 @@
-"""The long-lived objects one process needs, opened from the policy and closed once:
-the state store, the ledger writer, the key store, the catalog and the engine.
-The gateway opens one in its lifespan; the library opens one per Governor."""
+"""The composition root: the long-lived objects one process needs, opened from the
+policy and closed once — the state store, the ledger writer, the key store, the response
+cache, the catalog and the engine built on them. The gateway opens one in its lifespan;
+the library opens one per Governor. Nothing is wired into the engine afterwards."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tallygate.cache import ResponseCache, open_cache
 from tallygate.config import Policy
 from tallygate.core.catalog import Catalog
-from tallygate.engine import Engine, Recorder
+from tallygate.engine import Engine, Recorder, RetrySettings
 from tallygate.keys import CachedKeyStore, KeyStore, open_keystore
 from tallygate.ledger import LedgerStore, LedgerWriter, default_journal_dir, open_ledger
 from tallygate.state import from_url
@@ -54,6 +56,12 @@ def open_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
     return store
 
 
+def open_response_cache(policy: Policy) -> ResponseCache | None:
+    secret = policy.cache.hmac_key.get_secret_value() if policy.cache.hmac_key else ""
+    return open_cache(policy.cache.backend, state_url=policy.storage.state, hmac_key=secret,
+                      ttl=policy.cache.ttl)
+
+
 @dataclass
 class Runtime:
     policy: Policy
@@ -63,12 +71,13 @@ class Runtime:
     writer: LedgerWriter
     keys: KeyStore
     engine: Engine
+    cache: ResponseCache | None = None
     recorders: FanOut = field(default_factory=FanOut)
 
     @classmethod
     async def open(
         cls, policy: Policy, *, clock: Callable[[], float] = time.time,
-        sole_process: bool = False,
+        sole_process: bool = False, retry: RetrySettings | None = None,
     ) -> Runtime:
         catalog = Catalog(policy.models)
         # Build the tokenizers now (≈1.5 s, in a thread) rather than on the first request.
@@ -84,12 +93,18 @@ class Runtime:
         )
         await writer.start()
         keys = CachedKeyStore(await open_keystore(policy.storage.ledger))
+        cache = open_response_cache(policy)
         recorders = FanOut(writer)
         engine = Engine(policy, catalog, store, recorders, clock=clock,
-                        lease=policy.storage.lease_seconds)
-        return cls(policy, catalog, store, ledger, writer, keys, engine, recorders)
+                        lease=policy.storage.lease_seconds, cache=cache, retry=retry)
+        return cls(policy, catalog, store, ledger, writer, keys, engine, cache, recorders)
 
     async def close(self) -> None:
+        """Close the calls still open (their relayed tokens settled and recorded), then
+        flush the ledger and close every store."""
+        await self.engine.close_open_calls()
+        if self.cache is not None:
+            await self.cache.close()
         await self.writer.close()
         await self.ledger.close()
         await self.keys.close()

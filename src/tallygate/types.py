@@ -1,6 +1,11 @@
-"""Frozen value objects shared by the core, the stores, the engine and the ledger.
+"""Value objects shared by the core, the stores, the engine and the ledger.
 
-Tokens and money are integers everywhere: money is in nano-USD (1e-9 USD)."""
+Tokens and money are integers everywhere: money is in nano-USD (1e-9 USD).
+
+Values are frozen dataclasses, except the records made afresh for every call
+(`CallRecord` here, `CallContext`/`Call` in engine/call.py, `Identity`/`Amounts` in
+core/limits.py, `RequestFacts`/`Decision` in core/decide.py): a frozen `__init__` sets
+each field through `object.__setattr__`, ~0.1 µs a field, on the hot path."""
 
 from __future__ import annotations
 
@@ -102,18 +107,20 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
-@dataclass(slots=True)  # not frozen: its __init__ would cost ~0.1 µs a field, per call
+@dataclass(slots=True)  # per-call record: not frozen (see above)
 class CallRecord:
-    """One ledger row: everything SPEC §7 records about one attempt of one call.
+    """One ledger row: everything recorded about one call (docs/ledger.md).
 
-    Idempotent on (request_id, attempt). No prompt/completion text unless the policy
-    sets log_content (then `content` holds it as JSON text)."""
+    One row per call, keyed on `request_id`, which the server minted; the upstream tries
+    a call took are listed in `detail` (`attempts`, `fallback`) and counted in
+    `retries`. No prompt/completion text unless the policy sets log_content (then
+    `content` holds it as JSON text)."""
 
     request_id: str
     ts: float  # unix seconds when the call started
     outcome: Outcome
     status: int  # HTTP status the client saw
-    attempt: int = 0  # gateway-side retry/fallback attempt number of this row
+    client_request_id: str | None = None  # the caller's X-Tallygate-Request-Id, if sent
     key_id: str | None = None
     user: str | None = None
     plan: str | None = None
@@ -133,6 +140,7 @@ class CallRecord:
     cost_nusd: int = 0
     latency_ms: int = 0
     ttft_ms: int | None = None
+    upstream_ms: int | None = None  # time in the upstream call that answered
     retries: int = 0
     error_code: str | None = None
     tokens_saved: int = 0  # cache hits: tokens the call would have used

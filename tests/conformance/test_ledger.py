@@ -46,12 +46,13 @@ def row(i: int, **kw) -> CallRecord:
 
 FULL = CallRecord(
     request_id="req-full", ts=1_790_000_123.456789, outcome=Outcome.TRIMMED, status=200,
-    attempt=2, key_id="key_1", user="user \"quoted\" ü", plan="pro", feature="code_review",
-    run="TICKET-42", step="review", step_attempt=3, provider="anthropic",
+    client_request_id="client-7", key_id="key_1", user="user \"quoted\" ü", plan="pro",
+    feature="code_review", run="TICKET-42", step="review", step_attempt=3, provider="anthropic",
     model_requested="tier:medium", model_used="claude-sonnet-4-5", input_tokens=12345,
     output_tokens=678, cached_tokens=1000, cache_write_tokens=200, reasoning_tokens=50,
-    exact=False, cost_nusd=9_876_543_210_123, latency_ms=1234, ttft_ms=321, retries=1,
-    error_code="context_length_exceeded", tokens_saved=7, trimmed_tokens=890, stream=True,
+    exact=False, cost_nusd=9_876_543_210_123, latency_ms=1234, ttft_ms=321,
+    upstream_ms=1100, retries=1, error_code="context_length_exceeded", tokens_saved=7,
+    trimmed_tokens=890, stream=True,
     detail='{"clamped_max_tokens": 2000}', content='{"messages": []}',
 )
 
@@ -79,12 +80,55 @@ async def test_every_field_round_trips(store) -> None:
     assert await store.records(until=2.0) == [minimal]
 
 
-async def test_insert_is_idempotent_on_request_id_and_attempt(store) -> None:
+async def test_insert_is_idempotent_on_request_id(store) -> None:
     await store.write_batch([row(1), row(2)])
-    await store.write_batch([row(1, input_tokens=999), row(2), row(1, attempt=1)])
+    await store.write_batch([row(1, input_tokens=999), row(2), row(3)])
     assert await store.count() == 3
     first = [r for r in await store.records() if r.request_id == "req-000001"]
-    assert [(r.attempt, r.input_tokens) for r in first] == [(0, 1), (1, 1)]  # first write wins
+    assert [r.input_tokens for r in first] == [1]  # first write wins
+
+
+async def test_a_version_1_ledger_is_migrated_and_its_rows_still_read(ledger_url) -> None:
+    """A ledger written before rows were keyed on request_id alone (version 1, with an
+    `attempt` column) opens at the latest version with every row intact."""
+    v1 = MIGRATIONS[0]
+    values = ("req-old", 1.0, "ok", 200, 0, "k1", "u1", None, "chat", "R", "review", 2,
+              "openai", "gpt-4o", "gpt-4o", 10, 5, 0, 0, 0, True, 77, 12, None, 0, None, 0,
+              0, False, '{"clamp": {"to": 5}}', None)
+    if ledger_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(ledger_url.removeprefix("sqlite:///"))
+        for sql in v1.statements("sqlite"):
+            conn.execute(sql)
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                     "description TEXT NOT NULL, applied_at REAL NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1, 'v1', 0)")
+        conn.execute(f"INSERT INTO calls VALUES ({', '.join('?' * len(values))})", values)
+        conn.commit()
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(ledger_url, autocommit=True) as conn:
+            for sql in v1.statements("postgres"):
+                conn.execute(sql)
+            conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                         "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+            conn.execute("INSERT INTO schema_version VALUES (1, 'v1', 0)")
+            conn.execute(f"INSERT INTO calls VALUES ({', '.join(['%s'] * len(values))})",
+                         values)
+    store = await open_ledger(ledger_url)
+    try:
+        assert await store.schema_version() == LATEST
+        [old] = await store.records()
+        assert (old.request_id, old.user, old.input_tokens, old.cost_nusd) == (
+            "req-old", "u1", 10, 77)
+        assert old.client_request_id is None and old.upstream_ms is None
+        await store.write_batch([row(1), row(1, input_tokens=9)])  # keyed on request_id
+        assert await store.count() == 2
+    finally:
+        await store.close()
 
 
 async def test_batch_of_10k_rows(store) -> None:
@@ -237,3 +281,43 @@ async def test_memory_ledger_works_without_journal() -> None:
 def test_journal_rejects_unknown_fsync_policy(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fsync"):
         Journal(tmp_path, fsync="sometimes")
+
+
+async def test_a_row_the_store_refuses_is_set_aside_and_the_rest_go_on(store, tmp_path) -> None:
+    """An integer past int64 once stopped every later row and the next start's replay."""
+    journal = tmp_path / "j"
+    writer = LedgerWriter(store, journal_dir=journal, batch_size=100, interval=10)
+    await writer.start()
+    writer.record(row(1))
+    writer.record(row(2, step_attempt=2**63))  # past what the store can hold
+    writer.record(row(3))
+    await writer.flush()
+    await writer.close()
+    assert sorted(r.request_id for r in await store.records()) == ["req-000001", "req-000003"]
+    assert writer.stats.rejected == 1
+    [kept] = journal.glob("rejected-*.jsonl")
+    assert b"req-000002" in kept.read_bytes()
+
+
+async def test_a_refused_row_in_a_dead_writers_journal_does_not_stop_the_replay(
+        store, tmp_path) -> None:
+    journal = Journal(tmp_path / "j")
+    for r in (row(1), row(2, step_attempt=2**63), row(3)):
+        journal.append(to_line(r))
+    seg = journal.cut()
+    assert seg is not None
+    os.close(seg.fd)  # the writer "died": its lock is gone, its segment is an orphan
+    writer = LedgerWriter(store, journal_dir=tmp_path / "j")
+    assert await writer.start() == 3
+    await writer.close()
+    assert await store.count() == 2
+
+
+async def test_a_row_json_cannot_hold_is_set_aside_at_record(store, tmp_path) -> None:
+    writer = LedgerWriter(store, journal_dir=tmp_path / "j")
+    await writer.start()
+    writer.record(row(1, step_attempt=2**64))  # never raises into the call it records
+    writer.record(row(2))
+    await writer.close()
+    assert [r.request_id for r in await store.records()] == ["req-000002"]
+    assert writer.stats.rejected == 1

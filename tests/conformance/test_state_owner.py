@@ -179,23 +179,37 @@ async def test_a_failed_snapshot_is_retried_and_the_journal_kept(
     await again.close()
 
 
-async def test_an_unwritable_journal_fails_closed(
+async def test_an_unwritable_journal_fails_closed_then_heals(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk full: reservations are refused (429 store_unavailable), finishes still give
+    their room back; once the disk takes writes again the store answers, no restart."""
     store = owner(tmp_path / "state.db")
     await store.reserve("a", [tokens("k", 10)], lease=60, now=T0)
+    real_append = type(store._journal).append
 
-    def disk_full(line: bytes) -> None:
+    def disk_full(self: object, line: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store._journal, "append", disk_full)
+    monkeypatch.setattr(type(store._journal), "append", disk_full)
     with pytest.raises(StoreUnavailable, match="journal cannot be written"):
-        await store.settle("a", {"tokens": 5}, now=T0)
-    with pytest.raises(StoreUnavailable):  # and stays so: memory is ahead of the journal
         await store.reserve("b", [tokens("k", 1)], lease=60, now=T0)
-    monkeypatch.undo()
+    await store.settle("a", {"tokens": 5}, now=T0)  # applied: room comes back
+    assert await used_reserved(store, "k") == (5, 0)  # "b" was never granted
+    with pytest.raises(StoreUnavailable):  # and stays so while the disk is full
+        await store.reserve("c", [tokens("k", 1)], lease=60, now=T0)
+    monkeypatch.setattr(type(store._journal), "append", real_append)  # space is back
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        try:
+            assert await store.reserve("d", [tokens("k", 1)], lease=60, now=T0) is None
+            break
+        except StoreUnavailable:
+            continue
+    else:
+        raise AssertionError("the store did not heal")
     await store.close()
     again = owner(tmp_path / "state.db")
-    assert await used_reserved(again, "k") == (0, 10)  # what the journal held
+    assert await used_reserved(again, "k") == (5, 1)  # the settle and "d" survived
     await again.close()
 
 

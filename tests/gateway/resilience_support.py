@@ -7,7 +7,7 @@ from typing import Any
 import openai
 import orjson
 
-from tallygate.gateway.retry import RetrySettings
+from tallygate.engine import RetrySettings
 from tests.support.gateway import RunningGateway, http
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -20,9 +20,9 @@ def fast_retries(gw: RunningGateway, waits: list[float] | None = None) -> None:
         if waits is not None:
             waits.append(seconds)
 
-    proxy = gw.gateway.proxy
-    assert proxy is not None
-    proxy.caller.settings = RetrySettings(base_delay=0.001, max_delay=0.004, sleep=sleep)
+    runtime = gw.gateway.runtime
+    assert runtime is not None
+    runtime.engine.retry = RetrySettings(base_delay=0.001, max_delay=0.004, sleep=sleep)
 
 
 def client(gw: RunningGateway, key: str, feature: str = "chat", **headers: str) -> openai.OpenAI:

@@ -72,7 +72,7 @@ def test_ttl_expiry(make_gateway, sim) -> None:
     features = {"chat": {"max_output": 50, "model": "gpt-4o-mini", "cache_ttl": "10s"}}
     gw = _gw(make_gateway, features=features)
     now = [1_000.0]
-    gw.gateway.proxy.cache.clock = lambda: now[0]
+    gw.gateway.runtime.cache.clock = lambda: now[0]
     key = gw.create_key("u", "pro")
     before = sim.stats.total
     _ask(gw, key)
@@ -88,7 +88,7 @@ def test_tampered_entry_is_a_miss(make_gateway, sim) -> None:
     gw = _gw(make_gateway)
     key = gw.create_key("u", "pro")
     _ask(gw, key)
-    cache = gw.gateway.proxy.cache
+    cache = gw.gateway.runtime.cache
     [(entry_key, value)] = cache.backend.entries.items()
     # The upstream body is JSON text inside the signed JSON payload, hence the escapes.
     forged = value.replace(b'\\"content\\":\\"', b'\\"content\\":\\"FORGED ')
@@ -102,7 +102,7 @@ def test_tampered_entry_is_a_miss(make_gateway, sim) -> None:
 
 def test_no_hmac_key_means_no_cache(make_gateway, sim) -> None:
     gw = make_gateway()
-    assert gw.gateway.proxy.cache is None
+    assert gw.gateway.runtime.cache is None
     key = gw.create_key("u", "pro")
     before = sim.stats.total
     _ask(gw, key)

@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 import tallygate
+from tallygate.engine import RetrySettings
 from tallygate.library import Governor
 from tallygate.sim import SimServer
 from tallygate.types import CallRecord, Outcome, Window
@@ -241,17 +242,21 @@ async def test_async_budget_error_and_embeddings(gov: Governor, sim: SimServer) 
 
 
 def test_sdk_error_releases_the_reservation(gov: Governor, sim: SimServer) -> None:
+    # The SDKs here do not retry (max_retries=0), so the engine does, as on the gateway:
+    # the feature's 2 retries, then the SDK's own exception reaches the caller.
+    gov.engine().retry = RetrySettings(base_delay=0.001, max_delay=0.002)
     client = gov.openai(_oa(sim), feature="chat", user="bob", plan="free")
-    sim.push_faults("500")
+    sim.push_faults("500", "500", "500")
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-    sim.push_faults("429:1")
+    sim.push_faults("429:0", "429:0", "429:0")
     with pytest.raises(anthropic.RateLimitError):
         gov.anthropic(_an(sim), feature="claude", user="bob", plan="free").messages.create(
             model="claude-haiku-4-5", max_tokens=20, messages=HI)
     first, second = rows(gov)
     assert (first.outcome, first.status, second.status) == (Outcome.ERROR, 500, 429)
     assert first.error_code and second.error_code
+    assert (first.retries, second.retries) == (2, 2)
     usage = user_day(gov, "bob", 2000)
     assert usage.used == 0 and usage.reserved == 0  # no tokens produced, nothing consumed
 
@@ -297,7 +302,7 @@ def test_wrapper_keeps_the_rest_of_the_client(gov: Governor, sim: SimServer) -> 
 def _shape(row: CallRecord) -> set[str]:
     """Non-null fields; key_id is the one field only the gateway has (virtual keys)."""
     out = {f.name for f in fields(CallRecord) if getattr(row, f.name) not in (None, 0, "")}
-    return out - {"key_id", "latency_ms", "ttft_ms", "cost_nusd"}
+    return out - {"key_id", "latency_ms", "ttft_ms", "upstream_ms", "cost_nusd"}
 
 
 def _detail_keys(row: CallRecord) -> set[str]:

@@ -24,7 +24,7 @@ def _post(gw: RunningGateway, body: object, key: str | None, **headers: str) -> 
 def test_gateway_error_bodies_validate(gateway: RunningGateway) -> None:
     key = gateway.create_key("conf", "free", features=("chat", "summarize"))
     cases = [
-        _post(gateway, b"{nope", key),  # invalid_request
+        _post(gateway, b"{nope", key, **{"X-Tallygate-Feature": "chat"}),  # invalid_request
         _post(gateway, {"model": "gpt-4o-mini", "messages": HELLO}, "tg-unknown"),  # 401
         _post(gateway, {"model": "gpt-4o-mini", "messages": HELLO}, key,
               **{"X-Tallygate-Feature": "claude"}),  # permission_denied

@@ -9,19 +9,19 @@ import logging
 from tallygate.cache.backends import backend_url, open_backend
 from tallygate.cache.key import canonical_request, request_key, turns_key
 from tallygate.cache.signed import ResponseCache
-from tallygate.config import Policy
 
 __all__ = ["ResponseCache", "canonical_request", "open_cache", "request_key", "turns_key"]
 
 log = logging.getLogger("tallygate.cache")
 
 
-def open_cache(policy: Policy) -> ResponseCache | None:
-    """The policy's cache, or None (with a logged note) when no `cache.hmac_key` is set:
-    unsigned entries could be forged by anyone who can write the backend."""
-    secret = policy.cache.hmac_key.get_secret_value() if policy.cache.hmac_key else ""
-    if not secret:
+def open_cache(backend: str | None, *, state_url: str, hmac_key: str,
+               ttl: float) -> ResponseCache | None:
+    """The response cache on `backend` (None: beside the state store at `state_url`), or
+    None (with a logged note) without an HMAC key: unsigned entries could be forged by
+    anyone who can write the backend."""
+    if not hmac_key:
         log.info("response cache disabled: set cache.hmac_key to enable it")
         return None
-    url = backend_url(policy.cache.backend, policy.storage.state)
-    return ResponseCache(open_backend(url), secret.encode(), ttl=policy.cache.ttl)
+    return ResponseCache(open_backend(backend_url(backend, state_url)), hmac_key.encode(),
+                         ttl=ttl)

@@ -96,9 +96,17 @@ def _check_exists(url: str) -> None:
 
 
 async def _open(url: str) -> Any:
-    from tallygate.ledger import open_ledger
+    """The ledger, with the rows a dead writer left in its journal replayed first (a
+    library script killed before it flushed): the report shows the truth."""
+    from tallygate.ledger import default_journal_dir, open_ledger, replay_orphans
 
-    return await open_ledger(url)
+    store = await open_ledger(url)
+    try:
+        await replay_orphans(store, default_journal_dir(url))
+    except BaseException:
+        await store.close()
+        raise
+    return store
 
 
 async def _on_ledger(url: str, query: Callable[[Any], Awaitable[T]]) -> T:

@@ -31,8 +31,6 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     ) -> None:
         """Run the OpenAI- and Anthropic-compatible gateway."""
-        import uvicorn
-
         from tallygate.config import load_policy
         from tallygate.errors import ConfigError
 
@@ -53,12 +51,52 @@ def register(app: typer.Typer) -> None:
         os.environ[WORKERS_ENV] = str(workers)
         bind_host = host or policy.server.host
         bind_port = policy.server.port if port is None else port
+        check_state_free(policy, workers)
         typer.echo(f"tallygate gateway on http://{bind_host}:{bind_port} ({workers} worker(s))")
-        uvicorn.run(
-            "tallygate.cli.serve:app_from_env", factory=True, host=bind_host, port=bind_port,
-            workers=workers, loop="uvloop", http="httptools", lifespan="on",
-            log_level=log_level, access_log=False,
-            # Nothing reads the client address, so no X-Forwarded-* rewriting layer;
-            # and no `server: uvicorn` header on every response.
-            proxy_headers=False, server_header=False,
-        )
+        run_server(bind_host, bind_port, workers, log_level,
+                   deadline=policy.server.shutdown_deadline)
+
+
+def run_server(host: str, port: int, workers: int, log_level: str, *,
+               deadline: float) -> None:
+    """uvicorn (uvloop + httptools) with the gateway's own way to stop (gateway/server.py),
+    in one process or under uvicorn's supervisor for several workers."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from tallygate.gateway.server import GatewayServer
+
+    config = uvicorn.Config(
+        "tallygate.cli.serve:app_from_env", factory=True, host=host, port=port,
+        workers=workers, loop="uvloop", http="httptools", lifespan="on",
+        log_level=log_level, access_log=False,
+        # Nothing reads the client address, so no X-Forwarded-* rewriting layer;
+        # and no `server: uvicorn` header on every response.
+        proxy_headers=False, server_header=False,
+    )
+    server = GatewayServer(config, deadline=deadline)
+    if workers > 1:
+        sock = config.bind_socket()
+        Multiprocess(config, target=server.run, sockets=[sock]).run()
+    else:
+        server.run()
+
+
+def check_state_free(policy: object, workers: int) -> None:
+    """Several workers share a SQLite state file: refuse to start (instead of answering
+    every call 429) while another process owns it."""
+    from tallygate.config import Policy
+    from tallygate.errors import ConfigError, StoreUnavailable
+    from tallygate.state.file_lock import release, take_sharer
+
+    assert isinstance(policy, Policy)
+    url = policy.storage.state
+    if workers <= 1 or not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return
+    path = url.removeprefix("sqlite:///")
+    if not Path(path).exists():
+        return
+    try:
+        release(take_sharer(path))
+    except StoreUnavailable as exc:
+        raise ConfigError(exc.message) from None

@@ -342,8 +342,11 @@ class Server(BaseModel):
     port: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     max_chars: PositiveInt = 4_000_000  # counting refuses longer texts (InputTooLarge)
-    # Upstream HTTP client: the lean httptools one (gateway/lean_upstream.py), or aiohttp.
+    # Upstream HTTP client: the lean httptools one (gateway/upstream/lean.py), or aiohttp.
     upstream: Literal["aiohttp", "lean"] = "lean"
+    # On SIGTERM / Ctrl-C: how long calls in flight may run on before their streams are
+    # cut (each settled with what it relayed, and recorded).
+    shutdown_deadline: Seconds = 10.0
 
 
 class Tracing(BaseModel):

@@ -1,67 +1,67 @@
-"""One call's life, shared by the gateway and the library:
+"""One call's life, owned here for both front doors:
 
-    identify → count → decide → reserve  (admit)
-    … the caller talks to the provider …
-    settle to the reported usage, or release  (complete / fail), then record.
+    prepare   flags → route the model → the key's allow-list           (a `Call` exists)
+    reserve   count → decide (trim / summarise / clamp) → reserve       (admitted)
+    send      through the front door's `Port`, with one recovery policy (engine/recovery.py)
+    settle    to the provider-reported usage, or release → record the row
 
-`Engine.hold()` wraps the two halves in a context manager whose `finally` releases a
-reservation on every path the caller did not close itself (exceptions, cancellation,
-client disconnects), so nothing is held until its lease expires.
-"""
+`run()` does all of it for a call answered at once; a stream is `start()`ed, relayed by
+the front door through the call's meter, and ended with `finish_stream()`. Every
+admitted call is closed exactly once: `owning()` closes whatever a front door left open
+(an exception, a cancellation, a client gone) with the tokens relayed so far, shielded
+from a second cancellation, and `close_open_calls()` does it for calls still open when
+the process stops."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import orjson
 
+from tallygate.cache import ResponseCache
 from tallygate.config import DEFAULT_FEATURE, Policy
 from tallygate.config.models import key_rules
-from tallygate.core import decide as verdict
+from tallygate.core import decide
 from tallygate.core.catalog import Catalog
 from tallygate.core.limits import Amounts, Identity, Rules, holds_for
-from tallygate.core.tokens import acount_request
+from tallygate.core.tokens import CHAT_REPLY_PRIMING, acount_request, message_tokens
 from tallygate.core.trim import trim_messages
+from tallygate.engine import recovery, rows
+from tallygate.engine.bounds import usage_is_sane
+from tallygate.engine.cache import CallCache
+from tallygate.engine.call import Call, CallContext
 from tallygate.engine.flags import FlagView
-from tallygate.engine.ids import new_request_id
-from tallygate.errors import FeatureDisabled, LimitError, PermissionDenied, TallygateError
-from tallygate.state.base import StateStore
-from tallygate.types import (
-    CallRecord,
-    Count,
-    Hold,
-    LimitUsage,
-    ModelInfo,
-    Outcome,
-    SettleResult,
-    Usage,
+from tallygate.engine.ids import new_call_id
+from tallygate.engine.ports import Answer, Port
+from tallygate.engine.retry import RetrySettings
+from tallygate.engine.summarize import SUFFIX as SUMMARIZE_SUFFIX
+from tallygate.engine.summarize import Summarizer
+from tallygate.errors import (
+    FeatureDisabled,
+    LimitError,
+    PermissionDenied,
+    TallygateError,
+    UpstreamError,
+    UpstreamInvalidUsage,
 )
+from tallygate.providers.base import adapter_for
+from tallygate.state.base import StateStore
+from tallygate.types import CallRecord, Hold, LimitUsage, Outcome, SettleResult, Usage
 
 DEFAULT_LEASE_SECONDS = 600.0
-T = TypeVar("T")
+SUMMARY_PREFIX = "Summary of the earlier conversation: "
+log = logging.getLogger("tallygate.engine")
 
 
 class Recorder(Protocol):
     """Where finished calls go (the ledger writer, metrics …). Must not block."""
 
     def record(self, row: CallRecord) -> None: ...
-
-
-class Summarizer(Protocol):
-    """Writes the summary of `turns` (on_exceed: summarize); the gateway's makes a real,
-    separately budgeted upstream call. Raises TallygateError when it cannot."""
-
-    async def summarize(self, adm: Admission, turns: Sequence[Any], max_tokens: int) -> str: ...
-
-
-SUMMARY_PREFIX = "Summary of the earlier conversation: "
-SUMMARIZE_SUFFIX = ":summarize"
 
 
 class MemoryRecorder:
@@ -74,58 +74,6 @@ class MemoryRecorder:
         self.rows.append(row)
 
 
-@dataclass(slots=True)  # not frozen: its __init__ would cost ~0.1 µs a field, per call
-class CallContext:
-    """Who makes the call and how it is attributed. Built by the gateway or library."""
-
-    protocol: str  # "openai" | "anthropic"
-    route: str  # "chat/completions" | "responses" | "embeddings" | "messages"
-    feature: str | None = None
-    request_id: str = field(default_factory=new_request_id)
-    key_id: str | None = None
-    user: str | None = None
-    plan: str | None = None
-    run: str | None = None
-    step: str | None = None
-    step_attempt: int | None = None
-    key_limits: Mapping[str, Any] | None = None
-    allowed_models: Callable[[str], bool] | None = None
-    stream: bool = False
-    end_user: str | None = None  # the OpenAI `user` field: recorded, not enforced
-
-
-@dataclass(slots=True)
-class Admission:
-    """An admitted call: what to send upstream and what is held for it."""
-
-    ctx: CallContext
-    model: ModelInfo
-    requested_model: str | None
-    body: dict[str, Any]  # the client's body with policy's changes applied
-    count: Count
-    max_output: int | None
-    holds: tuple[Hold, ...]
-    started: float
-    detail: dict[str, Any] = field(default_factory=dict)
-    trimmed_tokens: int = 0
-    closed: bool = False
-    limit_usage: list[LimitUsage] = field(default_factory=list)
-    reservation_id: str | None = None  # set when the hold moved (fallback): ids are single-use
-
-    @property
-    def feature(self) -> str:
-        return self.ctx.feature or DEFAULT_FEATURE
-
-    @property
-    def hold_id(self) -> str:
-        """The state-store id of the current reservation."""
-        return self.reservation_id or self.ctx.request_id
-
-
-def _messages_key(ctx: CallContext) -> str:
-    return "input" if ctx.route == "responses" else "messages"
-
-
 class Engine:
     def __init__(
         self,
@@ -136,6 +84,9 @@ class Engine:
         *,
         clock: Callable[[], float] = time.time,
         lease: float = DEFAULT_LEASE_SECONDS,
+        cache: ResponseCache | None = None,
+        retry: RetrySettings | None = None,
+        flag_refresh: float = 0.5,
     ) -> None:
         self.policy = policy
         self.catalog = catalog
@@ -143,222 +94,335 @@ class Engine:
         self.recorder = recorder
         self.clock = clock
         self.lease = lease
+        self.cache = CallCache(policy, cache)
+        self.summarizer = Summarizer(cache)
+        self.retry = retry if retry is not None else RetrySettings()
         static = {name: policy.flag(name) for name in {*policy.features, *policy.flags}}
-        self.flags = FlagView(store, static, clock=clock)
+        self.flags = FlagView(store, static, clock=clock, refresh=flag_refresh)
         self._key_limits: dict[str, Rules | None] = {}
-        self.summarizer: Summarizer | None = None  # None: summarize falls back to trim
+        self._open: set[Call] = set()  # admitted, not yet closed
+        self._closing: set[asyncio.Task[Any]] = set()
 
-    # ------------------------------------------------------------------ admit
+    # ------------------------------------------------------------------ whole calls
 
-    async def admit(self, ctx: CallContext, body: dict[str, Any]) -> Admission:
-        started = self.clock()
-        requested = body.get("model") if isinstance(body.get("model"), str) else None
+    async def run(self, ctx: CallContext, body: dict[str, Any], port: Port, *,
+                  cache: bool | None = None) -> tuple[Call, Answer]:
+        """Admit, send (with recovery), settle and record a call answered at once. A
+        refusal raises (its row recorded); an upstream failure is in the answer.
+        `cache`: the caller's explicit cache choice (None: the feature's)."""
+        call = await self.prepare(ctx, body)
+        key, hit = await self._lookup(call, cache)
+        if hit is not None:
+            return call, hit
+        await self.reserve(call, port=port)
+        async with self.owning(call):
+            answer = await self.send(call, port)
+            answer = await self.settle(call, answer)
+        if key is not None and answer.ok:
+            stored = answer.body or _as_json(answer.payload)
+            if stored:
+                await self.cache.store(call, key, stored)
+        return call, answer
+
+    async def start(self, ctx: CallContext, body: dict[str, Any], port: Port, *,
+                    cache: bool | None = None) -> tuple[Call, Answer]:
+        """Admit and send a streaming call. When the answer is an open stream the call
+        stays open for the front door to relay and `finish_stream()`; otherwise (a
+        cache hit to replay, a failure) it is closed here."""
+        call = await self.prepare(ctx, body)
+        _, hit = await self._lookup(call, cache)
+        if hit is not None:
+            return call, hit
+        await self.reserve(call, port=port)
+        async with self.owning(call):
+            answer = await self.send(call, port)
+            if not (answer.ok and answer.stream is not None):
+                answer = await self.settle(call, answer)
+        return call, answer
+
+    async def _lookup(self, call: Call, asked: bool | None) -> tuple[str | None, Answer | None]:
+        """(cache key when the call opts in, the answer of a cache hit)."""
+        if not self.cache.wanted(call.ctx, asked):
+            return None, None
+        key, found = await self.cache.lookup(call)
+        if found is None:
+            return key, None
+        raw = found.encode()
         try:
-            return await self._admit(ctx, body, started, requested)
-        except TallygateError as exc:
-            self._record_rejection(ctx, started, requested, exc)
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return key, None  # an entry we cannot read is a miss
+        saved = (call.adapter.usage_from_body(call.ctx.route, parsed)
+                 if isinstance(parsed, dict) else None)
+        call.notes.cache_key = key[:16]
+        self.record_cached(call, saved or Usage())
+        return key, Answer(200, body=raw, payload=parsed, cached=True)
+
+    @asynccontextmanager
+    async def owning(self, call: Call) -> AsyncIterator[Call]:
+        """A block that ends by an exception closes the call it left open: cancelled (a
+        client gone, a shutdown) as 499 with the tokens relayed so far, failed as 500.
+        The closing runs to its end even if the task is cancelled again meanwhile."""
+        try:
+            yield call
+        except asyncio.CancelledError:
+            if not call.closed:
+                await self._shielded(self.abandon(call))
+            raise
+        except BaseException:
+            if not call.closed:
+                log.exception("call %s failed inside tallygate", call.id)
+                await self._shielded(self.abandon(call, status=500, code="internal_error"))
             raise
 
-    async def _admit(
-        self, ctx: CallContext, body: dict[str, Any], started: float, requested: str | None
-    ) -> Admission:
-        feature = ctx.feature or DEFAULT_FEATURE
-        if not await self.flags.enabled(feature):
-            raise FeatureDisabled(f"Feature {feature!r} is switched off.", feature=feature)
-        name = verdict.resolve_model(requested, feature=ctx.feature, step=ctx.step,
-                                     policy=self.policy)
-        model = self.catalog.get(name)
-        if ctx.allowed_models is not None and not ctx.allowed_models(model.name):
-            raise PermissionDenied(
-                f"This key may not use model {model.name!r}.", param="model"
-            )
-        adm = Admission(ctx, model, requested, body, Count(0, True, ""), None, (), started)
-        if ctx.end_user:
-            adm.detail["end_user"] = ctx.end_user
-        if name != requested:
-            adm.detail["routed"] = {"from": requested, "to": name}
-        decision = await self._decide(adm)
-        adm.max_output = decision.max_output if ctx.route != "embeddings" else None
-        if decision.clamp is not None:
-            adm.detail["clamp"] = {
-                "to": decision.clamp.value,
-                "reason": decision.clamp.reason.value,
-                "requested": decision.clamp.requested,
-            }
-        adm.holds = self._holds(adm, decision)
+    async def abandon(self, call: Call, *, status: int = 499,
+                      code: str = "client_disconnected") -> None:
+        """Close a call nobody will finish: settle the tokens it relayed (a stream) or
+        give the hold back, and record it."""
+        if call.closed:
+            return
+        usage = call.usage_so_far()
+        await self.fail(call, status=status, error_code=call.notes.stopped or code,
+                        usage=usage)
+
+    async def close_open_calls(self, *, code: str = "shutdown") -> int:
+        """Close every call still open (the process is stopping); returns how many."""
+        calls = [c for c in self._open if not c.closed]
+        for call in calls:
+            call.notes.stopped = call.notes.stopped or code
+            await self.abandon(call, code=code)
+        await self.drain()
+        return len(calls)
+
+    async def drain(self) -> None:
+        """Wait for closings that outlived a cancelled request."""
+        while self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    async def _shielded(self, coro: Any) -> None:
+        """Run a closing to its end even if the caller is cancelled (again) meanwhile."""
+        task = asyncio.ensure_future(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        await asyncio.shield(task)
+
+    # ------------------------------------------------------------------ admission
+
+    async def prepare(self, ctx: CallContext, body: dict[str, Any]) -> Call:
+        """Flags, routing and the key's allow-list: the call, before anything is counted
+        or held (the cache looks up here). A refusal is recorded and raised."""
+        started = self.clock()
+        raw_model = body.get("model")
+        requested = raw_model if isinstance(raw_model, str) else None
         try:
-            await self._reserve(adm)
-        except LimitError as exc:
-            if self.policy.feature(ctx.feature).on_limit != "fallback":
-                raise
-            await self._reserve_fallback(adm, exc)
-        return adm
+            feature = ctx.feature or DEFAULT_FEATURE
+            if not await self.flags.enabled(feature):
+                raise FeatureDisabled(f"Feature {feature!r} is switched off.", feature=feature)
+            name = decide.resolve_model(requested, feature=ctx.feature, step=ctx.step,
+                                        policy=self.policy)
+            model = self.catalog.get(name)
+            if ctx.allowed_models is not None and not ctx.allowed_models(model.name):
+                raise PermissionDenied(f"This key may not use model {model.name!r}.",
+                                       param="model")
+        except TallygateError as exc:
+            self.record_refusal(ctx, exc, started=started, requested=requested)
+            raise
+        call = Call(ctx, adapter_for(ctx.protocol), model, requested, body, started,
+                    hold_id=ctx.call_id)
+        call.notes.end_user = ctx.end_user
+        if name != requested:
+            call.notes.routed = (requested, name)
+        return call
 
-    async def _reserve_fallback(self, adm: Admission, denied: LimitError) -> None:
-        """on_limit: fallback — the first fallback model whose limits have room."""
-        for name in self.fallback_models(adm):
+    async def admit(self, ctx: CallContext, body: dict[str, Any], *,
+                    port: Port | None = None) -> Call:
+        """prepare() and reserve(): an admitted call, holding its limits."""
+        call = await self.prepare(ctx, body)
+        await self.reserve(call, port=port)
+        return call
+
+    async def reserve(self, call: Call, *, port: Port | None = None) -> None:
+        """Count, decide and reserve. `port` lets on_exceed: summarize make its
+        summary call (without one the turns are trimmed instead)."""
+        try:
+            decision = await self._decide(call, port)
+            self._apply(call, decision)
             try:
-                await self.move_to(adm, name, reason=denied.code)
-                return
-            except TallygateError as exc:
-                adm.detail.setdefault("fallback_refused", []).append({name: exc.code})
-        raise denied
+                await self._reserve(call)
+            except LimitError as exc:
+                if self.policy.feature(call.ctx.feature).on_limit != "fallback":
+                    raise
+                if not await recovery.fall_back(self, call, exc.code):
+                    raise
+        except TallygateError as exc:
+            call.closed = True
+            self.record_refusal(call.ctx, exc, started=call.started,
+                                requested=call.requested_model)
+            raise
+        self._open.add(call)
 
-    def fallback_models(self, adm: Admission) -> list[str]:
+    def _apply(self, call: Call, decision: decide.Decision) -> None:
+        call.max_output = decision.max_output if call.ctx.route != "embeddings" else None
+        if decision.clamp is not None:
+            clamp = decision.clamp
+            call.notes.clamp = (clamp.value, clamp.reason.value, clamp.requested)
+        call.holds = self._holds(call, decision)
+
+    def fallback_models(self, call: Call) -> list[str]:
         """The feature's fallbacks that speak the call's protocol (others are skipped,
-        with a note in the row's detail)."""
+        with a note on the call)."""
         out: list[str] = []
-        for name in self.policy.feature(adm.ctx.feature).fallbacks:
+        for name in self.policy.feature(call.ctx.feature).fallbacks:
             try:
                 provider = self.catalog.get(name).provider
             except TallygateError:
-                adm.detail.setdefault("fallback_skipped", []).append({name: "unknown model"})
+                call.notes.note_skipped(name, "unknown model")
                 continue
             configured = self.policy.providers.get(provider)
-            if configured is not None and configured.protocol != adm.ctx.protocol:
-                note = f"{provider} speaks {configured.protocol}, not {adm.ctx.protocol}"
-                adm.detail.setdefault("fallback_skipped", []).append({name: note})
+            if configured is not None and configured.protocol != call.ctx.protocol:
+                call.notes.note_skipped(
+                    name, f"{provider} speaks {configured.protocol}, not {call.ctx.protocol}")
                 continue
-            if name != adm.model.name:
+            if name != call.model.name:
                 out.append(name)
         return out
 
-    async def move_to(self, adm: Admission, model_name: str, *, reason: str) -> None:
-        """Move the call to another model: release the current hold, decide again for
+    async def move_to(self, call: Call, model_name: str, *, reason: str) -> None:
+        """Move the call to another model: give the current hold back, decide again for
         the new model and reserve its holds under a fresh id (ids are single-use)."""
-        previous = adm.model.name
-        allowed = adm.ctx.allowed_models
+        allowed = call.ctx.allowed_models
         if allowed is not None and not allowed(model_name):  # a key's allow-list binds too
             raise PermissionDenied(f"This key may not use model {model_name!r}.",
                                    param="model")
-        if adm.holds:
-            await self.store.release(adm.hold_id, now=self.clock())
-        moves = adm.detail.setdefault("fallback", [])
-        moves.append({"from": previous, "to": model_name, "reason": reason})
-        adm.model = self.catalog.get(model_name)
-        adm.reservation_id = f"{adm.ctx.request_id}~{len(moves)}"
-        decision = await self._decide(adm)
-        adm.max_output = decision.max_output if adm.ctx.route != "embeddings" else None
-        adm.holds = self._holds(adm, decision)
-        await self._reserve(adm)
+        model = self.catalog.get(model_name)
+        if call.holds:
+            await self.store.release(call.hold_id, now=self.clock())
+            call.holds = ()
+        call.notes.note_fallback(call.model.name, model_name, reason)
+        call.model = model
+        call.hold_id = new_call_id()
+        decision = await self._decide(call, None)
+        self._apply(call, decision)
+        await self._reserve(call)
 
-    async def trim_input(self, adm: Admission, target: int) -> bool:
+    async def trim_input(self, call: Call, target: int) -> bool:
         """Context-length recovery: drop the oldest turns down to about `target` input
         tokens. False when nothing could be dropped."""
-        before = adm.count.tokens
-        plan = verdict.Decision(verdict.Action.TRIM, adm.model.name, adm.ctx.feature,
-                                before, adm.count.exact, trim_to=max(1, target))
+        before = call.count.tokens
+        plan = decide.Decision(decide.Action.TRIM, call.model.name, call.ctx.feature,
+                               before, call.count.exact, trim_to=max(1, target))
         try:
-            self._trim(adm, plan)
-        except verdict.InputBudgetExceeded:
+            self._trim(call, plan)
+        except decide.InputBudgetExceeded:
             return False
-        adm.count = await acount_request(adm.ctx.protocol, adm.ctx.route, adm.body, adm.model)
-        if adm.count.tokens >= before:
+        call.count = await acount_request(call.ctx.protocol, call.ctx.route, call.body,
+                                          call.model)
+        if call.count.tokens >= before:
             return False
-        adm.trimmed_tokens += before - adm.count.tokens
+        call.trimmed_tokens += before - call.count.tokens
         return True
 
-    async def _decide(self, adm: Admission) -> verdict.Decision:
+    async def _decide(self, call: Call, port: Port | None) -> decide.Decision:
         """Count and decide; summarise or trim once when the feature allows and the
         verdict asks."""
-        decision = await self._count_and_decide(adm)
+        decision = await self._count_and_decide(call)
         original = decision.input_tokens
-        if decision.action is verdict.Action.SUMMARIZE and await self._summarize(adm, decision):
-            decision = await self._count_and_decide(adm)
-            adm.detail["summarized"]["to"] = decision.input_tokens
-            adm.trimmed_tokens = original - decision.input_tokens
-        if decision.action in (verdict.Action.TRIM, verdict.Action.SUMMARIZE):
+        if decision.action is decide.Action.SUMMARIZE and await self._summarize(
+                call, decision, port):
+            decision = await self._count_and_decide(call)
+            assert call.notes.summarized is not None
+            call.notes.summarized["to"] = decision.input_tokens
+            call.trimmed_tokens = original - decision.input_tokens
+        if decision.action in (decide.Action.TRIM, decide.Action.SUMMARIZE):
             before = decision.input_tokens
-            self._trim(adm, decision)
-            decision = await self._count_and_decide(adm)
-            adm.trimmed_tokens = original - decision.input_tokens
-            adm.detail["trimmed"] = {"from": before, "to": decision.input_tokens}
-        if decision.action is verdict.Action.REJECT:
+            self._trim(call, decision)
+            decision = await self._count_and_decide(call)
+            call.trimmed_tokens = original - decision.input_tokens
+            call.notes.trimmed = (before, decision.input_tokens)
+        if decision.action is decide.Action.REJECT:
             assert decision.error is not None
             raise decision.error
-        if decision.action is not verdict.Action.ADMIT:
-            raise verdict.InputBudgetExceeded(
+        if decision.action is not decide.Action.ADMIT:
+            raise decide.InputBudgetExceeded(
                 f"Input of {decision.input_tokens} tokens still exceeds the budget of "
-                f"feature {adm.feature!r} after trimming.",
+                f"feature {call.feature!r} after trimming.",
                 param="messages",
                 limit=decision.trim_to or 0,
                 requested=decision.input_tokens,
             )
         return decision
 
-    async def _count_and_decide(self, adm: Admission) -> verdict.Decision:
-        ctx = adm.ctx
-        adm.count = await acount_request(ctx.protocol, ctx.route, adm.body, adm.model)
-        facts = verdict.RequestFacts(
+    async def _count_and_decide(self, call: Call) -> decide.Decision:
+        ctx = call.ctx
+        call.count = await acount_request(ctx.protocol, ctx.route, call.body, call.model)
+        facts = decide.RequestFacts(
             protocol=ctx.protocol,
-            model=adm.model.name,
+            model=call.model.name,
             feature=ctx.feature,
-            input=adm.count,
-            max_output=_requested_output(ctx, adm.body),
-            n=_choices(adm.body),
+            input=call.count,
+            max_output=(None if ctx.route == "embeddings"
+                        else call.adapter.requested_max_output(ctx.route, call.body)),
+            n=_choices(call.body),
             step=ctx.step,
             identity=self._identity(ctx),
         )
-        return verdict.decide(facts, self.policy, adm.model)
+        return decide.decide(facts, self.policy, call.model)
 
-    def _trim(self, adm: Admission, decision: verdict.Decision) -> None:
-        from tallygate.core.tokens import CHAT_REPLY_PRIMING, message_tokens
-
-        key = _messages_key(adm.ctx)
-        messages = adm.body.get(key)
+    def _trim(self, call: Call, decision: decide.Decision) -> None:
+        key = call.adapter.messages_key(call.ctx.route)
+        messages = call.body.get(key)
         if not isinstance(messages, list):
-            raise verdict.InputBudgetExceeded(
+            raise decide.InputBudgetExceeded(
                 f"Input of {decision.input_tokens} tokens is over the budget of feature "
-                f"{adm.feature!r} and has no turns to trim.",
+                f"{call.feature!r} and has no turns to trim.",
                 param=key,
                 limit=decision.trim_to or 0,
                 requested=decision.input_tokens,
             )
-        fixed = decision.input_tokens - sum(message_tokens(m, adm.model) for m in messages)
+        fixed = decision.input_tokens - sum(message_tokens(m, call.model) for m in messages)
         result = trim_messages(
             messages,
             decision.trim_to or 0,
-            lambda m: message_tokens(m, adm.model),
+            lambda m: message_tokens(m, call.model),
             overhead=max(fixed, CHAT_REPLY_PRIMING),
         )
-        adm.body = {**adm.body, key: list(result.messages)}
-        adm.detail["trimmed_turns"] = result.removed_count
+        call.body = {**call.body, key: list(result.messages)}
+        call.notes.trimmed_turns = result.removed_count
 
-    async def _summarize(self, adm: Admission, decision: verdict.Decision) -> bool:
+    async def _summarize(self, call: Call, decision: decide.Decision,
+                         port: Port | None) -> bool:
         """Replace the oldest turns by a summary; False (the caller trims) when there is
-        no summarizer, nothing to replace, or the summary call failed."""
-        from tallygate.core.tokens import message_tokens
-
-        key = _messages_key(adm.ctx)
-        messages = adm.body.get(key)
-        if self.summarizer is None or adm.feature.endswith(SUMMARIZE_SUFFIX):
-            adm.detail["summarize"] = "no summarizer here: trimmed instead"
+        no port to make the summary call through, nothing to replace, or it failed."""
+        key = call.adapter.messages_key(call.ctx.route)
+        messages = call.body.get(key)
+        if port is None or call.feature.endswith(SUMMARIZE_SUFFIX):
+            call.notes.summarize = "no summary call possible here: trimmed instead"
             return False
         if not isinstance(messages, list) or not decision.trim_to:
             return False
         cap = max(16, min(512, decision.trim_to // 4))
-        fixed = decision.input_tokens - sum(message_tokens(m, adm.model) for m in messages)
+        fixed = decision.input_tokens - sum(message_tokens(m, call.model) for m in messages)
         try:
             kept = trim_messages(messages, decision.trim_to - cap - 16,
-                                 lambda m: message_tokens(m, adm.model), overhead=fixed).messages
-        except verdict.InputBudgetExceeded:
+                                 lambda m: message_tokens(m, call.model),
+                                 overhead=fixed).messages
+        except decide.InputBudgetExceeded:
             return False
         kept_ids = {id(m) for m in kept}
         old = [m for m in messages if id(m) not in kept_ids]
         if not old:
             return False
         try:
-            text = await self.summarizer.summarize(adm, old, cap)
+            text = await self.summarizer.summarize(self, call, old, cap, port)
         except TallygateError as exc:
-            adm.detail["summarize"] = f"failed ({exc.code}): trimmed instead"
+            call.notes.summarize = f"failed ({exc.code}): trimmed instead"
             return False
-        role = "user" if adm.ctx.protocol == "anthropic" else "system"
-        note = {"role": role, "content": SUMMARY_PREFIX + text}
+        note = call.adapter.summary_turn(SUMMARY_PREFIX + text)
         first = messages.index(old[0])
         rebuilt = [m for m in messages[:first] if id(m) in kept_ids] + [note]
         rebuilt += [m for m in messages[first:] if id(m) in kept_ids]
-        adm.body = {**adm.body, key: rebuilt}
-        adm.detail["summarized"] = {"turns": len(old), "from": decision.input_tokens}
+        call.body = {**call.body, key: rebuilt}
+        call.notes.summarized = {"turns": len(old), "from": decision.input_tokens}
         return True
 
     def _identity(self, ctx: CallContext) -> Identity:
@@ -369,222 +433,208 @@ class Engine:
             limits = self._key_limits[ctx.key_id]
         return Identity(ctx.key_id, ctx.user, ctx.plan, ctx.run, limits)
 
-    def _holds(self, adm: Admission, decision: verdict.Decision) -> tuple[Hold, ...]:
-        if adm.ctx.route != "embeddings":
+    def _holds(self, call: Call, decision: decide.Decision) -> tuple[Hold, ...]:
+        if call.ctx.route != "embeddings":
             return decision.holds
         # Embeddings produce no output tokens: hold the input alone.
-        tokens = adm.count.tokens
-        amounts = Amounts(tokens, adm.model.cost_nusd(Usage(input_tokens=tokens)))
-        return holds_for(self.policy.limit_index, self._identity(adm.ctx), feature=adm.ctx.feature,
-                         model=adm.model.name, amounts=amounts)
+        tokens = call.count.tokens
+        amounts = Amounts(tokens, call.model.cost_nusd(Usage(input_tokens=tokens)))
+        return holds_for(self.policy.limit_index, self._identity(call.ctx),
+                         feature=call.ctx.feature, model=call.model.name, amounts=amounts)
 
-    async def _reserve(self, adm: Admission) -> None:
-        if not adm.holds:
+    async def _reserve(self, call: Call) -> None:
+        if not call.holds:
             return
         now = self.clock()
-        if adm.ctx.stream:  # stream headers go out before settling: read usage now
-            denial, adm.limit_usage = await self.store.reserve_and_read(
-                adm.hold_id, adm.holds, lease=self.lease, now=now,
-                read=_tightest_holds(adm.holds))
+        if call.ctx.stream:  # stream headers go out before settling: read usage now
+            denial, call.limit_usage = await self.store.reserve_and_read(
+                call.hold_id, call.holds, lease=self.lease, now=now,
+                read=tightest_holds(call.holds))
         else:
-            denial = await self.store.reserve(adm.hold_id, adm.holds, lease=self.lease,
+            denial = await self.store.reserve(call.hold_id, call.holds, lease=self.lease,
                                               now=now)
         if denial is not None:
-            raise verdict.denial_to_error(denial, now)
+            call.holds = ()  # nothing is held: never settle or release it
+            raise decide.denial_to_error(denial, now)
 
-    async def _usages(self, adm: Admission, now: float) -> list[LimitUsage]:
-        """Usage of the tightest token and request limits."""
-        return list(await asyncio.gather(*(
-            self.store.usage(h.key, limit=h.limit, window=h.window, rolling=h.rolling, now=now)
-            for h in _tightest_holds(adm.holds)
-        )))
+    # ------------------------------------------------------------------ sending
 
-    async def limit_headers(self, adm: Admission) -> dict[str, str]:
-        """x-ratelimit-* for the tightest token and request limits that applied."""
-        now = self.clock()
-        usages = adm.limit_usage
-        if not usages:
+    async def send(self, call: Call, port: Port) -> Answer:
+        """The upstream's answer, after retries, recovery and fallbacks."""
+        return await recovery.deliver(self, call, port)
+
+    async def settle(self, call: Call, answer: Answer) -> Answer:
+        """Close a call with its answer (not an open stream): settle to the reported
+        usage on success, give the hold back on failure; returns the answer the client
+        gets (a 502 when the upstream's usage cannot be believed)."""
+        if answer.ok:
+            call.upstream_ms = _elapsed_ms(call.upstream_started)
+            usage, exact = self._usage_of(call, answer)
+            if usage is None:  # the provider reported an impossible usage
+                usage = call.held_usage()
+                call.notes.usage = "the upstream reported an impossible usage: charged the hold"
+                error = UpstreamInvalidUsage(
+                    "The upstream reported an impossible token usage.", status=502)
+                await self.complete(call, usage, exact=False, status=502,
+                                    outcome=Outcome.ERROR, error_code=error.code)
+                return Answer(502, error=error)
+            await self.complete(call, usage, exact=exact)
+            return answer
+        status = answer.status
+        if answer.error is not None:
+            err = answer.error
+            status = err.upstream_status if isinstance(err, UpstreamError) else err.status
+        await self.fail(call, status=status, error_code=answer.error_code)
+        return answer
+
+    def _usage_of(self, call: Call, answer: Answer) -> tuple[Usage | None, bool]:
+        """(usage, exact); usage None when the reported one is impossible. No usage
+        reported at all: what was held, marked estimated."""
+        usage = answer.usage
+        if usage is None and answer.body:
             try:
-                usages = await self._usages(adm, now)
-            except TallygateError:  # an unreadable store costs the headers, not the answer
-                return {}
-        return verdict.ratelimit_headers(usages, now) if usages else {}
+                parsed = orjson.loads(answer.body)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict):
+                usage = call.adapter.usage_from_body(call.ctx.route, parsed)
+        if usage is None:
+            return call.held_usage(), False
+        if not _sane(usage):
+            return None, False
+        return usage, True
 
-    # ------------------------------------------------------------------ finish
+    # ------------------------------------------------------------------ streams
 
-    async def complete(
-        self,
-        adm: Admission,
-        usage: Usage,
-        *,
-        status: int = 200,
-        ttft_ms: int | None = None,
-        retries: int = 0,
-        exact: bool = True,
-        outcome: Outcome | None = None,
-    ) -> CallRecord:
+    async def finish_stream(self, call: Call, *, ended: bool, disconnected: bool = False,
+                            code: str = "upstream_stream_error") -> CallRecord | None:
+        """A relayed stream ended: read to its end (`ended`), cut by the client's
+        disconnect, or broken (the upstream failed, or tallygate stopped it: `code`)."""
+        if call.closed:
+            return None
+        call.upstream_ms = _elapsed_ms(call.upstream_started)
+        usage = call.usage_so_far() or Usage(input_tokens=call.count.tokens)
+        tap = call.tap
+        exact = ended and tap is not None and tap.done and tap.usage is not None
+        if not _sane(usage):
+            usage, exact = call.held_usage(), False
+            call.notes.usage = "the upstream reported an impossible usage: charged the hold"
+        if ended:
+            return await self.complete(call, usage, exact=exact)
+        if disconnected:
+            return await self.fail(call, status=499, error_code="client_disconnected",
+                                   usage=usage)
+        return await self.fail(call, status=200, error_code=call.notes.stopped or code,
+                               usage=usage)
+
+    # ------------------------------------------------------------------ closing
+
+    async def complete(self, call: Call, usage: Usage, *, exact: bool = True,
+                       status: int = 200, outcome: Outcome | None = None,
+                       error_code: str | None = None) -> CallRecord:
         """Settle the reservation to the provider-reported usage and record the call."""
-        adm.closed = True
-        cost = adm.model.cost_nusd(usage)
-        actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-        result = await self._finish(adm, actual)
+        call.closed = True
+        self._open.discard(call)
+        cost = call.model.cost_nusd(usage)
+        result = await self._finish(call, {"tokens": usage.total_tokens, "cost": cost,
+                                           "requests": 1})
         if result.overrun:
-            adm.detail["overrun"] = dict(result.overrun)
+            call.notes.overrun = dict(result.overrun)
         if outcome is None:
-            outcome = Outcome.TRIMMED if adm.trimmed_tokens else Outcome.OK
-        row = self._row(adm, outcome, status, usage, cost, exact=exact, ttft_ms=ttft_ms,
-                        retries=retries)
-        self.recorder.record(row)
+            outcome = Outcome.TRIMMED if call.trimmed_tokens else Outcome.OK
+        row = rows.finished(call, outcome, status, usage, cost, exact=exact, now=self.clock(),
+                            error_code=error_code)
+        self._record(row)
         return row
 
-    async def fail(
-        self,
-        adm: Admission,
-        *,
-        status: int,
-        error_code: str,
-        usage: Usage | None = None,
-        retries: int = 0,
-        ttft_ms: int | None = None,
-    ) -> CallRecord:
+    async def fail(self, call: Call, *, status: int, error_code: str,
+                   usage: Usage | None = None) -> CallRecord:
         """The call failed. Tokens generated before the failure are settled (they are
         billed); a call that produced none gives its whole reservation back."""
-        adm.closed = True
+        call.closed = True
+        self._open.discard(call)
         cost = 0
         actual = None  # nothing generated: the whole reservation goes back
         if usage is not None and usage.total_tokens > 0:
-            cost = adm.model.cost_nusd(usage)
+            cost = call.model.cost_nusd(usage)
             actual = {"tokens": usage.total_tokens, "cost": cost, "requests": 1}
-        await self._finish(adm, actual)
-        row = self._row(adm, Outcome.ERROR, status, usage or Usage(), cost, exact=True,
-                        ttft_ms=ttft_ms, retries=retries, error_code=error_code)
-        self.recorder.record(row)
+        await self._finish(call, actual)
+        row = rows.finished(call, Outcome.ERROR, status, usage or Usage(), cost, exact=True,
+                            now=self.clock(), error_code=error_code)
+        self._record(row)
         return row
 
-    async def _finish(self, adm: Admission, actual: dict[str, int] | None) -> SettleResult:
-        """Settle (actual) or release (None) the call's reservation, reading the usage
-        its headers show. A call no limit applies to held nothing: the store is not
-        asked (it may not even be usable by this process: a SQLite file another owns)."""
-        if not adm.holds:
+    async def _finish(self, call: Call, actual: Mapping[str, int] | None) -> SettleResult:
+        """Settle (actual) or release (None), reading the usage the headers show. A call
+        no limit applies to held nothing: the store is not asked. A store that fails here
+        costs the settlement (its lease frees the hold; a guarded store replays it),
+        never the row."""
+        if not call.holds:
             return SettleResult()
-        result, adm.limit_usage = await self.store.finish_and_read(
-            adm.hold_id, actual, now=self.clock(), read=_tightest_holds(adm.holds))
+        try:
+            result, call.limit_usage = await self.store.finish_and_read(
+                call.hold_id, actual, now=self.clock(), read=tightest_holds(call.holds))
+        except TallygateError as exc:
+            log.warning("call %s: settling failed (%s); the hold expires with its lease",
+                        call.id, exc.code)
+            call.notes.usage = f"settlement failed ({exc.code})"
+            return SettleResult()
         return result
 
-    def record_cached(
-        self, ctx: CallContext, model: ModelInfo, requested: str | None, saved: Usage,
-        started: float, detail: Mapping[str, Any] | None = None,
-    ) -> CallRecord:
-        """A cache hit: nothing reserved or charged; the tokens it saved are recorded."""
-        adm = Admission(ctx, model, requested, {}, Count(0, True, ""), None, (), started,
-                        detail=dict(detail or {}))
-        row = self._row(adm, Outcome.CACHED, 200, Usage(), 0, exact=True, ttft_ms=None,
-                        retries=0)
-        row = dataclasses.replace(row, tokens_saved=saved.total_tokens)
-        self.recorder.record(row)
+    def record_refusal(self, ctx: CallContext, exc: TallygateError, *, started: float,
+                       requested: str | None = None) -> CallRecord:
+        """A request refused before it reached a provider (invalid, not allowed, over a
+        limit) still gets its row, under the id its response carries."""
+        row = rows.refused(ctx, exc, started=started, now=self.clock(), requested=requested)
+        self._record(row)
         return row
 
-    @asynccontextmanager
-    async def hold(self, ctx: CallContext, body: dict[str, Any]) -> AsyncIterator[Admission]:
-        """admit on enter; on any exit the caller did not close, release and record."""
-        adm = await self.admit(ctx, body)
+    def record_cached(self, call: Call, saved: Usage) -> CallRecord:
+        """A cache hit for a prepared (not reserved) call."""
+        call.closed = True
+        row = rows.cached(call, saved, now=self.clock())
+        self._record(row)
+        return row
+
+    def _record(self, row: CallRecord) -> None:
+        self.recorder.record(row)
+
+    async def limit_usage(self, call: Call) -> list[LimitUsage]:
+        """Usage of the tightest token and request limits that applied (the gateway's
+        x-ratelimit-* headers): read with the settlement, else from the store now."""
+        if call.limit_usage or not call.holds:
+            return call.limit_usage
+        now = self.clock()
         try:
-            yield adm
-        finally:
-            if not adm.closed:
-                await self.fail(adm, status=499, error_code="aborted")
-
-    # ------------------------------------------------------------------ rows
-
-    def _row(
-        self,
-        adm: Admission,
-        outcome: Outcome,
-        status: int,
-        usage: Usage,
-        cost: int,
-        *,
-        exact: bool,
-        ttft_ms: int | None,
-        retries: int,
-        error_code: str | None = None,
-    ) -> CallRecord:
-        ctx = adm.ctx
-        return CallRecord(
-            request_id=ctx.request_id,
-            ts=adm.started,
-            outcome=outcome,
-            status=status,
-            key_id=ctx.key_id,
-            user=ctx.user,
-            plan=ctx.plan,
-            feature=adm.feature,
-            run=ctx.run,
-            step=ctx.step,
-            step_attempt=ctx.step_attempt,
-            provider=adm.model.provider,
-            model_requested=adm.requested_model,
-            model_used=adm.model.name,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cached_tokens=usage.cached_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            exact=exact,
-            cost_nusd=cost,
-            latency_ms=int((self.clock() - adm.started) * 1000),
-            ttft_ms=ttft_ms,
-            retries=retries,
-            error_code=error_code,
-            trimmed_tokens=adm.trimmed_tokens,
-            stream=ctx.stream,
-            detail=orjson.dumps(adm.detail).decode() if adm.detail else None,
-        )
-
-    def _record_rejection(
-        self, ctx: CallContext, started: float, requested: str | None, exc: TallygateError
-    ) -> None:
-        detail: dict[str, Any] = {"message": exc.message}
-        if isinstance(exc, LimitError) and exc.limit_key:
-            detail["limit"] = exc.limit_key
-        self.recorder.record(
-            CallRecord(
-                request_id=ctx.request_id,
-                ts=started,
-                outcome=Outcome.REJECTED,
-                status=exc.status,
-                key_id=ctx.key_id,
-                user=ctx.user,
-                plan=ctx.plan,
-                feature=ctx.feature or DEFAULT_FEATURE,
-                run=ctx.run,
-                step=ctx.step,
-                step_attempt=ctx.step_attempt,
-                model_requested=requested,
-                latency_ms=int((self.clock() - started) * 1000),
-                error_code=exc.code,
-                stream=ctx.stream,
-                detail=orjson.dumps(detail).decode(),
-            )
-        )
+            return list(await asyncio.gather(*(
+                self.store.usage(h.key, limit=h.limit, window=h.window, rolling=h.rolling,
+                                 now=now)
+                for h in tightest_holds(call.holds))))
+        except TallygateError:  # an unreadable store costs the headers, not the answer
+            return []
 
 
-def _requested_output(ctx: CallContext, body: Mapping[str, Any]) -> int | None:
-    if ctx.route == "embeddings":
-        return None
-    if ctx.protocol == "anthropic":
-        from tallygate.providers import anthropic as adapter
-    else:
-        from tallygate.providers import openai as adapter  # type: ignore[no-redef]
-    return adapter.requested_max_output(ctx.route, body)
+def _as_json(payload: Any) -> bytes:
+    """An SDK response object (the library's answer) as the JSON the provider sent."""
+    dump = getattr(payload, "model_dump", None)
+    return orjson.dumps(dump(mode="json")) if callable(dump) else b""
+
+
+def _elapsed_ms(since: float | None) -> int | None:
+    return None if since is None else int((time.perf_counter() - since) * 1000)
+
+
+def _sane(usage: Usage) -> bool:
+    return usage_is_sane(usage.input_tokens, usage.output_tokens, usage.cached_tokens,
+                         usage.cache_write_tokens, usage.reasoning_tokens)
 
 
 def _choices(body: Mapping[str, Any]) -> int:
     n = body.get("n", 1)
-    return n if isinstance(n, int) and not isinstance(n, bool) and n is not None else 1
+    return n if isinstance(n, int) and not isinstance(n, bool) else 1
 
 
-def _tightest_holds(holds: Sequence[Hold]) -> list[Hold]:
+def tightest_holds(holds: Sequence[Hold]) -> list[Hold]:
     """The token hold and the request hold with the least headroom by limit."""
     best: dict[str, Hold] = {}
     for hold in holds:

@@ -15,7 +15,9 @@ from tallygate.gateway import ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin.flags import flag_routes
 from tallygate.gateway.admin.reports import report_routes
+from tallygate.gateway.drain import DEFAULT_DEADLINE, Drain
 from tallygate.gateway.http import Receive, Scope, Send
+from tallygate.gateway.port import UpstreamPort
 from tallygate.gateway.proxy import Proxy, Route
 from tallygate.gateway.upstream import Transport
 from tallygate.gateway.upstream.aiohttp import Upstream
@@ -49,6 +51,7 @@ class Gateway:
         self.proxy: Proxy | None = None
         self.ops: Starlette | None = None
         self.count_tokens: ops.CountTokens | None = None
+        self.drain = Drain()
         self.observe: Observability | None = None
 
     async def startup(self) -> None:
@@ -57,7 +60,8 @@ class Gateway:
         await self.upstream.start()
         rt = self.runtime
         self.observe = install(rt, self.policy)
-        self.proxy = Proxy(self.policy, rt.engine, rt.keys, self.upstream)
+        port = UpstreamPort(self.policy, self.upstream)
+        self.proxy = Proxy(self.policy, rt.engine, rt.keys, port, self.drain)
         self.count_tokens = ops.CountTokens(rt)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
         self.ops = Starlette(
@@ -70,11 +74,19 @@ class Gateway:
         # the process: out of the collector's sight, full collections stay short.
         gc.freeze()
 
+    def begin_shutdown(self, deadline: float = DEFAULT_DEADLINE) -> None:
+        """Stop taking calls; those in flight get `deadline` seconds (gateway/drain.py)."""
+        self.drain.begin(deadline)
+
+    def stop_now(self) -> None:
+        """Cut every call in flight now (each still settled and recorded)."""
+        self.drain.cut_now()
+
     async def shutdown(self) -> None:
+        self.drain.begin()
+        await self.drain.wait()
         if self.observe is not None:
             await self.observe.close()
-        if self.proxy is not None:
-            await self.proxy.close()
         await self.upstream.close()
         if self.runtime is not None and self._owns_runtime:
             await self.runtime.close()

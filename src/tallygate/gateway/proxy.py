@@ -1,26 +1,27 @@
-"""The proxied routes: parse → authenticate → engine.admit → upstream → relay → settle.
+"""The proxied routes, a thin HTTP adapter around the engine:
 
-Non-streaming bodies are forwarded as received; streams are relayed chunk by chunk as
-they arrive, through the provider's usage tap (which only removes the usage chunk the
-client did not ask for). Every admitted call is settled or released in `finally`."""
+    mint the call id → authenticate → read, bound and validate the request (a refusal
+    past authentication gets its ledger row) → engine.run (or engine.start and relay the
+    stream) → the answer, with the call's id and the limits' usage as headers.
+
+Non-streaming bodies are forwarded as the upstream sent them; streams are relayed as
+they arrive (gateway/relay.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from tallygate.cache import ResponseCache, open_cache
 from tallygate.config import Policy
-from tallygate.engine import Admission, CallContext, Engine
-from tallygate.engine.ids import new_request_id
-from tallygate.errors import InvalidRequest, TallygateError, UpstreamError
+from tallygate.core.decide import ratelimit_headers
+from tallygate.engine import Answer, Call, CallContext, Engine, bounds, new_call_id
+from tallygate.engine.retry import client_retry_count, client_timeout
+from tallygate.errors import InvalidRequest, ShuttingDown, TallygateError
 from tallygate.gateway import auth
-from tallygate.gateway.cached import CacheGate
+from tallygate.gateway.drain import Drain
 from tallygate.gateway.errors import render_error
 from tallygate.gateway.http import (
     ClientGone,
@@ -31,20 +32,17 @@ from tallygate.gateway.http import (
     header_map,
     read_body,
     send_json,
-    watch_disconnect,
 )
-from tallygate.gateway.resilience import UpstreamCaller
-from tallygate.gateway.retry import RetrySettings
-from tallygate.gateway.summarize import GatewaySummarizer
-from tallygate.gateway.upstream import StreamBody, Transport, passthrough_headers
+from tallygate.gateway.port import UpstreamPort
+from tallygate.gateway.relay import SSE_HEADERS, StreamRelay
+from tallygate.gateway.upstream import passthrough_headers
 from tallygate.keys.base import KeyStore
-from tallygate.providers import anthropic as anthropic_wire
-from tallygate.providers import openai as openai_wire
+from tallygate.keys.model import VirtualKey
+from tallygate.providers.base import ANTHROPIC_FORWARDED, adapter_for
 from tallygate.providers.common import end_user
 from tallygate.providers.output_schema import apply_output_schema
-from tallygate.types import Usage
 
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+CACHE_HEADER = "x-tallygate-cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,268 +50,154 @@ class Route:
     protocol: str  # "openai" | "anthropic"
     name: str  # "chat/completions" | "responses" | "embeddings" | "messages"
 
-    @property
-    def wire(self) -> Any:
-        return anthropic_wire if self.protocol == "anthropic" else openai_wire
-
-
-_OPEN_FROM_POLICY: Any = object()
-
 
 class Proxy:
-    def __init__(
-        self, policy: Policy, engine: Engine, keys: KeyStore, upstream: Transport, *,
-        cache: ResponseCache | None = _OPEN_FROM_POLICY, retry: RetrySettings | None = None,
-    ) -> None:
+    def __init__(self, policy: Policy, engine: Engine, keys: KeyStore, port: UpstreamPort,
+                 drain: Drain | None = None) -> None:
         self.policy = policy
         self.engine = engine
         self.keys = keys
-        self.upstream = upstream
+        self.port = port
+        self.drain = drain if drain is not None else Drain()
         self.cap = policy.server.max_body_bytes
-        self.caller = UpstreamCaller(policy, engine, upstream, retry)
-        self.cache = open_cache(policy) if cache is _OPEN_FROM_POLICY else cache
-        self.cache_gate = CacheGate(policy, engine, self.cache)
-        self.summarizer = GatewaySummarizer(policy, engine, self.caller, self.cache)
-        if engine.summarizer is None:
-            engine.summarizer = self.summarizer
-
-    async def close(self) -> None:
-        if self.cache is not None:
-            await self.cache.close()
 
     async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = CallContext(route.protocol, route.name, new_call_id())
+        if self.drain.stopping:
+            await self._send_error(send, ctx, ShuttingDown(
+                "The gateway is shutting down: retry on another replica."))
+            return
+        with self.drain.track(stream=_wants_stream(scope)):
+            await self._handle(route, ctx, scope, receive, send)
+
+    async def _handle(self, route: Route, ctx: CallContext, scope: Scope, receive: Receive,
+                      send: Send) -> None:
         headers = header_map(scope)
         started = self.engine.clock()
-        lookup = None
         try:
-            ctx, body = await self._admit_inputs(route, scope, receive, headers)
-            if self.cache_gate.wanted(ctx, headers):
-                lookup = await self.cache_gate.lookup(ctx, body)
-                if lookup is not None and lookup.value is not None:
-                    await self.cache_gate.serve(ctx, body, lookup, send, started)
-                    return
-            adm = await self.engine.admit(ctx, body)
+            key = await auth.authenticate(self.keys, headers,
+                                          anthropic=route.protocol == "anthropic")
+        except TallygateError as exc:  # nobody to charge a row to
+            await self._send_error(send, ctx, exc)
+            return
+        try:
+            body = await self._request(route, ctx, key, scope, receive, headers)
         except ClientGone:
             return
-        except TallygateError as exc:
-            await self._send_error(send, exc, route.protocol, _request_id(headers))
+        except TallygateError as exc:  # invalid: recorded, so a client that cannot get
+            self.engine.record_refusal(ctx, exc, started=started)  # through shows up
+            await self._send_error(send, ctx, exc)
             return
-        store_key = lookup.key if lookup is not None and not ctx.stream else None
         try:
-            if ctx.stream:
-                await self._stream(route, adm, headers, receive, send)
-            else:
-                await self._forward(route, adm, headers, send, store_key)
-        finally:
-            if not adm.closed:
-                await self.engine.fail(adm, status=499, error_code="client_disconnected")
+            call, answer = await self._call(ctx, body, headers, receive, send)
+        except TallygateError as exc:  # refused by the engine, which recorded it
+            await self._send_error(send, ctx, exc)
+            return
+        if answer is not None:
+            await self._answer(call, answer, send)
 
-    async def _admit_inputs(
-        self, route: Route, scope: Scope, receive: Receive, headers: Mapping[str, str]
-    ) -> tuple[CallContext, dict[str, Any]]:
+    async def _request(self, route: Route, ctx: CallContext, key: VirtualKey, scope: Scope,
+                       receive: Receive, headers: Mapping[str, str]) -> dict[str, Any]:
+        """The call's context filled in, and its body parsed and checked."""
+        ctx.key_id, ctx.user, ctx.plan = key.id, key.user, key.plan
+        ctx.key_limits = key.limits or None
+        ctx.allowed_models = key.allows_model if key.models else None
+        ctx.client_request_id = bounds.client_id(headers.get("x-tallygate-request-id"))
+        ctx.feature = auth.resolve_feature(
+            key, bounds.name(headers.get("x-tallygate-feature"), "X-Tallygate-Feature"))
+        ctx.run = bounds.name(headers.get("x-tallygate-run"), "X-Tallygate-Run")
+        ctx.step = bounds.name(headers.get("x-tallygate-step"), "X-Tallygate-Step")
+        ctx.step_attempt = bounds.attempt(headers.get("x-tallygate-attempt"))
+        auth.check_permission(key, ctx.feature, None)
         raw = await read_body(scope, receive, self.cap)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
-        route.wire.validate_request(route.name, body)
-        key = await auth.authenticate(self.keys, headers, anthropic=route.protocol == "anthropic")
-        feature = auth.resolve_feature(key, headers.get("x-tallygate-feature"))
-        auth.check_permission(key, feature, None)
-        schema = self.policy.feature(feature).output_schema
-        body, _ = apply_output_schema(route.protocol, route.name, feature or "default",
-                                          schema, body)
-        ctx = CallContext(
-            protocol=route.protocol,
-            route=route.name,
-            feature=feature,
-            request_id=_request_id(headers),
-            key_id=key.id,
-            user=key.user,
-            end_user=end_user(body),
-            plan=key.plan,
-            run=headers.get("x-tallygate-run"),
-            step=headers.get("x-tallygate-step"),
-            step_attempt=_attempt(headers.get("x-tallygate-attempt")),
-            key_limits=key.limits or None,
-            allowed_models=key.allows_model if key.models else None,
-            stream=body.get("stream") is True,
-        )
-        return ctx, body
+        bounds.check_depth(body)
+        adapter_for(route.protocol).validate_request(route.name, body)
+        schema = self.policy.feature(ctx.feature).output_schema
+        body, _ = apply_output_schema(route.protocol, route.name, ctx.feature or "default",
+                                      schema, body)
+        ctx.stream = body.get("stream") is True
+        ctx.end_user = end_user(body)
+        ctx.client_retries = client_retry_count(headers)
+        ctx.client_timeout = client_timeout(headers)
+        ctx.upstream_query = scope.get("query_string", b"").decode("latin-1")
+        if route.protocol == "anthropic":
+            ctx.forward_headers = {n: headers[n] for n in ANTHROPIC_FORWARDED if n in headers}
+        return body
 
-    # ------------------------------------------------------------ upstream
-
-    async def _forward(
-        self, route: Route, adm: Admission, client_headers: Mapping[str, str], send: Send,
-        store_key: str | None,
-    ) -> None:
-        result = await self.caller.send(route.protocol, route.name, adm, client_headers,
-                                        stream=False)
-        if result.error is not None:
-            await self._fail(adm, result.error, route, send, retries=result.retries)
-            return
-        if result.status != 200:
-            code = result.fault.code if result.fault and result.fault.code else "upstream"
-            await self.engine.fail(adm, status=result.status, error_code=code,
-                                   retries=result.retries)
-        else:
-            usage, exact = self._usage_of(route, adm, result.body)
-            await self.engine.complete(adm, usage, status=200, exact=exact,
-                                       retries=result.retries)
-            if store_key is not None:
-                await self.cache_gate.store(adm.ctx, store_key, result.body)
-        # After settling, so x-ratelimit-remaining-* reflects the real usage.
-        out_headers = await self._response_headers(adm, result.headers or {})
-        await send_json(send, result.status, result.body, out_headers)
-
-    def _usage_of(self, route: Route, adm: Admission, raw: bytes) -> tuple[Usage, bool]:
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            parsed = None
-        usage = route.wire.usage_from_body(route.name, parsed) if isinstance(parsed, dict) else None
-        if usage is None:  # no usage reported: charge what was held, marked estimated
-            return Usage(adm.count.tokens, (adm.max_output or 0)), False
-        return usage, True
-
-    async def _stream(
-        self,
-        route: Route,
-        adm: Admission,
-        client_headers: Mapping[str, str],
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        result = await self.caller.send(route.protocol, route.name, adm, client_headers,
-                                        stream=True)
-        if result.error is not None:
-            await self._fail(adm, result.error, route, send, retries=result.retries)
-            return
-        if result.handle is None:
-            code = result.fault.code if result.fault and result.fault.code else "upstream"
-            await self.engine.fail(adm, status=result.status, error_code=code,
-                                   retries=result.retries)
-            out = await self._response_headers(adm, result.headers or {})
-            await send_json(send, result.status, result.body, out)
-            return
-        await self._relay(route, adm, result.handle, receive, send, retries=result.retries)
-
-    async def _relay(
-        self, route: Route, adm: Admission, handle: StreamBody, receive: Receive, send: Send,
-        *, retries: int = 0,
-    ) -> None:
-        tap = route.wire.stream_tap(
-            route.name, client_wants_usage=openai_wire.client_wants_usage(adm.body),
-            model=adm.model.name,
-        )
-        out = encode_headers(await self._stream_headers(adm, handle.headers))
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + out})
-        first: list[float] = []
-        held: list[bytes] = []  # the stream's terminal event: sent after the row is written
-
-        async def pump() -> None:
-            async for chunk in handle.chunks():
-                data = tap.feed(chunk)
-                if not first and tap.first_token_seen:
-                    first.append(time.perf_counter())
-                if not held:
-                    cut = _terminal_at(data)
-                    if cut >= 0:
-                        data, rest = data[:cut], data[cut:]
-                        held.append(rest)
-                else:
-                    held.append(data)
-                    data = b""
-                if data:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-
-        started = time.perf_counter()
-        pumping = asyncio.ensure_future(pump())
-        gone = watch_disconnect(receive)
-        try:
-            await asyncio.wait((pumping, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            disconnected = gone.done() and not pumping.done()
-            for task in (pumping, gone):
-                task.cancel()
-            handle.close()
-            # Let the cancellations land before looking at how the pump ended.
-            await asyncio.gather(pumping, gone, return_exceptions=True)
-        ttft = int((first[0] - started) * 1000) if first else None
-        adm.detail["upstream_ms"] = int((time.perf_counter() - started) * 1000)
-        failed = pumping.cancelled() or pumping.exception() is not None
-        usage = tap.usage_so_far(input_tokens=adm.count.tokens)
-        if disconnected or failed:
-            code = "client_disconnected" if disconnected else "upstream_stream_error"
-            await self.engine.fail(adm, status=200 if not disconnected else 499,
-                                   error_code=code, usage=usage, ttft_ms=ttft, retries=retries)
-            if not disconnected:  # tell the client in the protocol's own stream format
-                event = route.wire.stream_error_event(
-                    "upstream_stream_error", "The upstream stream ended before completion.",
-                    type="api_error" if route.protocol == "anthropic" else "server_error",
-                    route=route.name)
-                await send({"type": "http.response.body",
-                            "body": b"".join(held) + tap.flush() + event})
-            return
-        tail = b"".join(held) + tap.flush()
-        # The ledger row is journaled inside complete(): only then does the client get
-        # the terminal event, so every stream a client saw finish has its row.
-        await self.engine.complete(adm, usage, status=200, ttft_ms=ttft, retries=retries,
-                                   exact=tap.done and tap.usage is not None)
-        await send({"type": "http.response.body", "body": tail})
+    async def _call(self, ctx: CallContext, body: dict[str, Any], headers: Mapping[str, str],
+                    receive: Receive, send: Send) -> tuple[Call, Answer | None]:
+        """Run the call; a stream is relayed here (None: nothing more to send)."""
+        cache = _cache_choice(headers.get(CACHE_HEADER))
+        if not ctx.stream:
+            return await self.engine.run(ctx, body, self.port, cache=cache)
+        call, answer = await self.engine.start(ctx, body, self.port, cache=cache)
+        if answer.cached:
+            await self._replay(call, answer, send)
+            return call, None
+        if answer.stream is None:
+            return call, answer
+        out = encode_headers(await self._headers(call, answer))
+        async with self.engine.owning(call):
+            await StreamRelay(self.engine, call, answer.stream, receive, send,
+                              self.drain.cut).run(out)
+        return call, None
 
     # ------------------------------------------------------------ responses
 
-    async def _response_headers(
-        self, adm: Admission, upstream_headers: Mapping[str, str]
-    ) -> list[tuple[bytes, bytes]]:
-        return encode_headers(await self._stream_headers(adm, upstream_headers))
+    async def _answer(self, call: Call, answer: Answer, send: Send) -> None:
+        if answer.error is not None:
+            await self._send_error(send, call.ctx, answer.error)
+            return
+        out = encode_headers(await self._headers(call, answer))
+        if answer.cached:
+            out.append((CACHE_HEADER.encode(), b"hit"))
+        await send_json(send, answer.status, answer.body, out)
 
-    async def _stream_headers(
-        self, adm: Admission, upstream_headers: Mapping[str, str]
-    ) -> list[tuple[str, str]]:
-        limits = await self.engine.limit_headers(adm)
-        return [
-            ("x-tallygate-request-id", adm.ctx.request_id),
-            *passthrough_headers(upstream_headers),
-            *limits.items(),
-        ]
+    async def _headers(self, call: Call, answer: Answer) -> list[tuple[str, str]]:
+        """Our id (and the caller's), the upstream's own, and the tightest limits."""
+        usages = await self.engine.limit_usage(call) if not answer.cached else []
+        out = [("x-tallygate-request-id", call.id)]
+        if call.ctx.client_request_id:
+            out.append(("x-tallygate-client-request-id", call.ctx.client_request_id))
+        out += passthrough_headers(answer.headers)
+        if usages:
+            out += ratelimit_headers(usages, self.engine.clock()).items()
+        return out
 
-    async def _fail(self, adm: Admission, exc: TallygateError, route: Route, send: Send,
-                    *, retries: int = 0) -> None:
-        status = exc.upstream_status if isinstance(exc, UpstreamError) else exc.status
-        await self.engine.fail(adm, status=status, error_code=exc.code, retries=retries)
-        await self._send_error(send, exc, route.protocol, adm.ctx.request_id)
+    async def _replay(self, call: Call, answer: Answer, send: Send) -> None:
+        """A cache hit on a streaming request, replayed as the protocol's SSE."""
+        from tallygate.cache.replay import anthropic_sse, openai_chat_sse
+        from tallygate.providers.openai import client_wants_usage
 
-    async def _send_error(
-        self, send: Send, exc: TallygateError, protocol: str, request_id: str
-    ) -> None:
-        status, body, headers = render_error(exc, protocol, request_id=request_id,
+        if call.ctx.protocol == "anthropic":
+            stream = anthropic_sse(answer.payload)
+        else:
+            stream = openai_chat_sse(answer.payload,
+                                     include_usage=client_wants_usage(call.body))
+        headers = encode_headers([("x-tallygate-request-id", call.id), (CACHE_HEADER, "hit")])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*SSE_HEADERS, *headers]})
+        await send({"type": "http.response.body", "body": stream})
+
+    async def _send_error(self, send: Send, ctx: CallContext, exc: TallygateError) -> None:
+        status, body, headers = render_error(exc, ctx.protocol, request_id=ctx.call_id,
                                              now=self.engine.clock())
+        if ctx.client_request_id:
+            headers = [*headers, ("x-tallygate-client-request-id", ctx.client_request_id)]
         await send_json(send, status, body, encode_headers(headers))
 
 
-def _request_id(headers: Mapping[str, str]) -> str:
-    given = headers.get("x-tallygate-request-id")
-    if given and len(given) <= 128 and given.isprintable():
-        return given
-    return new_request_id()
+def _wants_stream(scope: Scope) -> bool:
+    """Counted as a stream in the shutdown log when the client accepts SSE."""
+    return any(name == b"accept" and b"text/event-stream" in value
+               for name, value in scope["headers"])
 
 
-def _attempt(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return max(0, int(value))
-    except ValueError:
-        raise InvalidRequest("X-Tallygate-Attempt must be an integer.") from None
+def _cache_choice(value: str | None) -> bool | None:
+    asked = (value or "").strip().lower()
+    return asked == "on" if asked in ("on", "off") else None
 
-
-# The events that end a stream: OpenAI chat, Responses, Anthropic Messages.
-_TERMINAL_MARKERS = (b"data: [DONE]", b"event: response.completed", b"event: message_stop")
-
-
-def _terminal_at(data: bytes) -> int:
-    """Offset of the stream's terminal event in `data`, or -1."""
-    found = [i for i in (data.find(m) for m in _TERMINAL_MARKERS) if i >= 0]
-    return min(found) if found else -1

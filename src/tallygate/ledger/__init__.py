@@ -1,4 +1,4 @@
-"""The ledger: one row per call attempt (SPEC §7). `open_ledger(url)` picks the backend;
+"""The ledger: one row per call (docs/ledger.md). `open_ledger(url)` picks the backend;
 `LedgerWriter` records rows off the request path with a crash-safe journal."""
 
 from __future__ import annotations
@@ -6,9 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from tallygate.errors import ConfigError
-from tallygate.ledger.base import LedgerStore, LedgerWriter, WriterStats
+from tallygate.ledger.base import LedgerStore, LedgerWriter, WriterStats, replay_orphans
 
-__all__ = ["LedgerStore", "LedgerWriter", "WriterStats", "default_journal_dir", "open_ledger"]
+__all__ = [
+    "LedgerStore",
+    "LedgerWriter",
+    "WriterStats",
+    "default_journal_dir",
+    "open_ledger",
+    "replay_orphans",
+]
 
 _SCHEMES = "sqlite:///PATH, postgresql://USER@HOST:PORT/DB, postgres://…, memory://"
 

@@ -4,7 +4,7 @@ Rows are appended, one orjson line each, with a single write(2) to the current *
 file (`seg-<pid>-<ns>-<n>.jsonl`, opened O_APPEND). The writer cuts the segment when it
 takes a batch; once that batch is committed to the store the segment is unlinked. Segments
 left behind by a dead process are *orphans*: the next writer started on the same directory
-replays them (inserts are idempotent on (request_id, attempt)) and deletes them.
+replays them (inserts are idempotent on request_id) and deletes them.
 
 A live segment is held under an exclusive flock(2), so several processes may share one
 journal directory: a starting writer only replays segments nobody holds; the kernel drops
@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tallygate.errors import ConfigError
+from tallygate.errors import ConfigError, InvalidRequest
 from tallygate.ledger.rows import from_line
 from tallygate.types import CallRecord
 
+log = logging.getLogger("tallygate.ledger")
 FsyncPolicy = Literal["never", "batch", "always"]
 FSYNC_POLICIES: tuple[str, ...] = ("never", "batch", "always")
 
@@ -110,8 +112,15 @@ class Journal:
 
     @staticmethod
     def read(path: Path) -> list[CallRecord]:
-        """Rows of a segment (see read_lines)."""
-        return [from_line(line) for line in Journal.read_lines(path)]
+        """Rows of a segment (see read_lines); a line that is not a row (torn by a full
+        disk before the segment was cut) is skipped."""
+        out = []
+        for line in Journal.read_lines(path):
+            try:
+                out.append(from_line(line))
+            except InvalidRequest:
+                log.warning("ledger journal %s: skipped an unreadable line", path.name)
+        return out
 
     @staticmethod
     def read_lines(path: Path) -> list[bytes]:

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 Dialect = Literal["sqlite", "postgres"]
 
-# One column per CallRecord field, in field order. Kinds map to a type per dialect.
-COLUMNS: tuple[tuple[str, str], ...] = (
+# The calls table as version 1 created it (released: never edit).
+_V1_COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_id", "text not null"),
     ("ts", "real not null"),
     ("outcome", "text not null"),
@@ -48,6 +48,15 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("detail", "text"),
     ("content", "text"),
 )
+
+# Today's columns: one per CallRecord field, in field order (version 2: the server-minted
+# request_id alone is the key; the caller's own id and the upstream time are columns).
+COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    c for c in (
+        *_V1_COLUMNS[:4], ("client_request_id", "text"), *_V1_COLUMNS[5:24],
+        ("upstream_ms", "int"), *_V1_COLUMNS[24:],
+    )
+)
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 
 _TYPES: dict[Dialect, dict[str, str]] = {
@@ -61,14 +70,15 @@ def quote(name: str) -> str:
     return f'"{name}"'
 
 
-def _calls_table(dialect: Dialect) -> str:
+def _table(dialect: Dialect, name: str, columns: tuple[tuple[str, str], ...],
+           key: str) -> str:
     cols = []
-    for name, kind in COLUMNS:
+    for column, kind in columns:
         base, _, rest = kind.partition(" ")
         null = " NOT NULL" if rest == "not null" else ""
-        cols.append(f"{quote(name)} {_TYPES[dialect][base]}{null}")
-    cols.append("PRIMARY KEY (request_id, attempt)")
-    return "CREATE TABLE IF NOT EXISTS calls (\n  " + ",\n  ".join(cols) + "\n)"
+        cols.append(f"{quote(column)} {_TYPES[dialect][base]}{null}")
+    cols.append(f"PRIMARY KEY ({key})")
+    return f"CREATE TABLE IF NOT EXISTS {name} (\n  " + ",\n  ".join(cols) + "\n)"
 
 
 _INDEXES = (
@@ -90,11 +100,37 @@ class Migration:
 
 
 def _v1(dialect: Dialect) -> list[str]:
-    return [_calls_table(dialect), *_INDEXES]
+    return [_table(dialect, "calls", _V1_COLUMNS, "request_id, attempt"), *_INDEXES]
 
 
-_STATEMENTS = {1: _v1}
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "calls table and its indexes"),)
+def _v2(dialect: Dialect) -> list[str]:
+    """Keyed on the server-minted request_id alone (attempt was always 0: one row per
+    call); client_request_id and upstream_ms become columns."""
+    if dialect == "postgres":
+        return [
+            "ALTER TABLE calls DROP CONSTRAINT IF EXISTS calls_pkey",
+            "ALTER TABLE calls DROP COLUMN attempt",
+            "ALTER TABLE calls ADD COLUMN client_request_id TEXT",
+            "ALTER TABLE calls ADD COLUMN upstream_ms BIGINT",
+            "ALTER TABLE calls ADD PRIMARY KEY (request_id)",
+        ]
+    # SQLite cannot change a primary key in place: copy into a new table.
+    kept = ", ".join(quote(name) for name, _ in COLUMNS
+                     if name not in ("client_request_id", "upstream_ms"))
+    return [
+        _table(dialect, "calls_v2", COLUMNS, "request_id"),
+        f"INSERT OR IGNORE INTO calls_v2 ({kept}) SELECT {kept} FROM calls",
+        "DROP TABLE calls",
+        "ALTER TABLE calls_v2 RENAME TO calls",
+        *_INDEXES,
+    ]
+
+
+_STATEMENTS = {1: _v1, 2: _v2}
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "calls table and its indexes"),
+    Migration(2, "one row per call: keyed on request_id; client_request_id, upstream_ms"),
+)
 LATEST = MIGRATIONS[-1].version
 
 _VERSION_TABLE = {

@@ -18,14 +18,14 @@ from tallygate.types import CallRecord
 _COLS = ", ".join(quote(c) for c in COLUMN_NAMES)
 _INSERT = (
     f"INSERT INTO calls ({_COLS}) VALUES ({', '.join('%s' for _ in COLUMN_NAMES)}) "
-    "ON CONFLICT (request_id, attempt) DO NOTHING"
+    "ON CONFLICT (request_id) DO NOTHING"
 )
 _COPY_AT = 500  # rows from which COPY beats pipelined INSERTs
 _STAGE = "CREATE TEMP TABLE IF NOT EXISTS calls_stage (LIKE calls) ON COMMIT DELETE ROWS"
 _COPY = f"COPY calls_stage ({_COLS}) FROM STDIN"
 _MERGE = (
     f"INSERT INTO calls ({_COLS}) SELECT {_COLS} FROM calls_stage "
-    "ON CONFLICT (request_id, attempt) DO NOTHING"
+    "ON CONFLICT (request_id) DO NOTHING"
 )
 
 

@@ -16,6 +16,7 @@ _FIELDS = tuple(f.name for f in fields(CallRecord))
 if _FIELDS != COLUMN_NAMES:  # a new CallRecord field needs a migration
     raise RuntimeError(f"ledger columns out of date with CallRecord: {_FIELDS} vs {COLUMN_NAMES}")
 
+_FIELD_SET = frozenset(_FIELDS)
 _BOOL_AT = tuple(i for i, name in enumerate(_FIELDS) if name in ("exact", "stream"))
 _OUTCOME_AT = _FIELDS.index("outcome")
 
@@ -41,10 +42,12 @@ def to_line(record: CallRecord) -> bytes:
 
 
 def from_line(line: bytes) -> CallRecord:
+    """A journal line back to its record; a line written before a field was added or
+    removed still reads (missing fields take their defaults, gone ones are dropped)."""
     try:
         data = orjson.loads(line)
         data["outcome"] = Outcome(data["outcome"])
-        return CallRecord(**data)
+        return CallRecord(**{k: v for k, v in data.items() if k in _FIELD_SET})
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"bad ledger journal line: {exc}") from exc
 
@@ -62,7 +65,7 @@ def range_sql(since: float | None, until: float | None) -> tuple[str, list[float
         where.append("ts < ?")
         params.append(until)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return f"{_SELECT}{clause} ORDER BY ts, request_id, attempt", params
+    return f"{_SELECT}{clause} ORDER BY ts, request_id", params
 
 
 class SqlReads:

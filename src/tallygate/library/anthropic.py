@@ -17,7 +17,8 @@ from tallygate.library.binding import Binding, is_async_client
 from tallygate.library.delegate import BYPASSES, Delegate
 
 if TYPE_CHECKING:
-    from tallygate.library import Attribution, Governor
+    from tallygate.library.attribution import Attribution
+    from tallygate.library.governing import GovernorPort
 
 ROUTE = "messages"
 
@@ -32,8 +33,8 @@ class Messages(Delegate):
 
     def create(self, **kwargs: Any) -> Any:
         if self._binding.is_async:
-            return self._binding.acreate(ROUTE, self._inner.create, kwargs)
-        return self._binding.create(ROUTE, self._inner.create, kwargs)
+            return self._binding.acreate(ROUTE, kwargs)
+        return self._binding.create(ROUTE, kwargs)
 
     def count_tokens(self, **kwargs: Any) -> Any:
         """The provider's exact input count (free; no budget is held or charged)."""
@@ -50,9 +51,9 @@ class Messages(Delegate):
         kwargs["stream"] = True
         if self._binding.is_async:
             return AsyncMessageStreamManager(
-                lambda: self._binding.acreate(ROUTE, self._inner.create, kwargs))
+                lambda: self._binding.acreate(ROUTE, kwargs))
         return MessageStreamManager(
-            lambda: self._binding.create(ROUTE, self._inner.create, kwargs))
+            lambda: self._binding.create(ROUTE, kwargs))
 
 
 class MessageStreamManager:
@@ -105,16 +106,17 @@ class GovernedAnthropic(Delegate):
         return self._inner
 
     def with_options(self, **options: Any) -> GovernedAnthropic:
-        return GovernedAnthropic(self._inner.with_options(**options), self._binding)
+        inner = self._inner.with_options(**options)
+        return GovernedAnthropic(inner, self._binding.with_client(inner))
 
     copy = with_options
 
 
-def wrap_anthropic(gov: Governor, client: Any, attribution: Attribution) -> GovernedAnthropic:
+def wrap_anthropic(gov: GovernorPort, client: Any, attribution: Attribution) -> GovernedAnthropic:
     try:
         import anthropic
     except ImportError:  # pragma: no cover - the anthropic extra is not installed
         raise InvalidRequest("gov.anthropic() needs the `anthropic` package installed.") from None
     is_async = is_async_client(client, anthropic.Anthropic, anthropic.AsyncAnthropic,
                                "gov.anthropic()")
-    return GovernedAnthropic(client, Binding(gov, "anthropic", attribution, is_async))
+    return GovernedAnthropic(client, Binding(gov, "anthropic", attribution, is_async, client))

@@ -1,38 +1,30 @@
-"""One governed SDK call, the library's twin of gateway/proxy.py:
+"""A governed SDK call: the library's thin adapter around the engine.
 
-    SDK kwargs → JSON body → validate → Engine.admit (count, trim, clamp, route, reserve)
-    → the SDK method called with the admitted body → settle to the SDK-reported usage,
-    or release (fail) when the call raises — then the SDK's own result or exception.
+    SDK kwargs → JSON body → bound and validate → engine.run (admit, send through the
+    SDK port, recover, settle, record) on the Governor's loop → the SDK's own result, or
+    its own exception.
 
-The body handed to the SDK is the gateway's upstream body (`prepare_body` of the
-protocol adapter), so both modes send the provider the same request."""
+A stream is started the same way (engine.start) and handed back wrapped, so the engine
+meters it as the caller reads it (library/streams.py)."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
-import orjson
-
-from tallygate.engine import Admission, CallContext, Engine
+from tallygate.engine import Answer, Call, CallContext, Engine, bounds, new_call_id
 from tallygate.errors import InvalidRequest
-from tallygate.providers import anthropic as anthropic_wire
-from tallygate.providers import openai as openai_wire
+from tallygate.library.attribution import Attribution
+from tallygate.library.governing import GovernorPort
+from tallygate.library.port import SdkPort
+from tallygate.library.streams import GovernedAsyncStream, GovernedStream, StreamMeter
+from tallygate.providers.base import adapter_for
 from tallygate.providers.common import end_user
-from tallygate.types import Usage
-
-if TYPE_CHECKING:
-    from tallygate.library import Attribution, Governor
 
 # Keyword arguments of every SDK method that are request options, not body fields.
 SDK_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
-
-
-def wire_for(protocol: str) -> ModuleType:
-    return anthropic_wire if protocol == "anthropic" else openai_wire
 
 
 def _is_sentinel(value: Any) -> bool:
@@ -67,169 +59,117 @@ def split_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return body, options
 
 
-def failure_of(exc: BaseException) -> tuple[int, str]:
-    """(status, error code) for the ledger row of a call the SDK raised on."""
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        code = getattr(exc, "code", None)
-        if not isinstance(code, str) or not code:
-            body = getattr(exc, "body", None)
-            fault = anthropic_wire.classify_error(status, body if isinstance(body, Mapping)
-                                                  else None, {})
-            code = fault.code or fault.type or "upstream"
-        return status, code
-    name = type(exc).__name__
-    if "Timeout" in name:
-        return 504, "upstream_timeout"
-    if "Connection" in name:
-        return 502, "upstream_unreachable"
-    if isinstance(exc, InvalidRequest):
-        return exc.status, exc.code
-    return 499, "aborted"
-
-
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """A wrapped client's link to its Governor: protocol, sync/async, attribution."""
+    """A wrapped client's link to its Governor: the SDK client, its protocol, sync or
+    async, and the attribution of its calls."""
 
-    gov: Governor
+    gov: GovernorPort
     protocol: str  # "openai" | "anthropic"
     attribution: Attribution
     is_async: bool
+    client: Any  # the SDK client underneath
 
-    @property
-    def wire(self) -> ModuleType:
-        return wire_for(self.protocol)
+    def with_client(self, client: Any) -> Binding:
+        return replace(self, client=client)
 
     # ------------------------------------------------------------------ preparing
 
     def context(self, route: str, body: Mapping[str, Any]) -> CallContext:
         who = self.attribution.resolved()
+        # The SDK retries on its own (max_retries): the engine then does not add its own.
+        retries = getattr(self.client, "max_retries", 0)
         return CallContext(
             protocol=self.protocol,
             route=route,
-            feature=who.feature,
-            user=who.user,
+            call_id=new_call_id(),
+            feature=bounds.name(who.feature, "feature"),
+            user=bounds.name(who.user, "user"),
             plan=who.plan,
-            run=who.run,
-            step=who.step,
-            step_attempt=who.attempt,
+            run=bounds.name(who.run, "run"),
+            step=bounds.name(who.step, "step"),
+            step_attempt=bounds.attempt(who.attempt, "attempt"),
             stream=body.get("stream") is True,
             end_user=end_user(body),
+            client_retries=1 if isinstance(retries, int) and retries > 0 else 0,
         )
 
     def prepare(self, route: str, kwargs: Mapping[str, Any]
-                ) -> tuple[CallContext, dict[str, Any], dict[str, Any]]:
+                ) -> tuple[CallContext, dict[str, Any], SdkPort]:
         body, options = split_kwargs(kwargs)
-        self.wire.validate_request(route, body)
-        return self.context(route, body), body, options
+        bounds.check_depth(body)
+        adapter_for(self.protocol).validate_request(route, body)
+        loop = _running_loop() if self.is_async else None
+        port = SdkPort(self.client, self.protocol, is_async=self.is_async, options=options,
+                       loop=loop)
+        return self.context(route, body), body, port
 
-    def sdk_kwargs(self, route: str, adm: Admission, options: Mapping[str, Any]
-                   ) -> dict[str, Any]:
-        """The admitted body (model, max tokens, trimmed turns; include_usage on chat
-        streams) as keyword arguments, plus the caller's request options."""
-        self.check_protocol(adm)
-        raw = self.wire.prepare_body(route, adm.body, model=adm.model.name,
-                                     max_output=adm.max_output)
-        return {**orjson.loads(raw), **options}
+    # ------------------------------------------------------------------ calling
 
-    def check_protocol(self, adm: Admission) -> None:
-        """A routed model must be one this client can call (as the gateway checks)."""
-        provider = adm.model.provider
-        configured = self.gov.policy.providers.get(provider)
-        protocol = configured.protocol if configured is not None else provider
-        if protocol in ("openai", "anthropic") and protocol != self.protocol:
-            raise InvalidRequest(
-                f"Model {adm.model.name!r} is served by {provider!r} ({protocol} protocol); "
-                f"this is a wrapped {self.protocol} client.", param="model")
-
-    def usage_of(self, route: str, adm: Admission, response: Any) -> tuple[Usage, bool]:
-        """The SDK-reported usage; without one, what was held, marked estimated."""
-        usage_obj = getattr(response, "usage", None)
-        dump = getattr(usage_obj, "model_dump", None)
-        usage = None
-        if callable(dump):
-            usage = self.wire.usage_from_body(route, {"usage": dump(mode="json",
-                                                                    exclude_none=True)})
-        if usage is None:
-            return Usage(adm.count.tokens, adm.max_output or 0), False
-        return usage, True
-
-    # ------------------------------------------------------------------ sync
-
-    def create(self, route: str, method: Callable[..., Any], kwargs: Mapping[str, Any],
+    def create(self, route: str, kwargs: Mapping[str, Any],
                wrap_stream: Callable[[Any, Any], Any] | None = None) -> Any:
-        from tallygate.library.streams import StreamMeter
+        ctx, body, port = self.prepare(route, kwargs)
+        if ctx.stream:  # (a cached answer cannot be replayed as an SDK stream)
+            call, answer = self.gov.call(Engine.start, ctx, body, port, cache=False)
+            return self._stream(call, answer, wrap_stream, sync=True)
+        _, answer = self.gov.call(Engine.run, ctx, body, port)
+        return _result(answer, route)
 
-        ctx, body, options = self.prepare(route, kwargs)
-        adm: Admission = self.gov.call(Engine.admit, ctx, body)
-        started = time.perf_counter()
-        try:
-            response = method(**self.sdk_kwargs(route, adm, options))
-        except BaseException as exc:
-            status, code = failure_of(exc)
-            self.gov.call(Engine.fail, adm, status=status, error_code=code)
-            raise
-        if ctx.stream:
-            meter = StreamMeter(self, route, adm, started)
-            return (wrap_stream or _sync_stream)(response, meter)
-        adm.detail["upstream_ms"] = int((time.perf_counter() - started) * 1000)
-        usage, exact = self.usage_of(route, adm, response)
-        self.gov.call(Engine.complete, adm, usage, status=200, exact=exact)
-        return response
-
-    # ------------------------------------------------------------------ async
-
-    async def acreate(self, route: str, method: Callable[..., Any], kwargs: Mapping[str, Any],
+    async def acreate(self, route: str, kwargs: Mapping[str, Any],
                       wrap_stream: Callable[[Any, Any], Any] | None = None) -> Any:
-        from tallygate.library.streams import StreamMeter
-
-        ctx, body, options = self.prepare(route, kwargs)
-        adm = await self.admit_async(ctx, body)
-        started = time.perf_counter()
-        try:
-            response = await method(**self.sdk_kwargs(route, adm, options))
-        except BaseException as exc:
-            status, code = failure_of(exc)
-            await self.gov.acall(Engine.fail, adm, status=status, error_code=code)
-            raise
+        ctx, body, port = self.prepare(route, kwargs)
         if ctx.stream:
-            meter = StreamMeter(self, route, adm, started)
-            return (wrap_stream or _async_stream)(response, meter)
-        adm.detail["upstream_ms"] = int((time.perf_counter() - started) * 1000)
-        usage, exact = self.usage_of(route, adm, response)
-        await self.gov.acall(Engine.complete, adm, usage, status=200, exact=exact)
-        return response
+            call, answer = await self.gov.acall(Engine.start, ctx, body, port, cache=False)
+            return self._stream(call, answer, wrap_stream, sync=False)
+        _, answer = await self.gov.acall(Engine.run, ctx, body, port)
+        return _result(answer, route)
 
-    async def admit_async(self, ctx: CallContext, body: dict[str, Any]) -> Admission:
-        """admit; if the caller is cancelled meanwhile, whatever got reserved is released."""
-        engine = (await self.gov.aruntime()).engine
-        fut = self.gov.submit(engine.admit(ctx, body))
-        import asyncio
-
-        try:
-            return await asyncio.shield(asyncio.wrap_future(fut))
-        except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: _release_late(self.gov, f))
-            raise
+    def _stream(self, call: Call, answer: Answer, wrap: Callable[[Any, Any], Any] | None, *,
+                sync: bool) -> Any:
+        if answer.stream is None:
+            return _result(answer, call.ctx.route)
+        meter = StreamMeter(self.gov, call)
+        if wrap is not None:
+            return wrap(answer.stream, meter)
+        return (GovernedStream if sync else GovernedAsyncStream)(answer.stream, meter)
 
 
-def _release_late(gov: Governor, fut: Any) -> None:
-    if fut.cancelled() or fut.exception() is not None:
-        return
-    gov.fire(Engine.fail, fut.result(), status=499, error_code="aborted")
+def _result(answer: Answer, route: str) -> Any:
+    """The SDK's own result, or what it raised (or tallygate's refusal); a cache hit as
+    the SDK's response object."""
+    if answer.raised is not None:
+        raise answer.raised
+    if answer.error is not None:
+        raise answer.error
+    if answer.cached:
+        return revive(route, answer.payload)
+    return answer.payload
 
 
-def _sync_stream(response: Any, meter: Any) -> Any:
-    from tallygate.library.streams import GovernedStream
+def revive(route: str, payload: Any) -> Any:
+    """A stored answer (JSON) as the SDK object the method would have returned."""
+    if route == "messages":
+        from anthropic.types import Message
 
-    return GovernedStream(response, meter)
+        return Message.model_validate(payload)
+    if route == "responses":
+        from openai.types.responses import Response
+
+        return Response.model_validate(payload)
+    if route == "embeddings":
+        from openai.types import CreateEmbeddingResponse
+
+        return CreateEmbeddingResponse.model_validate(payload)
+    from openai.types.chat import ChatCompletion
+
+    return ChatCompletion.model_validate(payload)
 
 
-def _async_stream(response: Any, meter: Any) -> Any:
-    from tallygate.library.streams import GovernedAsyncStream
-
-    return GovernedAsyncStream(response, meter)
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def is_async_client(client: Any, sync_cls: type, async_cls: type, what: str) -> bool:

@@ -11,8 +11,16 @@ private event loop in a daemon thread, started on first use, and runs *every* en
 operation there: sync clients block on `asyncio.run_coroutine_threadsafe(...).result()`,
 async clients await the same future through `asyncio.wrap_future`, so the caller's loop
 never blocks on the store and one Governor serves sync and async clients, threads and
-tasks alike. `gov.close()` (or `with Governor(...) as gov:`, or interpreter exit) flushes
-the ledger, closes the stores and stops the thread.
+tasks alike. `gov.close()` (or `with Governor(...) as gov:`, or interpreter exit) closes
+the calls still open (a stream never read to its end is settled with what it relayed),
+flushes the ledger, closes the stores and stops the thread.
+
+Exit. A script that simply ends (or raises, or calls sys.exit) is closed by a hook that
+runs when the main thread finishes, *before* the interpreter shuts its thread pools
+down (a plain atexit hook would run after, when nothing can be scheduled any more): every
+row reaches the ledger and nothing is printed. A killed process (SIGTERM, SIGKILL,
+os._exit) leaves its rows in the ledger journal; the next writer, or `tallygate report`,
+replays them.
 
 Attribution (`gov.run`, `gov.step`) lives in context variables, so it follows threads
 started with `contextvars.copy_context()` and asyncio tasks; arguments given to
@@ -89,7 +97,6 @@ class Governor:
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
-        self._atexit: Any = None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str]) -> Governor:
@@ -183,9 +190,7 @@ class Governor:
             self._check_usable()
             if self._private is None:
                 self._private = _PrivateLoop()
-                ref = weakref.ref(self)
-                self._atexit = lambda: _close_at_exit(ref)
-                atexit.register(self._atexit)
+                _close_at_exit(weakref.ref(self))
             return self._private.loop
 
     def _check_usable(self) -> None:
@@ -273,8 +278,6 @@ class Governor:
             self._closed = True
             private, self._private = self._private, None
             runtime = self._runtime if self._owns_runtime else None
-            if self._atexit is not None:
-                atexit.unregister(self._atexit)
         if os.getpid() != self._pid:
             return
         loop = private.loop if private is not None else self._external_loop
@@ -307,6 +310,16 @@ async def _record_cached(engine: Engine, ctx: Any, model: str, saved: Usage,
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Governor]) -> None:
-    gov = ref()
-    if gov is not None:
-        gov.close()
+    """Close the Governor when the main thread finishes, before the interpreter shuts
+    down the thread pools its loop needs (threading's own exit hooks run first, in
+    reverse order of registration: concurrent.futures registered its one at import)."""
+
+    def close() -> None:
+        gov = ref()
+        if gov is not None:
+            gov.close()
+
+    try:
+        threading._register_atexit(close)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # already shutting down, or no such hook
+        atexit.register(close)

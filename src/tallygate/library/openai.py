@@ -15,7 +15,8 @@ from tallygate.library.binding import Binding, is_async_client
 from tallygate.library.delegate import BYPASSES, Delegate
 
 if TYPE_CHECKING:
-    from tallygate.library import Attribution, Governor
+    from tallygate.library.attribution import Attribution
+    from tallygate.library.governing import GovernorPort
 
 
 class GovernedCreate(Delegate):
@@ -32,8 +33,8 @@ class GovernedCreate(Delegate):
 
     def create(self, **kwargs: Any) -> Any:
         if self._binding.is_async:
-            return self._binding.acreate(self.route, self._inner.create, kwargs)
-        return self._binding.create(self.route, self._inner.create, kwargs)
+            return self._binding.acreate(self.route, kwargs)
+        return self._binding.create(self.route, kwargs)
 
 
 class Completions(GovernedCreate):
@@ -69,15 +70,16 @@ class GovernedOpenAI(Delegate):
         return self._inner
 
     def with_options(self, **options: Any) -> GovernedOpenAI:
-        return GovernedOpenAI(self._inner.with_options(**options), self._binding)
+        inner = self._inner.with_options(**options)
+        return GovernedOpenAI(inner, self._binding.with_client(inner))
 
     copy = with_options
 
 
-def wrap_openai(gov: Governor, client: Any, attribution: Attribution) -> GovernedOpenAI:
+def wrap_openai(gov: GovernorPort, client: Any, attribution: Attribution) -> GovernedOpenAI:
     try:
         import openai
     except ImportError:  # pragma: no cover - the openai extra is not installed
         raise InvalidRequest("gov.openai() needs the `openai` package installed.") from None
     is_async = is_async_client(client, openai.OpenAI, openai.AsyncOpenAI, "gov.openai()")
-    return GovernedOpenAI(client, Binding(gov, "openai", attribution, is_async))
+    return GovernedOpenAI(client, Binding(gov, "openai", attribution, is_async, client))

@@ -13,32 +13,22 @@ is fed to the tap as the one SSE event it arrived as, so both modes agree on usa
 
 from __future__ import annotations
 
-import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from tallygate.engine import Admission, Engine
-from tallygate.providers import openai as openai_wire
-
-if TYPE_CHECKING:
-    from tallygate.library.binding import Binding
+from tallygate.engine import Call, Engine
+from tallygate.library.governing import GovernorPort
 
 
 class StreamMeter:
-    """What a stream has produced so far, and the one settlement it ends with."""
+    """Feeds a governed stream's events to the call's meter, and ends the call once."""
 
-    def __init__(self, binding: Binding, route: str, adm: Admission, started: float) -> None:
-        self.binding = binding
-        self.adm = adm
-        self.route = route
-        self.tap = binding.wire.stream_tap(
-            route, client_wants_usage=openai_wire.client_wants_usage(adm.body),
-            model=adm.model.name,
-        )
-        self.started = started
-        self.first_token: float | None = None
+    def __init__(self, gov: GovernorPort, call: Call) -> None:
+        self.gov = gov
+        self.call = call
+        self.tap = call.meter()
         self.settled = False
 
     def observe(self, item: Any) -> bool:
@@ -49,56 +39,38 @@ class StreamMeter:
             return True
         data = orjson.dumps(dump(mode="json", exclude_none=True))
         forwarded = self.tap.feed(b"data: " + data + b"\n\n")
-        if self.first_token is None and self.tap.first_token_seen:
-            self.first_token = time.perf_counter()
+        if self.call.first_token_at is None and self.tap.first_token_seen:
+            self.call.saw_first_token()
         return bool(forwarded)
 
-    def _ttft(self) -> int | None:
-        if self.first_token is None:
-            return None
-        return int((self.first_token - self.started) * 1000)
-
-    def settlement(self, *, ended: bool, error: BaseException | None = None) -> Any:
-        """(engine method, args, kwargs) of the settlement, once; None afterwards.
-
-        `ended`: the SDK iterator finished normally. The OpenAI SDK swallows the
-        `[DONE]` event, so reaching the end stands for it."""
+    def ending(self, *, ended: bool, error: BaseException | None = None) -> Any:
+        """The engine's `finish_stream` arguments for how the stream ended, once; None
+        afterwards. `ended`: the SDK iterator finished normally (the OpenAI SDK swallows
+        the `[DONE]` event, so reaching the end stands for it)."""
         if self.settled:
             return None
         self.settled = True
-        if ended and self.route == "chat/completions":
+        if ended and self.call.ctx.route == "chat/completions":
             self.tap.feed(b"data: [DONE]\n\n")
-        usage = self.tap.usage_so_far(input_tokens=self.adm.count.tokens)
-        ttft = self._ttft()
-        self.adm.detail["upstream_ms"] = int((time.perf_counter() - self.started) * 1000)
         if ended and error is None:
-            exact = self.tap.done and self.tap.usage is not None
-            return Engine.complete, (self.adm, usage), {"status": 200, "ttft_ms": ttft,
-                                                        "exact": exact}
-        if error is None:
-            kw = {"status": 499, "error_code": "client_disconnected"}
-        else:
-            kw = {"status": 200, "error_code": "upstream_stream_error"}
-        return Engine.fail, (self.adm,), {**kw, "usage": usage, "ttft_ms": ttft}
+            return {"ended": True}
+        return {"ended": False, "disconnected": error is None}
 
     def settle_sync(self, *, ended: bool, error: BaseException | None = None) -> None:
-        plan = self.settlement(ended=ended, error=error)
-        if plan is not None:
-            method, args, kwargs = plan
-            self.binding.gov.call(method, *args, **kwargs)
+        how = self.ending(ended=ended, error=error)
+        if how is not None:
+            self.gov.call(Engine.finish_stream, self.call, **how)
 
     async def settle_async(self, *, ended: bool, error: BaseException | None = None) -> None:
-        plan = self.settlement(ended=ended, error=error)
-        if plan is not None:
-            method, args, kwargs = plan
-            await self.binding.gov.acall(method, *args, **kwargs)
+        how = self.ending(ended=ended, error=error)
+        if how is not None:
+            await self.gov.acall(Engine.finish_stream, self.call, **how)
 
     def abandon(self) -> None:
         """The stream object was dropped unread and unclosed: settle in the background."""
-        plan = self.settlement(ended=False)
-        if plan is not None:
-            method, args, kwargs = plan
-            self.binding.gov.fire(method, *args, **kwargs)
+        how = self.ending(ended=False)
+        if how is not None:
+            self.gov.fire(Engine.finish_stream, self.call, **how)
 
 
 class GovernedStream:

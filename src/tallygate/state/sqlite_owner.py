@@ -43,6 +43,7 @@ from tallygate.types import Denial, Hold, LimitUsage, Metric, SettleResult, Wind
 
 log = logging.getLogger("tallygate.state")
 FLUSH_SECONDS = 1.0  # how stale the SQLite tables may be (the journal is never stale)
+HEAL_SECONDS = 1.0  # how often a broken journal is tried again
 
 _CELLS = ("INSERT INTO state_cells (counter, wid, used, reserved) VALUES (?, ?, ?, ?) "
           "ON CONFLICT (counter, wid) DO UPDATE SET used = excluded.used, "
@@ -68,6 +69,8 @@ class OwnedSqliteStore(PlainFromRead):
         self._flush_seconds = flush_seconds
         self._lock: int | None = take_owner(path)  # fails fast: before anything is read
         self._broken: str | None = None
+        self._healing: asyncio.Task[None] | None = None
+        self._healed_at = float("-inf")
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._unwritten: list[Segment] = []  # cut segments whose rows are not in SQLite yet
@@ -161,9 +164,11 @@ class OwnedSqliteStore(PlainFromRead):
         reclaims = book.reclaims
         denial, usages, made = book.reserve(request_id, holds, lease, now, read)
         if made:
-            self._append(orjson.dumps(["r", request_id, lease, now, [
-                [h.key, h.amount, h.limit, h.window, h.metric, h.rolling]  # enums: values
-                for h in holds]], option=orjson.OPT_APPEND_NEWLINE), now)
+            if not self._append(orjson.dumps(["r", request_id, lease, now, [
+                    [h.key, h.amount, h.limit, h.window, h.metric, h.rolling]  # enum values
+                    for h in holds]], option=orjson.OPT_APPEND_NEWLINE), now):
+                book.finish(request_id, None, now, ())  # not durable: never granted
+                raise StoreUnavailable(self._broken or "state journal not writable")
         elif book.reclaims != reclaims:
             self._append_reclaim(now)
         return denial, usages
@@ -173,19 +178,20 @@ class OwnedSqliteStore(PlainFromRead):
         read: Sequence[Hold],
     ) -> tuple[SettleResult, list[LimitUsage]]:
         actual = check_finish(request_id, actual, now)
-        self._usable()
         result, usages, changed = self._book.finish(request_id, actual, now, read)
         if changed:
-            self._append(orjson.dumps(["f", request_id, now, actual],
-                                      option=orjson.OPT_APPEND_NEWLINE), now)
+            line = orjson.dumps(["f", request_id, now, actual],
+                                option=orjson.OPT_APPEND_NEWLINE)
+            # A finish only gives room back: applied even when the journal cannot take
+            # it, and made durable by the next snapshot (the heal, or close()).
+            self._append(line, now)
         return (SettleResult() if actual is None else result), usages
 
     async def usage(
         self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
     ) -> LimitUsage:
         check_usage_args(key, limit, window, now)
-        self._usable()
-        book = self._book
+        book = self._book  # (readable while the journal is broken: nothing to journal)
         reclaims = book.reclaims
         found = book.usage(key, limit, window, rolling, now)
         if book.reclaims != reclaims:
@@ -194,25 +200,60 @@ class OwnedSqliteStore(PlainFromRead):
 
     def _usable(self) -> None:
         if self._broken is not None:
+            self._heal_soon()
             raise StoreUnavailable(self._broken)
+
+    def _heal_soon(self) -> None:
+        """While the journal is broken, try (at most every HEAL_SECONDS) to make memory
+        durable again: a snapshot of everything changed, then a test line in a fresh
+        journal segment. Both written → the store answers again, no restart."""
+        if self._healing is not None or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._healed_at < HEAL_SECONDS:
+            return
+        self._healed_at = loop.time()
+        self._healing = loop.create_task(self._heal())
+
+    async def _heal(self) -> None:
+        try:
+            if self._flushing is not None:
+                await self._flushing
+            if not await self._snapshot():
+                return
+            try:
+                self._journal.append(orjson.dumps(["x", self._now],
+                                                  option=orjson.OPT_APPEND_NEWLINE))
+            except OSError:
+                return
+            log.warning("SQLite state store %s: the journal is writable again; answering",
+                        self._path)
+            self._broken = None
+        finally:
+            self._healing = None
 
     def _append_reclaim(self, now: float) -> None:
         self._append(orjson.dumps(["x", now], option=orjson.OPT_APPEND_NEWLINE), now)
 
-    def _append(self, line: bytes, now: float) -> None:
+    def _append(self, line: bytes, now: float) -> bool:
+        """Journal one operation; False when the journal cannot be written: the store
+        then refuses reservations (fail closed) until `_heal` made memory durable."""
         self._now = max(self._now, now)
+        if self._broken is not None:
+            self._heal_soon()
+            return False
         try:
             self._journal.append(line)
         except OSError as exc:
-            # Memory now holds a change the journal lacks: stop (fail closed) rather
-            # than answer from state a restart would not have.
             self._broken = (f"SQLite state store {self._path!r}: the journal cannot be "
-                            f"written ({exc}); restart once the disk is fixed")
+                            f"written ({exc}); refusing calls until it can")
             log.error("%s", self._broken)
-            raise StoreUnavailable(self._broken) from exc
+            self._heal_soon()
+            return False
         if self._flush_timer is None and self._flushing is None:
             loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(self._flush_seconds, self._start_flush)
+        return True
 
     # -- snapshots ------------------------------------------------------------------------
     def _start_flush(self) -> None:
@@ -221,30 +262,34 @@ class OwnedSqliteStore(PlainFromRead):
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        """Cut the journal, write the rows changed before the cut, then delete the
-        segments they cover. On failure the rows stay dirty and the segments stay."""
         try:
-            segment = self._journal.cut()
-            if segment is not None:
-                self._unwritten.append(segment)
-            self._book.sweep(self._now)
-            dirty = self._book.take_dirty()
-            try:
-                await asyncio.to_thread(self._write, dirty, self._now)
-            except (sqlite3.Error, OSError) as exc:
-                self._book.not_written(dirty)
-                log.error("state store %s: snapshot failed (%s); the journal keeps "
-                          "everything, retrying", self._path, exc)
-                return
-            self._forget(dirty)
-            for done in self._unwritten:
-                Journal.commit(done)
-            self._unwritten = []
+            await self._snapshot()
         finally:
             self._flushing = None
             if self._book.has_changes and self._flush_timer is None and not self._closing:
                 self._flush_timer = asyncio.get_running_loop().call_later(
                     self._flush_seconds, self._start_flush)
+
+    async def _snapshot(self) -> bool:
+        """Cut the journal, write the rows changed before the cut, then delete the
+        segments they cover. On failure the rows stay dirty and the segments stay."""
+        segment = self._journal.cut()
+        if segment is not None:
+            self._unwritten.append(segment)
+        self._book.sweep(self._now)
+        dirty = self._book.take_dirty()
+        try:
+            await asyncio.to_thread(self._write, dirty, self._now)
+        except (sqlite3.Error, OSError) as exc:
+            self._book.not_written(dirty)
+            log.error("state store %s: snapshot failed (%s); the journal keeps "
+                      "everything, retrying", self._path, exc)
+            return False
+        self._forget(dirty)
+        for done in self._unwritten:
+            Journal.commit(done)
+        self._unwritten = []
+        return True
 
     def _forget(self, dirty: Dirty) -> None:
         """`dirty` is in SQLite: its finished rows leave memory, their ids are seen."""
@@ -298,8 +343,9 @@ class OwnedSqliteStore(PlainFromRead):
             self._flush_timer = None
         if self._flushing is not None:
             await self._flushing
-        if self._broken is None:
-            await self._flush()
+        if self._healing is not None:
+            await self._healing
+        await self._snapshot()  # (with a broken journal too: memory holds the newest)
         for segment in self._unwritten:  # not written: kept for the next start's replay
             os.close(segment.fd)
         self._unwritten = []

@@ -4,13 +4,15 @@ client's deadline.
 
 The client's own retries: the Stainless SDKs (openai, anthropic) send
 `x-stainless-retry-count` (0 on the first try, n on their n-th retry) and
-`x-stainless-timeout` (their per-request timeout, seconds). When the count is > 0 the
-SDK is already retrying this request with its own back-off, so the gateway does not
-retry inside as well (no retries × retries amplification against a struggling
-upstream); it still recovers from context-length errors and tries fallbacks, which the
-SDK cannot do. Retries only happen before any byte went to the client.
+`x-stainless-timeout` (their per-request timeout, seconds); the gateway reads them into
+the call's context (`client_retries`, `client_timeout`), and the library sets
+`client_retries` because the wrapped SDK retries on its own. When the client retries,
+tallygate does not retry inside as well (no retries × retries amplification against a
+struggling upstream); it still recovers from context-length errors and tries
+fallbacks, which the SDK cannot do. Retries only happen before any byte went to the
+client.
 
-The deadline is the client's `x-stainless-timeout` when sent, else (1 + retries) provider
+The deadline is the client's own timeout when known, else (1 + retries) provider
 timeouts; each try's own timeout is the provider's, cut to what is left of the deadline,
 and a wait (back-off or retry-after) that would end past the deadline is not started."""
 
@@ -78,14 +80,14 @@ class RetryPlan:
         settings: RetrySettings,
         *,
         feature_retries: int,
-        client_headers: Mapping[str, str],
+        client_retries: int,
+        client_timeout: float | None,
         provider_timeout: float,
     ) -> RetryPlan:
-        budget = feature_retries if client_retry_count(client_headers) == 0 else 0
+        budget = feature_retries if client_retries == 0 else 0
         # The client's own timeout when it sent one (it gives up then anyway); else
         # every try may use a whole provider timeout.
-        own = client_timeout(client_headers)
-        total = own if own is not None else provider_timeout * (budget + 1)
+        total = client_timeout if client_timeout is not None else provider_timeout * (budget + 1)
         return cls(settings, budget, settings.clock() + total)
 
     def remaining_time(self) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 
 from tallygate.config import Policy
 from tallygate.core.catalog import Catalog
-from tallygate.engine import CallContext, Engine, MemoryRecorder
+from tallygate.engine import CallContext, Engine, MemoryRecorder, new_call_id
 from tallygate.errors import StoreUnavailable
 from tallygate.state.memory import MemoryStore
 from tallygate.state.read_along import ReadAlong
@@ -31,15 +31,15 @@ async def test_failed_usage_reads_do_not_lose_the_settlement() -> None:
     store = FlakyReads()
     recorder = MemoryRecorder()
     engine = Engine(POLICY, Catalog(), store, recorder, clock=lambda: 1_800_000_000.0)
-    ctx = CallContext(protocol="openai", route="chat/completions", feature="chat",
-                      user="u", plan="free", stream=True)
-    adm = await engine.admit(ctx, {"model": "gpt-4o-mini",
+    ctx = CallContext(protocol="openai", route="chat/completions", call_id=new_call_id(),
+                      feature="chat", user="u", plan="free", stream=True)
+    call = await engine.admit(ctx, {"model": "gpt-4o-mini",
                                    "messages": [{"role": "user", "content": "hi"}]})
-    assert adm.limit_usage == []  # the read failed: no headers, but the call goes on
-    await engine.complete(adm, Usage(input_tokens=8, output_tokens=5))
+    assert call.limit_usage == []  # the read failed: no headers, but the call goes on
+    await engine.complete(call, Usage(input_tokens=8, output_tokens=5))
     [row] = recorder.rows
     assert row.outcome is Outcome.OK and row.output_tokens == 5
     day = await MemoryStore.usage(store, "user:u:tokens:day", limit=10_000,
-                                  window=adm.holds[0].window, now=1_800_000_000.0)
+                                  window=call.holds[0].window, now=1_800_000_000.0)
     assert day.reserved == 0 and day.used == 13
-    assert await engine.limit_headers(adm) == {}
+    assert await engine.limit_usage(call) == []

@@ -1,0 +1,136 @@
+"""A caller trying to bend the budget: concurrent calls racing for the last tokens,
+predicted and forged ids, values past every bound, switching attribution between calls.
+The invariant: provider-truth tokens never exceed the limit, one row per admitted call,
+ledger tokens == provider truth, nothing left held."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+
+import pytest
+
+from tallygate.engine import bounds, new_call_id
+from tallygate.errors import BudgetExceeded, InvalidRequest
+from tallygate.types import Outcome
+from tests.engine.conftest import Rig, body, reply
+
+
+def provider_truth(rig: Rig) -> int:
+    """Tokens the (fake) provider reported for the calls it served."""
+    return sum(r.input_tokens + r.output_tokens for r in rig.rows if r.outcome is Outcome.OK)
+
+
+async def test_concurrent_calls_never_pass_the_plan(rig: Rig) -> None:
+    rng = random.Random(7)
+
+    async def answer_later(call):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0)
+        return reply(call.count.tokens, rng.randint(1, call.max_output or 1))
+
+    class Port:
+        async def send(self, call, *, timeout):  # type: ignore[no-untyped-def]
+            return await answer_later(call)
+
+        def provider_timeout(self, call):  # type: ignore[no-untyped-def]
+            return 30.0
+
+    port = Port()
+    results = await asyncio.gather(
+        *(rig.engine.run(rig.ctx(), body(), port) for _ in range(20)), return_exceptions=True)
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BudgetExceeded)]
+    assert len(admitted) + len(refused) == 20 and refused
+    ok_rows = [r for r in rig.rows if r.outcome is Outcome.OK]
+    assert len(ok_rows) == len(admitted)  # one row per admitted call
+    assert len({r.request_id for r in rig.rows}) == 20  # and one per refusal, all distinct
+    assert provider_truth(rig) <= 300
+    used, reserved = await rig.used()
+    assert (used, reserved) == (provider_truth(rig), 0)
+
+
+async def test_a_client_request_id_is_never_a_key(rig: Rig) -> None:
+    """20 calls sharing one client id each hold, settle and record on their own."""
+    results = await asyncio.gather(
+        *(rig.engine.run(rig.ctx(client_request_id="same-1"), body(), rig.port)
+          for _ in range(20)), return_exceptions=True)
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    assert len(admitted) == len([r for r in rig.rows if r.outcome is Outcome.OK])
+    assert all(r.client_request_id == "same-1" for r in rig.rows)
+    assert provider_truth(rig) <= 300
+    assert await rig.used() == (provider_truth(rig), 0)
+
+
+def test_ids_are_random_not_a_counter() -> None:
+    ids = [new_call_id() for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    values = [int(i[3:], 16) for i in ids]
+    # A counter would give small steps; random ids differ in about half their 128 bits.
+    steps = [bin(a ^ b).count("1") for a, b in itertools.pairwise(values)]
+    assert min(steps) > 30
+
+
+async def test_switching_attribution_between_calls_charges_each_its_own(rig: Rig) -> None:
+    for user in ("a", "b", "a", "c"):
+        await rig.engine.run(rig.ctx(user=user), body(), rig.port)
+    assert [r.user for r in rig.rows] == ["a", "b", "a", "c"]
+    assert (await rig.used("a"))[0] == 30 and (await rig.used("b"))[0] == 15
+
+
+@pytest.mark.parametrize("value", ["10000000000000000000", "100000000000000000000", "-1",
+                                   "1e3", "١", " ", "1000001"])
+def test_attempt_out_of_range_is_a_4xx(value: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        bounds.attempt(value)
+    assert err.value.status == 400 and err.value.param == "X-Tallygate-Attempt"
+
+
+def test_attempts_in_range_pass() -> None:
+    assert bounds.attempt("0") == 0 and bounds.attempt(" 42 ") == 42
+    assert bounds.attempt(None) is None and bounds.attempt(bounds.MAX_ATTEMPT) == 1_000_000
+
+
+@pytest.mark.parametrize("value", ["x" * 257, "", "tab\there", "nl\nx"])
+def test_names_past_their_bounds_are_refused(value: str) -> None:
+    with pytest.raises(InvalidRequest):
+        bounds.name(value, "X-Tallygate-Run")
+
+
+@pytest.mark.parametrize("value", ["a b", "é", "x" * 129, ""])
+def test_client_ids_past_their_bounds_are_refused(value: str) -> None:
+    with pytest.raises(InvalidRequest):
+        bounds.client_id(value)
+
+
+def _nested(depth: int) -> dict:  # type: ignore[type-arg]
+    node: dict = {"type": "string"}  # type: ignore[type-arg]
+    for _ in range(depth):
+        node = {"type": "object", "properties": {"x": node}}
+    return node
+
+
+def test_deep_nesting_anywhere_is_refused_before_anything_serialises_it() -> None:
+    deep = body(tools=[{"type": "function",
+                        "function": {"name": "f", "parameters": _nested(150)}}])
+    with pytest.raises(InvalidRequest):
+        bounds.check_depth(deep)
+    bounds.check_depth(body(tools=[{"type": "function",
+                                    "function": {"name": "f", "parameters": _nested(10)}}]))
+    with pytest.raises(InvalidRequest):
+        bounds.check_depth({"extra": _list(300)})
+
+
+def _list(depth: int) -> list:  # type: ignore[type-arg]
+    node: list = []  # type: ignore[type-arg]
+    for _ in range(depth):
+        node = [node]
+    return node
+
+
+async def test_an_absurd_usage_never_reaches_the_counters(rig: Rig) -> None:
+    rig.port.then = reply(5, 10**13)
+    call, answer = await rig.engine.run(rig.ctx(), body(), rig.port)
+    assert answer.status == 502
+    used, reserved = await rig.used()
+    assert reserved == 0 and used == call.count.tokens + 50

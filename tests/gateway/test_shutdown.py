@@ -1,0 +1,106 @@
+"""`tallygate serve` stopped with a stream in flight: Ctrl-C once waits for the stream up
+to the deadline then cuts it, Ctrl-C twice cuts it at once; either way the row holds the
+tokens already relayed (never 0), the client gets the protocol's error event, and
+nothing is printed but the shutdown log lines."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tallygate.sim import SimConfig, SimServer
+from tests.support.gateway import running_sim
+from tests.support.procs import start_gateway, write_policy
+
+
+@pytest.fixture(scope="module")
+def slow_sim() -> Iterator[SimServer]:
+    """A stream of 400 tokens at 40 tokens/s: ten seconds long."""
+    with running_sim(SimConfig(tokens_per_second=40, reply_tokens=400)) as (server, _):
+        yield server
+
+
+def _setup(tmp: Path, sim: SimServer, deadline: str) -> tuple[Path, str]:
+    policy = write_policy(tmp / "tallygate.yaml", {
+        "storage": {"state": f"sqlite:///{tmp}/state.db", "ledger": f"sqlite:///{tmp}/l.db"},
+        "providers": {"openai": {"protocol": "openai", "base_url": f"{sim.url}/v1",
+                                 "api_key": "sk-sim"}},
+        "features": {"chat": {"max_output": 400, "model": "gpt-4o-mini"}},
+        "plans": {"pro": {"tokens_per_day": 1_000_000}},
+        "server": {"shutdown_deadline": deadline},
+    })
+    made = subprocess.run(
+        [sys.executable, "-m", "tallygate", "keys", "create", "--config", str(policy),
+         "--user", "streamer", "--plan", "pro", "--json"],
+        capture_output=True, text=True, check=True, timeout=60)
+    return policy, json.loads(made.stdout)["key"]
+
+
+class Reader(threading.Thread):
+    """Reads a stream through the gateway, counting the text it got."""
+
+    def __init__(self, url: str, key: str) -> None:
+        super().__init__(daemon=True)
+        self.client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0,
+                                    default_headers={"X-Tallygate-Feature": "chat"})
+        self.text = ""
+        self.error: BaseException | None = None
+        self.started = threading.Event()
+
+    def run(self) -> None:
+        try:
+            stream = self.client.chat.completions.create(
+                model="gpt-4o-mini", stream=True,
+                messages=[{"role": "user", "content": "Tell me a long story."}])
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    self.text += chunk.choices[0].delta.content
+                    self.started.set()
+        except BaseException as exc:  # the cut stream's error event
+            self.error = exc
+
+
+def _rows(policy: Path) -> list[dict]:  # type: ignore[type-arg]
+    import sqlite3
+
+    db = sqlite3.connect(str(policy.parent / "l.db"))
+    db.row_factory = sqlite3.Row
+    return [dict(r) for r in db.execute("SELECT * FROM calls")]
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_with_a_stream_in_flight(presses: int, slow_sim: SimServer,
+                                        tmp_path: Path) -> None:
+    policy, key = _setup(tmp_path, slow_sim, "1s")
+    url, proc = start_gateway(policy)
+    reader = Reader(url, key)
+    reader.start()
+    assert reader.started.wait(20)
+    time.sleep(0.5)  # some tokens are relayed
+    proc.send_signal(signal.SIGINT)
+    began = time.monotonic()
+    if presses == 2:
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=20)
+    took = time.monotonic() - began
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    reader.join(10)
+    assert code == 0, out
+    assert "Traceback" not in out and "CancelledError" not in out, out
+    assert took < (1.5 if presses == 2 else 4.0)  # twice: at once; once: the 1 s deadline
+    assert isinstance(reader.error, openai.APIError)  # the protocol's own error event
+    assert reader.text and len(reader.text.split()) < 400
+    [row] = _rows(policy)
+    assert row["error_code"] == "shutdown" and row["stream"] == 1
+    assert row["output_tokens"] >= len(reader.text.split())  # what was relayed, never 0
+    assert row["input_tokens"] > 0
