@@ -70,7 +70,7 @@ def _rows(tmp: Path) -> list[dict[str, Any]]:
     try:
         return [dict(r) for r in db.execute(
             "SELECT run, step, outcome, feature, user, model_used, input_tokens, "
-            "output_tokens, tokens_saved, error_code FROM calls ORDER BY ts, step")]
+            "output_tokens, tokens_saved, error_code, detail FROM calls ORDER BY ts, step")]
     finally:
         db.close()
 
@@ -112,6 +112,8 @@ def test_three_pieces_then_three_cache_hits(tmp_path: Path) -> None:
     assert sorted(r["step"] for r in hits) == sorted(NAMES)
     assert {(r["outcome"], r["input_tokens"], r["output_tokens"]) for r in hits} == {
         ("cached", 0, 0)}
+    keys = {c["name"]: c["key"][4:20] for c in second["chunks"]}
+    assert all(json.loads(r["detail"])["key"] == keys[r["step"]] for r in hits)
     report = _report(tmp_path)
     assert report["job-2"]["cache_hits"] == 3 and report["job-2"]["total_tokens"] == 0
     assert report["job-2"]["tokens_saved"] == tokens
@@ -220,6 +222,20 @@ def test_the_sdk_retries_rate_limits_as_the_feature_says(tmp_path: Path) -> None
     assert rc == 1
     failed = [c for c in data["chunks"] if c["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["error"].startswith("provider error 500")
+
+
+def test_a_context_length_error_is_retried_with_half_the_output(tmp_path: Path) -> None:
+    with running_sim() as (sim, _):
+        _policy(tmp_path, sim.url)
+        sim.push_faults("context_length_exceeded")
+        rc, data, out = _gen(tmp_path, "--concurrency", "1")
+        caps = [b["max_completion_tokens"] for r, b in sim.stats.bodies]
+    assert rc == 0, out
+    assert data["generated"] == 3
+    assert caps == [300, 150, 300, 300]  # the library's recovery, through gen unchanged
+    first = _rows(tmp_path)[0]
+    assert first["outcome"] == "ok"
+    assert json.loads(first["detail"])["halved"] == [{"from": 300, "to": 150}]
 
 
 def test_a_budget_refusal_fails_the_job_and_skips_the_rest(tmp_path: Path) -> None:

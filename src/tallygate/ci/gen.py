@@ -220,10 +220,13 @@ class Generator:
         found = await self.cache.get(chunk.key)
         if found is None or answer_problem(found.content, False, None, chunk, 1) is not None:
             return False
+        try:  # the row first: a switched-off feature refuses hits too
+            await asyncio.to_thread(gov.record_cached, client, self.plan.route, found.model,
+                                    found.usage, chunk.key[4:20])
+        except TallygateError as exc:
+            result.status, result.error = "failed", exc.message
+            return True
         result.file = write_artifact(self.options.out, chunk, found.content)
-        detail = {"cache": "artifact", "key": chunk.key[4:20], "where": self.cache.where}
-        await asyncio.to_thread(gov.record_cached, client, self.plan.route, found.model,
-                                found.usage, detail)
         result.status, result.saved = "cached", found.usage
         result.saved_nusd = self.plan.model.cost_nusd(found.usage)
         return True

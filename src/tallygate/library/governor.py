@@ -34,7 +34,7 @@ import concurrent.futures
 import os
 import threading
 import weakref
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -257,11 +257,11 @@ class Governor:
             self.submit(make(self._runtime.engine, *args, **kwargs))
 
     def record_cached(self, client: Any, route: str, model: str, saved: Usage,
-                      detail: Mapping[str, Any] | None = None) -> CallRecord:
+                      key: str | None = None) -> CallRecord:
         """A hit of the caller's own cache (`tallygate gen`'s artifacts): a `cached` row,
         attributed like `client`'s calls, with the tokens it saved; nothing reserved."""
         ctx = client._binding.context(route, {})
-        return self.call(_record_cached, ctx, model, saved, detail)
+        return self.call(_record_cached, ctx, model, saved, key)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -304,9 +304,10 @@ class Governor:
 
 
 async def _record_cached(engine: Engine, ctx: Any, model: str, saved: Usage,
-                         detail: Mapping[str, Any] | None) -> CallRecord:
-    return engine.record_cached(ctx, engine.catalog.get(model), model, saved, engine.clock(),
-                                detail)
+                         key: str | None) -> CallRecord:
+    call = await engine.prepare(ctx, {"model": model})  # flags, routing: as for a call
+    call.notes.cache_key = key
+    return engine.record_cached(call, saved)
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Governor]) -> None:
