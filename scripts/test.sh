@@ -25,5 +25,20 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev]"
 
+# The real coding-agent CLIs for tests/gateway/test_real_agents.py, pinned, from the npm
+# registry (they ship native binaries in platform packages; no install script is needed).
+# Node.js and npm come from the OS packages when missing. TALLYGATE_SKIP_AGENT_CLIS=1
+# leaves them out on purpose (those tests then say they were skipped, and why).
+if [ "${TALLYGATE_SKIP_AGENT_CLIS:-0}" != "1" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q nodejs npm
+  fi
+  [ -x .agent-clis/node_modules/.bin/claude ] && [ -x .agent-clis/node_modules/.bin/codex ] || \
+    timeout 600 npm install --silent --no-audit --no-fund --ignore-scripts \
+      --prefix .agent-clis @anthropic-ai/claude-code@2.1.328 @openai/codex@0.169.0
+fi
+
 .venv/bin/ruff check src tests bench
 .venv/bin/python -m pytest "$@"

@@ -28,6 +28,17 @@ class ConfigError(TallygateError):
     code = "invalid_config"
 
 
+class SecretNotSet(ConfigError):
+    """A secret the policy reads from the environment (`api_key: ${OPENAI_API_KEY}`) is
+    needed now and its variable is not set. The message names the variable, never a
+    value. The caller did nothing wrong: on the wire it is a server error."""
+
+    status = 500
+    code = "secret_not_set"
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+
+
 class InvalidRequest(TallygateError):
     """Malformed JSON, wrong types, missing fields."""
 

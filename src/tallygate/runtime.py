@@ -16,7 +16,7 @@ from tallygate.core.catalog import Catalog
 from tallygate.engine import Engine, Recorder, RetrySettings
 from tallygate.keys import CachedKeyStore, KeyStore, open_keystore
 from tallygate.ledger import LedgerStore, LedgerWriter, default_journal_dir, open_ledger
-from tallygate.state import from_url
+from tallygate.state import open_state
 from tallygate.state.base import StateStore
 from tallygate.types import CallRecord
 
@@ -39,7 +39,7 @@ def _warm_encodings() -> None:
         get_encoding(name)
 
 
-def open_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
+async def open_policy_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
     """The configured state store; a shared (Redis) one is guarded by the fail mode.
     `sole_process`: nothing else will use a SQLite state file (a one-worker `serve`), so
     `state_mode: auto` may own it."""
@@ -47,19 +47,21 @@ def open_state(policy: Policy, *, sole_process: bool = False) -> StateStore:
     if storage.state.startswith("sqlite:") and not storage.state.endswith(":memory:"):
         owner = storage.state_mode == "owner" or (storage.state_mode == "auto"
                                                   and sole_process)
-        return from_url(storage.state, owner=owner)
-    store = from_url(policy.storage.state)
+        return await open_state(storage.state, owner=owner)
+    store = await open_state(policy.storage.state)
     if policy.storage.state.startswith(("redis://", "rediss://")):
         from tallygate.state.guard import GuardedStore
 
-        return GuardedStore(store, mode=policy.storage.fail_mode)
+        return GuardedStore(store, mode=policy.storage.fail_mode,
+                            open_share=float(policy.storage.fail_open_share))
     return store
 
 
-def open_response_cache(policy: Policy) -> ResponseCache | None:
+async def open_response_cache(policy: Policy) -> ResponseCache | None:
     secret = policy.cache.hmac_key.get_secret_value() if policy.cache.hmac_key else ""
-    return open_cache(policy.cache.backend, state_url=policy.storage.state, hmac_key=secret,
-                      ttl=policy.cache.ttl)
+    return await asyncio.to_thread(  # a SQLite backend opens its file
+        open_cache, policy.cache.backend, state_url=policy.storage.state, hmac_key=secret,
+        ttl=policy.cache.ttl)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Runtime:
         catalog = Catalog(policy.models)
         # Build the tokenizers now (≈1.5 s, in a thread) rather than on the first request.
         await asyncio.to_thread(_warm_encodings)
-        store = open_state(policy, sole_process=sole_process)
+        store = await open_policy_state(policy, sole_process=sole_process)
         ledger = await open_ledger(policy.storage.ledger)
         journal = policy.storage.ledger_journal or default_journal_dir(policy.storage.ledger)
         writer = LedgerWriter(
@@ -93,7 +95,7 @@ class Runtime:
         )
         await writer.start()
         keys = CachedKeyStore(await open_keystore(policy.storage.ledger))
-        cache = open_response_cache(policy)
+        cache = await open_response_cache(policy)
         recorders = FanOut(writer)
         engine = Engine(policy, catalog, store, recorders, clock=clock,
                         lease=policy.storage.lease_seconds, cache=cache, retry=retry)

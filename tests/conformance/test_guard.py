@@ -17,6 +17,7 @@ import pytest
 from tallygate.errors import StoreUnavailable
 from tallygate.state import from_url
 from tallygate.state.guard import GuardedStore
+from tallygate.state.memory import MemoryStore
 from tallygate.types import Hold, Window
 from tests.support.servers import _wait_port, free_port
 
@@ -57,7 +58,9 @@ async def test_fail_closed_raises_store_unavailable_fast() -> None:
     assert time.monotonic() - started < 2.0
     assert guard.degraded
     await guard.settle("r1", {"tokens": 5}, now=T0)  # never raises: queued for replay
-    assert guard.pending == 1
+    # r1's failed reserve is given back (a timeout may come after Redis applied it), and
+    # its settle is replayed; r2 was refused without reaching Redis: nothing to undo.
+    assert guard.pending == 2
     await guard.close()
 
 
@@ -66,7 +69,7 @@ async def test_fail_open_admits_locally_and_reconciles(
 ) -> None:
     url = f"redis://127.0.0.1:{own_redis.port}/0"  # type: ignore[attr-defined]
     inner = from_url(url, socket_timeout=0.3, connect_timeout=0.3)
-    guard = GuardedStore(inner, "fail_open", probe_interval=0.2)
+    guard = GuardedStore(inner, "fail_open", probe_interval=0.2, open_share=1.0)
     assert await guard.reserve("before", DAY, lease=600, now=T0) is None  # in Redis
     await guard.settle("before", {"tokens": 70}, now=T0)
     assert await guard.reserve("in-flight", DAY, lease=600, now=T0) is None  # in Redis
@@ -83,7 +86,7 @@ async def test_fail_open_admits_locally_and_reconciles(
                                   now=T0 + 2)
         assert (local.used, local.reserved) == (40, 0)  # counted locally
         assert await guard.reserve("o3", DAY, lease=600, now=T0 + 3) is None
-        assert guard.pending == 2
+        assert guard.pending == 3  # o1's reserve given back, in-flight's settle, …
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
 
@@ -99,5 +102,144 @@ async def test_fail_open_admits_locally_and_reconciles(
                                now=T0 + 1000)  # past every lease: nothing stale held
     assert (usage.used, usage.reserved) == (165, 0)
     assert await guard.reconcile() and guard.pending == 0
+    await direct.close()
+    await guard.close()
+
+
+class Flaky(MemoryStore):
+    """A shared store that can be cut off (`down`) and whose settles can be held at a
+    gate, to replay the interleavings of an outage exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.gate: asyncio.Event | None = None
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("cut off")
+
+    async def reserve(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._check()
+        return await super().reserve(*args, **kwargs)
+
+    async def settle(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._check()
+        gate = self.gate
+        if gate is not None:
+            await gate.wait()
+            self._check()
+        return await super().settle(*args, **kwargs)
+
+    async def release(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._check()
+        return await super().release(*args, **kwargs)
+
+    async def usage(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._check()
+        return await super().usage(*args, **kwargs)
+
+
+async def test_a_success_older_than_a_failure_does_not_lose_the_queued_settles() -> None:
+    """A settle that began before the outage and succeeded after it once cleared the
+    "down" mark: the settles queued meanwhile were never replayed (29-87 tokens short)."""
+    shared = Flaky()
+    guard = GuardedStore(shared, "fail_closed", probe_interval=0.0)
+    for rid in ("a", "b"):
+        assert await guard.reserve(rid, DAY, lease=600, now=T0) is None
+    shared.gate = asyncio.Event()
+    slow = asyncio.ensure_future(guard.settle("a", {"tokens": 30}, now=T0))
+    await asyncio.sleep(0)
+    shared.down = True
+    await guard.settle("b", {"tokens": 45}, now=T0)  # fails: queued
+    assert guard.pending == 1 and guard.degraded
+    shared.down = False
+    shared.gate.set()
+    shared.gate = None
+    await slow  # the older call succeeds now: it must not end the outage by itself
+    await guard.usage("user:u1:tokens:day", limit=1000, window=Window.DAY, now=T0)
+    assert guard.pending == 0 and not guard.degraded
+    truth = await MemoryStore.usage(shared, "user:u1:tokens:day", limit=1000,
+                                    window=Window.DAY, now=T0)
+    assert (truth.used, truth.reserved) == (75, 0)  # 0 tokens short
+
+
+async def test_fail_open_admits_at_most_each_replicas_share() -> None:
+    """Two replicas during an outage: each admits at most open_share × limit, and no
+    more than the room it last saw in the shared store."""
+    limit, share = 1000, 0.25
+    holds = [Hold("user:u1:tokens:day", 50, limit, Window.DAY)]
+    shared = Flaky()
+    replicas = [GuardedStore(shared, "fail_open", open_share=share) for _ in range(2)]
+    shared.down = True
+    admitted = 0
+    for guard in replicas:
+        for i in range(40):
+            if await guard.reserve(f"{id(guard)}-{i}", holds, lease=600, now=T0) is None:
+                await guard.settle(f"{id(guard)}-{i}", {"tokens": 50}, now=T0)
+                admitted += 50
+    assert admitted <= 2 * share * limit  # the documented worst case: R × share × limit
+    assert admitted == 500
+    # A replica that saw the shared store at 900 before the outage admits only 100.
+    shared.down = False
+    seen = GuardedStore(shared, "fail_open", open_share=share)
+    assert await seen.reserve("pre", [Hold("user:u2:tokens:day", 900, limit, Window.DAY)],
+                              lease=600, now=T0) is None
+    await seen.settle("pre", {"tokens": 900}, now=T0)
+    await seen.usage("user:u2:tokens:day", limit=limit, window=Window.DAY, now=T0)
+    shared.down = True
+    got = 0
+    for i in range(10):
+        if await seen.reserve(f"o{i}", [Hold("user:u2:tokens:day", 50, limit, Window.DAY)],
+                              lease=600, now=T0) is None:
+            got += 50
+    assert got == 100
+
+
+async def test_redis_stopped_under_load_loses_no_settled_token(
+    own_redis: subprocess.Popen[bytes],
+) -> None:
+    """fail_closed, 16 tasks reserving and settling while Redis stops answering and comes
+    back twice: once everything settled, Redis holds exactly the tokens settled."""
+    url = f"redis://127.0.0.1:{own_redis.port}/0"  # type: ignore[attr-defined]
+    inner = from_url(url, socket_timeout=0.2, connect_timeout=0.2)
+    guard = GuardedStore(inner, "fail_closed", probe_interval=0.05)
+    holds = [Hold("user:load:tokens:day", 20, 10**9, Window.DAY)]
+    truth = 0
+    stop = asyncio.Event()
+
+    async def worker(n: int) -> None:
+        nonlocal truth
+        i = 0
+        while not stop.is_set():
+            rid = f"w{n}-{i}"
+            i += 1
+            try:
+                if await guard.reserve(rid, holds, lease=600, now=T0) is not None:
+                    continue
+            except StoreUnavailable:
+                await asyncio.sleep(0.01)
+                continue
+            used = 1 + (i % 19)
+            await guard.settle(rid, {"tokens": used}, now=T0)  # never raises
+            truth += used
+
+    tasks = [asyncio.ensure_future(worker(n)) for n in range(16)]
+    for _ in range(2):
+        await asyncio.sleep(0.4)
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        await asyncio.sleep(0.4)
+        os.kill(own_redis.pid, signal.SIGCONT)
+    await asyncio.sleep(0.4)
+    stop.set()
+    await asyncio.gather(*tasks)
+    for _ in range(100):
+        if await guard.reconcile() and guard.pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    direct = from_url(url)
+    got = await direct.usage("user:load:tokens:day", limit=10**9, window=Window.DAY,
+                             now=T0)
+    assert truth > 0 and (got.used, got.reserved) == (truth, 0)
     await direct.close()
     await guard.close()

@@ -149,6 +149,76 @@ async def test_responses_stream_events(client: TestClient) -> None:
         check("ResponseStreamEvent", obj)
 
 
+EXEC = {"type": "custom", "name": "exec", "description": "Run a command.",
+        "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}
+READ = {"type": "function", "name": "read_file", "description": "Read a file.",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}},
+                       "required": ["path"]}}
+TOOLS_ITEM = {"type": "additional_tools", "role": "developer",
+              "tools": [{"type": "namespace", "name": "functions", "description": "Tools.",
+                         "tools": [EXEC, READ]}]}
+
+
+def _agent_input(marker: str) -> list[dict]:
+    return [TOOLS_ITEM, {"type": "message", "role": "user",
+                         "content": [{"type": "input_text", "text": f"Go. {marker}"}]}]
+
+
+AGENT_CASES = {
+    "custom_tool_call": {"input": _agent_input("[sim-tool: exec ls -la]")},
+    "function_call": {"input": _agent_input('[sim-tool: read_file {"path": "a.md"}]')},
+    "text": {"input": _agent_input("")},
+    "forced": {"input": "Hi", "tools": [READ], "tool_choice": "required"},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("case", sorted(AGENT_CASES))
+async def test_responses_reasoning_and_tool_calls(client: TestClient, case: str,
+                                                  stream: bool) -> None:
+    """What Codex gets: a reasoning item (encrypted content when asked), then a
+    custom_tool_call, a function_call or a message; reasoning tokens in the usage."""
+    body = {"model": "gpt-5-mini", "stream": stream, "store": False,
+            "reasoning": {"effort": "low"}, "include": ["reasoning.encrypted_content"],
+            **AGENT_CASES[case]}
+    status, raw = await post(client, "/v1/responses", body)
+    assert status == 200
+    if stream:
+        names = stream_event_schemas()
+        events = [orjson.loads(data) for _, data in sse_data(raw)]
+        for obj in events:
+            check(names[obj["type"]], obj)
+            check("ResponseStreamEvent", obj)
+        final = events[-1]["response"]
+    else:
+        final = orjson.loads(raw)
+    check("Response", final)
+    kinds = [item["type"] for item in final["output"]]
+    wanted = {"custom_tool_call": "custom_tool_call", "function_call": "function_call",
+              "forced": "function_call", "text": "message"}[case]
+    assert kinds == ["reasoning", wanted]
+    assert final["output"][0]["encrypted_content"]
+    usage = final["usage"]
+    assert 0 < usage["output_tokens_details"]["reasoning_tokens"] < usage["output_tokens"]
+    if case == "custom_tool_call":
+        call = final["output"][1]
+        assert (call["name"], call["input"], call["namespace"]) == ("exec", "ls -la",
+                                                                    "functions")
+    if case == "function_call":
+        assert orjson.loads(final["output"][1]["arguments"]) == {"path": "a.md"}
+
+
+async def test_reasoning_counts_inside_the_output_cap(client: TestClient) -> None:
+    body = {"model": "gpt-5-mini", "input": "Hi", "max_output_tokens": 16,
+            "reasoning": {"effort": "high"}}
+    resp = await client.post("/v1/responses", data=orjson.dumps(body),
+                             headers={"x-sim-reasoning-tokens": "12", "x-sim-reply-tokens": "9"})
+    final = orjson.loads(await resp.read())
+    check("Response", final)
+    assert final["usage"]["output_tokens"] == 16  # 12 reasoning + 4 text, not 21
+    assert final["status"] == "incomplete"
+
+
 @pytest.mark.parametrize("extra", [{"input": "one"}, {"input": ["a", "b"], "dimensions": 4},
                                    {"input": "x", "encoding_format": "base64"}])
 async def test_embeddings_body(client: TestClient, extra: dict) -> None:
@@ -168,7 +238,7 @@ async def test_models_list(client: TestClient) -> None:
     check("ListModelsResponse", orjson.loads(await resp.read()))
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "529", "context_length_exceeded"])
+@pytest.mark.parametrize("fault", ["429", "500", "529", "context_length_exceeded", "quota"])
 async def test_sim_error_bodies(client: TestClient, fault: str) -> None:
     status, raw = await post(client, "/v1/chat/completions",
                              {"model": "gpt-4o-mini", "messages": MSGS},

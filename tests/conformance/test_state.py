@@ -13,6 +13,7 @@ import pytest
 from tallygate.core.windows import ROLLING_SLOTS, bucket_bounds, counter_name
 from tallygate.errors import ConfigError, InvalidRequest
 from tallygate.state import StateStore, from_url
+from tallygate.state.guard import GuardedStore
 from tallygate.types import Hold, LimitUsage, Metric, Window
 from tests.support.state import abandon
 
@@ -338,6 +339,28 @@ async def test_flags_and_version(store: StateStore) -> None:
     await store.set_flag("code_review", True)
     assert await store.get_flag("code_review") is True
     assert await store.flags_version() == start + 3
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["bare", "guarded"])
+async def test_clear_flag_returns_to_the_policy_value(
+    store_factory: StoreFactory, guarded: bool
+) -> None:
+    """clear_flag forgets the run-time value (the policy's applies again), bumps the
+    version so replicas notice, and is seen by every store sharing the state; the
+    fail-mode guard passes it through to the shared store."""
+    one, two = await store_factory(), await store_factory()
+    if guarded:
+        one = GuardedStore(one, "fail_closed")
+    await one.set_flag("code_review", False)
+    await one.set_flag("quick", True)
+    before = await two.flags_version()
+    assert await one.clear_flag("code_review") is True
+    assert await two.flags_version() > before
+    assert await two.get_flag("code_review") is None
+    assert await two.flags() == {"quick": True}
+    assert await one.clear_flag("code_review") is False  # nothing left to clear
+    with pytest.raises(InvalidRequest):
+        await one.clear_flag("")
 
 
 async def test_claim_is_won_once_per_ttl(store_factory: StoreFactory) -> None:

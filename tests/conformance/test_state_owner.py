@@ -135,9 +135,8 @@ async def test_finished_rows_leave_memory_once_written(tmp_path: Path) -> None:
     await store.reserve("a", [tokens("k", 10)], lease=60, now=T0)
     await store.settle("a", {"tokens": 9}, now=T0)
     await store.reserve("held", [tokens("k", 20)], lease=60, now=T0)
-    while store._book.has_changes or store._flushing is not None:
-        await asyncio_sleep()
-    assert set(store._book.rows) == {"held"}
+    await store.written()
+    assert set(store.in_memory[0]) == {"held"}
     assert (await store.settle("a", {"tokens": 9}, now=T0)).already_settled
     with pytest.raises(InvalidRequest, match="already settled"):
         await store.reserve("a", [tokens("k", 1)], lease=60, now=T0)
@@ -170,8 +169,7 @@ async def test_a_failed_snapshot_is_retried_and_the_journal_kept(
         await asyncio_sleep()
     assert segments(path)  # still there: the rows are not in SQLite
     await store.settle("a", {"tokens": 4}, now=T0)
-    while store._book.has_changes or store._flushing is not None:
-        await asyncio_sleep()
+    await store.written()
     assert segments(path) == []
     await abandon(store)
     again = owner(path)
@@ -282,9 +280,8 @@ async def test_windows_nobody_touches_again_leave_memory_and_the_file(tmp_path: 
         await store.reserve(user, [tokens(f"user:{user}", 10)], lease=60, now=T0)
         await store.settle(user, {"tokens": 10}, now=T0)
     await store.reserve("today", [tokens("user:back", 10)], lease=60, now=T0 + 2 * 86400)
-    while store._book.has_changes or store._flushing is not None:
-        await asyncio_sleep()
-    assert list(store._book.cells) == [counter_name("user:back", Window.DAY, False)]
+    await store.written()
+    assert store.in_memory[1] == [counter_name("user:back", Window.DAY, False)]
     db = sqlite3.connect(path)
     counters = {c for (c,) in db.execute("SELECT counter FROM state_cells")}
     db.close()

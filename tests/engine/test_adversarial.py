@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import random
 
+import orjson
 import pytest
 
 from tallygate.engine import bounds, new_call_id
@@ -134,3 +135,36 @@ async def test_an_absurd_usage_never_reaches_the_counters(rig: Rig) -> None:
     assert answer.status == 502
     used, reserved = await rig.used()
     assert reserved == 0 and used == call.count.tokens + 50
+
+
+async def test_invented_feature_names_share_the_default_budget(make_rig) -> None:  # type: ignore[no-untyped-def]
+    rig = make_rig(limits={"feature": {"default": {"tokens_per_day": 200}}},
+                   plans={"free": {"tokens_per_day": 100_000}})
+    admitted = 0
+    for i in range(12):
+        try:
+            await rig.engine.run(rig.ctx(f"invented-{i}"), body(), rig.port)
+            admitted += 1
+        except BudgetExceeded:
+            pass
+    assert 0 < admitted < 12  # one shared counter, not 12 copies of the default budget
+    served = [r for r in rig.rows if r.outcome is Outcome.OK]
+    assert {r.feature for r in rig.rows} == {"default"}
+    assert sum(r.input_tokens + r.output_tokens for r in served) <= 200
+    assert orjson.loads(served[0].detail)["unknown_feature"] == "invented-0"
+
+
+async def test_the_default_kill_switch_stops_invented_names(rig: Rig) -> None:
+    from tallygate.errors import FeatureDisabled
+
+    await rig.store.set_flag("default", False)
+    with pytest.raises(FeatureDisabled):
+        await rig.engine.run(rig.ctx("made-up"), body(), rig.port)
+
+
+async def test_unknown_features_reject_says_did_you_mean(make_rig) -> None:  # type: ignore[no-untyped-def]
+    rig = make_rig(unknown_features="reject")
+    with pytest.raises(InvalidRequest, match="chat") as err:
+        await rig.engine.run(rig.ctx("chatt"), body(), rig.port)
+    assert err.value.param == "X-Tallygate-Feature"
+    assert rig.rows[-1].status == 400

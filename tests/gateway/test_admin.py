@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +10,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from tallygate.config import Policy
+from tallygate.config.names import PolicyNames
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.auth import authenticate
 from tallygate.keys import MemoryKeyStore
@@ -24,7 +27,10 @@ def store() -> MemoryKeyStore:
 
 @pytest.fixture
 def client(store: MemoryKeyStore) -> Iterator[TestClient]:
-    app = Starlette(routes=admin_routes(store, ADMIN, plans={"free", "pro"}, max_body=4096))
+    names = PolicyNames(Policy.from_mapping(
+        {"plans": {"free": {}, "pro": {}, "enterprise": {}},
+         "features": {"chat": {}, "code_review": {}}}))
+    app = Starlette(routes=admin_routes(store, ADMIN, names=names, max_body=4096))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -130,6 +136,21 @@ def test_unknown_plan_names_known_plans(client: TestClient) -> None:
     error = assert_error(client.post("/admin/keys", json={"user": "u", "plan": "gold"},
                                      headers=AUTH), 400, "invalid_request")
     assert "free" in error["message"] and error["param"] == "plan"
+
+
+@pytest.mark.parametrize(("field", "typo", "hint"), [
+    ("plan", "enterprize", "enterprise"),
+    ("features", ["code_reveiw"], "code_review"),
+    ("models", ["gpt-4o-mni"], "gpt-4o-mini"),
+])
+def test_create_refuses_a_typo(client: TestClient, store: MemoryKeyStore, field: str,
+                               typo: object, hint: str) -> None:
+    """The admin API door: the same PolicyNames.check_key as `tallygate keys create`."""
+    body = {"user": "u", "plan": "pro", field: typo}
+    error = assert_error(client.post("/admin/keys", json=body, headers=AUTH), 400,
+                         "invalid_request")
+    assert f"did you mean {hint!r}" in error["message"] and error["param"] == field
+    assert asyncio.run(store.list(include_revoked=True)) == []
 
 
 def test_body_over_cap_is_413(client: TestClient) -> None:

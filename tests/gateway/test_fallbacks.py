@@ -90,3 +90,23 @@ def test_fallback_respects_the_keys_model_allow_list(make_gateway, sim) -> None:
     assert row.model_used == "gpt-4o-mini"
     assert detail(row)["fallback_refused"] == [{"gpt-4.1-mini": "permission_denied"}]
     assert all(item["reserved"] == 0 for item in limits(gw, key).values())
+
+
+def test_a_call_policy_changed_says_so_in_its_headers(make_gateway, sim) -> None:  # type: ignore[no-untyped-def]
+    chat = {**FALLBACK["chat"], "max_input": 4000, "on_exceed": "trim"}
+    gw = make_gateway(features={"chat": chat})
+    fast_retries(gw)
+    key = gw.create_key("u", "pro")
+    sim.push_faults("500", "503")
+    raw = client(gw, key).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=HELLO)
+    assert raw.headers["x-tallygate-routed-model"] == "gpt-4.1-mini"
+    assert "x-tallygate-trimmed" not in raw.headers
+    long = [{"role": "user", "content": f"turn {i} " + "word " * 400} for i in range(12)]
+    trimmed = client(gw, key).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=long)
+    removed = int(trimmed.headers["x-tallygate-trimmed"])
+    assert removed > 0 and gw.rows()[-1].trimmed_tokens == removed
+    plain = client(gw, key).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=HELLO)
+    assert "x-tallygate-routed-model" not in plain.headers

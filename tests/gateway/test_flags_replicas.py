@@ -38,6 +38,13 @@ def _pair(stack: ExitStack, sim: SimServer, redis_url: str, tmp_path) -> list[Ru
     return out
 
 
+def _policy_file(tmp_path) -> str:
+    """What the CLI reads to know the feature names (the gateways' features)."""
+    path = tmp_path / "tallygate.yaml"
+    path.write_text(orjson.dumps({"features": FEATURES, "plans": PLANS}).decode())
+    return str(path)
+
+
 def _status(gw: RunningGateway, key: str) -> tuple[int, str | None]:
     status, _, raw = post(gw, key, {"model": "gpt-4o-mini", "messages": HELLO},
                           **{"X-Tallygate-Feature": "chat"})
@@ -69,9 +76,12 @@ def test_flag_switched_on_one_gateway_applies_to_both(sim, redis_url, tmp_path) 
         _, _, raw = http("GET", gateways[1].url + "/admin/flags", headers=ADMIN)
         flags = {f["feature"]: f for f in orjson.loads(raw)["data"]}
         assert flags["chat"] == {"feature": "chat", "on": False, "source": "runtime"}
-        # The CLI against the store directly switches it back on for both.
-        result = CliRunner().invoke(cli_app, ["flags", "set", "chat", "on", "--store", redis_url])
+        # The CLI against the store directly clears the run-time flag: the policy's
+        # value (on) applies again on both.
+        result = CliRunner().invoke(cli_app, ["flags", "clear", "chat", "--store", redis_url,
+                                              "--config", _policy_file(tmp_path)])
         assert result.exit_code == 0, result.output
+        assert "chat: on (policy)" in result.output
         assert _until(gateways, key, 200) <= 1.0
 
 
@@ -90,4 +100,5 @@ def test_cli_through_the_admin_api(sim, redis_url, tmp_path) -> None:
         assert flags["chat"] is False
         bad = http("PUT", gateways[0].url + "/admin/flags/chat", b'{"on": "no"}', ADMIN)
         assert bad[0] == 400
-        runner.invoke(cli_app, ["flags", "set", "chat", "on", "--store", redis_url])
+        runner.invoke(cli_app, ["flags", "set", "chat", "on", "--store", redis_url,
+                                "--config", _policy_file(tmp_path)])

@@ -77,11 +77,11 @@ def _rows(policy: Path) -> list[dict]:  # type: ignore[type-arg]
     return [dict(r) for r in db.execute("SELECT * FROM calls")]
 
 
-@pytest.mark.parametrize("presses", [1, 2])
-def test_ctrl_c_with_a_stream_in_flight(presses: int, slow_sim: SimServer,
+@pytest.mark.parametrize(("presses", "workers"), [(1, 1), (2, 1), (1, 2)])
+def test_ctrl_c_with_a_stream_in_flight(presses: int, workers: int, slow_sim: SimServer,
                                         tmp_path: Path) -> None:
     policy, key = _setup(tmp_path, slow_sim, "1s")
-    url, proc = start_gateway(policy)
+    url, proc = start_gateway(policy, workers=workers)
     reader = Reader(url, key)
     reader.start()
     assert reader.started.wait(20)

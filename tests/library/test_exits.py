@@ -95,8 +95,8 @@ def test_every_call_is_in_the_report_however_the_script_ends(
     policy = _policy(tmp_path, sim)
     script = tmp_path / "script.py"
     script.write_text(PRELUDE + textwrap.dedent(ENDINGS[ending]))
-    done = subprocess.run([sys.executable, str(script), str(policy), sim.url],
-                          capture_output=True, text=True, timeout=60, check=False,
+    done = subprocess.run([sys.executable, str(script), str(policy), sim.url], check=False,
+                          capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert done.returncode == EXIT_CODES.get(ending, 0), done.stderr
     if ending == "exception":  # the script's own traceback, nothing of tallygate's

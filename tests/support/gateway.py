@@ -14,6 +14,7 @@ import uvicorn
 
 from tallygate.config import Policy
 from tallygate.gateway.app import Gateway
+from tallygate.gateway.guarded_http import GuardedConfig, Guards
 from tallygate.sim import SimConfig, SimServer, start_sim
 from tests.support.servers import free_port
 
@@ -85,11 +86,15 @@ class RunningGateway:
 
 
 @contextmanager
-def running_gateway(policy: Policy, **uvicorn_kw: Mapping[str, Any]) -> Iterator[RunningGateway]:
+def running_gateway(policy: Policy, *, guards: Guards | None = None,
+                    **uvicorn_kw: Any) -> Iterator[RunningGateway]:
+    """The gateway under uvicorn; with `guards`, under the guarded protocol `serve` uses."""
     port = free_port()
-    gw = Gateway(policy)
-    config = uvicorn.Config(gw, host="127.0.0.1", port=port, loop="asyncio", lifespan="on",
-                            log_level="warning", access_log=False, **uvicorn_kw)
+    gw = Gateway(policy, access_log=uvicorn_kw.pop("access_log_path", None))
+    common: dict[str, Any] = dict(host="127.0.0.1", port=port, loop="asyncio",
+                                  lifespan="on", log_level="warning", access_log=False)
+    config = (uvicorn.Config(gw, **common, **uvicorn_kw) if guards is None
+              else GuardedConfig(gw, guards=guards, **common, **uvicorn_kw))
     server = uvicorn.Server(config)
     lt = LoopThread()
     task = asyncio.run_coroutine_threadsafe(server.serve(), lt.loop)

@@ -39,11 +39,12 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -
 
 
 def start_gateway(
-    config: Path, *, env: dict[str, str] | None = None
+    config: Path, *, env: dict[str, str] | None = None, workers: int = 1,
 ) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tallygate", "serve", "--config", str(config), "--port", str(port)],
+        [sys.executable, "-m", "tallygate", "serve", "--config", str(config), "--port", str(port),
+         "--workers", str(workers)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"

@@ -67,12 +67,20 @@ def verify(url: str, secret: str) -> object:
     return asyncio.run(go())
 
 
+POLICY = ("features: {chat: {}, summarize: {}, code_review: {}}\n"
+          "plans: {free: {tokens_per_day: 10}, pro: {tokens_per_day: 100},"
+          " enterprise: {tokens_per_day: 1000}}\n")
+
+
 def test_store_create_list_revoke(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'k.db'}"
+    policy = tmp_path / "tallygate.yaml"
+    policy.write_text(POLICY)
     out = run_ok(runner, app, "keys", "create", "--user", "u1", "--plan", "pro",
                  "--feature", "chat", "--feature", "summarize", "--model", "gpt-4o",
                  "--name", "ci", "--limit", "tokens_per_day=50000",
-                 "--limit", "cost_usd_per_day=2.5", "--json", "--store", store)
+                 "--limit", "cost_usd_per_day=2.5", "--json", "--store", store,
+                 "--config", str(policy))
     data = json.loads(out)
     assert list(data)[:2] == ["id", "key"]
     assert data["features"] == ["chat", "summarize"] and data["models"] == ["gpt-4o"]
@@ -99,6 +107,27 @@ def test_store_create_list_revoke(runner: CliRunner, app: typer.Typer, tmp_path:
     assert len(everything["keys"]) == 2
 
 
+@pytest.mark.parametrize(("option", "typo", "hint"), [
+    ("--plan", "enterprize", "enterprise"),
+    ("--feature", "code_reveiw", "code_review"),
+    ("--model", "gpt-4o-mni", "gpt-4o-mini"),
+])
+def test_create_refuses_a_typo(runner: CliRunner, app: typer.Typer, tmp_path: Path,
+                               option: str, typo: str, hint: str) -> None:
+    """The CLI door: config/names.py refuses the name before anything is written."""
+    store = f"sqlite:///{tmp_path / 'k.db'}"
+    policy = tmp_path / "tallygate.yaml"
+    policy.write_text(POLICY)
+    args = {"--plan": "pro"} | {option: typo}
+    flat = [x for pair in args.items() for x in pair]
+    err = run_fail(runner, app, "keys", "create", "--user", "u", *flat, "--store", store,
+                   "--config", str(policy))
+    assert typo in err and f"did you mean {hint!r}" in err
+    listed = json.loads(run_ok(runner, app, "keys", "list", "--json", "--store", store,
+                               "--config", str(policy)))
+    assert listed["keys"] == []
+
+
 def test_store_errors_are_one_line(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'k.db'}"
     assert "no key" in run_fail(runner, app, "keys", "revoke", "key_nope", "--store", store)
@@ -120,7 +149,8 @@ def test_store_errors_are_one_line(runner: CliRunner, app: typer.Typer, tmp_path
 def test_store_from_policy_file(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     policy = tmp_path / "tallygate.yaml"
-    policy.write_text(f"storage:\n  state: memory://\n  ledger: sqlite:///{db}\n")
+    policy.write_text(f"storage:\n  state: memory://\n  ledger: sqlite:///{db}\n"
+                      "plans: {free: {}}\n")
     data = json.loads(run_ok(runner, app, "keys", "create", "--user", "u", "--plan", "free",
                              "--json", "--config", str(policy)))
     assert verify(f"sqlite:///{db}", data["key"]) is not None

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tallygate.config import Policy, default_policy, load_policy
-from tallygate.errors import ConfigError
+from tallygate.config.models import unset_secrets
+from tallygate.errors import ConfigError, SecretNotSet
 from tallygate.types import Metric, Window
 
 SPEC_EXAMPLE = """\
@@ -195,8 +196,8 @@ def test_cross_references(tmp_path: Path) -> None:
         "plans: {free: {tokens_per_day: 1}}\n"
         "limits: {plan: {gold: {tokens_per_day: 5}, free: {tokens_per_day: 9}}}\n",
     )
-    assert "features.chat.model: no tier 'huge' in tiers" in lines
-    assert "limits.plan.gold: no plan 'gold' in plans (or use 'default')" in lines
+    assert "features.chat.model: unknown tier 'huge'; known tiers: none" in lines
+    assert "limits.plan.gold: unknown plan 'gold'; known plans: default, free" in lines
 
 
 def test_bad_urls(tmp_path: Path) -> None:
@@ -246,22 +247,44 @@ def test_env_expansion_and_default() -> None:
 
 def test_env_empty_value_takes_default_and_dollar_escape() -> None:
     policy = Policy.from_mapping(
-        {"tiers": {"a": "${A:-fallback}", "b": "cost$$", "c": "${C}"}}, env={"A": "", "C": ""}
+        {"models": {"m": {"provider": "${A:-fallback}", "note": "cost$$", "other": "${C}"}}},
+        env={"A": "", "C": ""},
     )
-    assert policy.tiers == {"a": "fallback", "b": "cost$", "c": ""}
+    assert policy.models["m"] == {"provider": "fallback", "note": "cost$", "other": ""}
 
 
 def test_missing_env_var_is_named(tmp_path: Path) -> None:
+    os.environ.pop("TG_TEST_MISSING_VAR", None)
+    with pytest.raises(ConfigError) as info:
+        load_policy(write(tmp_path, "server: {host: ${TG_TEST_MISSING_VAR}}\n"))
+    msg = str(info.value)
+    assert msg.endswith("server.host: environment variable TG_TEST_MISSING_VAR is not set "
+                        "(set it, or write ${TG_TEST_MISSING_VAR:-default})")
+
+
+def test_unset_secret_fails_only_when_read(tmp_path: Path) -> None:
+    """A secret's variable is needed where the secret is used, never to load the file."""
     path = write(
         tmp_path,
         "providers:\n  o: {protocol: openai, base_url: 'https://x', "
         "api_key: ${TG_TEST_MISSING_VAR}}\n",
     )
     os.environ.pop("TG_TEST_MISSING_VAR", None)
-    with pytest.raises(ConfigError) as info:
-        load_policy(path)
-    msg = str(info.value)
-    assert msg.startswith(f"{path}: providers.o.api_key: environment variable TG_TEST_MISSING_VAR")
+    policy = load_policy(path)
+    secret = policy.providers["o"].api_key
+    assert secret and unset_secrets(policy) == [secret]
+    with pytest.raises(SecretNotSet) as info:
+        secret.get_secret_value()
+    assert info.value.message.startswith(
+        f"{path}: providers.o.api_key: environment variable TG_TEST_MISSING_VAR is not set")
+    assert info.value.status == 500
+    assert policy == load_policy(path)  # comparing never reads the value
+    os.environ["TG_TEST_MISSING_VAR"] = "sk-set-now"
+    try:
+        assert load_policy(path).providers["o"].api_key.get_secret_value() == "sk-set-now"
+        assert "sk-set-now" not in repr(load_policy(path))
+    finally:
+        del os.environ["TG_TEST_MISSING_VAR"]
 
 
 def test_admin_key_from_environment() -> None:
@@ -383,7 +406,8 @@ def test_limits_shape_and_rolling() -> None:
 
 def test_flags_on_off_and_feature_enabled(tmp_path: Path) -> None:
     policy = load_policy(
-        write(tmp_path, "flags: {a: on, b: off, c: 'on'}\nfeatures: {d: {enabled: false}}\n")
+        write(tmp_path, "flags: {a: on, b: off, c: 'on'}\n"
+                        "features: {a: {}, b: {}, c: {}, d: {enabled: false}}\n")
     )
     assert policy.flags == {"a": True, "b": False, "c": True}
     assert policy.flag("a") and not policy.flag("b") and not policy.flag("d")

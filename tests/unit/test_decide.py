@@ -262,6 +262,36 @@ def test_holds_amounts_tokens_and_cost() -> None:
     assert d.amounts.cost_nusd == 7_500_000
 
 
+# ---------------------------------------------------------------- output floors
+
+THINKING = (1025, "extended thinking needs thinking.budget_tokens >= 1024",
+            "thinking.budget_tokens")
+
+
+def test_lowered_cap_below_the_floor_names_the_feature_cap() -> None:
+    f = facts(100, feature="summarize", max_output=32000)
+    f.output_floor = THINKING
+    with pytest.raises(InvalidRequest) as info:
+        decide(f, POLICY, GPT4O)
+    message = info.value.message
+    assert "max_output of feature 'summarize' (500 tokens)" in message
+    assert "below the 1025 this request needs" in message
+    assert info.value.param == "thinking.budget_tokens"
+
+
+def test_floor_only_binds_a_lowered_cap() -> None:
+    f = facts(100, feature="free", max_output=32000)  # lowered to gpt-4o's 16,384
+    f.output_floor = THINKING
+    assert decide(f, POLICY, GPT4O).max_output == 16_384
+    own = facts(100, max_output=500)  # the client's own small cap: the provider judges it
+    own.output_floor = THINKING
+    assert decide(own, POLICY, GPT4O).max_output == 500
+    model = facts(10, feature="free", max_output=5000)  # TINY's output limit is 800
+    model.output_floor = THINKING
+    with pytest.raises(InvalidRequest, match="output limit of model 'tiny' \\(800 tokens\\)"):
+        decide(model, POLICY, TINY)
+
+
 # ---------------------------------------------------------------- denials
 
 
@@ -341,11 +371,30 @@ def test_denial_headers() -> None:
         "x-ratelimit-limit-tokens": "1000",
         "x-ratelimit-remaining-tokens": "10",
         "x-ratelimit-reset-tokens": "2h0m0s",
-        "retry-after": "7200",
         "x-should-retry": "false",
     }
     short = denial(Window.MINUTE, reset_in=5)
-    assert "x-should-retry" not in denial_headers(denial_to_error(short, 1000.0), short, 1000.0)
+    assert denial_headers(denial_to_error(short, 1000.0), short, 1000.0) == {
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "10",
+        "x-ratelimit-reset-tokens": "5s",
+        "retry-after": "5",
+    }
+
+
+def test_final_refusal_message_names_limit_and_reset() -> None:
+    err = denial_to_error(denial(Window.DAY, reset_in=55633), now=1000.0)
+    assert "daily token limit of user 'u42'" in err.message
+    assert "resets in 15h27m13s (at 1970-01-01T15:43:53Z)" in err.message
+    assert "will not clear soon" in err.message
+    assert "clear soon" not in denial_to_error(denial(Window.MINUTE), 1000.0).message
+
+
+def test_retry_within_is_configurable() -> None:
+    hour = denial(Window.HOUR, reset_in=300)
+    assert not denial_to_error(hour, 1000.0).details["should_retry"]
+    assert denial_to_error(hour, 1000.0, retry_within=600).details["should_retry"]
+    assert not denial_to_error(hour, 1000.0, retry_within=299).details["should_retry"]
 
 
 # ---------------------------------------------------------------- headers

@@ -142,6 +142,44 @@ def test_prepare_body() -> None:
                    "thinking": {"type": "enabled", "budget_tokens": 1024}}
 
 
+def _thinking(max_tokens: int, budget: int, cap: int, **kw: bool) -> dict:
+    body = {"model": "claude-sonnet-4-5", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "hi"}],
+            "thinking": {"type": "enabled", "budget_tokens": budget}}
+    return orjson.loads(ant.prepare_body("messages", body, max_output=cap, **kw))
+
+
+def test_lowered_cap_lowers_the_thinking_budget() -> None:
+    # Claude Code's sonnet request: 32,000 with a 31,999 budget, under a 16,000 cap.
+    out = _thinking(32000, 31999, 16000)
+    assert out["max_tokens"] == 16000
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 15999}
+    assert _thinking(32000, 8000, 16000)["thinking"]["budget_tokens"] == 8000  # it fits
+    # Interleaved thinking: the budget spans the turn and may exceed max_tokens.
+    assert _thinking(32000, 31999, 16000, interleaved=True)["thinking"]["budget_tokens"] == 31999
+    # The client's own budget is the provider's to judge when tallygate lowered nothing.
+    assert _thinking(2000, 5000, 2000)["thinking"]["budget_tokens"] == 5000
+    with pytest.raises(InvalidRequest, match="at least 1024") as info:
+        _thinking(32000, 31999, 1024)
+    assert info.value.param == "thinking.budget_tokens"
+    assert _thinking(32000, 31999, 1025)["thinking"]["budget_tokens"] == 1024
+    adaptive = {"model": "m", "max_tokens": 128000, "messages": [],
+                "thinking": {"type": "adaptive", "display": "omitted"}}
+    out = orjson.loads(ant.prepare_body("messages", adaptive, max_output=8192))
+    assert out["thinking"] == adaptive["thinking"] and out["max_tokens"] == 8192
+
+
+def test_output_floor_and_betas() -> None:
+    body = {"thinking": {"type": "enabled", "budget_tokens": 2000}}
+    assert ant.output_floor("messages", body)[0] == 1025
+    assert ant.output_floor("messages", {"thinking": {"type": "adaptive"}}) is None
+    assert ant.output_floor("messages/count_tokens", body) is None
+    assert ant.interleaved_thinking(
+        {"anthropic-beta": "claude-code-20250219, interleaved-thinking-2025-05-14"})
+    assert not ant.interleaved_thinking({"anthropic-beta": "effort-2025-11-24"})
+    assert not ant.interleaved_thinking({})
+
+
 GOOD = {"model": "claude-haiku-4-5", "max_tokens": 10,
         "messages": [{"role": "user", "content": "hi"}]}
 
@@ -152,7 +190,8 @@ GOOD = {"model": "claude-haiku-4-5", "max_tokens": 10,
     ({"max_tokens": 2.5}, "max_tokens"),
     ({"model": None}, "model"),
     ({"messages": None}, "messages"),
-    ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": 5, "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"system": 5}, "system"),
     ({"stream": 1}, "stream"),
@@ -162,6 +201,21 @@ def test_messages_validation(patch: dict, param: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
         ant.validate_messages_request(body)
     assert exc.value.param == param
+
+
+def test_unknown_roles_blocks_and_fields_pass() -> None:
+    """Claude Code's default request: a mid-conversation system turn, adaptive thinking,
+    output_config, context_management, a deferred tool: nothing the gateway must judge."""
+    body = {**GOOD, "max_tokens": 128000,
+            "messages": [{"role": "user", "content": "hi"},
+                         {"role": "system", "content": [{"type": "text", "text": "env"}]},
+                         {"role": "observer"}],
+            "thinking": {"type": "adaptive", "display": "omitted"},
+            "output_config": {"effort": "medium"},
+            "context_management": {"edits": [{"type": "clear_thinking_20251015"}]},
+            "tools": [{"name": "Read", "input_schema": {"type": "object"},
+                       "defer_loading": True}]}
+    ant.validate_messages_request(body)
 
 
 def test_count_tokens_needs_no_max_tokens() -> None:

@@ -225,6 +225,28 @@ def test_prepare_o_series_uses_max_completion_tokens() -> None:
     assert fresh["max_completion_tokens"] == 5
 
 
+def test_reasoning_requests_cap_with_max_completion_tokens() -> None:
+    """Reasoning tokens count inside the output cap: a request that sets a reasoning
+    effort gets its cap in the field that includes them (reasoning models refuse
+    `max_tokens`), whatever the model's name."""
+    body = {"model": "gpt-4.1", "messages": [], "max_tokens": 900, "reasoning_effort": "high"}
+    out = orjson.loads(oai.prepare_body("chat/completions", body, max_output=64))
+    assert out["max_completion_tokens"] == 64 and "max_tokens" not in out
+    assert out["reasoning_effort"] == "high"  # the effort is the client's choice
+    plain = {**body, "reasoning_effort": "none"}
+    assert orjson.loads(oai.prepare_body("chat/completions", plain, max_output=64)
+                        )["max_tokens"] == 64
+    sol = {"model": "gpt-6.1-sol", "messages": [], "max_tokens": 900}
+    assert "max_completion_tokens" in orjson.loads(
+        oai.prepare_body("chat/completions", sol, max_output=64))
+    codex = {"model": "gpt-6.1-sol", "input": [], "reasoning": {"effort": "low"}}
+    out = orjson.loads(oai.prepare_body("responses", codex, max_output=4096))
+    assert out["max_output_tokens"] == 4096 and out["reasoning"] == {"effort": "low"}
+    assert oai.reasoning_requested(codex) and not oai.reasoning_requested({"model": "x"})
+    assert oai.output_floor("responses", codex)[0] == 16
+    assert oai.output_floor("chat/completions", body) is None
+
+
 def test_prepare_stream_forces_include_usage_and_replaces_messages() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "old"}], "stream": True,
             "stream_options": {"include_obfuscation": False}}
@@ -295,7 +317,8 @@ GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     ({"messages": "hi"}, "messages"),
     ({"messages": []}, "messages"),
     ({"messages": [1]}, "messages[0]"),
-    ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": None, "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"max_tokens": -1}, "max_tokens"),
     ({"max_tokens": 0}, "max_tokens"),
@@ -316,6 +339,7 @@ def test_chat_validation(patch: dict, param: str) -> None:
 
 
 def test_valid_requests_pass() -> None:
+    oai.validate_chat_request({**GOOD, "messages": [{"role": "robot", "content": "x"}]})
     oai.validate_chat_request({**GOOD, "max_tokens": 5, "n": 2, "stream": True})
     oai.validate_responses_request({"model": "gpt-4o", "input": "hi", "max_output_tokens": 16})
     oai.validate_embeddings_request({"model": "e", "input": [[1, 2], [3]]})

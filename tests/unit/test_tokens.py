@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import random
@@ -310,6 +311,51 @@ def test_anthropic_messages_shape() -> None:
     assert same == got
     with pytest.raises(InvalidRequest):
         tokens.count_anthropic_messages({"messages": "nope"})
+
+
+def test_unknown_turns_count_like_user_turns() -> None:
+    """A turn with a role the counter does not model costs what the same turn as a user
+    turn costs (both protocols); an unknown block costs at least its JSON text."""
+    turn = {"content": "environment: linux, cwd /repo"}
+    for protocol, route, info in (("anthropic", "messages", CLAUDE),
+                                  ("openai", "chat/completions", GPT4O)):
+        def count(role: str, info: Any = info, protocol: str = protocol,
+                  route: str = route) -> int:
+            body = {"messages": [{"role": "user", "content": "hi"}, {"role": role, **turn}]}
+            return tokens.count_request(protocol, route, body, info).tokens
+        assert count("system") >= count("user")
+        assert count("observer") >= count("user") - 1  # (the role's own text differs)
+    block = {"type": "server_tool_result_2027", "payload": {"rows": ["a" * 40] * 5}}
+    plain = {"model": "claude-sonnet-4-5",
+             "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}
+    more = {**plain,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, block]}]}
+    extra = (tokens.count_anthropic_messages(more).tokens
+             - tokens.count_anthropic_messages(plain).tokens)
+    compact = json.dumps(block, separators=(",", ":"))
+    assert extra >= tokens.count_text(compact, "claude-sonnet-4-5").tokens
+    assert not tokens.count_anthropic_messages(more).exact
+
+
+def test_custom_and_namespace_tools_count_their_grammar() -> None:
+    """A Responses `custom` tool (Codex's `exec`, a Lark grammar) has a name like a
+    function, but its grammar must be counted too; namespace tools by their JSON."""
+    grammar = "start: cmd\ncmd: WORD+\n" + "WORD: /[a-z]+/\n" * 200
+    custom = {"type": "custom", "name": "exec", "description": "run",
+              "format": {"type": "grammar", "syntax": "lark", "definition": grammar}}
+    bare = {"type": "custom", "name": "exec", "description": "run"}
+    def count(tools: list[Any]) -> int:
+        return tokens.count_request("openai", "responses", {"input": "x", "tools": tools},
+                                    GPT4O).tokens
+    assert count([custom]) - count([bare]) >= tokens.count_text(grammar, GPT4O).tokens
+    namespace = {"type": "namespace", "name": "functions", "description": "fs",
+                 "tools": [custom]}
+    assert count([namespace]) >= count([custom])
+    # Codex sends its tools as an `additional_tools` input item: counted by its JSON.
+    item = {"type": "additional_tools", "role": "developer", "tools": [namespace]}
+    body = {"input": [item, {"role": "user", "content": "x"}]}
+    got = tokens.count_request("openai", "responses", body, GPT4O)
+    assert got.tokens >= tokens.count_text(grammar, GPT4O).tokens and not got.exact
 
 
 def test_count_request_routes() -> None:

@@ -1,6 +1,6 @@
 """The exact-match response cache: canonical request key (key.py), HMAC-signed
-expiring entries (signed.py) over memory/sqlite/redis (backends.py), and the SSE replay
-of a cached answer (replay.py)."""
+expiring entries (signed.py) over memory/sqlite/redis (backends.py). Replaying a cached
+answer as a stream is protocol knowledge: providers/replay.py."""
 
 from __future__ import annotations
 

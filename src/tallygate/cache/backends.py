@@ -13,6 +13,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from tallygate.errors import ConfigError
+from tallygate.extras import needs
 
 
 class CacheBackend(Protocol):
@@ -106,7 +107,8 @@ class RedisBackend:
     """`SET key value PX ttl`: redis expires entries itself."""
 
     def __init__(self, url: str, prefix: str = "tg:cache:") -> None:
-        import redis.asyncio as redis
+        with needs("redis", "a redis:// response cache"):
+            import redis.asyncio as redis
 
         self._client = redis.from_url(url)
         self._prefix = prefix

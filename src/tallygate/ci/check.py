@@ -110,7 +110,13 @@ class CheckReport:
 
 def resolve_limits(budget: CheckBudget, where: str, section: CheckSection, policy: Policy,
                    catalog: Catalog, source: str) -> Limits:
-    """The entry's model and limits; ConfigError for a feature the policy does not have."""
+    """The entry's model and limits; ConfigError for an entry with no limit, or a feature
+    the policy does not have."""
+    growth = budget.max_growth if budget.max_growth is not None else section.max_growth
+    if (budget.max_tokens is None and budget.max_cost_usd is None and budget.feature is None
+            and growth is None):
+        raise ConfigError(f"{source}: {where}: give max_tokens, max_cost_usd, feature or "
+                          "max_growth")
     tokens: list[tuple[str, int]] = []
     if budget.max_tokens is not None:
         tokens.append(("max_tokens", budget.max_tokens))
@@ -129,7 +135,6 @@ def resolve_limits(budget: CheckBudget, where: str, section: CheckSection, polic
         model = catalog.get(name)
     except TallygateError as exc:
         raise ConfigError(f"{source}: {where}.model: {exc.message}") from None
-    growth = budget.max_growth if budget.max_growth is not None else section.max_growth
     return Limits(model, tuple(tokens), budget.max_cost_usd, growth, budget.per)
 
 

@@ -1,4 +1,4 @@
-"""`tallygate flags list|set`: against the configured state store directly (the
+"""`tallygate flags list|set|clear`: against the configured state store directly (the
 policy's storage.state, or `--store URL`), or a running gateway's admin API with
 `--url` and `--admin-key`. Gateways sharing the store apply a change within a second."""
 
@@ -28,25 +28,39 @@ def _policy(config: str | None) -> Any:
 
 
 def _with_store(store_url: str | None, config: str | None, action: Any) -> Any:
+    """Run `action` ("list", ("set", name, on) or ("clear", name)) on the state store.
+    The policy is always read: it names the features a flag may switch."""
+    from tallygate.config.names import PolicyNames
     from tallygate.gateway.admin.flags import flag_list
     from tallygate.state import from_url
 
-    policy = _policy(config) if store_url is None or action == "list" else None
+    policy = _policy(config)
     url = store_url or str(policy.storage.state)
-    static = {n: policy.flag(n) for n in {*policy.features, *policy.flags}} if policy else {}
+    static = {n: policy.flag(n) for n in {*policy.features, *policy.flags}}
+    if action != "list":
+        PolicyNames(policy).check_flag(action[1])  # a typo is refused before any write
 
     async def run() -> Any:
         store = from_url(url)
         try:
             if action == "list":
                 return await flag_list(store, static)
-            name, on = action
+            if action[0] == "clear":
+                name = action[1]
+                cleared = await store.clear_flag(name)
+                return {"feature": name, "on": policy.flag(name), "source": "policy",
+                        "cleared": cleared}
+            _, name, on = action
             await store.set_flag(name, on)
             return {"feature": name, "on": on, "source": "runtime"}
         finally:
             await store.close()
 
     return asyncio.run(run())
+
+
+def _flag_path(feature: str) -> str:
+    return f"/admin/flags/{urllib.parse.quote(feature, safe='')}"
 
 
 def list_flags(store: str | None, config: str | None, url: str | None,
@@ -61,10 +75,20 @@ def set_flag(feature: str, on: bool, store: str | None, config: str | None, url:
     from tallygate.gateway.admin.flags import check_feature_name
 
     check_feature_name(feature)
+    if url:  # the gateway checks the name against its own policy
+        return dict(Target(None, config, url, admin_key).call("PUT", _flag_path(feature),
+                                                              {"on": on}))
+    return dict(_with_store(store, config, ("set", feature, on)))
+
+
+def clear_flag(feature: str, store: str | None, config: str | None, url: str | None,
+               admin_key: str | None) -> dict[str, Any]:
+    from tallygate.gateway.admin.flags import check_feature_name
+
+    check_feature_name(feature)
     if url:
-        path = f"/admin/flags/{urllib.parse.quote(feature, safe='')}"
-        return dict(Target(None, config, url, admin_key).call("PUT", path, {"on": on}))
-    return dict(_with_store(store, config, (feature, on)))
+        return dict(Target(None, config, url, admin_key).call("DELETE", _flag_path(feature)))
+    return dict(_with_store(store, config, ("clear", feature)))
 
 
 @flags_app.command("list")
@@ -93,6 +117,18 @@ def set_command(
         raise InvalidRequest(f"expected on or off, not {state[:16]!r}")
     done = set_flag(feature, word == "on", store, config, url, admin_key)
     print(f"{done['feature']}: {'on' if done['on'] else 'off'}")
+
+
+@flags_app.command("clear")
+def clear_command(
+    feature: Annotated[str, typer.Argument(help="The feature's name.")],
+    store: StateOpt = None, config: ConfigOpt = None, url: UrlOpt = None,
+    admin_key: AdminKeyOpt = None,
+) -> None:
+    """Forget the run-time flag: the feature is on or off as the policy says."""
+    done = clear_flag(feature, store, config, url, admin_key)
+    state = "on" if done["on"] else "off"
+    print(f"{done['feature']}: {state} (policy)")
 
 
 def register(app: typer.Typer) -> None:

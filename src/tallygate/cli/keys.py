@@ -38,12 +38,15 @@ class Target:
                  admin_key: str | None) -> None:
         self.store, self.config, self.url, self.admin_key = store, config, url, admin_key
 
+    def policy(self) -> Any:
+        from tallygate.config import load_policy
+
+        return load_policy(self.config)
+
     def store_url(self) -> str:
         if self.store:
             return self.store
-        from tallygate.config import load_policy
-
-        return str(load_policy(self.config).storage.ledger)
+        return str(self.policy().storage.ledger)
 
     def with_store(self, action: Callable[[Any], Awaitable[T]]) -> T:
         from tallygate.keys import open_keystore
@@ -104,6 +107,12 @@ def _when(ts: int | None) -> str:
 def create_key(target: Target, fields: dict[str, Any]) -> dict[str, Any]:
     if target.url:
         return _public(target.call("POST", "/admin/keys", fields))
+
+    from tallygate.config.names import PolicyNames
+
+    # The same check the admin API makes (config/names.py), against the local policy.
+    PolicyNames(target.policy()).check_key(plan=fields["plan"], features=fields["features"],
+                                           models=fields["models"])
 
     async def action(store: Any) -> dict[str, Any]:
         user, plan = fields.pop("user"), fields.pop("plan")

@@ -18,10 +18,40 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    from tallygate.cli import budgets, check, demo, flags, gen, keys, report, serve, sim, text
+def _version(value: bool) -> None:
+    if value:
+        from tallygate import __version__
 
-    for module in (demo, serve, keys, flags, report, budgets, text, check, gen, sim):
+        typer.echo(f"tallygate {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Token budgets, limits and cost observability in front of every LLM call."""
+
+
+def _register() -> None:
+    from tallygate.cli import (
+        budgets,
+        check,
+        demo,
+        doctor,
+        flags,
+        gen,
+        init,
+        keys,
+        report,
+        serve,
+        sim,
+        text,
+    )
+
+    for module in (init, demo, serve, keys, flags, report, budgets, text, check, gen, sim,
+                   doctor):
         module.register(app)
 
 

@@ -22,6 +22,7 @@ def sim(
     """Run the simulated provider (OpenAI and Anthropic wire protocols) for tests and demos."""
     from aiohttp import web
 
+    from tallygate.cli.listen import address, bind
     from tallygate.sim import SimConfig, create_sim_app
 
     config = SimConfig(
@@ -30,11 +31,11 @@ def sim(
         tokens_per_second=tokens_per_second,
         reply_tokens=reply_tokens,
     )
-    typer.echo(f"tallygate sim listening on http://{host}:{port}")
+    sock = bind(host, port)  # a busy port is one line, before anything is announced
+    typer.echo(f"tallygate sim listening on {address(sock)}")
     web.run_app(
         create_sim_app(config),
-        host=host,
-        port=port,
+        sock=sock,
         access_log=None,
         print=None,
         handler_cancellation=True,

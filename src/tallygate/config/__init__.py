@@ -3,6 +3,7 @@
 
 from tallygate.config.models import (
     Alert,
+    Attribution,
     Cache,
     CheckBudget,
     CheckSection,
@@ -12,6 +13,7 @@ from tallygate.config.models import (
     LimitSet,
     Metrics,
     Provider,
+    Refusals,
     Routing,
     Server,
     Storage,
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_FEATURE",
     "DEFAULT_PATH",
     "Alert",
+    "Attribution",
     "Cache",
     "CheckBudget",
     "CheckSection",
@@ -42,6 +45,7 @@ __all__ = [
     "Metrics",
     "Policy",
     "Provider",
+    "Refusals",
     "Routing",
     "Server",
     "Storage",

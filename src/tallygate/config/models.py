@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,20 +24,13 @@ from pydantic import (
 )
 
 from tallygate.core.limits import LimitIndex, LimitRule, Rules, merge_rules
+from tallygate.errors import SecretNotSet
 from tallygate.types import NANO_PER_USD, Metric, Window
 
 _MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 # ---------------------------------------------------------------- scalar types
-
-
-class Problems(ValueError):
-    """Cross-field problems, each already prefixed with its document path."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("; ".join(lines))
-        self.lines = lines
 
 
 def _reject_bool(value: Any) -> Any:
@@ -109,6 +103,41 @@ def parse_duration(value: Any) -> float:
     """Seconds from `30`, `30s`, `5m`, `1h`, `2d` or `250ms` (ValueError otherwise), as the
     policy reads durations; for command-line options that take one."""
     return _duration(value)
+
+
+class UnsetSecret(SecretStr):
+    """A secret written as `${VAR}` whose variable is not set. Loading the policy works
+    (offline commands never read a provider's key); reading the value raises
+    SecretNotSet naming the variable, at the first call that needs it."""
+
+    def __init__(self, variable: str, where: str) -> None:
+        super().__init__("")
+        self.variable = variable
+        self.where = where
+
+    def __bool__(self) -> bool:
+        return True  # configured: only its value is missing here
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnsetSecret) and other.variable == self.variable
+
+    def __hash__(self) -> int:
+        return hash(self.variable)
+
+    def __repr__(self) -> str:
+        return f"UnsetSecret(${{{self.variable}}})"
+
+    def get_secret_value(self) -> str:
+        raise SecretNotSet(
+            f"{self.where}: environment variable {self.variable} is not set "
+            f"(export {self.variable}=… where tallygate runs)")
+
+
+def unset_secrets(policy: PolicyModel) -> list[UnsetSecret]:
+    """Every secret of the policy whose environment variable is missing."""
+    found: list[SecretStr | None] = [p.api_key for p in policy.providers.values()]
+    found += [policy.cache.hmac_key, policy.admin_key, policy.metrics.token]
+    return [s for s in found if isinstance(s, UnsetSecret)]
 
 
 def _empty_secret_is_none(value: Any) -> Any:
@@ -215,6 +244,10 @@ class Storage(BaseModel):
     state: str = "sqlite:///tallygate.db"
     ledger: str = "sqlite:///tallygate.db"
     fail_mode: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # fail_open only: the share of each limit one replica may admit on its own while the
+    # shared store is unreachable (state/guard.py; worst case R × share × limit).
+    fail_open_share: Annotated[Decimal, BeforeValidator(_finite_ratio),
+                               Field(gt=0, le=1)] = Decimal("0.1")
     # SQLite state only (docs/architecture.md): `owner` keeps the limits in this process's
     # memory with a journal (fastest; one process per file), `shared` runs every operation
     # as a SQLite transaction (any number of processes); `auto` = owner for a one-worker
@@ -242,7 +275,33 @@ def _check_scheme(url: str, schemes: tuple[str, ...]) -> str:
     if scheme not in schemes:
         wanted = ", ".join(f"{s}://" for s in schemes)
         raise ValueError(f"expected a URL starting with one of {wanted}")
+    problem = _url_problem(scheme, url)
+    if problem:
+        raise ValueError(problem)
     return url
+
+
+def _url_problem(scheme: str, url: str) -> str | None:
+    """What is malformed in a storage URL (never echoing it: it may hold a password)."""
+    if scheme == "memory":
+        return None
+    if scheme == "sqlite":
+        bad = not url.startswith("sqlite:///") or len(url) == len("sqlite:///")
+        return "expected sqlite:///PATH (or sqlite:///:memory:)" if bad else None
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return f"the port of this {scheme}:// URL is not a number from 0 to 65535"
+    problem = None
+    target = parts.path.strip("/")
+    if scheme.startswith("redis") and not parts.hostname:
+        problem = f"this {scheme}:// URL names no host"
+    elif scheme in ("redis", "rediss") and target and not target.isdigit():
+        problem = "expected redis://HOST:PORT/DB with DB a number"
+    elif scheme.startswith("postgres") and not target:
+        problem = f"expected {scheme}://USER@HOST:PORT/DATABASE (no database named)"
+    return problem
 
 
 def _check_http_url(url: str) -> str:
@@ -344,6 +403,18 @@ class Server(BaseModel):
     max_chars: PositiveInt = 4_000_000  # counting refuses longer texts (InputTooLarge)
     # Upstream HTTP client: the lean httptools one (gateway/upstream/lean.py), or aiohttp.
     upstream: Literal["aiohttp", "lean"] = "lean"
+    # The connection defences (gateway/guarded_http.py; docs/gateway.md). `http: uvicorn`
+    # is plain uvicorn + httptools without them (for comparison only).
+    http: Literal["guarded", "uvicorn"] = "guarded"
+    header_timeout: Seconds = 10.0  # request line + headers, from the first byte
+    body_timeout: Seconds = 30.0  # the whole body, from the end of the headers
+    idle_timeout: Seconds = 5.0  # a kept-alive connection with no new request
+    max_connections: PositiveInt = 1024  # per worker; more get 503, then are closed
+    max_header_bytes: Annotated[int, BeforeValidator(_reject_bool),
+                                Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    # Failed key checks (401) allowed per client address and minute before its key
+    # checks are refused with 429 for the rest of that minute; 0 = no throttling.
+    auth_failures_per_minute: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0)] = 20
     # On SIGTERM / Ctrl-C: how long calls in flight may run on before their streams are
     # cut (each settled with what it relayed, and recorded).
     shutdown_deadline: Seconds = 10.0
@@ -363,6 +434,44 @@ class Metrics(BaseModel):
     model_config = _MODEL_CONFIG
 
     high_cardinality_labels: tuple[Literal["user", "run", "key"], ...] = ()
+    # When set, GET /metrics needs `Authorization: Bearer <token>` (it shows spend).
+    token: Secret = None
+
+
+class Refusals(BaseModel):
+    """How a limit refusal is told to clients (docs/gateway.md, Errors)."""
+
+    model_config = _MODEL_CONFIG
+
+    # A refusal whose limit resets within this keeps Retry-After (clients wait and retry);
+    # a later reset — or a call larger than the limit — is final: OpenAI's quota shape
+    # (`insufficient_quota`), `x-should-retry: false` and no Retry-After to sleep on.
+    retry_within: Seconds = 60.0
+
+
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class Attribution(BaseModel):
+    """Where a call's run and end user come from when the client sets no tallygate
+    header: coding agents' own session ids (docs/agents.md). On by default."""
+
+    model_config = _MODEL_CONFIG
+
+    agent_sessions: bool = True  # a session id becomes the run when X-Tallygate-Run is absent
+    # Read in this order; the first one present wins.
+    session_headers: tuple[str, ...] = ("x-claude-code-session-id", "session-id", "thread-id")
+    # Claude Code's metadata.user_id JSON: its session_id is a run, the rest the end user.
+    session_from_metadata: bool = True
+
+    @field_validator("session_headers")
+    @classmethod
+    def _header_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        out = tuple(name.strip().lower() for name in names)
+        bad = [name for name in out if not _HEADER_NAME.match(name)]
+        if bad:
+            raise ValueError(f"not an HTTP header name: {bad[0]!r} (letters, digits and '-')")
+        return out
 
 
 class CheckBudget(BaseModel):
@@ -401,25 +510,14 @@ class CheckBudget(BaseModel):
 
 class CheckSection(BaseModel):
     """`check:` (or pyproject's `[tool.tallygate.check]`): prompt budgets per glob for
-    `tallygate check`. `model` and `max_growth` are the defaults of every entry."""
+    `tallygate check`. `model` and `max_growth` are the defaults of every entry; an entry
+    with no limit at all is refused when it is checked (ci/check.py)."""
 
     model_config = _MODEL_CONFIG
 
     model: str | None = None
     max_growth: Ratio | None = None
     budgets: tuple[CheckBudget, ...] = ()
-
-    @model_validator(mode="after")
-    def _every_entry_checks_something(self) -> CheckSection:
-        problems = [
-            f"check.budgets[{i}]: give max_tokens, max_cost_usd, feature or max_growth"
-            for i, b in enumerate(self.budgets)
-            if b.max_tokens is None and b.max_cost_usd is None and b.feature is None
-            and b.max_growth is None and self.max_growth is None
-        ]
-        if problems:
-            raise Problems(problems)
-        return self
 
 
 _TIER_PREFIX = "tier:"
@@ -447,28 +545,13 @@ class PolicyModel(BaseModel):
     log_content: bool = False
     metrics: Metrics = Field(default_factory=Metrics)
     tracing: Tracing = Field(default_factory=Tracing)
+    refusals: Refusals = Field(default_factory=Refusals)
+    attribution: Attribution = Field(default_factory=Attribution)
     check: CheckSection = Field(default_factory=CheckSection)
 
-    @model_validator(mode="after")
-    def _references_exist(self) -> PolicyModel:
-        problems = list(self._bad_tier_references())
-        problems += [
-            f"limits.plan.{name}: no plan {name!r} in plans (or use 'default')"
-            for name in self.limits.plan
-            if name != "default" and name not in self.plans
-        ]
-        if problems:
-            raise Problems(problems)
-        return self
-
-    def _bad_tier_references(self) -> list[str]:
-        out = []
-        for name, feature in self.features.items():
-            pairs = (("model", feature.model), ("summarize_model", feature.summarize_model))
-            for key, model in pairs:
-                if model and model.startswith(_TIER_PREFIX) and model[5:] not in self.tiers:
-                    out.append(f"features.{name}.{key}: no tier {model[5:]!r} in tiers")
-        return out
+    # An X-Tallygate-Feature value that names no feature: counted as the `default`
+    # feature (its limits and kill switch, one shared counter), or refused.
+    unknown_features: Literal["default", "reject"] = "default"
 
     @functools.cached_property
     def limit_index(self) -> LimitIndex:

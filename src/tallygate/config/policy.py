@@ -17,44 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from tallygate.config.models import (
-    Alert,
-    Cache,
     Feature,
     LimitFields,
-    LimitRule,
-    Limits,
     LimitSet,
-    Metrics,
     PolicyModel,
-    Problems,
-    Provider,
-    Routing,
-    Server,
-    Storage,
-    usd_to_nano,
+    UnsetSecret,
 )
+from tallygate.config.names import policy_problems
 from tallygate.errors import ConfigError
-
-__all__ = [
-    "Alert",
-    "Cache",
-    "Feature",
-    "LimitRule",
-    "LimitSet",
-    "Limits",
-    "Metrics",
-    "Policy",
-    "Provider",
-    "Routing",
-    "Server",
-    "Storage",
-    "default_policy",
-    "load_policy",
-    "usd_to_nano",
-]
 
 DEFAULT_PATH = "tallygate.yaml"
 ADMIN_KEY_ENV = "TALLYGATE_ADMIN_KEY"
@@ -85,6 +58,11 @@ class Policy(PolicyModel):
             policy = cls.model_validate(expanded)
         except ValidationError as exc:
             raise ConfigError(_format_errors(exc, source)) from None
+        problems = [f"{source}: {line}" for line in policy_problems(policy)]
+        if len(problems) > 1:
+            problems.insert(0, f"{source}: {len(problems)} problems in the policy:")
+        if problems:
+            raise ConfigError("\n".join(problems))
         return policy
 
     def feature(self, name: str | None) -> Feature:
@@ -115,10 +93,13 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
         raise ConfigError(f"{source}: policy file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read the policy file ({type(exc).__name__})") from None
+    return parse_policy(text, source)
+
+
+def parse_policy(text: str, source: str = "<inline>") -> Policy:
+    """A policy from YAML text (what load_policy reads from the file)."""
     data = _parse_yaml(text, source)
-    if data is None:
-        data = {}
-    return Policy.from_mapping(data, source)
+    return Policy.from_mapping({} if data is None else data, source)
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -242,10 +223,18 @@ _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _VAR_TEXT = re.compile(r"\$\{[^}\n]*\}")
 
 
+class _MissingVariable(ConfigError):
+    def __init__(self, message: str, variable: str) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
 def _expand(value: Any, env: Mapping[str, str], source: str, path: tuple[Any, ...]) -> Any:
-    """Expand `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
+    """Expand `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`.
+    A missing variable is an error, except in a secret: that one is kept as an
+    UnsetSecret, so only what actually uses it fails (and says which variable)."""
     if isinstance(value, str):
-        return _expand_str(value, env, source, path) if "$" in value else value
+        return _expand_text(value, env, source, path) if "$" in value else value
     if isinstance(value, float):
         return Decimal(repr(value))  # as from YAML: the number as written, exactly
     if isinstance(value, Mapping):
@@ -253,6 +242,16 @@ def _expand(value: Any, env: Mapping[str, str], source: str, path: tuple[Any, ..
     if isinstance(value, list | tuple):
         return [_expand(v, env, source, (*path, i)) for i, v in enumerate(value)]
     return value
+
+
+def _expand_text(text: str, env: Mapping[str, str], source: str,
+                 path: tuple[Any, ...]) -> str | UnsetSecret:
+    try:
+        return _expand_str(text, env, source, path)
+    except _MissingVariable as exc:
+        if not _is_secret(path):
+            raise
+        return UnsetSecret(exc.variable, f"{source}: {_dotted(path)}")
 
 
 def _key(key: Any) -> Any:
@@ -273,10 +272,9 @@ def _expand_str(text: str, env: Mapping[str, str], source: str, path: tuple[Any,
         if default is not None:
             return default
         where = _dotted(path) or "(top level)"
-        raise ConfigError(
+        raise _MissingVariable(
             f"{source}: {where}: environment variable {name} is not set "
-            f"(set it, or write ${{{name}:-default}})"
-        )
+            f"(set it, or write ${{{name}:-default}})", name)
 
     return _VAR.sub(replace, text)
 
@@ -298,10 +296,6 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     lines: list[str] = []
     for err in exc.errors(include_input=False, include_url=False):
         loc = tuple(err["loc"])
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, Problems):
-            lines += [f"{source}: {line}" for line in cause.lines]
-            continue
         lines.append(f"{source}: {_dotted(loc) or '(top level)'}: {_expectation(err, loc)}")
     if len(lines) > 1:
         lines.insert(0, f"{source}: {len(lines)} problems in the policy:")
@@ -355,6 +349,16 @@ def _child_type(node: Any, part: Any) -> Any:
     if origin in (tuple, list) and args:
         return args[0]
     return None
+
+
+def _is_secret(path: tuple[Any, ...]) -> bool:
+    """Whether the document path leads to a SecretStr field (api_key, hmac_key …)."""
+    node: Any = Policy
+    for part in path:
+        node = _child_type(node, part)
+        if node is None:
+            return False
+    return _unwrap_optional(node) is SecretStr
 
 
 def _unwrap_optional(node: Any) -> Any:

@@ -57,6 +57,8 @@ _FAMILY_LIMITS: tuple[tuple[str, int | None, int], ...] = (
     ("o1", None, 100_000),
     ("o3", None, 100_000),
     ("o4-mini", None, 100_000),
+    # Claude Code's default request asks claude-opus-5-5 for 128,000 output tokens.
+    ("claude-opus-5", None, 128_000),
     ("claude-opus-4", None, 32_000),
     ("claude-sonnet-4", None, 64_000),
     ("claude-haiku-4", None, 64_000),

@@ -288,6 +288,15 @@ def _schema_tokens(props: Mapping[str, Any], tally: Tally, const: Mapping[str, i
             tally.exact = False
 
 
+def _is_function(tool: Mapping[str, Any], fn: Any) -> bool:
+    """A function tool the cookbook's formula models: `{"type": "function", "function":
+    {...}}`, or a legacy `functions` entry (no type). A `custom` tool also has a name but
+    carries a grammar the formula would not see."""
+    if not isinstance(fn, Mapping) or "name" not in fn:
+        return False
+    return "function" in tool or tool.get("type", "function") == "function"
+
+
 def tools_tokens(tools: Sequence[Any], tally: Tally) -> None:
     """The cookbook's num_tokens_for_tools, extended to nested schemas (see module doc)."""
     if not tools:
@@ -297,8 +306,9 @@ def tools_tokens(tools: Sequence[Any], tally: Tally) -> None:
         if not isinstance(tool, Mapping):
             raise InvalidRequest("each tool must be an object")
         fn = tool.get("function", tool)
-        if not isinstance(fn, Mapping) or "name" not in fn:
-            tally.text(json_text(tool))  # built-in tools (web search …): their JSON, a bound
+        if not _is_function(tool, fn):
+            # Built-in, custom (grammar) and namespace tools: their JSON, a bound.
+            tally.text(json_text(tool))
             tally.exact = False
             continue
         tally.add(const["func_init"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -68,7 +69,7 @@ class Policy(Protocol):
 AUTO = "auto"
 TIER_PREFIX = "tier:"
 DEFAULT_MAX_OUTPUT = 4096  # only when neither the feature, the model nor the client bounds it
-NO_RETRY_AFTER_SECONDS = 60  # a reset further away than this: tell SDKs not to retry
+NO_RETRY_AFTER_SECONDS = 60  # a reset further away than this: the refusal is final
 
 
 class Action(StrEnum):
@@ -98,6 +99,9 @@ class RequestFacts:
     n: int = 1
     step: str | None = None
     identity: Identity = field(default_factory=Identity)
+    # The smallest output cap the request works with when lowered (tokens, why, param):
+    # the adapters' `output_floor` (extended thinking, the Responses minimum).
+    output_floor: tuple[int, str, str] | None = None
 
 
 @dataclass(slots=True)  # not frozen: its __init__ would cost ~0.1 µs a field, per call
@@ -173,6 +177,8 @@ def decide(facts: RequestFacts, policy: Policy, model: ModelInfo) -> Decision:
     if over is not None:
         return _on_exceed(facts, policy, model, over)
     value, clamp = _clamp_output(facts, feature.max_output, model)
+    if clamp is not None and facts.output_floor is not None:
+        _check_floor(facts, clamp, feature.max_output, model)
     out_total = value * facts.n
     tokens = facts.input.tokens
     amounts = Amounts(
@@ -293,6 +299,30 @@ def _clamp_output(
     return value, Clamp(value, reason, requested)
 
 
+def _check_floor(facts: RequestFacts, clamp: Clamp, cap: int | None, model: ModelInfo) -> None:
+    """A lowered cap below what the request needs (a thinking budget of at least 1024,
+    the Responses minimum): a clear 400 naming the cap, before anything is reserved."""
+    assert facts.output_floor is not None
+    floor, why, param = facts.output_floor
+    if clamp.value >= floor:
+        return
+    if clamp.reason is ClampReason.FEATURE_CAP:
+        shared = f", shared by {facts.n} choices" if facts.n > 1 else ""
+        what = (f"The max_output of feature {facts.feature or 'default'!r} "
+                f"({cap} tokens{shared})")
+    elif clamp.reason is ClampReason.MODEL_MAX_OUTPUT:
+        what = f"The output limit of model {model.name!r} ({model.max_output_tokens} tokens)"
+    elif clamp.reason is ClampReason.CONTEXT_WINDOW:
+        what = f"What the context window of model {model.name!r} leaves after the input"
+    else:
+        what = "The default output cap"
+    raise InvalidRequest(
+        f"{what} lowers the output cap to {clamp.value} tokens, below the {floor} this "
+        f"request needs: {why}.",
+        param=param,
+    )
+
+
 # ---------------------------------------------------------------- denials
 
 
@@ -305,19 +335,23 @@ _WINDOW_WORD = {
 _METRIC_WORD = {Metric.TOKENS: "token", Metric.REQUESTS: "request", Metric.COST: "cost"}
 
 
-def denial_to_error(denial: Denial, now: float) -> BudgetExceeded | RateLimited:
+def denial_to_error(
+    denial: Denial, now: float, *, retry_within: float = NO_RETRY_AFTER_SECONDS
+) -> BudgetExceeded | RateLimited:
     """A refused reservation as the error the client gets. RateLimited for minute windows
     and request counts, BudgetExceeded otherwise. `retry_after` is the whole seconds to
-    the reset (at least 1); `details["should_retry"]` is False when the reset is more
-    than a minute away or the call alone is larger than the limit (send
-    `x-should-retry: false`)."""
+    the reset (at least 1). `details["should_retry"]` is False — the refusal is final,
+    retrying before the reset cannot help — when the reset is more than `retry_within`
+    seconds away (the policy's `refusals.retry_within`) or the call alone is larger than
+    the limit; the gateway then answers in the quota shape (no Retry-After that would
+    invite a sleep, `x-should-retry: false`) and the message says so."""
     retry_after = max(1, math.ceil(denial.reset_at - now))
     too_big = denial.requested > denial.limit
-    should_retry = not too_big and retry_after <= NO_RETRY_AFTER_SECONDS
+    should_retry = not too_big and retry_after <= retry_within
     rate = denial.window is Window.MINUTE or denial.metric is Metric.REQUESTS
     cls = RateLimited if rate else BudgetExceeded
     return cls(
-        _denial_message(denial, retry_after, too_big),
+        _denial_message(denial, retry_after, too_big, final=not should_retry),
         limit_key=denial.key,
         limit=denial.limit,
         used=denial.used,
@@ -330,7 +364,7 @@ def denial_to_error(denial: Denial, now: float) -> BudgetExceeded | RateLimited:
     )
 
 
-def _denial_message(denial: Denial, retry_after: int, too_big: bool) -> str:
+def _denial_message(denial: Denial, retry_after: int, too_big: bool, *, final: bool) -> str:
     what = f"{_WINDOW_WORD[denial.window]} {_METRIC_WORD[denial.metric]} limit"
     try:
         parsed = parse_key(denial.key)
@@ -343,10 +377,14 @@ def _denial_message(denial: Denial, retry_after: int, too_big: bool) -> str:
             f"This call needs up to {fmt(denial.requested)}, more than the {what} of {who} "
             f"({fmt(denial.limit)}); lower max_tokens or shorten the input"
         )
-    return (
+    text = (
         f"The {what} of {who} has no room: {fmt(denial.used)} of {fmt(denial.limit)} used, "
         f"this call needs up to {fmt(denial.requested)}; resets in {go_duration(retry_after)}"
     )
+    if final:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(denial.reset_at))
+        text += f" (at {at}). This limit will not clear soon: do not retry before then"
+    return text
 
 
 def _money(nano: int) -> str:
@@ -409,10 +447,13 @@ def ratelimit_headers(usages: Iterable[LimitUsage], now: float) -> dict[str, str
 
 
 def denial_headers(error: BudgetExceeded, denial: Denial, now: float) -> dict[str, str]:
-    """Headers of a 429: Retry-After, x-should-retry (only `false`), x-ratelimit-*."""
+    """Headers of a 429: x-ratelimit-* always; then Retry-After when the refusal clears
+    soon, or `x-should-retry: false` (and no Retry-After, which clients would sleep on)
+    when it is final."""
     usage = LimitUsage(denial.key, denial.limit, denial.used, 0, denial.reset_at)
     headers = ratelimit_headers([usage], now)
-    headers["retry-after"] = str(int(error.retry_after or 1))
-    if not error.details.get("should_retry", True):
+    if error.details.get("should_retry", True):
+        headers["retry-after"] = str(int(error.retry_after or 1))
+    else:
         headers["x-should-retry"] = "false"
     return headers

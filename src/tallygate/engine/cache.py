@@ -6,9 +6,9 @@ a fresh answer. A hit costs no tokens and is recorded with the tokens it saved."
 from __future__ import annotations
 
 from tallygate.cache import ResponseCache, request_key
-from tallygate.cache.replay import can_replay
 from tallygate.config import Policy
 from tallygate.engine.call import Call, CallContext
+from tallygate.providers.replay import can_replay
 
 
 class CallCache:

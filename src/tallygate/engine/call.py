@@ -18,6 +18,10 @@ from tallygate.providers.common import StreamTap
 from tallygate.types import Count, Hold, LimitUsage, ModelInfo, Usage
 
 DETAIL_VERSION = 1
+# Notes written into `detail` as they are (the others are reshaped in CallNotes.detail).
+_LISTED = ("unknown_feature", "summarized", "summarize", "trimmed_turns", "attempts",
+           "halved", "trimmed_on_retry", "recovery", "fallback", "fallback_refused",
+           "fallback_skipped", "overrun", "usage", "message", "limit", "stopped")
 
 
 @dataclass(slots=True)  # per-call record: not frozen (see types.py)
@@ -54,6 +58,7 @@ class CallNotes:
     plain call allocates nothing; `detail()` is the ledger's `detail` JSON object."""
 
     end_user: str | None = None
+    unknown_feature: str | None = None  # the name asked for, counted as `default`
     routed: tuple[str | None, str] | None = None  # (requested, resolved)
     clamp: tuple[int, str, int | None] | None = None  # (to, reason, requested)
     summarized: dict[str, int] | None = None  # turns, from, to
@@ -116,9 +121,7 @@ class CallNotes:
         if self.clamp is not None:
             to, reason, requested = self.clamp
             out["clamp"] = {"to": to, "reason": reason, "requested": requested}
-        for name in ("summarized", "summarize", "trimmed_turns", "attempts", "halved",
-                     "trimmed_on_retry", "recovery", "fallback", "fallback_refused",
-                     "fallback_skipped", "overrun", "usage", "message", "limit", "stopped"):
+        for name in _LISTED:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value

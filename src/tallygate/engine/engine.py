@@ -26,6 +26,7 @@ import orjson
 from tallygate.cache import ResponseCache
 from tallygate.config import DEFAULT_FEATURE, Policy
 from tallygate.config.models import key_rules
+from tallygate.config.names import PolicyNames
 from tallygate.core import decide
 from tallygate.core.catalog import Catalog
 from tallygate.core.limits import Amounts, Identity, Rules, holds_for
@@ -43,6 +44,7 @@ from tallygate.engine.summarize import SUFFIX as SUMMARIZE_SUFFIX
 from tallygate.engine.summarize import Summarizer
 from tallygate.errors import (
     FeatureDisabled,
+    InvalidRequest,
     LimitError,
     PermissionDenied,
     TallygateError,
@@ -100,6 +102,7 @@ class Engine:
         static = {name: policy.flag(name) for name in {*policy.features, *policy.flags}}
         self.flags = FlagView(store, static, clock=clock, refresh=flag_refresh)
         self._key_limits: dict[str, Rules | None] = {}
+        self._names = PolicyNames(policy, catalog)
         self._open: set[Call] = set()  # admitted, not yet closed
         self._closing: set[asyncio.Task[Any]] = set()
 
@@ -215,6 +218,7 @@ class Engine:
         raw_model = body.get("model")
         requested = raw_model if isinstance(raw_model, str) else None
         try:
+            asked = self._known_feature(ctx)
             feature = ctx.feature or DEFAULT_FEATURE
             if not await self.flags.enabled(feature):
                 raise FeatureDisabled(f"Feature {feature!r} is switched off.", feature=feature)
@@ -230,9 +234,25 @@ class Engine:
         call = Call(ctx, adapter_for(ctx.protocol), model, requested, body, started,
                     hold_id=ctx.call_id)
         call.notes.end_user = ctx.end_user
+        call.notes.unknown_feature = asked
         if name != requested:
             call.notes.routed = (requested, name)
         return call
+
+    def _known_feature(self, ctx: CallContext) -> str | None:
+        """A feature name the policy does not define is the `default` feature — its
+        limits on one shared counter, its kill switch — or refused (`unknown_features:
+        reject`): invented names must not each get a fresh copy of the default budget.
+        Returns the name asked for when it was folded into `default`."""
+        name = ctx.feature
+        if (name is None or name == DEFAULT_FEATURE or name in self.policy.features
+                or ctx.parent is not None):  # (a summary's `<feature>:summarize`: ours)
+            return None
+        if self.policy.unknown_features == "reject":
+            raise InvalidRequest(self._names.feature_problem(name) or name,
+                                 param="X-Tallygate-Feature")
+        ctx.feature = DEFAULT_FEATURE
+        return name
 
     async def admit(self, ctx: CallContext, body: dict[str, Any], *,
                     port: Port | None = None) -> Call:
@@ -365,6 +385,8 @@ class Engine:
             n=_choices(call.body),
             step=ctx.step,
             identity=self._identity(ctx),
+            output_floor=(None if ctx.route == "embeddings"
+                          else call.adapter.output_floor(ctx.route, call.body)),
         )
         return decide.decide(facts, self.policy, call.model)
 
@@ -455,7 +477,8 @@ class Engine:
                                               now=now)
         if denial is not None:
             call.holds = ()  # nothing is held: never settle or release it
-            raise decide.denial_to_error(denial, now)
+            raise decide.denial_to_error(
+                denial, now, retry_within=self.policy.refusals.retry_within)
 
     # ------------------------------------------------------------------ sending
 

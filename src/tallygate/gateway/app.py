@@ -7,11 +7,11 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 
 from tallygate.config import Policy
-from tallygate.gateway import ops
+from tallygate.config.names import PolicyNames
+from tallygate.gateway import edges, ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin.flags import flag_routes
 from tallygate.gateway.admin.reports import report_routes
@@ -19,10 +19,13 @@ from tallygate.gateway.drain import DEFAULT_DEADLINE, Drain
 from tallygate.gateway.http import Receive, Scope, Send
 from tallygate.gateway.port import UpstreamPort
 from tallygate.gateway.proxy import Proxy, Route
+from tallygate.gateway.throttle import CLIENT, AuthThrottle, ThrottledKeys
 from tallygate.gateway.upstream import Transport
 from tallygate.gateway.upstream.aiohttp import Upstream
 from tallygate.gateway.upstream.lean import LeanUpstream
+from tallygate.keys.base import KeyStore
 from tallygate.observe import Observability, install
+from tallygate.observe.access_log import AccessLog
 from tallygate.runtime import Runtime
 
 PROXY_ROUTES = {
@@ -31,20 +34,19 @@ PROXY_ROUTES = {
     "/v1/embeddings": Route("openai", "embeddings"),
     "/v1/messages": Route("anthropic", "messages"),
 }
-_NOT_FOUND = orjson.dumps(
-    {"error": {"message": "Not found.", "type": "invalid_request_error", "param": None,
-               "code": "not_found"}}
-)
+COUNT_TOKENS = "/v1/messages/count_tokens"
 
 
 class Gateway:
     """ASGI callable. `runtime` is opened at lifespan start (or injected by tests)."""
 
     def __init__(self, policy: Policy, *, runtime: Runtime | None = None,
-                 sole_process: bool = False) -> None:
+                 sole_process: bool = False, access_log: str | None = None) -> None:
         self.policy = policy
+        self.access_log_path = access_log  # a file, or "-" for stdout
+        self.access_log: AccessLog | None = None
         self.runtime = runtime
-        self._sole_process = sole_process  # see runtime.open_state
+        self._sole_process = sole_process  # see runtime.open_policy_state
         self._owns_runtime = runtime is None
         self.upstream: Transport = (
             LeanUpstream() if policy.server.upstream == "lean" else Upstream())
@@ -53,6 +55,7 @@ class Gateway:
         self.count_tokens: ops.CountTokens | None = None
         self.drain = Drain()
         self.observe: Observability | None = None
+        self.throttled = policy.server.auth_failures_per_minute > 0
 
     async def startup(self) -> None:
         if self.runtime is None:
@@ -60,15 +63,26 @@ class Gateway:
         await self.upstream.start()
         rt = self.runtime
         self.observe = install(rt, self.policy)
+        if self.access_log_path:
+            self.access_log = AccessLog(self.access_log_path)
+            rt.recorders.recorders.append(self.access_log)
+        keys: KeyStore = rt.keys
+        throttle = None
+        if self.throttled:  # one count per address for virtual keys and the admin key
+            throttle = AuthThrottle(self.policy.server.auth_failures_per_minute)
+            keys = ThrottledKeys(rt.keys, throttle)
         port = UpstreamPort(self.policy, self.upstream)
-        self.proxy = Proxy(self.policy, rt.engine, rt.keys, port, self.drain)
-        self.count_tokens = ops.CountTokens(rt)
+        self.proxy = Proxy(self.policy, rt.engine, keys, port, self.drain)
+        self.count_tokens = ops.CountTokens(rt, keys)
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
+        names = PolicyNames(self.policy, rt.catalog)
         self.ops = Starlette(
-            routes=[*ops.routes(rt), *self.observe.routes,
-                    *admin_routes(rt.keys, admin_key, plans=set(self.policy.plans)),
-                    *flag_routes(rt.store, admin_key, static=_static_flags(self.policy)),
-                    *report_routes(rt, admin_key)]
+            exception_handlers=edges.HANDLERS,
+            routes=[*ops.routes(rt, keys), *self.observe.routes,
+                    *admin_routes(rt.keys, admin_key, names=names, throttle=throttle),
+                    *flag_routes(rt.store, admin_key, static=_static_flags(self.policy),
+                                 names=names, throttle=throttle),
+                    *report_routes(rt, admin_key, throttle)]
         )
         # Everything built so far (catalog, tokenizer tables, policy) lives as long as
         # the process: out of the collector's sight, full collections stay short.
@@ -90,18 +104,26 @@ class Gateway:
         await self.upstream.close()
         if self.runtime is not None and self._owns_runtime:
             await self.runtime.close()
+        if self.access_log is not None:
+            self.access_log.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            route = PROXY_ROUTES.get(scope["path"])
-            if route is not None and scope["method"] == "POST":
-                assert self.proxy is not None
-                await self.proxy.handle(route, scope, receive, send)
-                return
-            if scope["path"] == "/v1/messages/count_tokens" and scope["method"] == "POST":
-                assert self.count_tokens is not None
-                await self.count_tokens(scope, receive, send)
+            if self.throttled:
+                client = scope.get("client")
+                CLIENT.set(client[0] if client else None)
+            path = scope["path"]
+            route = PROXY_ROUTES.get(path)
+            if route is not None or path == COUNT_TOKENS:
+                if scope["method"] != "POST" or not edges.json_body(scope):
+                    await edges.refuse(scope, send)
+                elif route is not None:
+                    assert self.proxy is not None
+                    await self.proxy.handle(route, scope, receive, send)
+                else:
+                    assert self.count_tokens is not None
+                    await self.count_tokens(scope, receive, send)
                 return
             assert self.ops is not None
             await self.ops(scope, receive, send)

@@ -14,7 +14,7 @@ from tallygate.config.models import key_rules
 from tallygate.core.limits import Amounts, Identity, holds_for
 from tallygate.core.tokens import acount_request
 from tallygate.errors import InvalidRequest, TallygateError
-from tallygate.gateway import auth
+from tallygate.gateway import auth, model_list
 from tallygate.gateway.errors import render_error
 from tallygate.gateway.http import (
     ClientGone,
@@ -26,6 +26,7 @@ from tallygate.gateway.http import (
     read_body,
     send_json,
 )
+from tallygate.keys.base import KeyStore
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.runtime import Runtime
 
@@ -34,33 +35,34 @@ def _json(status: int, obj: Any) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
 
-def _error(exc: TallygateError) -> Response:
-    status, body, headers = render_error(exc, "openai", request_id="", now=time.time())
+def _error(exc: TallygateError, protocol: str = "openai") -> Response:
+    status, body, headers = render_error(exc, protocol, request_id="", now=time.time())
     return Response(body, status_code=status, media_type="application/json",
                     headers=dict(headers[1:]))
 
 
-def routes(rt: Runtime) -> list[Route]:
+def routes(rt: Runtime, keys: KeyStore | None = None) -> list[Route]:
+    """`keys`: the store keys are verified with (the auth-failure throttle wraps it)."""
+    keys = keys or rt.keys
+    protocols = {name: p.protocol for name, p in rt.policy.providers.items()}
+    listed = model_list.callable_models(rt.catalog, protocols, rt.policy.models)
+
     async def healthz(_: Request) -> Response:
         return _json(200, {"status": "ok"})
 
     async def models(request: Request) -> Response:
+        anthropic = "anthropic-version" in request.headers
         try:
-            key = await auth.authenticate(rt.keys, request.headers, anthropic=False)
+            key = await auth.authenticate(keys, request.headers, anthropic=anthropic)
         except TallygateError as exc:
-            return _error(exc)
-        providers = set(rt.policy.providers)
-        data = []
-        for name in rt.catalog.names():
-            info = rt.catalog.get(name)
-            if info.provider in providers and key.allows_model(name):
-                data.append({"id": name, "object": "model", "created": 0,
-                             "owned_by": info.provider})
-        return _json(200, {"object": "list", "data": data})
+            return _error(exc, "anthropic" if anthropic else "openai")
+        if anthropic:
+            return _json(200, model_list.anthropic_list(listed["anthropic"], key))
+        return _json(200, model_list.openai_list(listed["openai"], key))
 
     async def usage(request: Request) -> Response:
         try:
-            key = await auth.authenticate(rt.keys, request.headers, anthropic=False)
+            key = await auth.authenticate(keys, request.headers, anthropic=False)
         except TallygateError as exc:
             return _error(exc)
         return _json(200, {"object": "tallygate.usage", "user": key.user, "plan": key.plan,
@@ -98,8 +100,9 @@ class CountTokens:
     """POST /v1/messages/count_tokens, answered locally (no provider call, no budget).
     Claude's tokenizer is not public: the figure is tallygate's upper-bound estimate."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, keys: KeyStore | None = None) -> None:
         self.rt = rt
+        self.keys = keys or rt.keys
         self.cap = rt.policy.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,7 +115,7 @@ class CountTokens:
             except orjson.JSONDecodeError as exc:
                 raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
             anthropic_wire.validate_request("messages/count_tokens", body)
-            await auth.authenticate(rt.keys, headers, anthropic=True)
+            await auth.authenticate(self.keys, headers, anthropic=True)
             model = rt.catalog.get(body["model"])
             count = await acount_request("anthropic", "messages/count_tokens", body, model)
         except ClientGone:

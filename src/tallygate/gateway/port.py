@@ -50,7 +50,8 @@ class UpstreamPort:
         headers = {"content-type": "application/json", "accept-encoding": "identity",
                    **provider.headers, **adapter.upstream_headers(secret, ctx.forward_headers)}
         body = adapter.prepare_body(ctx.route, call.body, model=call.model.name,
-                                    max_output=call.max_output)
+                                    max_output=call.max_output,
+                                    forward_headers=ctx.forward_headers)
         return url, body, headers
 
     async def send(self, call: Call, *, timeout: float) -> Answer:

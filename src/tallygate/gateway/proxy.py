@@ -38,9 +38,9 @@ from tallygate.gateway.relay import SSE_HEADERS, StreamRelay
 from tallygate.gateway.upstream import passthrough_headers
 from tallygate.keys.base import KeyStore
 from tallygate.keys.model import VirtualKey
-from tallygate.providers.base import ANTHROPIC_FORWARDED, adapter_for
-from tallygate.providers.common import end_user
+from tallygate.providers.base import adapter_for
 from tallygate.providers.output_schema import apply_output_schema
+from tallygate.providers.sessions import agent_attribution
 
 CACHE_HEADER = "x-tallygate-cache"
 
@@ -105,7 +105,10 @@ class Proxy:
         ctx.client_request_id = bounds.client_id(headers.get("x-tallygate-request-id"))
         ctx.feature = auth.resolve_feature(
             key, bounds.name(headers.get("x-tallygate-feature"), "X-Tallygate-Feature"))
-        ctx.run = bounds.name(headers.get("x-tallygate-run"), "X-Tallygate-Run")
+        # No X-Tallygate-Run: a coding agent's own session id names the run (its header
+        # now, so even a refused body is charged to it; else its metadata, below).
+        ctx.run = (bounds.name(headers.get("x-tallygate-run"), "X-Tallygate-Run")
+                   or agent_attribution(headers, None, self.policy.attribution).run)
         ctx.step = bounds.name(headers.get("x-tallygate-step"), "X-Tallygate-Step")
         ctx.step_attempt = bounds.attempt(headers.get("x-tallygate-attempt"))
         auth.check_permission(key, ctx.feature, None)
@@ -115,17 +118,19 @@ class Proxy:
         except orjson.JSONDecodeError as exc:
             raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
         bounds.check_depth(body)
-        adapter_for(route.protocol).validate_request(route.name, body)
+        adapter = adapter_for(route.protocol)
+        adapter.validate_request(route.name, body)
         schema = self.policy.feature(ctx.feature).output_schema
         body, _ = apply_output_schema(route.protocol, route.name, ctx.feature or "default",
                                       schema, body)
         ctx.stream = body.get("stream") is True
-        ctx.end_user = end_user(body)
+        who = agent_attribution(headers, body, self.policy.attribution)
+        ctx.run = ctx.run or who.run
+        ctx.end_user = who.end_user
         ctx.client_retries = client_retry_count(headers)
         ctx.client_timeout = client_timeout(headers)
         ctx.upstream_query = scope.get("query_string", b"").decode("latin-1")
-        if route.protocol == "anthropic":
-            ctx.forward_headers = {n: headers[n] for n in ANTHROPIC_FORWARDED if n in headers}
+        ctx.forward_headers = {n: headers[n] for n in adapter.forwarded_headers if n in headers}
         return body
 
     async def _call(self, ctx: CallContext, body: dict[str, Any], headers: Mapping[str, str],
@@ -163,6 +168,10 @@ class Proxy:
         out = [("x-tallygate-request-id", call.id)]
         if call.ctx.client_request_id:
             out.append(("x-tallygate-client-request-id", call.ctx.client_request_id))
+        if call.trimmed_tokens:  # what policy changed, said where the client can see it
+            out.append(("x-tallygate-trimmed", str(call.trimmed_tokens)))
+        if call.notes.routed is not None or call.notes.fallback:
+            out.append(("x-tallygate-routed-model", call.model.name))
         out += passthrough_headers(answer.headers)
         if usages:
             out += ratelimit_headers(usages, self.engine.clock()).items()
@@ -170,14 +179,7 @@ class Proxy:
 
     async def _replay(self, call: Call, answer: Answer, send: Send) -> None:
         """A cache hit on a streaming request, replayed as the protocol's SSE."""
-        from tallygate.cache.replay import anthropic_sse, openai_chat_sse
-        from tallygate.providers.openai import client_wants_usage
-
-        if call.ctx.protocol == "anthropic":
-            stream = anthropic_sse(answer.payload)
-        else:
-            stream = openai_chat_sse(answer.payload,
-                                     include_usage=client_wants_usage(call.body))
+        stream = call.adapter.replay(call.ctx.route, answer.payload, call.body)
         headers = encode_headers([("x-tallygate-request-id", call.id), (CACHE_HEADER, "hit")])
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*SSE_HEADERS, *headers]})

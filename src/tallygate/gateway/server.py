@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors import multiprocess
 
 from tallygate.gateway.app import Gateway
 from tallygate.gateway.drain import CUT_GRACE, DEFAULT_DEADLINE
@@ -34,6 +35,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class GatewayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, deadline: float = DEFAULT_DEADLINE) -> None:
         config.timeout_graceful_shutdown = int(deadline + 4 * CUT_GRACE) + 1
+        config.shutdown_deadline = deadline  # type: ignore[attr-defined]  # for workers
         super().__init__(config)
         self.deadline = deadline
         self._signals = 0
@@ -80,3 +82,30 @@ class GatewayServer(uvicorn.Server):
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+
+class GatewayProcess(multiprocess.Process):
+    """A worker process whose server is a GatewayServer (uvicorn's runs a plain one).
+    The deadline travels in the config (`shutdown_deadline`), which is what a worker
+    process receives."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            deadline = getattr(self.config, "shutdown_deadline", DEFAULT_DEADLINE)
+            self._server = GatewayServer(self.config, deadline=deadline)
+        return self._server
+
+
+class GatewaySupervisor(multiprocess.Multiprocess):
+    """uvicorn's supervisor for `--workers N`, its workers stopping the gateway's way.
+    uvicorn makes its worker processes from its module's `Process` at four places; for as
+    long as this supervisor runs (in its own process only) that name is GatewayProcess."""
+
+    def run(self) -> None:
+        made = multiprocess.Process
+        multiprocess.Process = GatewayProcess  # type: ignore[misc]
+        try:
+            super().run()
+        finally:
+            multiprocess.Process = made  # type: ignore[misc]

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from tallygate.errors import ConfigError, StoreUnavailable
+from tallygate.extras import needs
 from tallygate.keys.base import BaseKeyStore, Clock
 from tallygate.keys.model import VirtualKey
 
@@ -159,7 +160,8 @@ class PostgresKeyStore(BaseKeyStore):
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock = time.time) -> PostgresKeyStore:
-        import psycopg
+        with needs("postgres", "a postgresql:// key store"):
+            import psycopg
 
         try:
             conn = await psycopg.AsyncConnection.connect(url, autocommit=True)

@@ -146,6 +146,13 @@ class Journal:
             seg.path.unlink(missing_ok=True)
         os.close(seg.fd)
 
+    def drop(self) -> None:
+        """Let go of the current segment as it is, whatever it holds (a crash test's
+        "the process died here"): the next writer on the directory replays it."""
+        seg, self._current = self._current, None
+        if seg is not None:
+            os.close(seg.fd)
+
     def _open_segment(self) -> Segment:
         self._seq += 1
         name = f"seg-{os.getpid()}-{time.time_ns()}-{self._seq}.jsonl"

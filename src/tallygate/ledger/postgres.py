@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from tallygate.errors import StoreUnavailable
+from tallygate.extras import needs
 from tallygate.ledger.migrations import COLUMN_NAMES, Dialect, migrate_postgres, quote
 from tallygate.ledger.rows import SqlReads, to_row
 from tallygate.types import CallRecord
@@ -46,7 +47,8 @@ class PostgresLedger(SqlReads):
         self._conns: list[Any] = []
 
     async def open(self) -> PostgresLedger:
-        import psycopg
+        with needs("postgres", "a postgresql:// ledger"):
+            import psycopg
 
         try:
             for _ in range(self.pool_size):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Route
 
+from tallygate.extras import needs
 from tallygate.observe.metrics import MetricsRecorder, metrics_route
 
 if TYPE_CHECKING:
@@ -81,11 +82,13 @@ def install(
     alert (when rules exist) recorders to the runtime and start their background tasks.
     Call from a running event loop; returns the `/metrics` route in `routes`."""
     metrics = MetricsRecorder(policy, runtime.catalog)
-    obs = Observability(metrics, [metrics_route(metrics)])
+    token = policy.metrics.token.get_secret_value() if policy.metrics.token else None
+    obs = Observability(metrics, [metrics_route(metrics, token)])
     runtime.recorders.recorders.append(metrics)
     options = tracing_options(policy)
     if tracer_provider is not None or options.get("exporter", "none") != "none":
-        from tallygate.observe.tracing import TracingRecorder  # OTel loads only here
+        with needs("otel", "tracing"):
+            from tallygate.observe.tracing import TracingRecorder  # OTel loads only here
 
         obs.tracing = TracingRecorder(
             tracer_provider, exporter=options.get("exporter", "console"),

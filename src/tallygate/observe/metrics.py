@@ -13,6 +13,8 @@ else `other`; `step` a configured routing step, `none` when absent, else `other`
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -237,10 +239,22 @@ def budget_scopes(policy: Policy) -> list[tuple[str, Any]]:
     return out
 
 
-def metrics_route(recorder: MetricsRecorder) -> Route:
-    """`GET /metrics` in the Prometheus text format."""
+_DENIED = (b'{"error":{"message":"GET /metrics needs Authorization: Bearer <metrics.token>.",'
+           b'"type":"invalid_request_error","param":null,"code":"invalid_api_key"}}')
 
-    async def metrics(_: Request) -> Response:
+
+def metrics_route(recorder: MetricsRecorder, token: str | None = None) -> Route:
+    """`GET /metrics` in the Prometheus text format; behind `token` when one is set
+    (compared as digests, in constant time: the metrics show spend per feature)."""
+    wanted = hashlib.sha256(token.encode()).digest() if token else None
+
+    async def metrics(request: Request) -> Response:
+        if wanted is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            digest = hashlib.sha256(given.strip().encode("utf-8", "surrogateescape")).digest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(digest, wanted):
+                return Response(_DENIED, status_code=401, media_type="application/json",
+                                headers={"www-authenticate": "Bearer"})
         return Response(recorder.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return Route("/metrics", metrics, methods=["GET"])

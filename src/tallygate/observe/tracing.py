@@ -27,6 +27,7 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, T
 from opentelemetry.trace.status import Status, StatusCode
 
 from tallygate.errors import ConfigError
+from tallygate.extras import MissingExtra, install_hint
 from tallygate.types import NANO_PER_USD, CallRecord, Outcome
 
 ExporterName = Literal["otlp", "console", "none"]
@@ -67,9 +68,8 @@ def _otlp_exporter(endpoint: str | None) -> Any:
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
-        raise ConfigError(
-            "tracing.exporter: otlp needs the opentelemetry-exporter-otlp-proto-http package"
-        ) from None
+        raise MissingExtra(
+            f"tracing.exporter: otlp needs the otel extra: {install_hint('otel')}") from None
     return OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
 
 

@@ -26,6 +26,8 @@ from tallygate.providers.common import (
 from tallygate.types import Usage
 
 PROTOCOL = "anthropic"
+# The roles whose shape the gateway checks (content required). Any other role — Claude
+# Code's mid-conversation `system` turn (beta per-turn-control) — passes as sent.
 ROLES = frozenset({"user", "assistant"})
 
 
@@ -138,6 +140,59 @@ def requested_max_output(route: str, body: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+# Extended thinking (`thinking: {type: enabled, budget_tokens: N}`): the budget must be at
+# least this and, unless interleaved thinking is on, below max_tokens. Thinking tokens are
+# output tokens: they count inside max_tokens, and in usage.output_tokens.
+MIN_THINKING_BUDGET = 1024
+INTERLEAVED_BETA = "interleaved-thinking-"
+
+
+def thinking_budget(body: Mapping[str, Any]) -> int | None:
+    """The extended-thinking budget a body asks for (None: no budgeted thinking;
+    `adaptive` thinking has no budget and needs no fitting)."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, Mapping) or thinking.get("type") != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+
+
+def interleaved_thinking(headers: Mapping[str, str]) -> bool:
+    """Is the interleaved-thinking beta on (`anthropic-beta`, comma-separated)? Then the
+    thinking budget spans the whole turn and may exceed max_tokens."""
+    betas = headers.get("anthropic-beta") or ""
+    return any(b.strip().startswith(INTERLEAVED_BETA) for b in betas.split(","))
+
+
+def output_floor(route: str, body: Mapping[str, Any]) -> tuple[int, str, str] | None:
+    """The smallest output cap this request can work with when tallygate lowers it:
+    (tokens, why, param), or None."""
+    if normalise_route(route) != "messages" or thinking_budget(body) is None:
+        return None
+    return (MIN_THINKING_BUDGET + 1,
+            f"extended thinking needs thinking.budget_tokens >= {MIN_THINKING_BUDGET} "
+            "and below max_tokens; raise the cap or send the request without thinking",
+            "thinking.budget_tokens")
+
+
+def fit_thinking(body: Mapping[str, Any], max_tokens: int, *, interleaved: bool) -> Any:
+    """`thinking` with its budget lowered below `max_tokens` (when tallygate lowered
+    max_tokens). InvalidRequest when no budget of at least MIN_THINKING_BUDGET fits."""
+    thinking = body.get("thinking")
+    budget = thinking_budget(body)
+    if budget is None or interleaved or budget < max_tokens:
+        return thinking
+    fitted = max_tokens - 1
+    if fitted < MIN_THINKING_BUDGET:
+        raise InvalidRequest(
+            f"max_tokens was lowered to {max_tokens} by the policy's output cap, which "
+            f"leaves no room for extended thinking: thinking.budget_tokens must be at "
+            f"least {MIN_THINKING_BUDGET} and below max_tokens.",
+            param="thinking.budget_tokens",
+        )
+    return {**thinking, "budget_tokens": fitted}
+
+
 def prepare_body(
     route: str,
     body: Mapping[str, Any],
@@ -146,8 +201,11 @@ def prepare_body(
     max_output: int | None = None,
     messages: list[Any] | None = None,
     system: Any = None,
+    interleaved: bool = False,
 ) -> bytes:
-    """The upstream body: the client's, with only what policy changed replaced."""
+    """The upstream body: the client's, with only what policy changed replaced. When the
+    output cap is lowered, a thinking budget that no longer fits is lowered with it
+    (`interleaved`: the client turned the interleaved-thinking beta on, so it need not)."""
     out = dict(body)
     if model is not None:
         out["model"] = model
@@ -156,7 +214,12 @@ def prepare_body(
     if system is not None:
         out["system"] = system
     if max_output is not None and normalise_route(route) == "messages":
+        requested = requested_max_output(route, body)
         out["max_tokens"] = max_output
+        if requested is None or max_output < requested:
+            thinking = fit_thinking(body, max_output, interleaved=interleaved)
+            if thinking is not None:
+                out["thinking"] = thinking
     return dumps(out)
 
 
@@ -248,7 +311,7 @@ def _check_system(body: Mapping[str, Any]) -> None:
 
 def _check_contents(body: Mapping[str, Any]) -> None:
     for i, msg in enumerate(body["messages"]):
-        if msg.get("content") is None:
+        if msg.get("role") in ROLES and msg.get("content") is None:
             raise InvalidRequest(
                 f"Missing required parameter: 'messages[{i}].content'.",
                 param=f"messages[{i}].content",
@@ -258,7 +321,7 @@ def _check_contents(body: Mapping[str, Any]) -> None:
 def validate_count_tokens_request(body: Any) -> None:
     body = require_object(body)
     require_model(body)
-    check_messages(body, ROLES)
+    check_messages(body)
     _check_contents(body)
     _check_system(body)
     check_type(body, "tools", (list,), "an array")

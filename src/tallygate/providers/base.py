@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from tallygate.errors import ConfigError
+from tallygate.errors import ConfigError, TallygateError
 from tallygate.providers import anthropic, openai
 from tallygate.providers.common import StreamTap, UpstreamFault, normalise_route
+from tallygate.providers.replay import anthropic_sse, openai_chat_sse
 from tallygate.types import Usage
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Client headers an Anthropic upstream must see as sent (betas switch request shapes on).
 ANTHROPIC_FORWARDED = ("anthropic-version", "anthropic-beta")
+# OpenAI's own "you are out of quota" type: the openai SDKs, Codex and most OpenAI
+# clients stop on it at once instead of sleeping on a Retry-After (docs/gateway.md).
+QUOTA_TYPE = "insufficient_quota"
 
 # The events that end a stream: OpenAI chat, Responses, Anthropic Messages.
 _TERMINAL_MARKERS = {
@@ -39,9 +43,16 @@ class WireAdapter(Protocol):
 
     def requested_max_output(self, route: str, body: Mapping[str, Any]) -> int | None: ...
 
+    def output_floor(self, route: str, body: Mapping[str, Any]) -> tuple[int, str, str] | None:
+        """The smallest output cap the request works with when tallygate lowers it
+        (tokens, why, param): a thinking budget's 1,024, the Responses minimum of 16."""
+        ...
+
     def prepare_body(self, route: str, body: Mapping[str, Any], *, model: str,
-                     max_output: int | None) -> bytes:
-        """The upstream body: the client's, with what policy changed replaced."""
+                     max_output: int | None,
+                     forward_headers: Mapping[str, str] | None = None) -> bytes:
+        """The upstream body: the client's, with what policy changed replaced
+        (`forward_headers`: the client headers the upstream sees, betas among them)."""
         ...
 
     def usage_from_body(self, route: str, body: Mapping[str, Any]) -> Usage | None: ...
@@ -55,6 +66,25 @@ class WireAdapter(Protocol):
 
     def error_body(self, code: str | None, message: str, *, type: str,
                    param: str | None = None) -> bytes: ...
+
+    def refusal_body(self, exc: TallygateError, *, request_id: str, final: bool) -> bytes:
+        """The body of tallygate's own error `exc` (`final`: a limit that will not clear
+        soon, shaped so that clients stop instead of sleeping on a retry)."""
+        ...
+
+    @property
+    def forwarded_headers(self) -> tuple[str, ...]:
+        """Client headers the upstream must see as sent."""
+        ...
+
+    @property
+    def key_headers(self) -> tuple[str, ...]:
+        """Headers a client may carry its API key in, besides `Authorization: Bearer`."""
+        ...
+
+    def replay(self, route: str, answer: Any, body: Mapping[str, Any]) -> bytes:
+        """A stored answer replayed as the route's SSE stream (a cache hit on a stream)."""
+        ...
 
     def stream_error_event(self, route: str, code: str | None, message: str) -> bytes:
         """A mid-stream failure in the route's own SSE format."""
@@ -99,12 +129,26 @@ class OpenAIAdapter:
 
     validate_request = staticmethod(openai.validate_request)
     requested_max_output = staticmethod(openai.requested_max_output)
+    output_floor = staticmethod(openai.output_floor)
     usage_from_body = staticmethod(openai.usage_from_body)
     classify_error = staticmethod(openai.classify_error)
     error_body = staticmethod(openai.error_body)
+    forwarded_headers: tuple[str, ...] = ()
+    key_headers: tuple[str, ...] = ()
+
+    def refusal_body(self, exc: TallygateError, *, request_id: str, final: bool) -> bytes:
+        del request_id
+        kind = QUOTA_TYPE if final else exc.openai_type
+        return openai.error_body(exc.code, exc.message, type=kind, param=exc.param)
+
+    def replay(self, route: str, answer: Any, body: Mapping[str, Any]) -> bytes:
+        del route
+        return openai_chat_sse(answer, include_usage=openai.client_wants_usage(body))
 
     def prepare_body(self, route: str, body: Mapping[str, Any], *, model: str,
-                     max_output: int | None) -> bytes:
+                     max_output: int | None,
+                     forward_headers: Mapping[str, str] | None = None) -> bytes:
+        del forward_headers
         return openai.prepare_body(route, body, model=model, max_output=max_output)
 
     def stream_tap(self, route: str, body: Mapping[str, Any], *, model: str) -> StreamTap:
@@ -159,16 +203,33 @@ class AnthropicAdapter:
 
     validate_request = staticmethod(anthropic.validate_request)
     requested_max_output = staticmethod(anthropic.requested_max_output)
+    output_floor = staticmethod(anthropic.output_floor)
     usage_from_body = staticmethod(anthropic.usage_from_body)
     classify_error = staticmethod(anthropic.classify_error)
+
+    forwarded_headers = ANTHROPIC_FORWARDED
+    key_headers = ("x-api-key",)  # anthropic SDK 0.x sends it; 2.x sends a Bearer token
 
     def error_body(self, code: str | None, message: str, *, type: str,
                    param: str | None = None) -> bytes:
         return anthropic.error_body(code, message, type=type, param=param)
 
+    def refusal_body(self, exc: TallygateError, *, request_id: str, final: bool) -> bytes:
+        del final  # the message says it will not clear soon; the type stays rate_limit_error
+        return anthropic.error_body(exc.code, exc.message, type=exc.anthropic_type,
+                                    param=exc.param, request_id=request_id)
+
+    def replay(self, route: str, answer: Any, body: Mapping[str, Any]) -> bytes:
+        del route, body
+        return anthropic_sse(answer)
+
     def prepare_body(self, route: str, body: Mapping[str, Any], *, model: str,
-                     max_output: int | None) -> bytes:
-        return anthropic.prepare_body(route, body, model=model, max_output=max_output)
+                     max_output: int | None,
+                     forward_headers: Mapping[str, str] | None = None) -> bytes:
+        # A thinking budget may exceed max_tokens only with the interleaved-thinking beta.
+        interleaved = anthropic.interleaved_thinking(forward_headers or {})
+        return anthropic.prepare_body(route, body, model=model, max_output=max_output,
+                                      interleaved=interleaved)
 
     def stream_tap(self, route: str, body: Mapping[str, Any], *, model: str) -> StreamTap:
         del body

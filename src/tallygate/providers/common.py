@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from tallygate.errors import InvalidRequest
+from tallygate.providers import sessions
 from tallygate.types import Usage
 
 # --------------------------------------------------------------------------- routes
@@ -344,7 +345,11 @@ def check_type(body: Mapping[str, Any], name: str, types: tuple[type, ...], labe
         )
 
 
-def check_messages(body: Mapping[str, Any], roles: frozenset[str], name: str = "messages") -> None:
+def check_messages(body: Mapping[str, Any], name: str = "messages") -> None:
+    """Only what counting needs: a non-empty array of objects, each with a string role
+    and content that is a string or an array when present. Roles the gateway does not
+    know (a mid-conversation `system` turn, a newer role) pass to the provider as sent
+    and are counted like a user turn; the provider is the judge of their meaning."""
     messages = body.get(name)
     if messages is None:
         raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
@@ -363,9 +368,10 @@ def check_messages(body: Mapping[str, Any], roles: frozenset[str], name: str = "
                 param=where,
             )
         role = msg.get("role")
-        if not isinstance(role, str) or role not in roles:
+        if not isinstance(role, str) or not role.strip():
             raise InvalidRequest(
-                f"Invalid value for '{where}.role': expected one of {sorted(roles)}.",
+                f"Invalid value for '{where}.role': expected a non-empty string, "
+                f"got {json_type(role)}.",
                 param=f"{where}.role",
             )
         content = msg.get("content")
@@ -382,16 +388,9 @@ def dumps(obj: Any) -> bytes:
 
 
 def end_user(body: Mapping[str, Any]) -> str | None:
-    """The OpenAI `user` field or Anthropic `metadata.user_id`: recorded, not enforced."""
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        return user[:256]
-    meta = body.get("metadata")
-    if isinstance(meta, Mapping):
-        uid = meta.get("user_id")
-        if isinstance(uid, str) and uid:
-            return uid[:256]
-    return None
+    """The OpenAI `user` field or Anthropic `metadata.user_id` (for Claude Code's JSON
+    form, its account or device, not the session): recorded, not enforced."""
+    return sessions.end_user(body)
 
 
 def error_object(body: bytes | Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -26,9 +26,11 @@ from tallygate.providers.common import (
 from tallygate.types import Usage
 
 PROTOCOL = "openai"
-CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-# o-series and gpt-5 reasoning models reject `max_tokens` (SPEC: "not compatible with o-series").
-_NEEDS_MAX_COMPLETION = re.compile(r"^(o\d|gpt-5)")
+# o-series and gpt-5+ reasoning models reject `max_tokens` (SPEC: "not compatible with
+# o-series"); so does any request that sets a reasoning effort.
+_NEEDS_MAX_COMPLETION = re.compile(r"^(o\d|gpt-(?:[5-9]|[1-9]\d))")
+# Responses: max_output_tokens is "an integer >= 16" (the OpenAPI description).
+MIN_RESPONSES_OUTPUT = 16
 
 
 def _int(value: Any) -> int:
@@ -199,9 +201,32 @@ def max_output_field(route: str, body: Mapping[str, Any], model: str) -> str:
         return "max_output_tokens"
     if body.get("max_completion_tokens") is not None:
         return "max_completion_tokens"
-    if body.get("max_tokens") is not None and not _NEEDS_MAX_COMPLETION.match(model):
+    if (body.get("max_tokens") is not None and not _NEEDS_MAX_COMPLETION.match(model)
+            and not reasoning_requested(body)):
         return "max_tokens"
     return "max_completion_tokens"
+
+
+def reasoning_requested(body: Mapping[str, Any]) -> bool:
+    """A reasoning effort (chat `reasoning_effort`, Responses `reasoning.effort`) other
+    than none. Reasoning tokens are output tokens: they count inside the output cap
+    (max_completion_tokens / max_output_tokens) and in the usage's output figure."""
+    effort = body.get("reasoning_effort")
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, Mapping):
+        effort = reasoning.get("effort", effort or "medium")
+    return isinstance(effort, str) and effort != "none"
+
+
+def output_floor(route: str, body: Mapping[str, Any]) -> tuple[int, str, str] | None:
+    """The smallest output cap the provider accepts when tallygate lowers it:
+    (tokens, why, param), or None."""
+    del body
+    if normalise_route(route) != "responses":
+        return None
+    return (MIN_RESPONSES_OUTPUT,
+            f"the Responses API needs max_output_tokens >= {MIN_RESPONSES_OUTPUT} "
+            "(reasoning tokens included)", "max_output_tokens")
 
 
 def requested_max_output(route: str, body: Mapping[str, Any]) -> int | None:
@@ -319,7 +344,7 @@ def _common_checks(body: Any) -> Mapping[str, Any]:
 def validate_chat_request(body: Any) -> None:
     """Raise InvalidRequest (with `param`) for a malformed chat/completions body."""
     body = _common_checks(body)
-    check_messages(body, CHAT_ROLES)
+    check_messages(body)
     check_int(body, "max_tokens", minimum=1)
     check_int(body, "max_completion_tokens", minimum=1)
     check_int(body, "n", minimum=1, maximum=128)

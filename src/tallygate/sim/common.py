@@ -9,9 +9,12 @@ Faults, per request with the header `x-sim-fault: NAME[:ARG]` or queued on the a
   context_length_exceeded[:window]   the real 400 body of each protocol
   timeout[:secs]  sleep (default SimConfig.timeout_sleep_s) before answering
   cut[:chunks]    close the connection mid-body / after that many stream chunks
+  quota           the provider's own final 429 (OpenAI insufficient_quota, Anthropic
+                  enforced_spend_limit_reached), no retry-after
 Per-request overrides: `x-sim-reply-tokens`, `x-sim-cached-tokens`, `x-sim-reasoning-tokens`.
-A request asking for a JSON Schema gets a JSON instance of it (structured.py).
-The handlers live in openai.py and anthropic.py."""
+Tool calls, thinking blocks, reasoning items and prompt caches: agents.py. A request
+asking for a JSON Schema gets a JSON instance of it: structured.py.
+The handlers live in sim_openai.py and sim_anthropic.py."""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from tallygate.errors import InvalidRequest
+from tallygate.sim.agents import LruSet
 
 # Common English words that are one token each in cl100k_base and o200k_base, with
 # and without the leading space, so a reply of N words is exactly N tokens.
@@ -62,6 +66,7 @@ class SimConfig:
     ttft_ms: float = 0.0  # streaming: after the headers, before the first token
     tokens_per_second: float = 0.0  # 0 = as fast as possible
     reply_tokens: int = 16  # reply length before max_tokens caps it
+    thinking_tokens: int = 8  # thinking/reasoning tokens when the request turns it on
     stream_chunk_tokens: int = 1  # tokens per stream chunk
     embedding_dimensions: int = 16
     timeout_sleep_s: float = 30.0
@@ -88,6 +93,7 @@ class SimStats:
     faults: Counter[str] = field(default_factory=Counter)
     bodies: deque[tuple[str, Any]] = field(default_factory=lambda: deque(maxlen=200))
     headers: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=200))
+    queries: deque[str] = field(default_factory=lambda: deque(maxlen=200))  # query strings
 
     def count(self, route: str | None = None, model: str | None = None) -> int:
         return sum(
@@ -110,6 +116,7 @@ class SimStats:
         self.faults.clear()
         self.bodies.clear()
         self.headers.clear()
+        self.queries.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +152,7 @@ CONFIG: web.AppKey[SimConfig] = web.AppKey("sim_config", SimConfig)
 STATS: web.AppKey[SimStats] = web.AppKey("sim_stats", SimStats)
 FAULTS: web.AppKey[deque[Fault]] = web.AppKey("sim_faults", deque)
 _COUNT_CACHE: web.AppKey[dict[tuple[str, bytes], int]] = web.AppKey("sim_counts", dict)
+PROMPT_CACHE: web.AppKey[LruSet] = web.AppKey("sim_prompt_cache", LruSet)
 
 _ids = itertools.count(1)
 
@@ -196,12 +204,22 @@ def _header_int(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
-def cached_tokens(req: SimRequest, prompt: int) -> int:
-    return min(prompt, _header_int(req.headers, "x-sim-cached-tokens") or 0)
+def reasoning_tokens(req: SimRequest, default: int = 0) -> int:
+    """The header's figure, else `default` (the config's when the request asks for
+    thinking or reasoning)."""
+    found = _header_int(req.headers, "x-sim-reasoning-tokens")
+    return default if found is None else found
 
 
-def reasoning_tokens(req: SimRequest) -> int:
-    return _header_int(req.headers, "x-sim-reasoning-tokens") or 0
+def header_cached(req: SimRequest) -> int | None:
+    return _header_int(req.headers, "x-sim-cached-tokens")
+
+
+def count_text(text: str, model: str) -> int:
+    """Tokens of generated text (tool arguments), by the real counter; at least 1."""
+    from tallygate.core import tokens
+
+    return max(1, tokens.count_text(text, model).tokens)
 
 
 def prompt_tokens(app: web.Application, protocol: str, req: SimRequest) -> int:
@@ -378,6 +396,7 @@ async def read_request(
     stats.requests[(route, model)] += 1
     stats.bodies.append((route, body))
     stats.headers.append(dict(request.headers))
+    stats.queries.append(request.query_string)
     if fault is not None:
         stats.faults[fault.name] += 1
     seed = zlib.crc32(raw)

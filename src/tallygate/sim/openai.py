@@ -14,14 +14,24 @@ from aiohttp import web
 
 from tallygate.errors import InvalidRequest
 from tallygate.providers import openai as oai
+from tallygate.sim.agents import (
+    ToolCall,
+    flat_tools,
+    marker_in_last_turn,
+    openai_cached,
+    pick_tool,
+    signature,
+    split_output,
+)
 from tallygate.sim.common import (
     CONFIG,
-    SimConfig,
+    PROMPT_CACHE,
     SimRequest,
     apply_pre_fault,
     base_headers,
-    cached_tokens,
+    count_text,
     cut_plain,
+    header_cached,
     json_response,
     new_id,
     pause_ms,
@@ -35,7 +45,7 @@ from tallygate.sim.common import (
     split_reply,
     token_delay,
 )
-from tallygate.sim.structured import requested_schema, structured_reply
+from tallygate.sim.structured import structured_reply
 
 Producer = Callable[[web.Request, SimRequest, int], Awaitable[web.StreamResponse]]
 FINGERPRINT = "fp_tallygate_sim"
@@ -59,6 +69,20 @@ def error_response(
     return web.Response(body=body, status=status, headers=out, content_type="application/json")
 
 
+_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
+# Faults answered with a fixed error: status, message, error type, code.
+_PLAIN_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
+    "500": (500, _SERVER_ERROR, "server_error", None),
+    "502": (502, _SERVER_ERROR, "server_error", None),
+    "503": (503, _SERVER_ERROR, "server_error", None),
+    "529": (529, "The engine is currently overloaded, please try again later.",
+            "server_error", "overloaded"),
+    # OpenAI's own final refusal: no retry-after; clients stop on it.
+    "quota": (429, "You exceeded your current quota, please check your plan and billing "
+              "details.", "insufficient_quota", "insufficient_quota"),
+}
+
+
 def fault_response(app: web.Application, req: SimRequest, prompt: int) -> web.Response | None:
     fault = req.fault
     if fault is None:
@@ -71,12 +95,9 @@ def fault_response(app: web.Application, req: SimRequest, prompt: int) -> web.Re
                f"(TPM): Limit 30000, Used 30000, Requested {prompt}. Please try again in {secs}s.")
         return error_response(app, req, 429, msg, type="tokens", code="rate_limit_exceeded",
                               headers=retry)
-    if fault.name in ("500", "502", "503"):
-        msg = "The server had an error while processing your request. Sorry about that!"
-        return error_response(app, req, int(fault.name), msg, type="server_error")
-    if fault.name == "529":
-        msg = "The engine is currently overloaded, please try again later."
-        return error_response(app, req, 529, msg, type="server_error", code="overloaded")
+    if fault.name in _PLAIN_FAULTS:
+        status, msg, kind, code = _PLAIN_FAULTS[fault.name]
+        return error_response(app, req, status, msg, type=kind, code=code)
     if fault.name == "context_length_exceeded":
         window = int(fault.arg) if fault.arg else app[CONFIG].context_window(req.model)
         cap = oai.requested_max_output(req.route, req.body)
@@ -139,21 +160,21 @@ def chat_usage(prompt: int, completion: int, cached: int, reasoning: int) -> dic
     }
 
 
-def _chat_plan(config: SimConfig, req: SimRequest, prompt: int) -> tuple[list[str], str, dict]:
+def _chat_plan(app: web.Application, req: SimRequest, prompt: int
+               ) -> tuple[list[str], str, dict]:
+    config = app[CONFIG]
     n = req.body.get("n") or 1
+    # A JSON-Schema request gets a JSON instance of the schema (the same for every choice).
+    shaped = structured_reply("openai", req.route, req.body, req.seed, req.model)
+    wanted = shaped.tokens if shaped is not None else reply_budget(config, req, None)[0]
+    default = config.thinking_tokens if oai.reasoning_requested(req.body) else 0
     cap = oai.requested_max_output(req.route, req.body)
-    schema = requested_schema("openai", req.route, req.body)
-    if schema is not None:  # structured output: a JSON instance of the schema per choice
-        replies = [structured_reply(schema, req.seed + i, req.model, cap) for i in range(n)]
-        texts = [text for text, _, _ in replies]
-        produced = sum(tokens for _, tokens, _ in replies)
-        capped = any(cut for _, _, cut in replies)
-    else:
-        tokens, capped = reply_budget(config, req, cap)
-        texts = [reply_text(req.seed + i, tokens) for i in range(n)]
-        produced = n * tokens
-    reasoning = reasoning_tokens(req)
-    usage = chat_usage(prompt, produced + reasoning, cached_tokens(req, prompt), reasoning)
+    # Reasoning tokens are completion tokens: they count inside max_completion_tokens.
+    reasoning, tokens, capped = split_output(cap, wanted, reasoning_tokens(req, default))
+    texts = [shaped.cut(tokens) if shaped is not None else reply_text(req.seed + i, tokens)
+             for i in range(n)]
+    usage = chat_usage(prompt, n * tokens + reasoning, cached(app, req, prompt),
+                       reasoning)
     return texts, ("length" if capped else "stop"), usage
 
 
@@ -163,7 +184,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _chat(request: web.Request, req: SimRequest, prompt: int) -> web.StreamResponse:
     config = request.app[CONFIG]
-    texts, finish, usage = _chat_plan(config, req, prompt)
+    texts, finish, usage = _chat_plan(request.app, req, prompt)
     if req.body.get("stream") is True:
         return await _chat_stream(request, req, texts, finish, usage)
     await pause_ms(config.ttft_ms)
@@ -227,15 +248,9 @@ async def _chat_stream(
 # --------------------------------------------------------------------------- responses
 
 
-def _response_obj(req: SimRequest, text: str | None, status: str, usage: dict | None,
-                  resp_id: str, msg_id: str) -> dict[str, Any]:
+def _response_obj(req: SimRequest, output: list[dict[str, Any]], status: str,
+                  usage: dict | None, resp_id: str) -> dict[str, Any]:
     body = req.body
-    output = []
-    if text is not None:
-        output = [{"id": msg_id, "type": "message", "role": "assistant",
-                   "status": "completed" if status == "completed" else "incomplete",
-                   "content": [{"type": "output_text", "text": text, "annotations": [],
-                                "logprobs": []}]}]
     obj = {
         "id": resp_id, "object": "response", "created_at": int(time.time()), "status": status,
         "error": None,
@@ -260,38 +275,103 @@ def responses_usage(prompt: int, output: int, cached: int, reasoning: int) -> di
             "total_tokens": prompt + output}
 
 
+def cached(app: web.Application, req: SimRequest, prompt: int) -> int:
+    """The header's figure, else the prompt cache's (agents.py)."""
+    given = header_cached(req)
+    if given is not None:
+        return min(prompt, given)
+    return openai_cached(app[PROMPT_CACHE], req.body, prompt)
+
+
+def _responses_tool(req: SimRequest) -> ToolCall | None:
+    items = req.body.get("input")
+    items = items if isinstance(items, list) else []
+    tools = list(flat_tools(req.body.get("tools")))
+    for item in items:  # Codex sends its tools as an `additional_tools` input item
+        if isinstance(item, dict) and item.get("type") == "additional_tools":
+            tools += list(flat_tools(item.get("tools")))
+    if not tools:
+        return None
+    asked = marker_in_last_turn(items)
+    choice = req.body.get("tool_choice")
+    if asked is None and (choice == "required" or isinstance(choice, dict)):
+        name = choice.get("name") if isinstance(choice, dict) else None
+        asked = (str(name or "*"), "")
+    return pick_tool(tools, *asked) if asked is not None else None
+
+
+def _output_items(req: SimRequest, text: str, tool: ToolCall | None, reasoning: int,
+                  status: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    if reasoning:
+        item: dict[str, Any] = {"id": new_id("rs_"), "type": "reasoning", "summary": []}
+        include = req.body.get("include")
+        if isinstance(include, list) and "reasoning.encrypted_content" in include:
+            item["encrypted_content"] = "gAAAA" + signature(req.seed)
+        items.append(item)
+    if tool is None:
+        items.append({"id": new_id("msg_"), "type": "message", "role": "assistant",
+                      "status": "completed" if status == "completed" else "incomplete",
+                      "content": [{"type": "output_text", "text": text, "annotations": [],
+                                   "logprobs": []}]})
+    elif tool.kind == "custom":
+        call = {"id": new_id("ctc_"), "type": "custom_tool_call", "call_id": new_id("call_"),
+                "name": tool.name, "input": tool.arguments}
+        items.append({**call, "namespace": tool.namespace} if tool.namespace else call)
+    else:
+        call = {"id": new_id("fc_"), "type": "function_call", "call_id": new_id("call_"),
+                "name": tool.name, "arguments": tool.arguments, "status": "completed"}
+        items.append({**call, "namespace": tool.namespace} if tool.namespace else call)
+    return items
+
+
 async def responses(request: web.Request) -> web.StreamResponse:
     return await serve(request, "responses", oai.validate_responses_request, _responses)
 
 
 async def _responses(request: web.Request, req: SimRequest, prompt: int) -> web.StreamResponse:
     config = request.app[CONFIG]
-    cap = oai.requested_max_output("responses", req.body)
-    schema = requested_schema("openai", "responses", req.body)
-    if schema is not None:
-        text, tokens, capped = structured_reply(schema, req.seed, req.model, cap)
+    tool = _responses_tool(req)
+    shaped = structured_reply("openai", "responses", req.body, req.seed, req.model)
+    if tool is not None:
+        wanted = count_text(tool.arguments, req.model)
     else:
-        tokens, capped = reply_budget(config, req, cap)
-        text = reply_text(req.seed, tokens)
-    reasoning = reasoning_tokens(req)
-    usage = responses_usage(prompt, tokens + reasoning, cached_tokens(req, prompt), reasoning)
+        wanted = shaped.tokens if shaped is not None else reply_budget(config, req, None)[0]
+    default = config.thinking_tokens if oai.reasoning_requested(req.body) else 0
+    cap = oai.requested_max_output("responses", req.body)
+    # Reasoning tokens are output tokens: they count inside max_output_tokens.
+    reasoning, tokens, capped = split_output(cap, wanted, reasoning_tokens(req, default))
+    if capped:
+        tool = None
+    if tool is not None:
+        text = ""
+    else:
+        text = shaped.cut(tokens) if shaped is not None else reply_text(req.seed, tokens)
+    hit = cached(request.app, req, prompt)
+    usage = responses_usage(prompt, tokens + reasoning, hit, reasoning)
     status = "incomplete" if capped else "completed"
-    resp_id, msg_id = new_id("resp_"), new_id("msg_")
+    resp_id = new_id("resp_")
+    output = _output_items(req, text, tool, reasoning, status)
     if req.body.get("stream") is True:
-        events = responses_events(req, text, status, usage, resp_id, msg_id,
+        events = responses_events(req, output, status, usage, resp_id,
                                   config.stream_chunk_tokens)
         return await send_events(request, req, "openai", events, config.stream_chunk_tokens)
     await pause_ms(config.ttft_ms)
     await sleep_s(token_delay(config, usage["output_tokens"]))
-    body = _response_obj(req, text, status, usage, resp_id, msg_id)
+    body = _response_obj(req, output, status, usage, resp_id)
     if req.fault is not None and req.fault.name == "cut":
         return await cut_plain(request, orjson.dumps(body))
     return json_response(request.app, "openai", req, body)
 
 
-def responses_events(req: SimRequest, text: str, status: str, usage: dict, resp_id: str,
-                     msg_id: str, per_chunk: int) -> list[bytes]:
-    """The Responses SSE sequence: created … output_text.delta … completed/incomplete."""
+def _pieces(text: str, size: int = 12) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def responses_events(req: SimRequest, output: list[dict[str, Any]], status: str, usage: dict,
+                     resp_id: str, per_chunk: int) -> list[bytes]:
+    """The Responses SSE sequence: created, in_progress, then per output item
+    output_item.added … its deltas … output_item.done, then completed/incomplete."""
     seq = iter(range(1_000_000))
     events: list[bytes] = []
 
@@ -299,24 +379,48 @@ def responses_events(req: SimRequest, text: str, status: str, usage: dict, resp_
         obj = {"type": kind, "sequence_number": next(seq), **fields}
         events.append(f"event: {kind}\ndata: ".encode() + orjson.dumps(obj) + b"\n\n")
 
-    start = _response_obj(req, None, "in_progress", None, resp_id, msg_id)
+    start = _response_obj(req, [], "in_progress", None, resp_id)
     emit("response.created", response=start)
     emit("response.in_progress", response=start)
-    item = {"id": msg_id, "type": "message", "role": "assistant", "status": "in_progress",
-            "content": []}
-    emit("response.output_item.added", output_index=0, item=item)
-    where = {"item_id": msg_id, "output_index": 0, "content_index": 0}
-    emit("response.content_part.added", **where,
-         part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
-    for piece in split_reply(text, per_chunk):
-        emit("response.output_text.delta", **where, delta=piece, logprobs=[])
-    emit("response.output_text.done", **where, text=text, logprobs=[])
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-    emit("response.content_part.done", **where, part=part)
-    final = _response_obj(req, text, status, usage, resp_id, msg_id)
-    emit("response.output_item.done", output_index=0, item=final["output"][0])
-    emit(f"response.{status}", response=final)
+    for index, item in enumerate(output):
+        _item_events(emit, index, item, per_chunk)
+    emit(f"response.{status}", response=_response_obj(req, output, status, usage, resp_id))
     return events
+
+
+def _item_events(emit: Callable[..., None], index: int, item: dict[str, Any],
+                 per_chunk: int) -> None:
+    kind, item_id = item["type"], item["id"]
+    if kind == "reasoning":
+        emit("response.output_item.added", output_index=index,
+             item={k: v for k, v in item.items() if k != "encrypted_content"})
+    elif kind == "message":
+        text = item["content"][0]["text"]
+        emit("response.output_item.added", output_index=index,
+             item={**item, "status": "in_progress", "content": []})
+        where = {"item_id": item_id, "output_index": index, "content_index": 0}
+        emit("response.content_part.added", **where,
+             part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+        for piece in split_reply(text, per_chunk):
+            emit("response.output_text.delta", **where, delta=piece, logprobs=[])
+        emit("response.output_text.done", **where, text=text, logprobs=[])
+        emit("response.content_part.done", **where, part=item["content"][0])
+    elif kind == "custom_tool_call":
+        emit("response.output_item.added", output_index=index, item={**item, "input": ""})
+        for piece in _pieces(item["input"]):
+            emit("response.custom_tool_call_input.delta", item_id=item_id,
+                 output_index=index, delta=piece)
+        emit("response.custom_tool_call_input.done", item_id=item_id, output_index=index,
+             input=item["input"])
+    else:  # function_call
+        emit("response.output_item.added", output_index=index,
+             item={**item, "arguments": "", "status": "in_progress"})
+        for piece in _pieces(item["arguments"]):
+            emit("response.function_call_arguments.delta", item_id=item_id,
+                 output_index=index, delta=piece)
+        emit("response.function_call_arguments.done", item_id=item_id, output_index=index,
+             name=item["name"], arguments=item["arguments"])
+    emit("response.output_item.done", output_index=index, item=item)
 
 
 # --------------------------------------------------------------------------- embeddings

@@ -8,10 +8,12 @@ from aiohttp import web
 
 from tallygate.sim import anthropic as sim_anthropic
 from tallygate.sim import openai as sim_openai
+from tallygate.sim.agents import LruSet
 from tallygate.sim.common import (
     _COUNT_CACHE,
     CONFIG,
     FAULTS,
+    PROMPT_CACHE,
     RATE,
     STATS,
     Fault,
@@ -29,6 +31,7 @@ def create_sim_app(config: SimConfig | None = None) -> web.Application:
     app[STATS] = SimStats()
     app[FAULTS] = deque()
     app[_COUNT_CACHE] = {}
+    app[PROMPT_CACHE] = LruSet()
     app[RATE] = _RateHeaders(config)
     sim_openai.add_routes(app)
     sim_anthropic.add_routes(app)

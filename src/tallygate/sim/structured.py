@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tallygate.sim.common import reply_text
@@ -105,16 +106,29 @@ def _bounded(value: int, schema: Mapping[str, Any]) -> int:
     return value
 
 
-def structured_reply(schema: Any, seed: int, model: str, cap: int | None
-                     ) -> tuple[str, int, bool]:
-    """(reply text, its tokens, cut by max_tokens?) for a schema-constrained request."""
+@dataclass(frozen=True, slots=True)
+class StructuredReply:
+    """The whole JSON answer and its tokens; `cut` gives what a smaller cap lets out."""
+
+    text: str
+    tokens: int
+
+    def cut(self, tokens: int) -> str:
+        if tokens >= self.tokens:
+            return self.text
+        return self.text[: max(1, len(self.text) * tokens // self.tokens)]
+
+
+def structured_reply(protocol: str, route: str, body: Mapping[str, Any], seed: int,
+                     model: str) -> StructuredReply | None:
+    """The schema-shaped answer a request asks for, or None (a plain-text request)."""
+    schema = requested_schema(protocol, route, body)
+    if schema is None:
+        return None
     import orjson
 
     text = orjson.dumps(instance(schema, seed)).decode()
-    tokens = _count(text, model)
-    if cap is not None and 0 < cap < tokens:
-        return text[: max(1, len(text) * cap // tokens)], cap, True
-    return text, tokens, False
+    return StructuredReply(text, _count(text, model))
 
 
 def _count(text: str, model: str) -> int:

@@ -1,16 +1,25 @@
-"""State stores: `from_url()` picks the backend by URL scheme. The protocol is in
-`base.py`, the input checks every backend shares in `checks.py`."""
+"""State stores: `open_state()` (async) or `from_url()` picks the backend by URL scheme.
+The protocol is in `base.py`, the input checks every backend shares in `checks.py`."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
 from tallygate.errors import ConfigError
+from tallygate.extras import needs
 from tallygate.state.base import StateStore
 from tallygate.state.checks import MAX_AMOUNT, check_actual, check_holds
 
-__all__ = ["MAX_AMOUNT", "StateStore", "check_actual", "check_holds", "from_url"]
+__all__ = [
+    "MAX_AMOUNT",
+    "StateStore",
+    "check_actual",
+    "check_holds",
+    "from_url",
+    "open_state",
+]
 
 
 def from_url(url: str, **opts: Any) -> StateStore:
@@ -33,7 +42,8 @@ def from_url(url: str, **opts: Any) -> StateStore:
             return OwnedSqliteStore(path, **opts)
         return SqliteStore(path, **opts)
     if scheme in ("redis", "rediss"):
-        from tallygate.state.redis import RedisStore
+        with needs("redis", "a redis:// state store"):
+            from tallygate.state.redis import RedisStore
 
         return RedisStore(url, **opts)
     raise ConfigError(
@@ -42,3 +52,11 @@ def from_url(url: str, **opts: Any) -> StateStore:
     )
 
 
+
+
+async def open_state(url: str, **opts: Any) -> StateStore:
+    """`from_url()` for async code: a SQLite store opens its file (and an owner replays its
+    journal) in a thread, so the event loop never waits on the disk."""
+    if isinstance(url, str) and urlsplit(url).scheme.lower() == "sqlite":
+        return await asyncio.to_thread(from_url, url, **opts)
+    return from_url(url, **opts)

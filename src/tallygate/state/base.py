@@ -68,6 +68,11 @@ class StateStore(Protocol):
 
     async def set_flag(self, name: str, on: bool) -> None: ...
 
+    async def clear_flag(self, name: str) -> bool:
+        """Forget a run-time flag so the policy's value applies again. True when one
+        was set. Bumps flags_version like set_flag (replicas see the change)."""
+        ...
+
     async def flags(self) -> dict[str, bool]:
         """Every flag set at run time."""
         ...

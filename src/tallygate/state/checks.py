@@ -84,3 +84,15 @@ def check_usage_args(key: object, limit: object, window: object, now: object) ->
     if not _is_int(limit) or not isinstance(window, Window):
         raise InvalidRequest("usage(): limit must be an int and window a Window")
     check_time("now", now)
+
+
+def check_flag_name(name: object) -> None:
+    """A flag is named by a non-empty string (the feature's name)."""
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"a flag needs a non-empty name, got {name!r}")
+
+
+def check_flag(name: object, on: object) -> None:
+    check_flag_name(name)
+    if not isinstance(on, bool):
+        raise InvalidRequest(f"set_flag needs a name and a bool, got {name!r}, {on!r}")

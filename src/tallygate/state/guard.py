@@ -6,20 +6,28 @@ refused, connect/socket timeout):
 - `fail_closed`: reserve/usage/flags/claim raise StoreUnavailable (the gateway answers
   429 `store_unavailable`); nothing is admitted.
 - `fail_open`: the call is admitted against a local MemoryStore that counts usage in
-  this process only (so during an outage each replica enforces the limits on its own
-  traffic, not the shared total).
+  this process only, each limit cut to this replica's share of it: at most
+  `open_share` × limit (storage.fail_open_share, default 0.1), and no more than the
+  room the shared store showed when this replica last read that limit. So during an
+  outage R replicas admit at most R × open_share × limit beyond what the shared store
+  held when it went away — the documented worst case (docs/architecture.md).
 
 In both modes settle and release never raise for an outage: they are queued and
 replayed, because the call happened and its usage must be counted.
 
-Reconciliation, when a call to the shared store succeeds again (tried at most once per
-`probe_interval` during an outage), in order of arrival:
+Reconciliation, whenever a call to the shared store succeeds and operations are queued
+(during an outage it is tried at most once per `probe_interval`), in order of arrival —
+whatever the interleaving: a call that began before a failure and succeeded after it
+does not end the outage, and queued operations are drained on every success, so none is
+left behind:
 - every reservation made locally and settled: its actual usage is charged to the shared
   store, in the window buckets of the time it was reserved (replayed as a zero-amount
   reservation `<request id>#replay` at that time, then settled; replaying twice is a
   no-op because that id is then already settled);
 - every settle/release of a shared-store reservation that failed: replayed as is
   (idempotent; a lease that expired meanwhile still gets its actual usage charged).
+- every reservation whose call to the shared store failed: released there (a timeout
+  may have come after the store applied it; releasing an unknown id is a no-op).
 Local reservations still in flight are reconciled when they settle. Released local
 reservations, local claims and local flag reads are not replayed. set_flag always goes
 to the shared store (an admin change must not diverge between replicas).
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +52,7 @@ from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
 T = TypeVar("T")
 log = logging.getLogger("tallygate.state")
 REPLAY_LEASE = 60.0
+_SEEN_KEYS = 100_000  # limits whose last shared usage is remembered for fail_open
 
 
 @dataclass(slots=True)
@@ -59,9 +69,15 @@ class GuardedStore(ReadAlong):
     """StateStore that survives the shared store's outages in the configured mode."""
 
     def __init__(self, inner: StateStore, mode: Literal["fail_closed", "fail_open"],
-                 local: StateStore | None = None, *, probe_interval: float = 1.0) -> None:
+                 local: StateStore | None = None, *, probe_interval: float = 1.0,
+                 open_share: float = 0.1) -> None:
         if mode not in ("fail_closed", "fail_open"):
             raise InvalidRequest(f"mode must be fail_closed or fail_open, got {mode!r}")
+        if not 0 < open_share <= 1:
+            raise InvalidRequest(f"open_share must be in (0, 1], got {open_share!r}")
+        self.open_share = open_share
+        self._failures = 0  # bumped by every failure: a success older than it proves nothing
+        self._seen: dict[str, int] = {}  # limit key → used + reserved, last read shared
         self.inner = inner
         self.mode = mode
         self.local: StateStore = local if local is not None else MemoryStore()
@@ -82,8 +98,10 @@ class GuardedStore(ReadAlong):
         """Operations waiting to be replayed into the shared store."""
         return len(self._pending)
 
-    async def _shared(self, op: Callable[[], Awaitable[T]]) -> T:
-        """Run op on the shared store; raise StoreUnavailable while it is down."""
+    async def _shared(self, op: Callable[[], Awaitable[T]], *,
+                      failed: Callable[[], None] | None = None) -> T:
+        """Run op on the shared store; raise StoreUnavailable while it is down. `failed`
+        runs when op itself was sent and failed (not when refused during an outage)."""
         clock = time.monotonic()
         if self._down_since is not None:
             if clock < self._next_probe:
@@ -91,18 +109,24 @@ class GuardedStore(ReadAlong):
             self._next_probe = clock + self._probe_interval  # one prober at a time
             if self._pending and not await self.reconcile():
                 raise StoreUnavailable("state store unreachable (outage in progress)")
+        failures = self._failures
         try:
             result = await op()
         except StoreUnavailable:
             self._mark_down(clock)
+            if failed is not None:
+                failed()
             raise
-        if self._down_since is not None:
+        if self._down_since is not None and failures == self._failures:
             log.warning("state store reachable again after %.1f s",
-                        clock - self._down_since)
+                        time.monotonic() - self._down_since)
             self._down_since = None
+        if self._pending and self._down_since is None:
+            await self.reconcile()
         return result
 
     def _mark_down(self, clock: float) -> None:
+        self._failures += 1
         if self._down_since is None:
             self._down_since = clock
             log.error("state store unreachable: %s mode", self.mode)
@@ -122,14 +146,24 @@ class GuardedStore(ReadAlong):
     ) -> Denial | None:
         try:
             return await self._shared(
-                lambda: self.inner.reserve(request_id, holds, lease=lease, now=now))
+                lambda: self.inner.reserve(request_id, holds, lease=lease, now=now),
+                # A timeout may come after the store applied the reservation: give it
+                # back when the store answers again, or it stays held until its lease.
+                failed=lambda: self._pending.append(_Pending(request_id, now)))
         except StoreUnavailable:
             if self.mode == "fail_closed":
                 raise
-        denial = await self.local.reserve(request_id, holds, lease=lease, now=now)
+        local = [replace(h, limit=self._local_limit(h)) for h in holds]
+        denial = await self.local.reserve(request_id, local, lease=lease, now=now)
         if denial is None:
             self._local_holds[request_id] = (list(holds), now)
         return denial
+
+    def _local_limit(self, hold: Hold) -> int:
+        """This replica's share of a limit during an outage (see the module docstring)."""
+        share = math.ceil(hold.limit * self.open_share)
+        seen = self._seen.get(hold.key)
+        return share if seen is None else max(0, min(share, hold.limit - seen))
 
     async def settle(
         self, request_id: str, actual: Mapping[str, int], *, now: float
@@ -193,14 +227,28 @@ class GuardedStore(ReadAlong):
     async def usage(
         self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
     ) -> LimitUsage:
-        return await self._fallback(
-            lambda s: s.usage(key, limit=limit, window=window, rolling=rolling, now=now))
+        try:
+            found = await self._shared(lambda: self.inner.usage(
+                key, limit=limit, window=window, rolling=rolling, now=now))
+        except StoreUnavailable:
+            if self.mode == "fail_closed":
+                raise
+            return await self.local.usage(key, limit=limit, window=window, rolling=rolling,
+                                          now=now)
+        self._seen[key] = found.used + found.reserved
+        if len(self._seen) > _SEEN_KEYS:  # bounded: forget the oldest half
+            for old in list(self._seen)[: _SEEN_KEYS // 2]:
+                del self._seen[old]
+        return found
 
     async def get_flag(self, name: str) -> bool | None:
         return await self._fallback(lambda s: s.get_flag(name))
 
     async def set_flag(self, name: str, on: bool) -> None:
         await self._shared(lambda: self.inner.set_flag(name, on))
+
+    async def clear_flag(self, name: str) -> bool:
+        return await self._shared(lambda: self.inner.clear_flag(name))
 
     async def flags(self) -> dict[str, bool]:
         return await self._fallback(lambda s: s.flags())

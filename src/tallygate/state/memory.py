@@ -14,6 +14,8 @@ from tallygate.core.windows import LiveRanges, room_returns_at
 from tallygate.errors import InvalidRequest
 from tallygate.state.checks import (
     check_actual,
+    check_flag,
+    check_flag_name,
     check_holds,
     check_request,
     check_time,
@@ -254,10 +256,15 @@ class MemoryStore:
         return self._flags.get(name)
 
     async def set_flag(self, name: str, on: bool) -> None:
-        if not isinstance(name, str) or not name or not isinstance(on, bool):
-            raise InvalidRequest(f"set_flag needs a name and a bool, got {name!r}, {on!r}")
+        check_flag(name, on)
         self._flags[name] = on
         self._flags_version += 1
+
+    async def clear_flag(self, name: str) -> bool:
+        check_flag_name(name)
+        found = self._flags.pop(name, None) is not None
+        self._flags_version += 1
+        return found
 
     async def flags(self) -> dict[str, bool]:
         return dict(self._flags)

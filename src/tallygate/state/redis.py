@@ -38,6 +38,8 @@ from tallygate.core.windows import (
 from tallygate.errors import InvalidRequest, StoreUnavailable
 from tallygate.state.checks import (
     check_finish,
+    check_flag,
+    check_flag_name,
     check_holds,
     check_time,
     check_usage_args,
@@ -132,6 +134,8 @@ class RedisStore(PlainFromRead):
         self._finish = self._redis.register_script(_script_source("finish", common=True))
         self._usage = self._redis.register_script(_script_source("usage", common=True))
         self._set_flag = self._redis.register_script(_script_source("set_flag", common=False))
+        self._clear_flag = self._redis.register_script(
+            _script_source("clear_flag", common=False))
         self._claim = self._redis.register_script(_script_source("claim", common=False))
 
     @property
@@ -227,11 +231,17 @@ class RedisStore(PlainFromRead):
         return None if value is None else value == "1"
 
     async def set_flag(self, name: str, on: bool) -> None:
-        if not isinstance(name, str) or not name or not isinstance(on, bool):
-            raise InvalidRequest(f"set_flag needs a name and a bool, got {name!r}, {on!r}")
+        check_flag(name, on)
         await self._call(self._set_flag,
                          [f"{self._prefix}:flags", f"{self._prefix}:flags_version"],
                          [name, "1" if on else "0", self.flags_channel])
+
+    async def clear_flag(self, name: str) -> bool:
+        check_flag_name(name)
+        found = await self._call(self._clear_flag,
+                                 [f"{self._prefix}:flags", f"{self._prefix}:flags_version"],
+                                 [name, self.flags_channel])
+        return bool(int(found))
 
     async def flags(self) -> dict[str, bool]:
         found = await self._plain("HGETALL", f"{self._prefix}:flags")

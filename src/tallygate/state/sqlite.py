@@ -25,6 +25,8 @@ from tallygate.core.windows import counter_name, live_range, room_returns_at
 from tallygate.errors import InvalidRequest, StoreUnavailable
 from tallygate.state.checks import (
     check_finish,
+    check_flag,
+    check_flag_name,
     check_holds,
     check_time,
     check_usage_args,
@@ -197,8 +199,7 @@ class SqliteStore(PlainFromRead):
         return None if row is None else bool(row[0])
 
     async def set_flag(self, name: str, on: bool) -> None:
-        if not isinstance(name, str) or not name or not isinstance(on, bool):
-            raise InvalidRequest(f"set_flag needs a name and a bool, got {name!r}, {on!r}")
+        check_flag(name, on)
 
         def work(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO state_flags VALUES (?, ?) ON CONFLICT (name) "
@@ -207,6 +208,17 @@ class SqliteStore(PlainFromRead):
                        "(name) DO UPDATE SET value = value + 1")
 
         await self._run(work)
+
+    async def clear_flag(self, name: str) -> bool:
+        check_flag_name(name)
+
+        def work(db: sqlite3.Connection) -> bool:
+            found = db.execute("DELETE FROM state_flags WHERE name = ?", (name,)).rowcount
+            db.execute("INSERT INTO state_meta VALUES ('flags_version', 1) ON CONFLICT "
+                       "(name) DO UPDATE SET value = value + 1")
+            return bool(found)
+
+        return bool(await self._run(work))
 
     async def flags(self) -> dict[str, bool]:
         rows = await self._run(lambda db: db.execute(

@@ -324,6 +324,9 @@ class OwnedSqliteStore(PlainFromRead):
     async def set_flag(self, name: str, on: bool) -> None:
         await self._flags.set_flag(name, on)
 
+    async def clear_flag(self, name: str) -> bool:
+        return await self._flags.clear_flag(name)
+
     async def flags(self) -> dict[str, bool]:
         return await self._flags.flags()
 
@@ -350,6 +353,50 @@ class OwnedSqliteStore(PlainFromRead):
             os.close(segment.fd)
         self._unwritten = []
         self._journal.close()
+        self._seen.close()
+        await self._flags.close()
+        self._reader.close()
+        self._db.close()
+        release(self._lock)
+        self._lock = None
+
+
+    async def written(self) -> None:
+        """Wait until the background snapshots have written every change to SQLite."""
+        while self._book.has_changes or self._flushing is not None:
+            if self._flushing is None:  # one snapshot at a time: the same connection
+                if self._flush_timer is not None:
+                    self._flush_timer.cancel()
+                    self._flush_timer = None
+                self._start_flush()
+            flushing = self._flushing
+            assert flushing is not None
+            await asyncio.shield(flushing)
+            if self._book.has_changes and self._unwritten:
+                return  # the snapshot failed: the journal keeps everything
+
+    @property
+    def in_memory(self) -> tuple[list[str], list[str]]:
+        """(reservation ids, counters) the owner keeps in memory: what snapshots and the
+        sweep have not let go of yet."""
+        return list(self._book.rows), list(self._book.cells)
+
+    async def abandon(self) -> None:
+        """Stop as a killed process would: the journal and the last snapshot stay, nothing
+        is written since, the lock goes. For crash tests (a snapshot already running in
+        its thread is let finish: a thread cannot be killed)."""
+        if self._lock is None:
+            return
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._flushing is not None:
+            await self._flushing
+        self._closing = True
+        for segment in self._unwritten:
+            os.close(segment.fd)
+        self._unwritten = []
+        self._journal.drop()
         self._seen.close()
         await self._flags.close()
         self._reader.close()

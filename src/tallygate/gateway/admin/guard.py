@@ -21,6 +21,7 @@ from tallygate.errors import (
     TallygateError,
 )
 from tallygate.gateway.auth import bearer_token
+from tallygate.gateway.throttle import AuthThrottle
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -49,18 +50,25 @@ def _digest(text: str) -> bytes:
 
 
 class AdminGuard:
-    """Checks the admin key; hashing both sides first hides the key's length too."""
+    """Checks the admin key; hashing both sides first hides the key's length too.
+    With a throttle, wrong keys count against the client's address (gateway/throttle.py)."""
 
-    def __init__(self, admin_key: str | None) -> None:
+    def __init__(self, admin_key: str | None, throttle: AuthThrottle | None = None) -> None:
         self._digest = _digest(admin_key) if admin_key else None
+        self._throttle = throttle
 
     def check(self, request: Request) -> None:
         if self._digest is None:
             raise PermissionDenied(
                 "The admin API is disabled: set TALLYGATE_ADMIN_KEY on the gateway to enable it."
             )
+        address = request.client.host if request.client and self._throttle else None
+        if address is not None and self._throttle is not None:
+            self._throttle.check(address)
         token = bearer_token(request.headers.get("authorization"))
         if token is None or not hmac.compare_digest(_digest(token), self._digest):
+            if address is not None and self._throttle is not None:
+                self._throttle.failed(address)
             raise InvalidApiKey("Invalid or missing admin key (Authorization: Bearer <admin key>).")
 
 

@@ -7,13 +7,14 @@ OpenAI-format JSON; every malformed body is a 400, never a 500.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tallygate.config.names import PolicyNames
 from tallygate.errors import InvalidRequest
 from tallygate.gateway.admin.guard import (
     DEFAULT_MAX_BODY,
@@ -23,6 +24,7 @@ from tallygate.gateway.admin.guard import (
     openai_error,
     read_json_object,
 )
+from tallygate.gateway.throttle import AuthThrottle
 from tallygate.keys.base import KeyStore
 from tallygate.keys.model import VirtualKey, check_limits, check_names, check_text
 
@@ -35,26 +37,26 @@ def not_found(key_id: str) -> Response:
                         type_="invalid_request_error", code="not_found", param="id")
 
 
-def _check_create(data: Mapping[str, Any], plans: Collection[str] | None,
+def _check_create(data: Mapping[str, Any], names: PolicyNames | None,
                   validate_limits: LimitsValidator | None) -> dict[str, Any]:
     unknown = sorted(set(data) - CREATE_FIELDS)
     if unknown:
         raise InvalidRequest(f"Unknown field {unknown[0][:64]!r}.", param=unknown[0][:64])
-    plan = check_text(data.get("plan"), "plan")
-    if plans is not None and plan not in plans:
-        known = ", ".join(sorted(plans)) or "none"
-        raise InvalidRequest(f"Unknown plan {plan!r} (known plans: {known}).", param="plan")
     limits = check_limits(data.get("limits"))
     if validate_limits is not None and limits:
         validate_limits(limits)
-    return {
+    fields = {
         "user": check_text(data.get("user"), "user"),
-        "plan": plan,
+        "plan": check_text(data.get("plan"), "plan"),
         "name": check_text(data.get("name"), "name", optional=True),
         "features": check_names(data.get("features"), "features"),
         "models": check_names(data.get("models"), "models"),
         "limits": limits,
     }
+    if names is not None:  # the same check as `tallygate keys create` (config/names.py)
+        names.check_key(plan=fields["plan"], features=fields["features"],
+                        models=fields["models"])
+    return fields
 
 
 def _public(key: VirtualKey) -> dict[str, Any]:
@@ -65,16 +67,18 @@ def admin_routes(
     keystore: KeyStore,
     admin_key: str | None,
     *,
-    plans: Collection[str] | None = None,
+    names: PolicyNames | None = None,
     validate_limits: LimitsValidator | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    throttle: AuthThrottle | None = None,
 ) -> list[Route]:
-    """Routes for `/admin/keys`. `plans`: the known plan names (others → 400);
+    """Routes for `/admin/keys`. `names`: the policy's names (unknown plans, features
+    and models → 400 with "did you mean");
     `validate_limits`: the policy's own check of a limits mapping (raise TallygateError)."""
-    guard = AdminGuard(admin_key)
+    guard = AdminGuard(admin_key, throttle)
 
     async def create(request: Request) -> Response:
-        fields = _check_create(await read_json_object(request, max_body), plans,
+        fields = _check_create(await read_json_object(request, max_body), names,
                                validate_limits)
         key, secret = await keystore.create(**fields)
         return json_response(201, {**_public(key), "key": secret})

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from tallygate.errors import InvalidRequest
 from tallygate.gateway.admin.guard import AdminGuard, guarded
+from tallygate.gateway.throttle import AuthThrottle
 from tallygate.reports.budgets import Query, budget_rows, iso, row_json
 from tallygate.reports.runs import runs_json, runs_report, what_if, what_if_json
 from tallygate.reports.usage import dumps, parse_when, usage_json, usage_report
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
     from tallygate.runtime import Runtime
 
 
-def report_routes(rt: Runtime, admin_key: str | None) -> list[Route]:
-    guard = AdminGuard(admin_key)
+def report_routes(rt: Runtime, admin_key: str | None,
+                  throttle: AuthThrottle | None = None) -> list[Route]:
+    guard = AdminGuard(admin_key, throttle)
 
     async def budgets(request: Request) -> Response:
         p = request.query_params
