@@ -138,6 +138,22 @@ class RateLimited(BudgetExceeded):
     openai_type = "requests"
 
 
+class LoopLimit(BudgetExceeded):
+    """A step of a run reached its attempt cap (`limits.run.max_attempts_per_step`):
+    a 429 that no wait clears (`x-should-retry: false`); details name the run, the step
+    and the cap."""
+
+    code = "loop_limit"
+    openai_type = "requests"
+
+
+class RunawayContext(InputBudgetExceeded):
+    """The runaway-context guard refused the call (`on_runaway: refuse`): its input is
+    past `max_input_per_call`, or the run's inputs kept growing past `max_input_growth`."""
+
+    code = "runaway_context"
+
+
 class StoreUnavailable(BudgetExceeded):
     """The state store cannot be reached and the policy is fail_closed: no budget can
     be checked, so nothing is admitted. A 429 (as for any limit without room) with its

@@ -47,12 +47,14 @@ async def open_policy_state(policy: Policy, *, sole_process: bool = False) -> St
     if storage.state.startswith("sqlite:") and not storage.state.endswith(":memory:"):
         owner = storage.state_mode == "owner" or (storage.state_mode == "auto"
                                                   and sole_process)
-        return await open_state(storage.state, owner=owner)
-    store = await open_state(policy.storage.state)
+        return await open_state(storage.state, owner=owner, run_ttl=storage.run_ttl)
+    store = await open_state(policy.storage.state, run_ttl=storage.run_ttl)
     if policy.storage.state.startswith(("redis://", "rediss://")):
         from tallygate.state.guard import GuardedStore
+        from tallygate.state.memory import MemoryStore
 
         return GuardedStore(store, mode=policy.storage.fail_mode,
+                            local=MemoryStore(run_ttl=storage.run_ttl),
                             open_share=float(policy.storage.fail_open_share))
     return store
 

@@ -20,6 +20,7 @@ class Window(StrEnum):
     HOUR = "hour"
     DAY = "day"
     MONTH = "month"
+    RUN = "run"  # a run's whole life: never resets (core/windows.py, docs/policy.md)
 
 
 class Metric(StrEnum):
@@ -75,6 +76,16 @@ class Denial:
     reset_at: float  # unix seconds when room comes back at the latest
     window: Window
     metric: Metric
+
+
+@dataclass(frozen=True, slots=True)
+class NotHeld:
+    """Why `StateStore.extend` found nothing to grow: the reservation is `unknown`
+    (never made, or forgotten after the retention), `settled`, `released` or `expired`
+    (its lease ended, reclaimed or not)."""
+
+    request_id: str
+    state: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,16 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from tallygate.types import Hold, Window
-from tests.conformance.test_state import (  # noqa: F401  (fixtures)
-    T0,
-    StoreFactory,
-    store,
-    store_factory,
-)
+from tests.support.state import T0, StoreFactory  # (the store fixtures: conftest.py)
 
 
 async def test_100_concurrent_reservations_of_40_admit_exactly_25(
-    store_factory: StoreFactory,  # noqa: F811
+    store_factory: StoreFactory,
 ) -> None:
     # Four handles on the same state (one file / one namespace; one object for memory),
     # so the race is between connections, not only tasks of one client.
@@ -31,7 +26,7 @@ async def test_100_concurrent_reservations_of_40_admit_exactly_25(
 
 
 async def test_third_limit_without_room_holds_nothing_on_the_first_two(
-    store_factory: StoreFactory,  # noqa: F811
+    store_factory: StoreFactory,
 ) -> None:
     s = await store_factory()
     await s.reserve("filler", [Hold("run:r1:tokens:day", 990, 1000, Window.DAY)],

@@ -18,7 +18,7 @@ from tallygate.errors import StoreUnavailable
 from tallygate.state import from_url
 from tallygate.state.guard import GuardedStore
 from tallygate.state.memory import MemoryStore
-from tallygate.types import Hold, Window
+from tallygate.types import Hold, NotHeld, Window
 from tests.support.servers import _wait_port, free_port
 
 T0 = 1_718_000_000.0
@@ -104,6 +104,53 @@ async def test_fail_open_admits_locally_and_reconciles(
     assert await guard.reconcile() and guard.pending == 0
     await direct.close()
     await guard.close()
+
+
+async def test_extend_during_an_outage(own_redis: subprocess.Popen[bytes]) -> None:
+    """fail_closed refuses to grow a shared hold; fail_open holds the growth locally
+    (`#grow`, released at settle) and extends local reservations locally."""
+    url = f"redis://127.0.0.1:{own_redis.port}/0"  # type: ignore[attr-defined]
+    key = "user:u1:tokens:day"
+    closed = GuardedStore(from_url(url, socket_timeout=0.3, connect_timeout=0.3),
+                          "fail_closed", probe_interval=0.2)
+    opened = GuardedStore(from_url(url, socket_timeout=0.3, connect_timeout=0.3),
+                          "fail_open", probe_interval=0.2, open_share=0.6)
+    assert await closed.reserve("c1", DAY, lease=600, now=T0) is None
+    assert await opened.reserve("s1", DAY, lease=600, now=T0) is None
+    assert await opened.extend("s1", {"tokens": 50}, lease=600, now=T0) is None  # shared
+    os.kill(own_redis.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await closed.extend("c1", {"tokens": 10}, lease=600, now=T0 + 1)
+        assert await opened.extend("s1", {"tokens": 300}, lease=600, now=T0 + 1) is None
+        assert await opened.extend("s1", {"tokens": 200}, lease=600, now=T0 + 1) is None
+        local = await opened.usage(key, limit=1000, window=Window.DAY, now=T0 + 1)
+        assert (local.used, local.reserved) == (0, 500)  # the growth, held here
+        denial = await opened.extend("s1", {"tokens": 101}, lease=600, now=T0 + 1)
+        assert denial is not None and denial.limit == 600  # this replica's share refuses
+        assert await opened.reserve("o1", DAY, lease=600, now=T0 + 1) is None  # local
+        assert await opened.extend("o1", {"tokens": 1}, lease=600, now=T0 + 1) is not None
+        assert await opened.extend("nobody", {"tokens": 1}, lease=600, now=T0 + 1) == \
+            NotHeld("nobody", "unknown")
+        await opened.settle("s1", {"tokens": 600}, now=T0 + 2)  # queued; #grow released
+        assert await opened.extend("o1", {"tokens": 400}, lease=600, now=T0 + 2) is None
+        local = await opened.usage(key, limit=1000, window=Window.DAY, now=T0 + 2)
+        assert (local.used, local.reserved) == (0, 500)  # o1's 100 + 400 only
+    finally:
+        os.kill(own_redis.pid, signal.SIGCONT)
+    await asyncio.sleep(0.25)
+    shared = await opened.usage(key, limit=1000, window=Window.DAY, now=T0 + 3)
+    assert not opened.degraded and opened.pending == 0
+    # s1 settled; c1 still held, and grown: the extension that timed out had reached
+    # the paused server's socket and ran once it woke (a lost answer over-holds, until
+    # the settle, and never overspends).
+    assert (shared.used, shared.reserved) == (600, 110)
+    await opened.settle("o1", {"tokens": 450}, now=T0 + 4)
+    await closed.release("c1", now=T0 + 4)
+    shared = await opened.usage(key, limit=1000, window=Window.DAY, now=T0 + 4)
+    assert (shared.used, shared.reserved) == (1050, 0)
+    await closed.close()
+    await opened.close()
 
 
 class Flaky(MemoryStore):

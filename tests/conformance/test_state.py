@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import calendar
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -14,65 +14,16 @@ from tallygate.core.windows import ROLLING_SLOTS, bucket_bounds, counter_name
 from tallygate.errors import ConfigError, InvalidRequest
 from tallygate.state import StateStore, from_url
 from tallygate.state.guard import GuardedStore
-from tallygate.types import Hold, LimitUsage, Metric, Window
-from tests.support.state import abandon
-
-BACKENDS = ["memory", "sqlite", "sqlite-owner", "redis"]
-T0 = 1_718_000_000.0  # 2024-06-10T06:13:20Z, mid-day
-DAY_START = T0 - T0 % 86400
-
-StoreFactory = Callable[[], Awaitable[StateStore]]
-
-
-@pytest.fixture(params=BACKENDS)
-async def store_factory(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[StoreFactory]:
-    """Opens stores that share one state (same file / same Redis namespace)."""
-    kind = request.param
-    namespace = uuid.uuid4().hex[:12]
-    opened: list[StateStore] = []
-    shared_memory: list[StateStore] = []
-
-    async def make() -> StateStore:
-        if kind == "memory":
-            if not shared_memory:
-                shared_memory.append(from_url("memory://"))
-            return shared_memory[0]
-        if kind == "sqlite":
-            store = from_url(f"sqlite:///{tmp_path / 'state.db'}")
-        elif kind == "sqlite-owner":  # one process owns the file: one store object
-            if opened:
-                return opened[0]
-            # Snapshots every 10 ms: they run between and during the operations.
-            store = from_url(f"sqlite:///{tmp_path / 'state.db'}", owner=True,
-                             flush_seconds=0.01)
-        else:
-            redis_url = request.getfixturevalue("redis_url")
-            store = from_url(redis_url, namespace=namespace)
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened + shared_memory:
-        await store.close()
-
-
-@pytest.fixture
-async def store(store_factory: StoreFactory) -> StateStore:
-    return await store_factory()
-
-
-def tokens(key: str, amount: int, limit: int, window: Window = Window.DAY,
-           rolling: bool = False) -> Hold:
-    return Hold(key=key, amount=amount, limit=limit, window=window, rolling=rolling)
-
-
-async def used_reserved(store: StateStore, key: str, limit: int = 1000,
-                        window: Window = Window.DAY, rolling: bool = False,
-                        now: float = T0) -> tuple[int, int]:
-    u = await store.usage(key, limit=limit, window=window, rolling=rolling, now=now)
-    return u.used, u.reserved
+from tallygate.types import Hold, LimitUsage, Metric, NotHeld, Window
+from tests.support.state import (
+    BACKENDS,
+    DAY_START,
+    T0,
+    StoreFactory,
+    abandon,
+    tokens,
+    used_reserved,
+)
 
 
 # -- admission at the boundary -------------------------------------------------------
@@ -638,6 +589,29 @@ def _machine(make: Callable[[], StateStore], reopen: Reopen | None = None
                 self.check_reads(usages, list(amounts) if fits else [])
             return rid
 
+        @rule(rid=reservations, more=st.integers(0, 40),
+              lease=st.sampled_from([5.0, 40.0, 500.0]))
+        def extend(self, rid: str, more: int, lease: float) -> None:
+            m = self.model
+            result = self.run(self.store.extend(rid, {"tokens": more}, lease=lease,
+                                                now=m.now))
+            found = m.held.get(rid)
+            if found is None:
+                assert result == NotHeld(rid, "unknown")
+                return
+            lines, until = found
+            if until <= m.now:
+                assert result == NotHeld(rid, "expired")
+                return
+            fits = more == 0 or all(
+                (not LIMITS[k][2] and m.live(k)[1] != wid)  # its window ended
+                or m.used(k) + m.reserved(k) + more <= LIMITS[k][0]
+                for k, (wid, _) in lines.items())
+            assert (result is None) == fits, (result, lines, more)
+            if fits:
+                m.held[rid] = ({k: (wid, a + more) for k, (wid, a) in lines.items()},
+                               m.now + lease)
+
         @rule(rid=consumes(reservations), share=st.integers(0, 100), read=st.booleans())
         def settle(self, rid: str, share: int, read: bool) -> None:
             m = self.model
@@ -718,7 +692,7 @@ def test_state_machine_invariants(kind: str, request: pytest.FixtureRequest,
             else:
                 await store.close()
             return from_url(f"sqlite:///{store._path}", **opts)  # type: ignore[attr-defined]
-    else:
+    elif kind == "redis":  # (memory must not fall through to here)
         redis_url = request.getfixturevalue("redis_url")
 
         def make() -> StateStore:

@@ -168,3 +168,23 @@ async def test_unknown_features_reject_says_did_you_mean(make_rig) -> None:  # t
         await rig.engine.run(rig.ctx("chatt"), body(), rig.port)
     assert err.value.param == "X-Tallygate-Feature"
     assert rig.rows[-1].status == 400
+
+
+async def test_a_run_whose_context_keeps_growing_is_refused(make_rig) -> None:  # type: ignore[no-untyped-def]
+    """Seed 002's weekend: every call re-sends more history than the last."""
+    from tallygate.errors import RunawayContext
+
+    rig = make_rig(limits={"run": {"max_input_growth": 1.5, "growth_calls": 3,
+                                   "on_runaway": "refuse"}},
+                   plans={"free": {"tokens_per_day": 10**7}})
+    history: list[dict[str, str]] = []
+    sent = 0
+    with pytest.raises(RunawayContext):
+        for _ in range(10):
+            history += [{"role": "user", "content": "more context " * (10 + 4 * len(history))}]
+            await rig.engine.run(rig.ctx(run="loop-1"), body(list(history)), rig.port)
+            sent += 1
+    assert 2 <= sent < 10  # stopped once the growth passed 1.5x over 3 calls
+    assert rig.rows[-1].error_code == "runaway_context" and rig.rows[-1].status == 400
+    # Another run of the same user is its own thread.
+    await rig.engine.run(rig.ctx(run="fresh"), body(), rig.port)

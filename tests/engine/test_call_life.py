@@ -6,6 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from tallygate.engine import Answer
 from tallygate.errors import BudgetExceeded, FeatureDisabled, InputBudgetExceeded
 from tallygate.types import Outcome
 from tests.engine.conftest import HI, Rig, body, fault, reply, timeout
@@ -174,3 +175,22 @@ async def test_routing_by_step_is_noted(rig: Rig) -> None:
                                      body(HI, model="auto"), rig.port)
     assert answer.ok
     assert detail(rig.rows[-1])["routed"] == {"from": "auto", "to": "gpt-4o-mini"}
+
+
+async def test_a_reload_leaves_calls_in_flight_on_their_policy(rig: Rig) -> None:
+    from tallygate.config import Policy
+    from tallygate.core.catalog import Catalog
+    from tests.engine.conftest import BASE_POLICY
+
+    rig.port.then = Answer(200, stream=object())
+    call, _ = await rig.engine.start(rig.ctx(stream=True), body(stream=True), rig.port)
+    assert call.max_output == 50
+    smaller = {**BASE_POLICY, "features": {**BASE_POLICY["features"],
+                                           "chat": {"max_output": 7, "model": "gpt-4o-mini"}}}
+    new = Policy.from_mapping(smaller, env={})
+    rig.engine.reload(new, Catalog(new.models))
+    assert call.policy is not new and call.max_output == 50  # in flight: as it started
+    await rig.engine.finish_stream(call, ended=False, disconnected=True)
+    await rig.engine.run(rig.ctx(), body(), rig.port)
+    assert rig.port.sent[-1]["max_output"] == 7  # the next call: the new policy
+    assert await rig.nothing_held()

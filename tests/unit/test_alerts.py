@@ -229,3 +229,72 @@ async def test_hanging_webhook_never_blocks_record_or_evaluate(ledger: LedgerSto
         assert sender.stats.delivered == 3
     finally:
         await stuck.close()
+
+
+RUNAWAY = {"limits": {"run": {"max_input_growth": "1.5", "growth_calls": 3,
+                              "max_input_per_call": 500_000}}}
+
+
+async def test_runaway_context_fires_once_per_run_and_window(
+        ledger: LedgerStore, receiver: Receiver) -> None:
+    engine = make_engine([{"metric": "runaway_context", "window": "hour",
+                           "notify": receiver.url}], ledger, **RUNAWAY)
+    for i, size in enumerate((10_000, 12_000, 11_000, 20_000, 40_000, 90_000)):
+        engine.record(row(f"a{i}", HOUR0 + i, run="loop-1", input_tokens=size))
+    # A creeping conversation of another run, and the same run id of another user.
+    for i, size in enumerate((10_000, 11_000, 12_000, 13_000)):
+        engine.record(row(f"b{i}", HOUR0 + i, run="calm", input_tokens=size))
+        engine.record(row(f"c{i}", HOUR0 + i, run="loop-1", user="bob", input_tokens=size))
+    [fired] = await engine.evaluate(HOUR0 + 10)
+    figures = fired["figures"]
+    assert (figures["run"], figures["user"], figures["rule"]) == ("loop-1", "alice", "growth")
+    assert figures["recent_inputs"] == [11_000, 20_000, 40_000]  # the first hit
+    assert (figures["growth"], figures["limit"], figures["refused"]) == ("3.636", "1.5", False)
+    assert fired["rule"]["above"] is None and fired["window"]["name"] == "hour"
+    engine.record(row("a9", HOUR0 + 20, run="loop-1", input_tokens=600_000))  # size rule
+    assert await engine.evaluate(HOUR0 + 21) == []  # once per run per window
+    engine.record(row("a10", HOUR0 + 3600, run="loop-1", input_tokens=700_000))
+    [again] = await engine.evaluate(HOUR0 + 3601)
+    assert again["figures"]["rule"] == "size" and again["figures"]["input_tokens"] == 700_000
+    await engine.sender.stop()
+    assert len(receiver.posts) == 2
+
+
+async def test_runaway_refusals_by_the_engine_fire_too(
+        ledger: LedgerStore, receiver: Receiver) -> None:
+    engine = make_engine([{"metric": "runaway_context", "notify": receiver.url}], ledger,
+                         **RUNAWAY)
+    engine.record(row("r1", HOUR0, outcome=Outcome.REJECTED, status=400,
+                      error_code="runaway_context", input_tokens=900_000))
+    [fired] = await engine.evaluate(HOUR0 + 1)
+    assert fired["figures"]["refused"] is True and fired["figures"]["run"] is None
+    assert fired["figures"]["input_tokens"] == 900_000
+    await engine.sender.stop()
+
+
+def test_a_runaway_alert_needs_the_guard_configured() -> None:
+    from tallygate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"runaway_context alert needs limits\.run"):
+        Policy.from_mapping({"alerts": [{"metric": "runaway_context",
+                                         "notify": "https://hooks.example.com/x"}]})
+
+
+async def test_budget_used_on_a_runs_lifetime_budget(
+        ledger: LedgerStore, receiver: Receiver) -> None:
+    store = MemoryStore()
+    engine = make_engine([{"metric": "budget_used", "scope": "run", "above": 0.5,
+                           "notify": receiver.url}], ledger, store,
+                         limits={"run": {"tokens_per_run": 1000}})
+    key = "run:user.alice:r7:tokens:run"
+    assert await store.reserve("r", [Hold(key, 600, 1000, Window.RUN)], lease=60,
+                               now=HOUR0) is None
+    await store.settle("r", {"tokens": 600}, now=HOUR0)
+    engine.record(row("c", HOUR0, run="r7"))
+    [fired] = await engine.evaluate(HOUR0 + 1)
+    assert fired["figures"]["limit_key"] == key and fired["figures"]["id"] == "r7"
+    assert fired["window"] == {"name": "run", "start": None, "end": None,
+                               "start_ts": None, "end_ts": None}
+    engine.record(row("c2", HOUR0 + 86_400 * 3, run="r7"))
+    assert await engine.evaluate(HOUR0 + 86_400 * 3) == []  # once for the run
+    await engine.sender.stop()

@@ -42,7 +42,7 @@ EXPECTED = {  # key scope → (limit, used, reserved, remaining)
     "user:alice:tokens:day": (10_000, 1_200, 700, 8_100),
     "user:alice:requests:hour": (10, 1, 1, 8),
     "model:gpt-4o-mini:cost:day": (1_000_000_000, 900, 400, 999_998_700),
-    "run:R1:tokens:day": (30_000, 1_200, 700, 28_100),
+    "run:user.alice:R1:tokens:day": (30_000, 1_200, 700, 28_100),
 }
 
 

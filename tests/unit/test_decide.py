@@ -14,7 +14,6 @@ from tallygate.core.decide import (
     RequestFacts,
     cost_upper_bound,
     decide,
-    denial_headers,
     denial_to_error,
     go_duration,
     ratelimit_headers,
@@ -257,7 +256,7 @@ def test_holds_amounts_tokens_and_cost() -> None:
     assert got["global:tokens:minute"] == (1500, 1_000_000)
     assert got["user:u42:tokens:day"] == (1500, 10000)
     # 1000 in × $2.50/M + 500 out × $10/M = $0.0075
-    assert got["run:r1:cost:day"] == (7_500_000, 10**9)
+    assert got["run:user.u42:r1:cost:day"] == (7_500_000, 10**9)
     assert d.amounts is not None
     assert d.amounts.cost_nusd == 7_500_000
 
@@ -361,25 +360,6 @@ def test_cost_denial_in_dollars() -> None:
 
 def test_reset_in_past_still_retry_after_one() -> None:
     assert denial_to_error(denial(Window.MINUTE, reset_in=-3), 1000.0).retry_after == 1
-
-
-def test_denial_headers() -> None:
-    d = denial(Window.DAY, reset_in=7200)
-    err = denial_to_error(d, 1000.0)
-    headers = denial_headers(err, d, 1000.0)
-    assert headers == {
-        "x-ratelimit-limit-tokens": "1000",
-        "x-ratelimit-remaining-tokens": "10",
-        "x-ratelimit-reset-tokens": "2h0m0s",
-        "x-should-retry": "false",
-    }
-    short = denial(Window.MINUTE, reset_in=5)
-    assert denial_headers(denial_to_error(short, 1000.0), short, 1000.0) == {
-        "x-ratelimit-limit-tokens": "1000",
-        "x-ratelimit-remaining-tokens": "10",
-        "x-ratelimit-reset-tokens": "5s",
-        "retry-after": "5",
-    }
 
 
 def test_final_refusal_message_names_limit_and_reset() -> None:

@@ -40,14 +40,15 @@ POLICY = Policy.from_mapping(
                 "default": {"tokens_per_minute": 400_000},
                 "gpt-4o": {"cost_usd_per_month": 1000, "rolling": True},
             },
-            "run": {"tokens_per_day": 50_000},
+            "run": {"tokens_per_day": 50_000, "tokens_per_run": 200_000,
+                    "cost_usd_per_run": 3, "max_attempts_per_step": 4},
         },
     },
     env={},
 )
 INDEX = POLICY.limit_index
 AMOUNTS = Amounts(tokens=300, cost_nusd=12_345)
-FULL = Identity(key_id="k1", user="u42", plan="free", run="run-7")
+FULL = Identity(key_id="k1", user="u42", plan="free", run="run-7", step="review")
 
 
 def keyed(holds: tuple) -> dict[str, tuple[int, int]]:
@@ -68,7 +69,10 @@ def test_every_scope_in_stable_order() -> None:
         "key:k1:requests:minute",
         "model:gpt-4o:tokens:minute",
         "model:gpt-4o:cost:month:rolling",
-        "run:run-7:tokens:day",
+        "run:user.u42:run-7:tokens:day",
+        "run:user.u42:run-7:tokens:run",
+        "run:user.u42:run-7:cost:run",
+        "step:user.u42:run-7:review:requests:run",
     ]
 
 
@@ -130,10 +134,50 @@ def test_user_ids_cannot_forge_keys() -> None:
     evil = Identity(user="u1:tokens:day", run="{tag} x%")
     got = keyed(holds_for(INDEX, evil, feature="chat", model="m", amounts=AMOUNTS))
     assert "user:u1%3Atokens%3Aday:tokens:day" in got
-    assert "run:%7Btag%7D%20x%25:tokens:day" in got
+    assert "run:user.u1%3Atokens%3Aday:%7Btag%7D%20x%25:tokens:day" in got
     for key in got:
         parsed = parse_key(key)
         assert parsed.ident in (None, "chat", "free", "m", "u1:tokens:day", "{tag} x%")
+
+
+def test_runs_belong_to_their_caller() -> None:
+    """The same run id from another user, or from a key without a user, is another run;
+    a user's keys share their runs."""
+    def run_keys(ident: Identity) -> set[str]:
+        return {h.key for h in holds_for(INDEX, ident, feature="chat", model="m",
+                                         amounts=AMOUNTS) if h.key.startswith("run:")}
+
+    alice = run_keys(Identity(key_id="k1", user="alice", run="ticket-42"))
+    assert alice == run_keys(Identity(key_id="k2", user="alice", run="ticket-42"))
+    assert alice.isdisjoint(run_keys(Identity(key_id="k3", user="bob", run="ticket-42")))
+    by_key = run_keys(Identity(key_id="alice", run="ticket-42"))  # a key id named alice
+    assert by_key == {"run:key.alice:ticket-42:tokens:day",
+                      "run:key.alice:ticket-42:tokens:run",
+                      "run:key.alice:ticket-42:cost:run"}
+    assert by_key.isdisjoint(alice)
+    assert "run:-:ticket-42:tokens:run" in run_keys(Identity(run="ticket-42"))
+    # Unescaped, a dotted user cannot pose as another owner kind either.
+    parsed = parse_key(next(iter(run_keys(Identity(user="key.k1", run="r")))))
+    assert (parsed.owner, parsed.run) == ("user.key.k1", "r")
+
+
+def test_loop_cap_counts_attempts_of_a_step_in_a_run() -> None:
+    got = {h.key: h for h in holds_for(INDEX, FULL, feature="chat", model="m",
+                                       amounts=AMOUNTS)}
+    step = got["step:user.u42:run-7:review:requests:run"]
+    assert (step.amount, step.limit, step.window, step.metric) == (
+        1, 4, Window.RUN, Metric.REQUESTS)
+    assert got["run:user.u42:run-7:tokens:run"].amount == 300
+    assert got["run:user.u42:run-7:cost:run"].limit == 3 * 10**9
+    no_run = Identity(user="u42", step="review")  # no run: nothing to count attempts in
+    assert not any(h.key.startswith("step:") for h in holds_for(
+        INDEX, no_run, feature="chat", model="m", amounts=AMOUNTS))
+    parsed = parse_key("step:user.u%3A1:r%201:review:requests:run")
+    assert (parsed.scope, parsed.owner, parsed.run, parsed.ident) == (
+        "step", "user.u:1", "r 1", "review")
+    assert parsed.describe() == "step 'review' of run 'r 1' of user 'u:1'"
+    assert parse_key("run:key.k9:r1:cost:run").describe() == "run 'r1' of key 'k9'"
+    assert parse_key("run:-:r1:cost:run").describe() == "run 'r1'"
 
 
 def test_hold_key_roundtrip() -> None:

@@ -15,7 +15,8 @@ from tallygate.errors import LimitError, TallygateError
 
 EXPECTED = {
     "BudgetExceeded", "ConfigError", "FeatureDisabled", "Governor", "InputBudgetExceeded",
-    "InputTooLarge", "InvalidRequest", "LimitError", "PermissionDenied", "RateLimited",
+    "InputTooLarge", "InvalidRequest", "LimitError", "LoopLimit", "PermissionDenied",
+    "RateLimited", "RunawayContext",
     "StoreUnavailable", "TallygateError", "UnknownModel", "__version__", "chunk",
     "count_tokens", "estimate_cost", "trim",
 }

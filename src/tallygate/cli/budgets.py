@@ -77,7 +77,7 @@ async def read_budgets(policy: Policy, q: Query, state_url: str, store_url: str,
         raise ConfigError(f"no state store at {state_url} (nothing reserved yet, or wrong "
                           "--state / --config?)")
     keys = await _keys(store_url)
-    store = from_url(state_url)
+    store = from_url(state_url, run_ttl=policy.storage.run_ttl)
     try:
         return await budget_rows(policy, q, store, keys, now)
     finally:
@@ -118,7 +118,8 @@ def render(rows: Iterable[Mapping[str, Any]]) -> None:
     for d in rows:
         window = d["window"] + (" (rolling)" if d["rolling"] else "")
         cells = [_amount(d["metric"], d[k]) for k in ("limit", "used", "reserved", "remaining")]
-        reset = f"in {human_delta(d['reset_in_seconds'])} ({d['reset_at']})"
+        reset = ("never (the run's lifetime)" if d["reset_at"] is None else
+                 f"in {human_delta(d['reset_in_seconds'])} ({d['reset_at']})")
         table.add_row(d["scope"], d["id"] or "-", f"{d['metric']}/{window}", *cells, reset)
         count += 1
     console = Console(highlight=False)

@@ -44,14 +44,15 @@ def _register() -> None:
         gen,
         init,
         keys,
+        reload,
         report,
         serve,
         sim,
         text,
     )
 
-    for module in (init, demo, serve, keys, flags, report, budgets, text, check, gen, sim,
-                   doctor):
+    for module in (init, demo, serve, reload, keys, flags, report, budgets, text, check, gen,
+                   sim, doctor):
         module.register(app)
 
 

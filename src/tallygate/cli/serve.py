@@ -60,10 +60,12 @@ def app_from_env() -> object:
     """uvicorn factory (one per worker process): the policy named by TALLYGATE_CONFIG."""
     from tallygate.config import load_policy
     from tallygate.gateway.app import create_app
+    from tallygate.gateway.reload import policy_source
 
     return create_app(load_policy(os.environ.get(CONFIG_ENV) or None),
                       sole_process=os.environ.get(WORKERS_ENV) == "1",
-                      access_log=os.environ.get(ACCESS_LOG_ENV) or None)
+                      access_log=os.environ.get(ACCESS_LOG_ENV) or None,
+                      source=policy_source())
 
 
 def check_serveable(policy: Any, workers: int) -> None:

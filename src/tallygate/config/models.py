@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 from tallygate.core.limits import LimitIndex, LimitRule, Rules, merge_rules
+from tallygate.core.runaway import DEFAULT_GROWTH_CALLS, RunawayPolicy
+from tallygate.core.windows import CALENDAR_WINDOWS
 from tallygate.errors import SecretNotSet
 from tallygate.types import NANO_PER_USD, Metric, Window
 
@@ -158,11 +160,16 @@ Secret = Annotated[SecretStr | None, BeforeValidator(_empty_secret_is_none)]
 # ---------------------------------------------------------------- limits
 
 
+_LIFETIME_KEYS = ("tokens_per_run", "requests_per_run", "cost_usd_per_run",
+                  "cost_per_run_usd")
+
+
 class LimitFields(BaseModel):
     """`<metric>_per_<window>` limits of one scope. Cost limits are written in USD
     (`cost_usd_per_day: 12.5`, or SPEC's `cost_per_day_usd`) and held as nano-USD."""
 
     model_config = _MODEL_CONFIG
+    _windows: ClassVar[tuple[Window, ...]] = CALENDAR_WINDOWS
 
     tokens_per_minute: Tokens | None = None
     tokens_per_hour: Tokens | None = None
@@ -186,9 +193,20 @@ class LimitFields(BaseModel):
         """Unset limits would drown the repr; show only what is set."""
         return [(k, v) for k, v in super().__repr_args__() if v is not None]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lifetime_only_for_runs(cls, data: Any) -> Any:
+        """`tokens_per_run` elsewhere than limits.run is a clear error, not a typo."""
+        if Window.RUN not in cls._windows and isinstance(data, Mapping):
+            found = [k for k in _LIFETIME_KEYS if k in data]
+            if found:
+                raise ValueError(f"{found[0]} is a run's lifetime budget: it belongs under "
+                                 "limits.run (nothing else has a lifetime)")
+        return data
+
     @model_validator(mode="after")
     def _one_spelling_per_cost(self) -> LimitFields:
-        for window in Window:
+        for window in self._windows:
             a = getattr(self, f"cost_usd_per_{window.value}")
             b = getattr(self, f"cost_per_{window.value}_usd")
             if a is not None and b is not None:
@@ -202,21 +220,57 @@ class LimitFields(BaseModel):
         """Every limit set here, in a stable order (metric, then window)."""
         out: list[LimitRule] = []
         for metric, prefix in ((Metric.TOKENS, "tokens"), (Metric.REQUESTS, "requests")):
-            for window in Window:
+            for window in self._windows:
                 amount = getattr(self, f"{prefix}_per_{window.value}")
                 if amount is not None:
-                    out.append(LimitRule(metric, window, amount, self.rolling))
-        for window in Window:
+                    out.append(LimitRule(metric, window, amount, self._rolls(window)))
+        for window in self._windows:
             amount = getattr(self, f"cost_usd_per_{window.value}")
             if amount is None:
                 amount = getattr(self, f"cost_per_{window.value}_usd")
             if amount is not None:
-                out.append(LimitRule(Metric.COST, window, amount, self.rolling))
+                out.append(LimitRule(Metric.COST, window, amount, self._rolls(window)))
         return tuple(out)
+
+    def _rolls(self, window: Window) -> bool:
+        return self.rolling and window is not Window.RUN  # a lifetime never rolls
 
 
 class LimitSet(LimitFields):
     """A scope's limits (plans, limits.global, limits.user, a key's own limits …)."""
+
+
+class RunLimits(LimitSet):
+    """limits.run: each run's calendar limits, its lifetime budget (`<metric>_per_run`,
+    never reset), the loop cap and the runaway-context guard (docs/policy.md)."""
+
+    _windows: ClassVar[tuple[Window, ...]] = (*CALENDAR_WINDOWS, Window.RUN)
+
+    tokens_per_run: Tokens | None = None
+    requests_per_run: Tokens | None = None
+    cost_usd_per_run: NanoUsd | None = None
+    cost_per_run_usd: NanoUsd | None = None
+    max_attempts_per_step: PositiveInt | None = None
+    max_input_per_call: PositiveInt | None = None
+    max_input_growth: Ratio | None = None
+    growth_calls: Annotated[int, BeforeValidator(_reject_bool),
+                            Field(ge=2, le=64)] = DEFAULT_GROWTH_CALLS
+    on_runaway: Literal["alert", "refuse"] = "alert"
+
+    @field_validator("max_input_growth")
+    @classmethod
+    def _growth_above_one(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value <= 1:
+            raise ValueError("expected a growth factor above 1 (1.5: half as much again)")
+        return value
+
+    @functools.cached_property
+    def runaway(self) -> RunawayPolicy | None:
+        """The runaway-context guard's policy; None when neither rule is set."""
+        if self.max_input_per_call is None and self.max_input_growth is None:
+            return None
+        return RunawayPolicy(self.max_input_per_call, self.max_input_growth,
+                             self.growth_calls, self.on_runaway == "refuse")
 
 
 class Limits(BaseModel):
@@ -232,7 +286,7 @@ class Limits(BaseModel):
     plan: dict[str, LimitSet] = Field(default_factory=dict)
     key: LimitSet = Field(default_factory=LimitSet)
     model: dict[str, LimitSet] = Field(default_factory=dict)
-    run: LimitSet = Field(default_factory=LimitSet)
+    run: RunLimits = Field(default_factory=RunLimits)
 
 
 # ---------------------------------------------------------------- sections
@@ -254,10 +308,19 @@ class Storage(BaseModel):
     # `tallygate serve`, shared for everything else.
     state_mode: Literal["auto", "owner", "shared"] = "auto"
     lease_seconds: Seconds = 600.0
+    # A run's lifetime counters are dropped once nobody wrote to them this long.
+    run_ttl: Seconds = 30 * 86_400.0
     # The ledger writer's crash journal (docs/ledger.md): None = beside a SQLite ledger,
     # or ./.tallygate-journal for PostgreSQL. fsync: never | batch | always.
     ledger_journal: str | None = None
     ledger_fsync: Literal["never", "batch", "always"] = "never"
+
+    @model_validator(mode="after")
+    def _runs_outlive_leases(self) -> Storage:
+        if self.run_ttl <= self.lease_seconds:
+            raise ValueError("run_ttl must be longer than lease_seconds (a run's counters "
+                             "must outlive any hold on them)")
+        return self
 
     @field_validator("state")
     @classmethod
@@ -369,11 +432,20 @@ class Routing(BaseModel):
 class Alert(BaseModel):
     model_config = _MODEL_CONFIG
 
-    metric: Literal["cost_usd", "context_utilization", "budget_used", "rejection_rate"]
-    above: Ratio
+    metric: Literal["cost_usd", "context_utilization", "budget_used", "rejection_rate",
+                    "runaway_context"]
+    above: Ratio | None = None  # required but for runaway_context (limits.run says)
     notify: str
     window: Window | None = None
     scope: str | None = None  # e.g. user, feature, feature:chat
+
+    @model_validator(mode="after")
+    def _threshold_and_window(self) -> Alert:
+        if self.above is None and self.metric != "runaway_context":
+            raise ValueError(f"a {self.metric} alert needs `above` (its threshold)")
+        if self.window is Window.RUN:
+            raise ValueError("an alert fires once per minute, hour, day or month, not run")
+        return self
 
     @field_validator("notify")
     @classmethod
@@ -381,9 +453,15 @@ class Alert(BaseModel):
         return _check_http_url(url)
 
     @property
+    def threshold(self) -> Decimal:
+        """`above` (every metric but runaway_context has one)."""
+        assert self.above is not None
+        return self.above
+
+    @property
     def above_nusd(self) -> int:
         """The threshold of a cost_usd alert in nano-USD."""
-        return usd_to_nano(self.above)
+        return usd_to_nano(self.threshold)
 
 
 class Cache(BaseModel):
@@ -553,6 +631,14 @@ class PolicyModel(BaseModel):
     # feature (its limits and kill switch, one shared counter), or refused.
     unknown_features: Literal["default", "reject"] = "default"
 
+    @model_validator(mode="after")
+    def _runaway_alerts_have_a_rule(self) -> PolicyModel:
+        if (any(a.metric == "runaway_context" for a in self.alerts)
+                and self.limits.run.runaway is None):
+            raise ValueError("alerts: a runaway_context alert needs limits.run."
+                             "max_input_per_call or limits.run.max_input_growth")
+        return self
+
     @functools.cached_property
     def limit_index(self) -> LimitIndex:
         """Per-scope limits merged once at load, so a decision only does lookups."""
@@ -584,6 +670,7 @@ def build_limit_index(policy: PolicyModel) -> LimitIndex:
         model={n: merge_rules(m_default, s.rules) for n, s in lim.model.items()},
         model_default=m_default,
         run=lim.run.rules,
+        step_attempts=lim.run.max_attempts_per_step,
     )
 
 

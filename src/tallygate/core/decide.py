@@ -3,7 +3,11 @@
 The engine calls, in order: `resolve_model` (routing) → catalog lookup → count →
 `decide` → reserve `Decision.holds` → on a `Denial`, `denial_to_error`. When the verdict
 is TRIM/SUMMARIZE the engine shortens the input to `trim_to` tokens, counts again and
-calls `decide` again with the new count."""
+calls `decide` again with the new count.
+
+`decide` also refuses, before any store trip, a call whose `X-Tallygate-Attempt` is past
+the loop cap (`check_attempt`: 429 `loop_limit`) and run or step names over MAX_NAME
+characters; the store counts the attempts themselves (the `step:` hold)."""
 
 from __future__ import annotations
 
@@ -16,11 +20,21 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
 
-from tallygate.core.limits import Amounts, Identity, LimitIndex, holds_for, parse_key
+from tallygate.core.limits import (
+    Amounts,
+    Identity,
+    LimitIndex,
+    ParsedKey,
+    holds_for,
+    owner_words,
+    parse_key,
+)
+from tallygate.core.windows import is_lifetime
 from tallygate.errors import (
     BudgetExceeded,
     InputBudgetExceeded,
     InvalidRequest,
+    LoopLimit,
     RateLimited,
     UnknownModel,
 )
@@ -70,6 +84,7 @@ AUTO = "auto"
 TIER_PREFIX = "tier:"
 DEFAULT_MAX_OUTPUT = 4096  # only when neither the feature, the model nor the client bounds it
 NO_RETRY_AFTER_SECONDS = 60  # a reset further away than this: the refusal is final
+MAX_NAME = 256  # characters of a caller-chosen run or step name
 
 
 class Action(StrEnum):
@@ -102,6 +117,7 @@ class RequestFacts:
     # The smallest output cap the request works with when lowered (tokens, why, param):
     # the adapters' `output_floor` (extended thinking, the Responses minimum).
     output_floor: tuple[int, str, str] | None = None
+    attempt: int | None = None  # X-Tallygate-Attempt: the client's loop count, from 1
 
 
 @dataclass(slots=True)  # not frozen: its __init__ would cost ~0.1 µs a field, per call
@@ -172,6 +188,8 @@ def decide(facts: RequestFacts, policy: Policy, model: ModelInfo) -> Decision:
         raise InvalidRequest("n must be at least 1", param="n")
     if facts.max_output is not None and facts.max_output < 1:
         raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+    identity = _with_step(facts)
+    check_attempt(identity, facts.attempt, policy.limit_index.step_attempts)
     feature = policy.feature(facts.feature)
     over = _over_input(facts, feature.max_input, model)
     if over is not None:
@@ -186,7 +204,7 @@ def decide(facts: RequestFacts, policy: Policy, model: ModelInfo) -> Decision:
         cost_nusd=cost_upper_bound(model, tokens, out_total),
     )
     holds = holds_for(
-        policy.limit_index, facts.identity, feature=facts.feature, model=model.name, amounts=amounts
+        policy.limit_index, identity, feature=facts.feature, model=model.name, amounts=amounts
     )
     return Decision(
         Action.ADMIT,
@@ -198,6 +216,41 @@ def decide(facts: RequestFacts, policy: Policy, model: ModelInfo) -> Decision:
         clamp=clamp,
         holds=holds,
         amounts=amounts,
+    )
+
+
+def _with_step(facts: RequestFacts) -> Identity:
+    """The identity the holds are for, with the call's step (the loop cap counts it),
+    its run and step names bounded."""
+    identity = facts.identity
+    for name, value in (("X-Tallygate-Run", identity.run),
+                        ("X-Tallygate-Step", identity.step or facts.step)):
+        if value is not None and (len(value) > MAX_NAME or not value.isprintable()):
+            raise InvalidRequest(f"{name} must be at most {MAX_NAME} printable characters",
+                                 param=name)
+    if identity.step is None and facts.step is not None and identity.run is not None:
+        identity = Identity(identity.key_id, identity.user, identity.plan, identity.run,
+                            identity.key_limits, facts.step)
+    return identity
+
+
+def check_attempt(identity: Identity, attempt: int | None, cap: int | None) -> None:
+    """Refuse outright (429 loop_limit) a call saying it is attempt N+1 or later of a
+    step capped at N attempts, with or without a run."""
+    if cap is None or attempt is None or attempt <= cap:
+        return
+    raise _loop_limit(identity.run, identity.step, cap, attempt, key="")
+
+
+def _loop_limit(run: str | None, step: str | None, cap: int, attempt: int, *, key: str,
+                owner: str | None = None) -> LoopLimit:
+    where = f"Step {step or '(none)'!r} of run {run or '(none)'!r}{owner_words(owner)}"
+    return LoopLimit(
+        f"{where} reached its loop limit: at most {cap} attempts "
+        f"(limits.run.max_attempts_per_step); this is attempt {attempt}. Change the "
+        "approach, or start a new run",
+        limit_key=key, limit=cap, used=min(cap, attempt - 1), requested=1,
+        retry_after=None, should_retry=False, run=run, step=step, attempt=attempt,
     )
 
 
@@ -331,20 +384,34 @@ _WINDOW_WORD = {
     Window.HOUR: "hourly",
     Window.DAY: "daily",
     Window.MONTH: "monthly",
+    Window.RUN: "lifetime",
 }
 _METRIC_WORD = {Metric.TOKENS: "token", Metric.REQUESTS: "request", Metric.COST: "cost"}
 
 
 def denial_to_error(
     denial: Denial, now: float, *, retry_within: float = NO_RETRY_AFTER_SECONDS
-) -> BudgetExceeded | RateLimited:
+) -> BudgetExceeded | RateLimited | LoopLimit:
     """A refused reservation as the error the client gets. RateLimited for minute windows
     and request counts, BudgetExceeded otherwise. `retry_after` is the whole seconds to
     the reset (at least 1). `details["should_retry"]` is False — the refusal is final,
     retrying before the reset cannot help — when the reset is more than `retry_within`
     seconds away (the policy's `refusals.retry_within`) or the call alone is larger than
     the limit; the gateway then answers in the quota shape (no Retry-After that would
-    invite a sleep, `x-should-retry: false`) and the message says so."""
+    invite a sleep, `x-should-retry: false`) and the message says so. A lifetime limit
+    never resets: BudgetExceeded with no `retry_after`, final, `reset_at` None; the loop
+    cap's counter (a `step:` key) gives LoopLimit (429 loop_limit)."""
+    parsed = _parsed(denial.key)
+    if parsed is not None and parsed.scope == "step":
+        return _loop_limit(parsed.run, parsed.ident, denial.limit, denial.used + 1,
+                           key=denial.key, owner=parsed.owner)
+    if is_lifetime(denial.window):
+        return BudgetExceeded(
+            _denial_message(denial, None, denial.requested > denial.limit, final=True),
+            limit_key=denial.key, limit=denial.limit, used=denial.used,
+            requested=denial.requested, retry_after=None, should_retry=False,
+            reset_at=None, window=denial.window.value, metric=denial.metric.value,
+        )
     retry_after = max(1, math.ceil(denial.reset_at - now))
     too_big = denial.requested > denial.limit
     should_retry = not too_big and retry_after <= retry_within
@@ -364,24 +431,31 @@ def denial_to_error(
     )
 
 
-def _denial_message(denial: Denial, retry_after: int, too_big: bool, *, final: bool) -> str:
-    what = f"{_WINDOW_WORD[denial.window]} {_METRIC_WORD[denial.metric]} limit"
+def _parsed(key: str) -> ParsedKey | None:
     try:
-        parsed = parse_key(denial.key)
-        who = parsed.scope if parsed.ident is None else f"{parsed.scope} {parsed.ident!r}"
+        return parse_key(key)
     except ValueError:
-        who = denial.key
+        return None
+
+
+def _denial_message(denial: Denial, retry_after: int | None, too_big: bool, *,
+                    final: bool) -> str:
+    what = f"{_WINDOW_WORD[denial.window]} {_METRIC_WORD[denial.metric]} limit"
+    parsed = _parsed(denial.key)
+    who = denial.key if parsed is None else parsed.describe()
     fmt = _money if denial.metric is Metric.COST else str
     if too_big:
         return (
             f"This call needs up to {fmt(denial.requested)}, more than the {what} of {who} "
             f"({fmt(denial.limit)}); lower max_tokens or shorten the input"
         )
+    then = ("it never resets: start a new run" if retry_after is None
+            else f"resets in {go_duration(retry_after)}")
     text = (
         f"The {what} of {who} has no room: {fmt(denial.used)} of {fmt(denial.limit)} used, "
-        f"this call needs up to {fmt(denial.requested)}; resets in {go_duration(retry_after)}"
+        f"this call needs up to {fmt(denial.requested)}; {then}"
     )
-    if final:
+    if final and retry_after is not None:
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(denial.reset_at))
         text += f" (at {at}). This limit will not clear soon: do not retry before then"
     return text
@@ -432,8 +506,8 @@ def ratelimit_headers(usages: Iterable[LimitUsage], now: float) -> dict[str, str
     tightest: dict[Metric, LimitUsage] = {}
     for usage in usages:
         metric = _key_metric(usage.key)
-        if metric not in _HEADER_METRICS:
-            continue
+        if metric not in _HEADER_METRICS or usage.reset_at == math.inf:
+            continue  # (a lifetime limit is a budget, not a rate: it never resets)
         best = tightest.get(metric)
         if best is None or (usage.remaining, usage.reset_at) < (best.remaining, best.reset_at):
             tightest[metric] = usage
@@ -443,17 +517,4 @@ def ratelimit_headers(usages: Iterable[LimitUsage], now: float) -> dict[str, str
         headers[f"x-ratelimit-limit-{suffix}"] = str(usage.limit)
         headers[f"x-ratelimit-remaining-{suffix}"] = str(usage.remaining)
         headers[f"x-ratelimit-reset-{suffix}"] = go_duration(usage.reset_at - now)
-    return headers
-
-
-def denial_headers(error: BudgetExceeded, denial: Denial, now: float) -> dict[str, str]:
-    """Headers of a 429: x-ratelimit-* always; then Retry-After when the refusal clears
-    soon, or `x-should-retry: false` (and no Retry-After, which clients would sleep on)
-    when it is final."""
-    usage = LimitUsage(denial.key, denial.limit, denial.used, 0, denial.reset_at)
-    headers = ratelimit_headers([usage], now)
-    if error.details.get("should_retry", True):
-        headers["retry-after"] = str(int(error.retry_after or 1))
-    else:
-        headers["x-should-retry"] = "false"
     return headers

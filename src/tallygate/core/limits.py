@@ -8,11 +8,18 @@ Hold keys (stable; the state stores keep one counter per key and window bucket):
     user:<user>:<metric>:<window>              limits.user, overridden by plans.<plan>
     key:<key id>:<metric>:<window>             limits.key, overridden by the key's own limits
     model:<model>:<metric>:<window>            limits.model.<name|default>
-    run:<run>:<metric>:<window>                limits.run
+    run:<owner>:<run>:<metric>:<window>        limits.run
+    step:<owner>:<run>:<step>:requests:run     limits.run.max_attempts_per_step
 
-<metric> is tokens | requests | cost (nano-USD); <window> is minute | hour | day | month;
-a rolling limit adds `:rolling`. Ids are escaped so a user-chosen id cannot forge another
-key: `%` `:` `{` `}`, whitespace and control characters become `%XX`."""
+<metric> is tokens | requests | cost (nano-USD); <window> is minute | hour | day | month,
+or `run` for a lifetime limit (never reset: `tokens_per_run` …, and the loop cap's
+attempt count); a rolling limit adds `:rolling`. Ids are escaped so a user-chosen id
+cannot forge another key: `%` `:` `{` `}`, whitespace and control characters become `%XX`.
+
+A run belongs to its caller: <owner> is `user.<user>` (the key's user, so a user's keys
+share their runs), else `key.<key id>`, else `-` (no identity: the library without a
+user). Another caller sending the same run id counts on another key, so it can neither
+spend nor see that run (`run:user.alice:ticket-42:tokens:run`)."""
 
 from __future__ import annotations
 
@@ -54,10 +61,28 @@ def hold_key(scope: str, ident: str | None, metric: Metric, window: Window, roll
 @dataclass(frozen=True, slots=True)
 class ParsedKey:
     scope: str
-    ident: str | None  # unescaped
+    ident: str | None  # unescaped (run keys: the run; step keys: the step)
     metric: Metric
     window: Window
     rolling: bool
+    owner: str | None = None  # run and step keys: "user.<user>", "key.<id>" or "-"
+    run: str | None = None  # run and step keys: the run id
+
+    def describe(self) -> str:
+        """How a message names the limit's holder: `run 'r1' of user 'alice'`."""
+        if self.scope == "step":
+            return f"step {self.ident!r} of run {self.run!r}{owner_words(self.owner)}"
+        if self.ident is None:
+            return self.scope
+        return f"{self.scope} {self.ident!r}{owner_words(self.owner)}"
+
+
+def owner_words(owner: str | None) -> str:
+    """' of user 'alice'' for an owner segment (nothing for none or `-`)."""
+    if not owner or owner == "-":
+        return ""
+    kind, _, ident = owner.partition(".")
+    return f" of {kind} {ident!r}"
 
 
 def parse_key(key: str) -> ParsedKey:
@@ -66,13 +91,29 @@ def parse_key(key: str) -> ParsedKey:
     rolling = parts[-1] == "rolling"
     if rolling:
         parts = parts[:-1]
+    owner = run = None
     if len(parts) == 3:
         scope, ident = parts[0], None
     elif len(parts) == 4:
         scope, ident = parts[0], unescape_id(parts[1])
+    elif len(parts) == 5 and parts[0] == "run":
+        scope, owner, run = "run", unescape_id(parts[1]), unescape_id(parts[2])
+        ident = run
+    elif len(parts) == 6 and parts[0] == "step":
+        scope, owner, run = "step", unescape_id(parts[1]), unescape_id(parts[2])
+        ident = unescape_id(parts[3])
     else:
         raise ValueError(f"not a tallygate limit key: {key!r}")
-    return ParsedKey(scope, ident, Metric(parts[-2]), Window(parts[-1]), rolling)
+    return ParsedKey(scope, ident, Metric(parts[-2]), Window(parts[-1]), rolling, owner, run)
+
+
+def run_owner(identity: Identity) -> str:
+    """The owner segment of a run's keys (escaped): the key's user, else the key."""
+    if identity.user is not None:
+        return "user." + escape_id(identity.user)
+    if identity.key_id is not None:
+        return "key." + escape_id(identity.key_id)
+    return "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +139,15 @@ Rules = tuple[LimitRule, ...]
 
 @dataclass(slots=True)  # per-call record: not frozen (see types.py)
 class Identity:
-    """Who is calling. `key_limits` are the virtual key's own limits, if any."""
+    """Who is calling. `key_limits` are the virtual key's own limits, if any; `step`
+    (with `run`) is what the loop cap counts attempts of."""
 
     key_id: str | None = None
     user: str | None = None
     plan: str | None = None
     run: str | None = None
     key_limits: Rules | None = None
+    step: str | None = None
 
 
 @dataclass(slots=True)  # per-call record: not frozen (see types.py)
@@ -156,6 +199,7 @@ class LimitIndex:
     model: Mapping[str, Rules]
     model_default: Rules
     run: Rules
+    step_attempts: int | None = None  # limits.run.max_attempts_per_step (the loop cap)
 
 
 def holds_for(
@@ -167,7 +211,7 @@ def holds_for(
     amounts: Amounts,
 ) -> tuple[Hold, ...]:
     """Every hold a call must reserve, in a stable order:
-    global, feature, plan, user, key, model, run."""
+    global, feature, plan, user, key, model, run, step (the loop cap)."""
     out: list[Hold] = []
     _add(out, "global", None, index.global_, amounts)
     fname = feature or _DEFAULT
@@ -187,14 +231,21 @@ def holds_for(
         _add(out, "key", identity.key_id, rules, amounts)
     _add(out, "model", model, index.model.get(model, index.model_default), amounts)
     if identity.run is not None:
-        _add(out, "run", identity.run, index.run, amounts)
+        run = f"{run_owner(identity)}:{escape_id(identity.run)}"
+        _add(out, "run", None, index.run, amounts, prefix=f"run:{run}")
+        cap = index.step_attempts
+        if cap is not None and identity.step is not None:
+            out.append(Hold(f"step:{run}:{escape_id(identity.step)}:requests:run",
+                            amounts.requests, cap, Window.RUN, Metric.REQUESTS))
     return tuple(out)
 
 
-def _add(out: list[Hold], scope: str, ident: str | None, rules: Rules, amounts: Amounts) -> None:
+def _add(out: list[Hold], scope: str, ident: str | None, rules: Rules, amounts: Amounts,
+         *, prefix: str | None = None) -> None:
     if not rules:
         return
-    prefix = scope if ident is None else f"{scope}:{escape_id(ident)}"
+    if prefix is None:
+        prefix = scope if ident is None else f"{scope}:{escape_id(ident)}"
     for rule in rules:  # positional Hold(...) and the prebuilt suffix: this is the hot path
         out.append(
             Hold(

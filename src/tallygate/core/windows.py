@@ -2,35 +2,54 @@
 
 Calendar windows (the default) reset at the top of the minute/hour, UTC midnight and
 the first of the month. Rolling windows are split into ROLLING_SLOTS slots; the used
-amount is the sum of the slots still inside the window."""
+amount is the sum of the slots still inside the window.
+
+The lifetime window (`Window.RUN`, a run's whole life) is one bucket, number 0, that
+never ends: its reset time is `NEVER` (infinity), and it cannot roll. Its counters are
+dropped by the stores once nobody has written to them for `storage.run_ttl`."""
 
 from __future__ import annotations
 
 import calendar
+import math
 from datetime import UTC, datetime
 
 from tallygate.types import Window
 
 ROLLING_SLOTS = 60
+NEVER = math.inf  # the reset time of a lifetime window
+CALENDAR_WINDOWS = (Window.MINUTE, Window.HOUR, Window.DAY, Window.MONTH)
 _FIXED_SECONDS = {Window.MINUTE: 60, Window.HOUR: 3600, Window.DAY: 86400}
 _MONTH_SECONDS = 30 * 86400  # length of a rolling "month"
 
 
+def is_lifetime(window: Window) -> bool:
+    """True for the window that never resets (a run's whole life)."""
+    return window is Window.RUN
+
+
 def window_seconds(window: Window) -> int:
-    """Nominal length; a calendar month uses its real length via bucket_bounds()."""
+    """Nominal length; a calendar month uses its real length via bucket_bounds().
+    (A lifetime window has none: ValueError.)"""
+    if window is Window.RUN:
+        raise ValueError("the lifetime window has no length")
     return _FIXED_SECONDS.get(window, _MONTH_SECONDS)
 
 
 def bucket(window: Window, now: float) -> int:
-    """Calendar bucket number of `now` (months count from year 0)."""
+    """Calendar bucket number of `now` (months count from year 0; lifetime: 0)."""
     if window is Window.MONTH:
         t = datetime.fromtimestamp(now, UTC)
         return t.year * 12 + t.month - 1
+    if window is Window.RUN:
+        return 0
     return int(now // _FIXED_SECONDS[window])
 
 
 def bucket_bounds(window: Window, number: int) -> tuple[float, float]:
-    """[start, end) of a calendar bucket in unix seconds."""
+    """[start, end) of a calendar bucket in unix seconds (lifetime: all of time)."""
+    if window is Window.RUN:
+        return -math.inf, NEVER
     if window is Window.MONTH:
         year, month0 = divmod(number, 12)
         start = calendar.timegm((year, month0 + 1, 1, 0, 0, 0))
@@ -42,7 +61,7 @@ def bucket_bounds(window: Window, number: int) -> tuple[float, float]:
 
 
 def reset_at(window: Window, now: float) -> float:
-    """When the calendar window containing `now` ends."""
+    """When the calendar window containing `now` ends (lifetime: NEVER)."""
     return bucket_bounds(window, bucket(window, now))[1]
 
 

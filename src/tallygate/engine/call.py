@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tallygate.config import DEFAULT_FEATURE
+from tallygate.config import DEFAULT_FEATURE, Policy
 from tallygate.providers.base import WireAdapter
 from tallygate.providers.common import StreamTap
 from tallygate.types import Count, Hold, LimitUsage, ModelInfo, Usage
@@ -153,6 +153,7 @@ class Call:
     requested_model: str | None
     body: dict[str, Any]  # the client's body with policy's changes applied
     started: float  # engine clock (unix seconds)
+    policy: Policy  # the policy the call started under (a reload does not change it)
     count: Count = field(default_factory=lambda: Count(0, True, ""))
     max_output: int | None = None
     holds: tuple[Hold, ...] = ()

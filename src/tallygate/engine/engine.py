@@ -29,7 +29,8 @@ from tallygate.config.models import key_rules
 from tallygate.config.names import PolicyNames
 from tallygate.core import decide
 from tallygate.core.catalog import Catalog
-from tallygate.core.limits import Amounts, Identity, Rules, holds_for
+from tallygate.core.limits import Amounts, Identity, Rules, holds_for, run_owner
+from tallygate.core.runaway import InputHistory, Verdict, conversation_key
 from tallygate.core.tokens import CHAT_REPLY_PRIMING, acount_request, message_tokens
 from tallygate.core.trim import trim_messages
 from tallygate.engine import recovery, rows
@@ -53,7 +54,7 @@ from tallygate.errors import (
 )
 from tallygate.providers.base import adapter_for
 from tallygate.state.base import StateStore
-from tallygate.types import CallRecord, Hold, LimitUsage, Outcome, SettleResult, Usage
+from tallygate.types import CallRecord, Hold, LimitUsage, Outcome, SettleResult, Usage, Window
 
 DEFAULT_LEASE_SECONDS = 600.0
 SUMMARY_PREFIX = "Summary of the earlier conversation: "
@@ -103,8 +104,19 @@ class Engine:
         self.flags = FlagView(store, static, clock=clock, refresh=flag_refresh)
         self._key_limits: dict[str, Rules | None] = {}
         self._names = PolicyNames(policy, catalog)
+        self._inputs: InputHistory | None = None  # the runaway guard's history
         self._open: set[Call] = set()  # admitted, not yet closed
         self._closing: set[asyncio.Task[Any]] = set()
+
+    def reload(self, policy: Policy, catalog: Catalog) -> None:
+        """Take a new policy for the calls that start from now on; calls in flight keep
+        the one they started with (`Call.policy`); limits keep their counters (they live
+        in the store, keyed by scope, not by policy)."""
+        self.policy = policy
+        self.catalog = catalog
+        self._names = PolicyNames(policy, catalog)
+        self.flags.reload({name: policy.flag(name) for name in {*policy.features, *policy.flags}})
+        self.cache.policy = policy
 
     # ------------------------------------------------------------------ whole calls
 
@@ -232,7 +244,7 @@ class Engine:
             self.record_refusal(ctx, exc, started=started, requested=requested)
             raise
         call = Call(ctx, adapter_for(ctx.protocol), model, requested, body, started,
-                    hold_id=ctx.call_id)
+                    policy=self.policy, hold_id=ctx.call_id)
         call.notes.end_user = ctx.end_user
         call.notes.unknown_feature = asked
         if name != requested:
@@ -266,11 +278,12 @@ class Engine:
         summary call (without one the turns are trimmed instead)."""
         try:
             decision = await self._decide(call, port)
+            self._runaway(call)
             self._apply(call, decision)
             try:
                 await self._reserve(call)
             except LimitError as exc:
-                if self.policy.feature(call.ctx.feature).on_limit != "fallback":
+                if call.policy.feature(call.ctx.feature).on_limit != "fallback":
                     raise
                 if not await recovery.fall_back(self, call, exc.code):
                     raise
@@ -280,6 +293,25 @@ class Engine:
                                 requested=call.requested_model)
             raise
         self._open.add(call)
+
+    def _runaway(self, call: Call) -> None:
+        """The runaway-context guard's refusal (`on_runaway: refuse`; alerting alone is
+        the alert engine's, from the rows): a run — or, without one, a conversation —
+        whose input per call keeps growing past the policy's bounds (core/runaway.py)."""
+        guard = call.policy.limits.run.runaway
+        if guard is None or not guard.refuse:
+            return
+        if self._inputs is None or self._inputs.policy is not guard:
+            self._inputs = InputHistory(guard)
+        owner = run_owner(self._identity(call.ctx))
+        if call.ctx.run is not None:
+            thread = f"{owner}:{call.ctx.run}"
+        else:
+            turns = call.body.get(call.adapter.messages_key(call.ctx.route))
+            thread = conversation_key(owner, turns[:2] if isinstance(turns, list) else ())
+        judged = self._inputs.check(thread, call.count.tokens)
+        if judged.verdict is Verdict.REFUSE:
+            raise judged.error(call.ctx.run)
 
     def _apply(self, call: Call, decision: decide.Decision) -> None:
         call.max_output = decision.max_output if call.ctx.route != "embeddings" else None
@@ -292,13 +324,13 @@ class Engine:
         """The feature's fallbacks that speak the call's protocol (others are skipped,
         with a note on the call)."""
         out: list[str] = []
-        for name in self.policy.feature(call.ctx.feature).fallbacks:
+        for name in call.policy.feature(call.ctx.feature).fallbacks:
             try:
                 provider = self.catalog.get(name).provider
             except TallygateError:
                 call.notes.note_skipped(name, "unknown model")
                 continue
-            configured = self.policy.providers.get(provider)
+            configured = call.policy.providers.get(provider)
             if configured is not None and configured.protocol != call.ctx.protocol:
                 call.notes.note_skipped(
                     name, f"{provider} speaks {configured.protocol}, not {call.ctx.protocol}")
@@ -384,11 +416,12 @@ class Engine:
                         else call.adapter.requested_max_output(ctx.route, call.body)),
             n=_choices(call.body),
             step=ctx.step,
+            attempt=ctx.step_attempt,
             identity=self._identity(ctx),
             output_floor=(None if ctx.route == "embeddings"
                           else call.adapter.output_floor(ctx.route, call.body)),
         )
-        return decide.decide(facts, self.policy, call.model)
+        return decide.decide(facts, call.policy, call.model)
 
     def _trim(self, call: Call, decision: decide.Decision) -> None:
         key = call.adapter.messages_key(call.ctx.route)
@@ -453,7 +486,7 @@ class Engine:
             if ctx.key_id not in self._key_limits:
                 self._key_limits[ctx.key_id] = key_rules(ctx.key_limits)
             limits = self._key_limits[ctx.key_id]
-        return Identity(ctx.key_id, ctx.user, ctx.plan, ctx.run, limits)
+        return Identity(ctx.key_id, ctx.user, ctx.plan, ctx.run, limits, ctx.step)
 
     def _holds(self, call: Call, decision: decide.Decision) -> tuple[Hold, ...]:
         if call.ctx.route != "embeddings":
@@ -461,7 +494,7 @@ class Engine:
         # Embeddings produce no output tokens: hold the input alone.
         tokens = call.count.tokens
         amounts = Amounts(tokens, call.model.cost_nusd(Usage(input_tokens=tokens)))
-        return holds_for(self.policy.limit_index, self._identity(call.ctx),
+        return holds_for(call.policy.limit_index, self._identity(call.ctx),
                          feature=call.ctx.feature, model=call.model.name, amounts=amounts)
 
     async def _reserve(self, call: Call) -> None:
@@ -478,7 +511,7 @@ class Engine:
         if denial is not None:
             call.holds = ()  # nothing is held: never settle or release it
             raise decide.denial_to_error(
-                denial, now, retry_within=self.policy.refusals.retry_within)
+                denial, now, retry_within=call.policy.refusals.retry_within)
 
     # ------------------------------------------------------------------ sending
 
@@ -662,7 +695,7 @@ def tightest_holds(holds: Sequence[Hold]) -> list[Hold]:
     best: dict[str, Hold] = {}
     for hold in holds:
         metric = hold.metric.value
-        if metric == "cost":
+        if metric == "cost" or hold.window is Window.RUN:  # (never resets: no header)
             continue
         current = best.get(metric)
         if current is None or hold.limit - hold.amount < current.limit - current.amount:

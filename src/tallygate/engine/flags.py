@@ -27,6 +27,10 @@ class FlagView:
         self._version = -1
         self._checked_at = float("-inf")
 
+    def reload(self, static: Mapping[str, bool]) -> None:
+        """A new policy's flags (run-time flags in the store still win over them)."""
+        self._static = dict(static)
+
     async def enabled(self, feature: str) -> bool:
         now = self._clock()
         if now - self._checked_at >= self._refresh:

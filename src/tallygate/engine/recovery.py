@@ -31,7 +31,7 @@ RECOVERY_STEPS = 2  # halve the output cap, then trim the input
 
 async def deliver(engine: CallOwner, call: Call, port: Port) -> Answer:
     """The call's answer after retries, recovery and fallbacks."""
-    feature = engine.policy.feature(call.ctx.feature)
+    feature = call.policy.feature(call.ctx.feature)
     plan = RetryPlan.for_call(engine.retry, feature_retries=feature.retries,
                               client_retries=call.ctx.client_retries,
                               client_timeout=call.ctx.client_timeout,
@@ -99,7 +99,7 @@ async def _recover(engine: CallOwner, call: Call, step: int) -> bool:
         call.notes.note_halved(call.max_output, halved)
         call.max_output = halved
         return True
-    if engine.policy.feature(call.ctx.feature).on_exceed == "reject":
+    if call.policy.feature(call.ctx.feature).on_exceed == "reject":
         call.notes.recovery = "input not trimmed: the feature's on_exceed is reject"
         return False
     before = call.count.tokens

@@ -73,9 +73,9 @@ class Summarizer:
         return text
 
     def _model_for(self, engine: CallOwner, call: Call) -> str:
-        feature = engine.policy.feature(call.ctx.feature)
+        feature = call.policy.feature(call.ctx.feature)
         name = feature.summarize_model or feature.model or call.model.name
-        return decide.resolve_model(name, feature=None, step=None, policy=engine.policy)
+        return decide.resolve_model(name, feature=None, step=None, policy=call.policy)
 
     async def _cached(self, key: str) -> str | None:
         if self.cache is not None:

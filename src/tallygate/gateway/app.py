@@ -4,6 +4,7 @@ Starlette sub-app. Everything long-lived is created in the lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any
 
@@ -11,14 +12,17 @@ from starlette.applications import Starlette
 
 from tallygate.config import Policy
 from tallygate.config.names import PolicyNames
+from tallygate.core.catalog import Catalog
 from tallygate.gateway import edges, ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin.flags import flag_routes
+from tallygate.gateway.admin.reload import reload_routes
 from tallygate.gateway.admin.reports import report_routes
 from tallygate.gateway.drain import DEFAULT_DEADLINE, Drain
 from tallygate.gateway.http import Receive, Scope, Send
 from tallygate.gateway.port import UpstreamPort
 from tallygate.gateway.proxy import Proxy, Route
+from tallygate.gateway.reload import PolicyReloader
 from tallygate.gateway.throttle import CLIENT, AuthThrottle, ThrottledKeys
 from tallygate.gateway.upstream import Transport
 from tallygate.gateway.upstream.aiohttp import Upstream
@@ -41,8 +45,14 @@ class Gateway:
     """ASGI callable. `runtime` is opened at lifespan start (or injected by tests)."""
 
     def __init__(self, policy: Policy, *, runtime: Runtime | None = None,
-                 sole_process: bool = False, access_log: str | None = None) -> None:
+                 sole_process: bool = False, access_log: str | None = None,
+                 source: str | None = None) -> None:
         self.policy = policy
+        self.source = source  # the policy file, for reloads
+        self.reloader: PolicyReloader | None = None
+        self._keys: KeyStore | None = None
+        self._throttle: AuthThrottle | None = None
+        self._background: set[asyncio.Future[None]] = set()
         self.access_log_path = access_log  # a file, or "-" for stdout
         self.access_log: AccessLog | None = None
         self.runtime = runtime
@@ -71,22 +81,50 @@ class Gateway:
         if self.throttled:  # one count per address for virtual keys and the admin key
             throttle = AuthThrottle(self.policy.server.auth_failures_per_minute)
             keys = ThrottledKeys(rt.keys, throttle)
-        port = UpstreamPort(self.policy, self.upstream)
+        self._keys, self._throttle = keys, throttle
+        port = UpstreamPort(self.upstream)
         self.proxy = Proxy(self.policy, rt.engine, keys, port, self.drain)
         self.count_tokens = ops.CountTokens(rt, keys)
+        self.ops = self._operations()
+        self.reloader = PolicyReloader(self.source, lambda: self.policy, self._swap, rt.store)
+        self.reloader.start()
+        # Everything built so far (catalog, tokenizer tables, policy) lives as long as
+        # the process: out of the collector's sight, full collections stay short.
+        gc.freeze()
+
+    def _operations(self) -> Starlette:
+        """The operational routes (health, models, usage, metrics, admin), from the
+        policy in force: rebuilt when it is reloaded."""
+        rt, keys, throttle = self.runtime, self._keys, self._throttle
+        assert rt is not None and keys is not None and self.observe is not None
         admin_key = self.policy.admin_key.get_secret_value() if self.policy.admin_key else None
         names = PolicyNames(self.policy, rt.catalog)
-        self.ops = Starlette(
+        return Starlette(
             exception_handlers=edges.HANDLERS,
             routes=[*ops.routes(rt, keys), *self.observe.routes,
                     *admin_routes(rt.keys, admin_key, names=names, throttle=throttle),
                     *flag_routes(rt.store, admin_key, static=_static_flags(self.policy),
                                  names=names, throttle=throttle),
-                    *report_routes(rt, admin_key, throttle)]
-        )
-        # Everything built so far (catalog, tokenizer tables, policy) lives as long as
-        # the process: out of the collector's sight, full collections stay short.
-        gc.freeze()
+                    *report_routes(rt, admin_key, throttle),
+                    *reload_routes(self.reload, admin_key, throttle)])
+
+    async def reload(self) -> Policy:
+        """Reload the policy file (gateway/reload.py); ConfigError keeps the running one."""
+        assert self.reloader is not None
+        return await self.reloader.reload()
+
+    def _swap(self, policy: Policy) -> None:
+        rt = self.runtime
+        assert rt is not None and self.proxy is not None
+        catalog = Catalog(policy.models)
+        rt.engine.reload(policy, catalog)
+        rt.policy, rt.catalog = policy, catalog
+        self.policy = self.proxy.policy = policy
+        if self.observe is not None:
+            task = asyncio.ensure_future(self.observe.reload(rt, policy))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self.ops = self._operations()
 
     def begin_shutdown(self, deadline: float = DEFAULT_DEADLINE) -> None:
         """Stop taking calls; those in flight get `deadline` seconds (gateway/drain.py)."""
@@ -97,6 +135,8 @@ class Gateway:
         self.drain.cut_now()
 
     async def shutdown(self) -> None:
+        if self.reloader is not None:
+            await self.reloader.close()
         self.drain.begin()
         await self.drain.wait()
         if self.observe is not None:

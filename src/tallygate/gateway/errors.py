@@ -19,6 +19,9 @@ def render_error(
     body = adapter_for(protocol).refusal_body(exc, request_id=request_id, final=is_final(exc))
     if isinstance(exc, LimitError) and exc.retry_after is not None:
         headers += _limit_headers(exc, now)
+    elif isinstance(exc, LimitError) and exc.details.get("should_retry") is False:
+        # No wait clears it (a run's lifetime budget, the loop cap): SDKs must not retry.
+        headers.append(("x-should-retry", "false"))
     status = exc.upstream_status if isinstance(exc, UpstreamError) else exc.status
     return status, body, headers
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -91,7 +92,7 @@ async def _limits_of(rt: Runtime, key: Any, request: Request) -> list[dict[str, 
             "key": hold.key, "metric": hold.metric.value, "window": hold.window.value,
             "rolling": hold.rolling, "limit": used.limit, "used": used.used,
             "reserved": used.reserved, "remaining": used.remaining,
-            "reset_at": int(used.reset_at),
+            "reset_at": None if math.isinf(used.reset_at) else int(used.reset_at),
         })
     return out
 

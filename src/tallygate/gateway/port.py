@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from tallygate.config import Policy, Provider
+from tallygate.config import Provider
 from tallygate.engine import Answer, Call, transport_fault
 from tallygate.errors import InvalidRequest, TallygateError, UpstreamError
 from tallygate.gateway.upstream import Transport
@@ -17,16 +17,15 @@ DEFAULT_TIMEOUT = 600.0
 
 
 class UpstreamPort:
-    def __init__(self, policy: Policy, transport: Transport) -> None:
-        self.policy = policy
-        self.transport = transport
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport  # providers come from each call's own policy
 
     def provider_timeout(self, call: Call) -> float:
-        provider = self.policy.providers.get(call.model.provider)
+        provider = call.policy.providers.get(call.model.provider)
         return provider.timeout if provider is not None else DEFAULT_TIMEOUT
 
     def _provider(self, call: Call) -> Provider:
-        provider = self.policy.providers.get(call.model.provider)
+        provider = call.policy.providers.get(call.model.provider)
         if provider is None:
             raise InvalidRequest(
                 f"No provider {call.model.provider!r} is configured for model "

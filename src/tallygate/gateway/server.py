@@ -5,7 +5,8 @@
     still running with their protocol's error event — every call settled with the tokens
     it relayed and recorded — then flush the ledger and exit 0;
   * a second Ctrl-C (or SIGTERM): cut everything now, still settling and recording, and
-    exit at once; a third gives up waiting altogether.
+    exit at once; a third gives up waiting altogether;
+  * SIGHUP: reload the policy file (gateway/reload.py), never stop.
 
 uvicorn alone waits for connections with no deadline and, on a second Ctrl-C, exits
 without running the application's shutdown (no row for the calls it abandons), then
@@ -69,6 +70,16 @@ class GatewayServer(uvicorn.Server):
         else:
             self.force_exit = True
 
+    def handle_hangup(self, sig: int, frame: FrameType | None) -> None:
+        """SIGHUP: reload the policy file (gateway/reload.py); a bad file is logged and
+        the running policy kept. Without this, SIGHUP would end the process."""
+        del sig, frame
+        gw, loop = self.gateway(), self._loop
+        if gw is None or loop is None or gw.reloader is None:
+            return
+        reloader = gw.reloader
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(reloader.reload_logged()))
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         """uvicorn's, without re-raising the signals once the server has stopped: the
@@ -77,6 +88,7 @@ class GatewayServer(uvicorn.Server):
             yield
             return
         original = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        original[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.handle_hangup)
         try:
             yield
         finally:

@@ -45,6 +45,18 @@ class Observability:
     alerts: AlertEngine | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    async def reload(self, runtime: Runtime, policy: Policy) -> None:
+        """A reloaded policy: the metrics relabel, the alert rules are replaced."""
+        self.metrics.reload(policy, runtime.catalog)
+        if self.alerts is not None:
+            await self.alerts.stop()
+            runtime.recorders.recorders.remove(self.alerts)
+            self.alerts = None
+        if policy.alerts:
+            self.alerts = _alert_engine(runtime, policy, None, time.time, 5.0)
+            runtime.recorders.recorders.append(self.alerts)
+            self.alerts.start()
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -96,18 +108,22 @@ def install(
             service_name=options.get("service_name", "tallygate"))
         runtime.recorders.recorders.append(obs.tracing)
     if policy.alerts:
-        from tallygate.observe.alerts import AlertEngine
-        from tallygate.observe.figures import LedgerFigures
-
-        obs.alerts = AlertEngine(policy.alerts, runtime.store, LedgerFigures(runtime.ledger),
-                                 policy=policy, catalog=runtime.catalog, clock=clock,
-                                 poster=poster, interval=alert_interval,
-                                 keys=runtime.keys)
+        obs.alerts = _alert_engine(runtime, policy, poster, clock, alert_interval)
         runtime.recorders.recorders.append(obs.alerts)
         obs.alerts.start()
     obs._tasks.append(asyncio.create_task(
         _refresh_loop(obs, runtime, clock, refresh_seconds), name="tallygate-metrics"))
     return obs
+
+
+def _alert_engine(runtime: Runtime, policy: Policy, poster: Poster | None,
+                  clock: Callable[[], float], interval: float) -> AlertEngine:
+    from tallygate.observe.alerts import AlertEngine
+    from tallygate.observe.figures import LedgerFigures
+
+    return AlertEngine(policy.alerts, runtime.store, LedgerFigures(runtime.ledger),
+                       policy=policy, catalog=runtime.catalog, clock=clock, poster=poster,
+                       interval=interval, keys=runtime.keys)
 
 
 async def _refresh_loop(obs: Observability, runtime: Runtime, clock: Callable[[], float],

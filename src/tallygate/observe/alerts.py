@@ -4,6 +4,9 @@
     rejection_rate      rejected / calls over the window above `above` (a fraction)
     context_utilization one call's input tokens / its model's context window above `above`
     budget_used         used / limit of a limit in `scope` (user, feature, feature:chat …)
+    runaway_context     a run's input per call past limits.run.max_input_per_call, or
+                        growing past max_input_growth (core/runaway.py); also every call
+                        the engine refused as runaway_context. Once per run per window.
 
 Window figures come from the shared ledger (observe/figures.py), so the sums are across
 replicas. `record(row)` only notes per-call facts in memory (bounded). A rule fires at
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -30,6 +34,7 @@ from tallygate.config import Policy
 from tallygate.config.models import Alert
 from tallygate.core.catalog import Catalog
 from tallygate.core.limits import Amounts, Identity, Rules, holds_for, parse_key
+from tallygate.core.runaway import InputHistory, Judgement, Verdict
 from tallygate.core.windows import bucket, bucket_bounds
 from tallygate.keys.base import KeyStore
 from tallygate.observe.figures import FiguresSource, WindowFigures
@@ -59,6 +64,15 @@ class _HotCall:
     rule: int
     row: CallRecord
     window: int  # the model's context window
+
+
+@dataclass(frozen=True, slots=True)
+class _Runaway:
+    """A call of a run the runaway-context guard objected to."""
+
+    row: CallRecord
+    thread: str
+    judgement: Judgement | None  # None: the engine refused it (its row says so)
 
 
 def _iso(ts: float) -> str:
@@ -98,6 +112,11 @@ class AlertEngine:
         self._context_rules = [i for i, r in enumerate(self.rules)
                                if r.metric == "context_utilization"]
         self._budget_rules = [i for i, r in enumerate(self.rules) if r.metric == "budget_used"]
+        self._runaway_rules = [i for i, r in enumerate(self.rules)
+                               if r.metric == "runaway_context"]
+        guard = policy.limits.run.runaway
+        self._inputs = InputHistory(guard) if guard and self._runaway_rules else None
+        self._runaways: deque[_Runaway] = deque(maxlen=MAX_PENDING_CALLS)
         self._hot: deque[_HotCall] = deque(maxlen=MAX_PENDING_CALLS)
         self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._windows: dict[str, int] = {}
@@ -110,13 +129,28 @@ class AlertEngine:
         if self._context_rules and row.input_tokens and row.model_used:
             window = self._context_window(row.model_used)
             for i in self._context_rules:
-                if window and row.input_tokens > self.rules[i].above * window:
+                if window and row.input_tokens > self.rules[i].threshold * window:
                     self._hot.append(_HotCall(i, row, window))
+        if self._runaway_rules:
+            self._note_runaway(row)
         if self._budget_rules and row.outcome is not Outcome.REJECTED:
             ident = (row.key_id, row.user, row.plan, row.run, row.feature, row.model_used)
             self._seen[ident] = None
             if len(self._seen) > MAX_SEEN_IDENTITIES:
                 self._seen.popitem(last=False)
+
+    def _note_runaway(self, row: CallRecord) -> None:
+        owner = f"user.{row.user}" if row.user else f"key.{row.key_id}" if row.key_id else "-"
+        thread = f"{owner}:{row.run}"
+        if row.error_code == "runaway_context":  # judged (and refused) by the engine
+            self._runaways.append(_Runaway(row, thread, None))
+            return
+        if (self._inputs is None or row.run is None or not row.input_tokens
+                or row.outcome is Outcome.REJECTED):
+            return
+        judgement = self._inputs.check(thread, row.input_tokens)
+        if judgement.verdict is not Verdict.OK:
+            self._runaways.append(_Runaway(row, thread, judgement))
 
     def _context_window(self, model: str) -> int:
         window = self._windows.get(model)
@@ -160,6 +194,7 @@ class AlertEngine:
             if rule.metric in ("cost_usd", "rejection_rate"):
                 fired += await self._window_rule(i, rule, now)
         fired += await self._context_calls()
+        fired += await self._runaway_calls()
         fired += await self._budgets(now)
         for payload in fired:
             self.sender.send(self.rules[payload["rule"]["index"]].notify, payload)
@@ -197,13 +232,39 @@ class AlertEngine:
             row = hot.row
             figures = {
                 "utilization": round(row.input_tokens / hot.window, 6),
-                "threshold": str(rule.above), "input_tokens": row.input_tokens,
+                "threshold": str(rule.threshold), "input_tokens": row.input_tokens,
                 "context_window": hot.window, "model": row.model_used,
                 "request_id": row.request_id, "ts": row.ts,
             }
             top = {"feature": [{"feature": row.feature}], "user": [{"user": row.user}],
                    "step": [{"step": row.step}]}
             out.append(self._payload(hot.rule, window, start, end, hot.row.ts, figures, top))
+        return out
+
+    async def _runaway_calls(self) -> list[dict[str, Any]]:
+        out = []
+        while self._runaways:
+            hot = self._runaways.popleft()
+            row = hot.row
+            digest = hashlib.sha256(hot.thread.encode("utf-8", "surrogateescape"))
+            for i in self._runaway_rules:
+                window = self.rules[i].window or DEFAULT_WINDOW
+                number = bucket(window, row.ts)
+                start, end = bucket_bounds(window, number)
+                suffix = f"{digest.hexdigest()[:16]}:{window.value}:{number}"
+                if not await self._claim(i, suffix, end, row.ts):
+                    continue
+                figures = {"run": row.run, "user": row.user, "key_id": row.key_id,
+                           "feature": row.feature, "step": row.step,
+                           "request_id": row.request_id, "ts": row.ts,
+                           "refused": hot.judgement is None
+                           or hot.judgement.verdict is Verdict.REFUSE}
+                if hot.judgement is not None:
+                    figures.update(hot.judgement.figures())
+                else:
+                    figures.update({"input_tokens": row.input_tokens, "detail": row.detail})
+                top = {"run": [{"run": row.run, "user": row.user}]}
+                out.append(self._payload(i, window, start, end, row.ts, figures, top))
         return out
 
     async def _budgets(self, now: float) -> list[dict[str, Any]]:
@@ -248,16 +309,20 @@ class AlertEngine:
     async def _budget_hit(self, i: int, hold: Hold, used: int, reset_at: float,
                           now: float) -> list[dict[str, Any]]:
         rule = self.rules[i]
-        if used <= rule.above * hold.limit:
+        if used <= rule.threshold * hold.limit:
             return []
         number = bucket(hold.window, now)
         start, end = bucket_bounds(hold.window, number)
-        if not await self._claim(i, f"{hold.key}:{number}", max(end, reset_at), now):
+        until = max(end, reset_at)
+        if hold.window is Window.RUN:  # a lifetime budget: once per run (while it lives)
+            until = now + self.policy.storage.run_ttl
+        if not await self._claim(i, f"{hold.key}:{number}", until, now):
             return []
         parsed = parse_key(hold.key)
         figures = {"limit_key": hold.key, "scope": parsed.scope, "id": parsed.ident,
                    "metric": hold.metric.value, "used": used, "limit": hold.limit,
-                   "used_fraction": round(used / hold.limit, 6), "threshold": str(rule.above)}
+                   "used_fraction": round(used / hold.limit, 6),
+                   "threshold": str(rule.threshold)}
         top = {parsed.scope: [{parsed.scope: parsed.ident, "used": used}]}
         return [self._payload(i, hold.window, start, end, now, figures, top)]
 
@@ -271,10 +336,14 @@ class AlertEngine:
         return {
             "source": "tallygate",
             "rule": {"id": self.ids[i], "index": i, "metric": rule.metric,
-                     "above": str(rule.above), "window": rule.window and rule.window.value,
-                     "scope": rule.scope},
-            "window": {"name": window.value, "start": _iso(start), "end": _iso(end),
-                       "start_ts": start, "end_ts": end},
+                     "above": None if rule.above is None else str(rule.above),
+                     "window": rule.window and rule.window.value, "scope": rule.scope},
+            # (a lifetime window has neither start nor end: null)
+            "window": {"name": window.value,
+                       "start": None if math.isinf(start) else _iso(start),
+                       "end": None if math.isinf(end) else _iso(end),
+                       "start_ts": None if math.isinf(start) else start,
+                       "end_ts": None if math.isinf(end) else end},
             "fired_at": _iso(now),
             "figures": figures,
             "top_contributors": top,
@@ -292,9 +361,9 @@ def _value(rule: Alert, figures: WindowFigures) -> tuple[bool, dict[str, Any]] |
     if not figures.calls:
         return None
     rate = Decimal(figures.rejected) / figures.calls
-    return rate > rule.above, {
+    return rate > rule.threshold, {
         "rejection_rate": round(float(rate), 6), "rejected": figures.rejected,
-        "calls": figures.calls, "threshold": str(rule.above)}
+        "calls": figures.calls, "threshold": str(rule.threshold)}
 
 
 def _in_scope(scope: str | None, key: str) -> bool:

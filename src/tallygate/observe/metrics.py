@@ -142,6 +142,12 @@ class MetricsRecorder:
             ["scope"], registry=self.registry)
         self._children: dict[tuple[int, Labels], Any] = {}
 
+    def reload(self, policy: Policy, catalog: Catalog) -> None:
+        """A reloaded policy's features, steps and budgets; the series keep counting."""
+        self.policy = policy
+        self.catalog = catalog
+        self.labels = LabelPolicy(policy, catalog)
+
     # ------------------------------------------------------------------ hot path
 
     def record(self, row: CallRecord) -> None:

@@ -23,6 +23,7 @@ from tallygate.providers.common import (
     require_model,
     require_object,
 )
+from tallygate.providers.stream_cut import MessagesCut
 from tallygate.types import Usage
 
 PROTOCOL = "anthropic"
@@ -125,10 +126,13 @@ class MessagesStreamTap(StreamTap):
 
 
 def stream_tap(
-    route: str = "messages", *, client_wants_usage: bool = True, model: str | None = None
+    route: str = "messages", *, client_wants_usage: bool = True, model: str | None = None,
+    cuttable: bool = False, choices: int = 1, cut_id: str = "tallygate-cut",
 ) -> MessagesStreamTap:
-    del route, client_wants_usage  # usage is always part of an Anthropic stream
-    return MessagesStreamTap(model=model)
+    """`cuttable`: it can end the stream early (tap.cut_stream())."""
+    del route, client_wants_usage, choices  # usage is always part of an Anthropic stream
+    cut = MessagesCut(model=model or "", cut_id=cut_id) if cuttable else None
+    return MessagesStreamTap(model=model, cut=cut)
 
 
 # --------------------------------------------------------------------------- request body

@@ -9,13 +9,16 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from tallygate.errors import InvalidRequest
 from tallygate.providers import sessions
 from tallygate.types import Usage
+
+if TYPE_CHECKING:
+    from tallygate.providers.stream_cut import StreamCut
 
 # --------------------------------------------------------------------------- routes
 
@@ -75,10 +78,15 @@ class StreamTap:
     Events may be split anywhere across chunks. When nothing needs stripping the
     chunk is forwarded at once, byte for byte; when an event may have to be
     dropped (see `_may_strip`), only complete events are forwarded and the
-    unfinished tail waits for the next chunk."""
+    unfinished tail waits for the next chunk.
 
-    def __init__(self, *, model: str | None = None) -> None:
+    With a `cut` (providers/stream_cut.py) the tap forwards whole events only, tells the
+    cut each event it forwards, and `cut_stream()` gives the bytes that end the stream
+    as a length stop at this point."""
+
+    def __init__(self, *, model: str | None = None, cut: StreamCut | None = None) -> None:
         self.model = model
+        self.cut = cut
         self.usage: Usage | None = None
         self.done = False
         self.first_token_seen = False
@@ -93,7 +101,7 @@ class StreamTap:
         raise NotImplementedError
 
     def _may_strip(self) -> bool:
-        return False
+        return self.cut is not None  # (a cut must fall between two events)
 
     def _defer(self, raw: bytes) -> bool:
         """True for an event recognised (by its bytes) as a plain text delta after the
@@ -158,7 +166,20 @@ class StreamTap:
                 obj = orjson.loads(event.data)
             except orjson.JSONDecodeError:
                 obj = None
-        return self._on_event(event, obj)
+        dropped = self._on_event(event, obj)
+        if self.cut is not None and not dropped and isinstance(obj, dict):
+            self.cut.observe(event.event, obj)
+        return dropped
+
+    def cut_stream(self, usage: Usage, *, now: float) -> bytes:
+        """The events that end the stream here as a length stop (the tap needs a cut),
+        `usage` reported as its figures (usage_so_far(), typically)."""
+        if self.cut is None:
+            raise RuntimeError("this stream tap was built without a cut")
+        if self.done:  # the provider's own ending went out already
+            return b""
+        self._catch_up()  # the deferred events, so the cut knows all the text
+        return self.cut.ending(usage, now=now)
 
     def _saw_text(self, text: Any) -> None:
         if isinstance(text, str) and text:

@@ -23,6 +23,7 @@ from tallygate.providers.common import (
     require_model,
     require_object,
 )
+from tallygate.providers.stream_cut import StreamCut, cut_for
 from tallygate.types import Usage
 
 PROTOCOL = "openai"
@@ -82,12 +83,13 @@ class ChatStreamTap(StreamTap):
     strip_usage=True (the client did not ask for include_usage) drops exactly that
     event; every other byte is forwarded unchanged."""
 
-    def __init__(self, *, strip_usage: bool = False, model: str | None = None) -> None:
-        super().__init__(model=model)
+    def __init__(self, *, strip_usage: bool = False, model: str | None = None,
+                 cut: StreamCut | None = None) -> None:
+        super().__init__(model=model, cut=cut)
         self.strip_usage = strip_usage
 
     def _may_strip(self) -> bool:
-        return self.strip_usage
+        return self.strip_usage or self.cut is not None
 
     def _defer(self, raw: bytes) -> bool:
         # A content chunk as OpenAI writes it (compact JSON): finish_reason and usage
@@ -177,12 +179,16 @@ class ResponsesStreamTap(StreamTap):
 
 
 def stream_tap(
-    route: str, *, client_wants_usage: bool = True, model: str | None = None
+    route: str, *, client_wants_usage: bool = True, model: str | None = None,
+    cuttable: bool = False, choices: int = 1, cut_id: str = "tallygate-cut",
 ) -> StreamTap:
-    """The right tap for a streaming route."""
+    """The right tap for a streaming route; `cuttable`: it can end the stream early
+    (tap.cut_stream(), providers/stream_cut.py)."""
+    cut = cut_for(PROTOCOL, route, model=model or "", include_usage=client_wants_usage,
+                  choices=choices, cut_id=cut_id) if cuttable else None
     if normalise_route(route) == "responses":
-        return ResponsesStreamTap(model=model)
-    return ChatStreamTap(strip_usage=not client_wants_usage, model=model)
+        return ResponsesStreamTap(model=model, cut=cut)
+    return ChatStreamTap(strip_usage=not client_wants_usage, model=model, cut=cut)
 
 
 def client_wants_usage(body: Mapping[str, Any]) -> bool:

@@ -5,6 +5,7 @@ known identity (virtual keys); their usage is read from the state store."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from tallygate.state.base import StateStore
     from tallygate.types import Hold, LimitUsage
 
-SCOPES = ("global", "feature", "plan", "user", "key", "model", "run")
+SCOPES = ("global", "feature", "plan", "user", "key", "model", "run", "step")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +128,10 @@ def row_json(row: BudgetRow, now: float) -> dict[str, Any]:
         "key": row.hold.key, "scope": parsed.scope, "id": parsed.ident,
         "metric": parsed.metric.value, "window": parsed.window.value,
         "rolling": parsed.rolling, "limit": u.limit, "used": u.used, "reserved": u.reserved,
-        "remaining": u.remaining, "reset_at": iso(u.reset_at),
-        "reset_in_seconds": max(0, round(u.reset_at - now)),
+        "remaining": u.remaining,
+        # A lifetime limit (window "run") never resets: both are null.
+        "reset_at": None if math.isinf(u.reset_at) else iso(u.reset_at),
+        "reset_in_seconds": None if math.isinf(u.reset_at) else max(0, round(u.reset_at - now)),
     }
     if parsed.metric.value == "cost":  # cost amounts are nano-USD; USD is exact too
         for name in ("limit", "used", "reserved", "remaining"):

@@ -3,6 +3,12 @@
 Every backend (memory, sqlite, redis) implements `StateStore` and is proven by one
 conformance suite (tests/conformance/test_state.py). Time is always passed in by the
 caller (`now`, unix seconds) so windows are testable and replicas agree.
+
+Lifetime limits (`Window.RUN`, a run's whole budget) are one bucket that never resets.
+Every store drops such a counter once nobody has reserved, extended or settled on it for
+`run_ttl` seconds (the store's constructor argument, `storage.run_ttl`, default 30 days):
+Redis by key TTL, SQLite and owner mode by a sweep, memory by a sweep. Reads alone do not
+keep a run alive.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
+from tallygate.types import Denial, Hold, LimitUsage, NotHeld, SettleResult, Window
+
+RUN_TTL = 30 * 86_400.0  # seconds an untouched lifetime counter is kept (storage.run_ttl)
 
 
 @runtime_checkable
@@ -24,6 +32,24 @@ class StateStore(Protocol):
 
         Expired leases on the touched keys are reclaimed first. A second call with the
         same request_id while the first is held is a no-op success (idempotent)."""
+        ...
+
+    async def extend(
+        self, request_id: str, more: Mapping[str, int], *, lease: float, now: float
+    ) -> Denial | NotHeld | None:
+        """Grow a held reservation: every line of metric `m` ("tokens", "cost",
+        "requests") holds `more[m]` more, all lines or none, only if each of those
+        limits still has room (used + reserved + more <= limit, in the window at `now`;
+        a calendar line whose window has ended since it was reserved no longer limits:
+        its bucket is closed, and settle charges the call to it as always). On
+        success the lease is renewed to `now + lease` and None is returned; else the
+        first Denial (requested = that line's growth), nothing changed.
+
+        A reservation that is not held answers NotHeld(request_id, state), state one of
+        "unknown", "settled", "released", "expired" (lease ended at or before `now`,
+        whether reclaimed yet or not): nothing changes and nothing is renewed. One
+        atomic operation, one store trip; not idempotent (each call grows the hold).
+        settle() afterwards replaces the whole grown hold by the actual usage."""
         ...
 
     async def settle(

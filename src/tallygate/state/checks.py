@@ -7,6 +7,7 @@ HINCRBY hold: 9.2e18 nano-USD is $9.2 billion); totals of one window stay below 
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 
@@ -52,6 +53,8 @@ def check_holds(request_id: object, holds: Sequence[Hold], lease: object, now: o
             raise InvalidRequest(f"hold {hold.key!r}: limit must be an int, got {hold.limit!r}")
         if type(hold.window) is not Window or type(hold.metric) is not Metric:
             raise InvalidRequest(f"hold {hold.key!r}: window/metric must be Window/Metric")
+        if hold.rolling and hold.window is Window.RUN:
+            raise InvalidRequest(f"hold {hold.key!r}: the lifetime (run) window cannot roll")
         name = (hold.key, hold.window, bool(hold.rolling))
         if name in seen:
             raise InvalidRequest(f"hold {hold.key!r} appears twice in one reservation")
@@ -66,6 +69,33 @@ def check_actual(request_id: object, actual: Mapping[str, int], now: object) -> 
         if not _is_int(value) or not 0 <= value <= MAX_AMOUNT:
             raise InvalidRequest(f"actual[{name!r}] must be an int in [0, 2**63-1], "
                                  f"got {value!r}")
+
+
+_METRICS = tuple(m.value for m in Metric)
+
+
+def check_extend(request_id: object, more: Mapping[str, int], lease: object, now: object
+                 ) -> dict[str, int]:
+    """Inputs of extend(): the growth per metric name (copied, zero entries dropped)."""
+    check_request(request_id, now)
+    check_time("lease", lease)
+    if lease <= 0:  # type: ignore[operator]
+        raise InvalidRequest(f"lease must be positive, got {lease!r}")
+    if not isinstance(more, Mapping):
+        raise InvalidRequest(f"more must map metric names to ints, got {more!r}")
+    out: dict[str, int] = {}
+    for name, value in more.items():
+        if name not in _METRICS:
+            hint = difflib.get_close_matches(str(name), _METRICS, n=1)
+            guess = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise InvalidRequest(f"more: unknown metric {name!r}{guess}; expected one of "
+                                 f"{', '.join(_METRICS)}")
+        if not _is_int(value) or not 0 <= value <= MAX_AMOUNT:
+            raise InvalidRequest(f"more[{name!r}] must be an int in [0, 2**63-1], "
+                                 f"got {value!r}")
+        if value:
+            out[str(name)] = value
+    return out
 
 
 def check_finish(request_id: object, actual: Mapping[str, int] | None, now: object

@@ -15,6 +15,20 @@ refused, connect/socket timeout):
 In both modes settle and release never raise for an outage: they are queued and
 replayed, because the call happened and its usage must be counted.
 
+extend (a streaming call growing its hold) during an outage:
+- a reservation made locally (fail_open, during the outage) is extended locally (within
+  this replica's share of each limit, as it was reserved);
+- a shared-store reservation, `fail_closed`: raises StoreUnavailable, as reserve does:
+  the caller ends the stream (nothing more is admitted without the shared count). An
+  extension whose answer was lost may still have been applied: the hold is then larger
+  than the caller thinks until it settles (over-held, never overspent);
+- a shared-store reservation, `fail_open`: the growth is held locally under
+  `<request id>#grow` (the lines of the shared reservation, the growth as amounts, each
+  limit cut to this replica's share), so this replica's other calls see it and a full
+  local share refuses it; the shared lease is not renewed meanwhile (a late settle is
+  still charged). The local `#grow` hold is released when the call settles or releases;
+  the actual usage reaches the shared store through the queued settle, like any other.
+
 Reconciliation, whenever a call to the shared store succeeds and operations are queued
 (during an outage it is tried at most once per `probe_interval`), in order of arrival —
 whatever the interleaving: a call that began before a failure and succeeded after it
@@ -47,7 +61,7 @@ from tallygate.errors import InvalidRequest, StoreUnavailable
 from tallygate.state.base import StateStore
 from tallygate.state.memory import MemoryStore
 from tallygate.state.read_along import ReadAlong
-from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
+from tallygate.types import Denial, Hold, LimitUsage, NotHeld, SettleResult, Window
 
 T = TypeVar("T")
 log = logging.getLogger("tallygate.state")
@@ -85,6 +99,10 @@ class GuardedStore(ReadAlong):
         self._down_since: float | None = None
         self._next_probe = 0.0
         self._local_holds: dict[str, tuple[list[Hold], float]] = {}
+        # fail_open: the holds of shared reservations in flight, in case an extension
+        # must be held locally during an outage; and those that were (`#grow` holds).
+        self._shared_holds: dict[str, Sequence[Hold]] = {}
+        self._grown: set[str] = set()
         self._pending: list[_Pending] = []
         self._drain_lock = asyncio.Lock()
 
@@ -145,7 +163,7 @@ class GuardedStore(ReadAlong):
         self, request_id: str, holds: Sequence[Hold], *, lease: float, now: float
     ) -> Denial | None:
         try:
-            return await self._shared(
+            denial = await self._shared(
                 lambda: self.inner.reserve(request_id, holds, lease=lease, now=now),
                 # A timeout may come after the store applied the reservation: give it
                 # back when the store answers again, or it stays held until its lease.
@@ -153,11 +171,45 @@ class GuardedStore(ReadAlong):
         except StoreUnavailable:
             if self.mode == "fail_closed":
                 raise
+        else:
+            if denial is None and self.mode == "fail_open":
+                self._shared_holds[request_id] = holds
+            return denial
         local = [replace(h, limit=self._local_limit(h)) for h in holds]
         denial = await self.local.reserve(request_id, local, lease=lease, now=now)
         if denial is None:
             self._local_holds[request_id] = (list(holds), now)
         return denial
+
+    async def extend(
+        self, request_id: str, more: Mapping[str, int], *, lease: float, now: float
+    ) -> Denial | NotHeld | None:
+        if request_id in self._local_holds:
+            return await self.local.extend(request_id, more, lease=lease, now=now)
+        try:
+            return await self._shared(
+                lambda: self.inner.extend(request_id, more, lease=lease, now=now))
+        except StoreUnavailable:
+            if self.mode == "fail_closed":
+                raise
+        holds = self._shared_holds.get(request_id)
+        if holds is None:  # not a reservation this process holds in the shared store
+            return NotHeld(request_id, "unknown")
+        grow_id = f"{request_id}#grow"
+        if request_id in self._grown:
+            return await self.local.extend(grow_id, more, lease=lease, now=now)
+        growth = [replace(h, amount=more.get(h.metric.value, 0), limit=self._local_limit(h))
+                  for h in holds]
+        denial = await self.local.reserve(grow_id, growth, lease=lease, now=now)
+        if denial is None:
+            self._grown.add(request_id)
+        return denial
+
+    async def _drop_growth(self, request_id: str, now: float) -> None:
+        self._shared_holds.pop(request_id, None)
+        if request_id in self._grown:
+            self._grown.discard(request_id)
+            await self.local.release(f"{request_id}#grow", now=now)
 
     def _local_limit(self, hold: Hold) -> int:
         """This replica's share of a limit during an outage (see the module docstring)."""
@@ -175,6 +227,7 @@ class GuardedStore(ReadAlong):
             if self._down_since is None:
                 await self.reconcile()
             return result
+        await self._drop_growth(request_id, now)
         try:
             return await self._shared(lambda: self.inner.settle(request_id, actual, now=now))
         except StoreUnavailable:
@@ -185,6 +238,7 @@ class GuardedStore(ReadAlong):
         if self._local_holds.pop(request_id, None) is not None:
             await self.local.release(request_id, now=now)
             return
+        await self._drop_growth(request_id, now)
         try:
             await self._shared(lambda: self.inner.release(request_id, now=now))
         except StoreUnavailable:

@@ -3,17 +3,24 @@
 Every method runs to completion without awaiting, so each operation is atomic on the
 event loop. Per limit (a "counter") we keep window cells {window id: [used, reserved]}
 and the leases still holding an amount on it; expired leases are reclaimed by whoever
-touches the counter next, and only scanned when the earliest known lease has passed."""
+touches the counter next, and only scanned when the earliest known lease has passed.
+
+Lifetime counters (`Window.RUN`) also remember when they were last written; one older
+than `run_ttl` that holds nothing counts as empty when met, and the oldest-written ones
+are dropped as each reservation passes (an ordered dict: O(1) when none is stale)."""
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 from tallygate.core.windows import LiveRanges, room_returns_at
 from tallygate.errors import InvalidRequest
+from tallygate.state.base import RUN_TTL
 from tallygate.state.checks import (
     check_actual,
+    check_extend,
     check_flag,
     check_flag_name,
     check_holds,
@@ -21,7 +28,7 @@ from tallygate.state.checks import (
     check_time,
     check_usage_args,
 )
-from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
+from tallygate.types import Denial, Hold, LimitUsage, NotHeld, SettleResult, Window
 
 HELD, SETTLED, RELEASED = "held", "settled", "released"
 SWEEP_EVERY = 65_536  # operations between sweeps of forgotten reservations
@@ -29,12 +36,13 @@ RETENTION = 86_400.0  # seconds a finished reservation is remembered (idempotent
 
 
 class _Counter:
-    __slots__ = ("cells", "leases", "next_expiry")
+    __slots__ = ("cells", "leases", "next_expiry", "written")
 
     def __init__(self) -> None:
         self.cells: dict[int, list[int]] = {}  # window id -> [used, reserved]
         self.leases: dict[str, float] = {}  # request id -> lease expiry
         self.next_expiry = math.inf
+        self.written = -math.inf  # last reserve/extend/settle (lifetime counters only)
 
     def totals(self, oldest: int, current: int) -> tuple[int, int, int | None]:
         """used, reserved and the oldest non-empty window id in [oldest, current];
@@ -62,12 +70,13 @@ class _Counter:
 
 
 class _Line:
-    __slots__ = ("amount", "counter", "key", "live", "metric", "wid")
+    __slots__ = ("amount", "counter", "hold", "key", "live", "metric", "wid")
 
     def __init__(self, hold: Hold, counter: _Counter, wid: int) -> None:
         self.key = hold.key
         self.amount = hold.amount
         self.metric: str = hold.metric  # a StrEnum: hashes and compares as its value
+        self.hold = hold  # its limit and window, for extend()
         self.counter = counter
         self.wid = wid
         self.live = True  # the amount still counts as reserved
@@ -86,7 +95,8 @@ class _Reservation:
 class MemoryStore:
     """StateStore for one process (tests, the library, single-worker gateways)."""
 
-    def __init__(self, *, retention: float = RETENTION) -> None:
+    def __init__(self, *, retention: float = RETENTION, run_ttl: float = RUN_TTL) -> None:
+        check_time("run_ttl", run_ttl)
         self._counters: dict[tuple[str, Window, bool], _Counter] = {}
         self._reservations: dict[str, _Reservation] = {}
         self._flags: dict[str, bool] = {}
@@ -94,6 +104,9 @@ class MemoryStore:
         self._claims: dict[str, float] = {}
         self._ranges = LiveRanges()
         self._retention = retention
+        self._run_ttl = run_ttl
+        # Lifetime counters by last write, oldest first (see the module docstring).
+        self._runs: OrderedDict[tuple[str, Window, bool], _Counter] = OrderedDict()
         self._ops = 0
 
     # -- reservations -------------------------------------------------------------
@@ -117,6 +130,8 @@ class MemoryStore:
         for hold in holds:
             counter = self._counter(hold.key, hold.window, hold.rolling)
             self._reclaim(counter, now)
+            if hold.window is Window.RUN:
+                self._expire_run(counter, now)
             oldest, current = self._ranges.get(hold.window, now, hold.rolling)
             used, reserved, first = counter.totals(oldest, current)
             if hold.amount > 0 and used + reserved + hold.amount > hold.limit:
@@ -134,8 +149,52 @@ class MemoryStore:
             counter.leases[request_id] = expires
             counter.next_expiry = min(counter.next_expiry, expires)
             lines.append(_Line(hold, counter, wid))
+            if hold.window is Window.RUN:
+                self._wrote(hold, counter, now)
         self._reservations[request_id] = _Reservation(lines, expires)
         self._tick(now)
+        return None
+
+    async def extend(
+        self, request_id: str, more: Mapping[str, int], *, lease: float, now: float
+    ) -> Denial | NotHeld | None:
+        grow = check_extend(request_id, more, lease, now)
+        return self.extend_now(request_id, grow, lease=lease, now=now)
+
+    def extend_now(self, request_id: str, grow: Mapping[str, int], *, lease: float,
+                   now: float) -> Denial | NotHeld | None:
+        """extend() without awaiting (inputs already checked)."""
+        found = self._reservations.get(request_id)
+        if found is None:
+            return NotHeld(request_id, "unknown")
+        if found.state != HELD:
+            return NotHeld(request_id, found.state)
+        if found.expires <= now:
+            return NotHeld(request_id, "expired")
+        growing = [(line, grow[line.metric]) for line in found.lines if line.metric in grow]
+        for line, more in growing:
+            counter, hold = line.counter, line.hold
+            self._reclaim(counter, now)
+            oldest, current = self._ranges.get(hold.window, now, hold.rolling)
+            if not hold.rolling and line.wid != current:
+                continue  # its window ended: that bucket is closed and limits no more
+            used, reserved, first = counter.totals(oldest, current)
+            if used + reserved + more > hold.limit:
+                return Denial(
+                    key=hold.key, limit=hold.limit, used=used + reserved, requested=more,
+                    reset_at=room_returns_at(hold.window, now, hold.rolling, first),
+                    window=hold.window, metric=hold.metric,
+                )
+        expires = found.expires = found.touched = now + lease
+        for line, more in growing:
+            line.counter.cell(line.wid)[1] += more
+            line.amount += more
+        for line in found.lines:
+            counter = line.counter
+            counter.leases[request_id] = expires
+            counter.next_expiry = min(counter.next_expiry, expires)  # (it may shrink)
+            if line.hold.window is Window.RUN:
+                self._wrote(line.hold, counter, now)
         return None
 
     async def settle(
@@ -161,6 +220,8 @@ class MemoryStore:
                 line.live = False
             spent = actual.get(line.metric, 0)
             cell[0] += spent
+            if line.hold.window is Window.RUN:
+                self._wrote(line.hold, line.counter, now)
             charged[line.key] = spent
             if spent > line.amount:
                 overrun[line.key] = spent - line.amount
@@ -215,6 +276,8 @@ class MemoryStore:
         """usage() without awaiting (inputs already checked)."""
         counter = self._counter(key, window, rolling)
         self._reclaim(counter, now)
+        if window is Window.RUN:
+            self._expire_run(counter, now)
         oldest, current = self._ranges.get(window, now, rolling)
         used, reserved, first = counter.totals(oldest, current)
         return LimitUsage(key=key, limit=limit, used=used, reserved=reserved,
@@ -240,8 +303,37 @@ class MemoryStore:
                     line.live = False
         counter.next_expiry = min(counter.leases.values(), default=math.inf)
 
+    def _wrote(self, hold: Hold, counter: _Counter, now: float) -> None:
+        """A lifetime counter was written at `now`: it moves to the young end."""
+        counter.written = max(counter.written, now)
+        name = (hold.key, hold.window, hold.rolling)
+        self._runs[name] = counter
+        self._runs.move_to_end(name)
+
+    def _expire_run(self, counter: _Counter, now: float) -> None:
+        """A lifetime counter untouched for run_ttl and holding nothing counts as empty."""
+        if counter.written + self._run_ttl < now and not counter.leases and counter.cells:
+            counter.cells.clear()
+
+    def _drop_old_runs(self, now: float) -> None:
+        """Forget the lifetime counters nobody wrote to for run_ttl (oldest first)."""
+        runs, cutoff = self._runs, now - self._run_ttl
+        while runs:
+            name, counter = next(iter(runs.items()))
+            if counter.written >= cutoff:
+                return
+            del runs[name]
+            if counter.leases:  # still held (a lease longer than run_ttl): not yet
+                runs[name] = counter
+                return
+            if self._counters.get(name) is counter:
+                del self._counters[name]
+
     def _tick(self, now: float) -> None:
-        """Now and then forget reservations finished (or expired) long ago."""
+        """Now and then forget reservations finished (or expired) long ago; drop the
+        lifetime counters nobody wrote to for run_ttl."""
+        if self._runs:
+            self._drop_old_runs(now)
         self._ops += 1
         if self._ops % SWEEP_EVERY:
             return

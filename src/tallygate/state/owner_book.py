@@ -9,22 +9,32 @@ expiry), so a row's lines are all live or all given back.
 Pure and synchronous: every operation is decided from the tables and its arguments alone
 (time is passed in), which is what lets the owner replay its journal after a crash and
 land on exactly the state it had. The only state change no journaled operation implies
-is a reclaim made by a read or a refused reservation; `reclaims` counts those so the
-owner journals them too."""
+is a reclaim made by a read or a refused reservation (or extension); `reclaims` counts
+those so the owner journals them too.
+
+Lifetime counters (`Window.RUN`) keep their last write in `runs` (oldest first), as
+SQLite's state_runs: one untouched for `run_ttl` that holds nothing reads as empty, is
+cleared before it is written again, and is dropped as reservations pass. Both follow
+from the operations' own times, so a replay lands on the same state."""
 
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tallygate.core.windows import LiveRanges, counter_name, room_returns_at
 from tallygate.errors import InvalidRequest
-from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
+from tallygate.state.base import RUN_TTL
+from tallygate.types import Denial, Hold, LimitUsage, Metric, NotHeld, SettleResult, Window
 
 HELD, SETTLED, RELEASED = "held", "settled", "released"
 SWEEP_BATCH = 2000  # counters checked for stale windows per snapshot (≈1 ms)
-Line = tuple[str, int, int, str, str]  # counter, window id, amount, metric, key
+# counter, window id, amount, metric, key, limit (None: reserved before extend existed)
+Line = tuple[str, int, int, str, str, int | None]
+RUN_PREFIX = counter_name("", Window.RUN, False)
 
 
 class _Row:
@@ -46,29 +56,42 @@ class Dirty:
     holds: list[tuple[str, str, int, float, list[Line]]] = field(default_factory=list)
     cell_keys: set[tuple[str, int]] = field(default_factory=set)
     row_keys: set[str] = field(default_factory=set)
+    runs: list[tuple[str, float]] = field(default_factory=list)  # for state_runs
+    runs_gone: set[str] = field(default_factory=set)
+    run_keys: set[str] = field(default_factory=set)
 
 
 class Book:
-    def __init__(self, finished_state: Callable[[str], str | None]) -> None:
+    def __init__(self, finished_state: Callable[[str], str | None], *,
+                 run_ttl: float = RUN_TTL) -> None:
         self.cells: dict[str, dict[int, list[int]]] = {}
         self.rows: dict[str, _Row] = {}
+        self.runs: OrderedDict[str, float] = OrderedDict()  # lifetime counter -> last write
         self.reclaims = 0
+        self.run_ttl = run_ttl
         self._finished_state = finished_state  # a request id's state in SQLite, if any
         self._heap: list[tuple[float, str]] = []
         self._ranges = LiveRanges()
         self._dirty_cells: set[tuple[str, int]] = set()
         self._dirty_rows: set[str] = set()
         self._gone_cells: set[tuple[str, int]] = set()  # dropped: to delete in SQLite
+        self._dirty_runs: set[str] = set()
+        self._gone_runs: set[str] = set()
         self._sweep_queue: list[str] = []
 
     # -- loading a snapshot -----------------------------------------------------------
     def load_cell(self, counter: str, wid: int, used: int, reserved: int) -> None:
         self.cells.setdefault(counter, {})[wid] = [used, reserved]
 
-    def load_row(self, rid: str, live: bool, expires: float, lines: Iterable[Line]) -> None:
-        self.rows[rid] = _Row(HELD, live, expires, [tuple(line) for line in lines])  # type: ignore[misc]
+    def load_row(self, rid: str, live: bool, expires: float,
+                 lines: Iterable[Sequence[Any]]) -> None:
+        self.rows[rid] = _Row(HELD, live, expires, [_line(line) for line in lines])
         if live:
             heapq.heappush(self._heap, (expires, rid))
+
+    def load_run(self, counter: str, touched: float) -> None:
+        """A state_runs row (load them oldest first)."""
+        self.runs[counter] = touched
 
     # -- operations ---------------------------------------------------------------------
     def reserve(self, rid: str, holds: Sequence[Hold], lease: float, now: float,
@@ -82,9 +105,13 @@ class Book:
             raise InvalidRequest(f"request_id {rid!r} was already {state}; "
                                  "use a new id for a new reservation")
         self.reclaim(now)
+        if self.runs:
+            self._drop_old_runs(now)
         lines: list[Line] = []
         for hold in holds:
             counter = counter_name(hold.key, hold.window, hold.rolling)
+            if hold.window is Window.RUN:
+                self._renew_run(counter, now)
             oldest, current = self._ranges.get(hold.window, now, hold.rolling)
             used, reserved, first = self._totals(counter, oldest, current)
             if hold.amount > 0 and used + reserved + hold.amount > hold.limit:
@@ -94,15 +121,60 @@ class Book:
                     reset_at=room_returns_at(hold.window, now, hold.rolling, first),
                     window=hold.window, metric=hold.metric), [], False
             # (metric: a StrEnum, equal to and hashed as its value, as loaded lines have)
-            lines.append((counter, current, hold.amount, hold.metric, hold.key))
-        for counter, wid, amount, _, _ in lines:
+            lines.append((counter, current, hold.amount, hold.metric, hold.key, hold.limit))
+        for counter, wid, amount, *_ in lines:
             if amount:
                 self._cell(counter, wid)[1] += amount
+            if counter.startswith(RUN_PREFIX):
+                self._wrote(counter, now)
         expires = now + lease
         self.rows[rid] = _Row(HELD, True, expires, lines)
         self._dirty_rows.add(rid)
         heapq.heappush(self._heap, (expires, rid))
         return None, self.read(read, now), True
+
+    def extend(self, rid: str, grow: Mapping[str, int], lease: float, now: float
+               ) -> tuple[Denial | NotHeld | None, bool]:
+        """StateStore.extend: (result, whether the reservation changed)."""
+        row = self.rows.get(rid)
+        if row is None:  # held rows are always in memory
+            return NotHeld(rid, self._finished_state(rid) or "unknown"), False
+        if row.state != HELD:
+            return NotHeld(rid, row.state), False
+        if not row.live or row.expires <= now:
+            return NotHeld(rid, "expired"), False
+        self.reclaim(now)  # other expired leases give their room back first
+        lines = list(row.lines)
+        for i, (counter, wid, amount, metric, key, limit) in enumerate(lines):
+            more = grow.get(metric)
+            if not more:
+                continue
+            if limit is None:  # reserved before extend() existed: its limit is unknown
+                return NotHeld(rid, "unknown"), False
+            kind, window_name, _ = counter.split(":", 2)
+            window = Window(window_name)
+            oldest, current = self._ranges.get(window, now, kind == "r")
+            if kind == "c" and wid != current:
+                pass  # its window ended: that bucket is closed and limits no more
+            else:
+                used, reserved, first = self._totals(counter, oldest, current)
+                if used + reserved + more > limit:
+                    return Denial(key=key, limit=limit, used=used + reserved,
+                                  requested=more,
+                                  reset_at=room_returns_at(window, now, kind == "r", first),
+                                  window=window, metric=Metric(metric)), False
+            lines[i] = (counter, wid, amount + more, metric, key, limit)
+        for (counter, wid, grown, *_), (_, _, amount, *_) in zip(lines, row.lines,
+                                                                  strict=True):
+            if grown != amount:
+                self._cell(counter, wid)[1] += grown - amount
+            if counter.startswith(RUN_PREFIX):
+                self._wrote(counter, now)
+        row.lines = lines
+        row.expires = now + lease
+        heapq.heappush(self._heap, (row.expires, rid))
+        self._dirty_rows.add(rid)
+        return None, True
 
     def finish(self, rid: str, actual: Mapping[str, int] | None, now: float,
                read: Sequence[Hold]) -> tuple[SettleResult, list[LimitUsage], bool]:
@@ -114,9 +186,13 @@ class Book:
             return SettleResult(already_settled=actual is not None), self.read(read, now), False
         charged: dict[str, int] = {}
         overrun: dict[str, int] = {}
-        for counter, wid, amount, metric, key in row.lines:
+        for counter, wid, amount, metric, key, _ in row.lines:
             spent = 0 if actual is None else actual.get(metric, 0)
             held = amount if row.live else 0
+            if spent and counter.startswith(RUN_PREFIX):
+                if not row.live:  # (a live hold keeps its counter fresh)
+                    self._renew_run(counter, now)
+                self._wrote(counter, now)
             if spent or held:
                 cell = self._cell(counter, wid)
                 cell[0] += spent
@@ -143,6 +219,8 @@ class Book:
             counter = counter_name(hold.key, hold.window, hold.rolling)
             used, reserved, first = self._totals(
                 counter, *self._ranges.get(hold.window, now, hold.rolling))
+            if hold.window is Window.RUN and not reserved and self._stale(counter, now):
+                used, first = 0, None
             out.append(LimitUsage(key=hold.key, limit=hold.limit, used=used,
                                   reserved=reserved,
                                   reset_at=room_returns_at(hold.window, now, hold.rolling,
@@ -157,7 +235,7 @@ class Book:
             row = self.rows.get(rid)
             if row is None or not row.live or row.expires != expires:
                 continue  # finished meanwhile
-            for counter, wid, amount, _, _ in row.lines:
+            for counter, wid, amount, *_ in row.lines:
                 if amount:
                     self._cell(counter, wid)[1] -= amount
             row.live = False
@@ -168,8 +246,11 @@ class Book:
     def take_dirty(self) -> Dirty:
         """The changed rows, as they are now; the next snapshot starts empty."""
         dirty = Dirty(cell_keys=self._dirty_cells, row_keys=self._dirty_rows,
-                      gone=self._gone_cells)
+                      gone=self._gone_cells, run_keys=self._dirty_runs,
+                      runs_gone=self._gone_runs)
         self._dirty_cells, self._dirty_rows, self._gone_cells = set(), set(), set()
+        self._dirty_runs, self._gone_runs = set(), set()
+        dirty.runs = [(c, self.runs[c]) for c in dirty.run_keys if c in self.runs]
         for counter, wid in dirty.cell_keys:
             cell = self.cells.get(counter, {}).get(wid)
             if cell is not None:  # (None: dropped as out of its window; so is SQLite's)
@@ -200,10 +281,49 @@ class Book:
         self._dirty_cells |= dirty.cell_keys
         self._dirty_rows |= dirty.row_keys
         self._gone_cells |= dirty.gone
+        self._dirty_runs |= dirty.run_keys
+        self._gone_runs |= dirty.runs_gone
 
     @property
     def has_changes(self) -> bool:
-        return bool(self._dirty_cells or self._dirty_rows or self._gone_cells)
+        return bool(self._dirty_cells or self._dirty_rows or self._gone_cells
+                    or self._dirty_runs or self._gone_runs)
+
+    # -- lifetime counters ----------------------------------------------------------
+    def _stale(self, counter: str, now: float) -> bool:
+        touched = self.runs.get(counter)
+        return touched is not None and touched + self.run_ttl < now
+
+    def _renew_run(self, counter: str, now: float) -> None:
+        """Before writing a lifetime counter: empty it if nobody wrote to it for run_ttl
+        and it holds nothing (it reads as empty already; the write must not revive it)."""
+        cells = self.cells.get(counter)
+        if cells and self._stale(counter, now) and not any(c[1] for c in cells.values()):
+            self._drop(counter, cells, list(cells))
+
+    def _wrote(self, counter: str, now: float) -> None:
+        self.runs[counter] = max(self.runs.get(counter, now), now)
+        self.runs.move_to_end(counter)
+        self._dirty_runs.add(counter)
+        self._gone_runs.discard(counter)
+
+    def _drop_old_runs(self, now: float) -> None:
+        """Forget lifetime counters nobody wrote to for run_ttl (oldest first; one still
+        holding an amount, from a lease longer than run_ttl, goes to the back)."""
+        runs, cutoff = self.runs, now - self.run_ttl
+        while runs:
+            counter, touched = next(iter(runs.items()))
+            if touched >= cutoff:
+                return
+            del runs[counter]
+            cells = self.cells.get(counter)
+            if cells and any(c[1] for c in cells.values()):
+                runs[counter] = touched
+                return
+            if cells:
+                self._drop(counter, cells, list(cells))
+            self._dirty_runs.discard(counter)
+            self._gone_runs.add(counter)
 
     # -- cells ------------------------------------------------------------------------
     def _cell(self, counter: str, wid: int) -> list[int]:
@@ -267,3 +387,9 @@ class Book:
             stale = [wid for wid in cells if wid < oldest]
             if stale:
                 self._drop(counter, cells, stale)
+
+
+def _line(line: Sequence[Any]) -> Line:
+    """A line as loaded from SQLite (rows written before extend() existed lack a limit)."""
+    counter, wid, amount, metric, key, *rest = line
+    return (counter, wid, amount, metric, key, rest[0] if rest else None)

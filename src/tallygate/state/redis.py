@@ -14,6 +14,11 @@ The price: one store's state lives on one Cluster node.
 
 Amounts are kept as decimal integer strings changed only by HINCRBY (exact int64) and
 compared in Lua as base-1e9 pairs (see lua/common.lua), never as doubles.
+
+Keys expire when nobody writes to them: a limit's cells and leases 2 windows + the lease
++ 1 h after the last reserve, extend or settle; a lifetime counter (`Window.RUN`) after
+`run_ttl` + the lease, so a run untouched that long starts again from zero (by Redis's
+clock, in real seconds, where the other stores judge by the callers' `now`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from tallygate.core.windows import (
     window_seconds,
 )
 from tallygate.errors import InvalidRequest, StoreUnavailable
+from tallygate.state.base import RUN_TTL
 from tallygate.state.checks import (
+    check_extend,
     check_finish,
     check_flag,
     check_flag_name,
@@ -45,7 +52,7 @@ from tallygate.state.checks import (
     check_usage_args,
 )
 from tallygate.state.read_along import PlainFromRead
-from tallygate.types import Denial, Hold, LimitUsage, Metric, SettleResult, Window
+from tallygate.types import Denial, Hold, LimitUsage, Metric, NotHeld, SettleResult, Window
 
 RETENTION = 86_400  # seconds a finished reservation is remembered (idempotent settle)
 _BASE = 10**9
@@ -63,9 +70,19 @@ def _pair(hi: Any, lo: Any) -> int:
     return int(hi) * _BASE + int(lo)
 
 
-def _gc_ttl(window: Window, lease: float) -> int:
+_WINDOWS = (Window.MINUTE, Window.HOUR, Window.DAY, Window.MONTH)  # extend.lua's order
+
+
+def _gc_ttl(window: Window, lease: float, run_ttl: float) -> int:
     """Real seconds a limit's keys may sit untouched before Redis drops them."""
+    if window is Window.RUN:
+        return math.ceil(run_ttl + lease)
     return int(2 * window_seconds(window) + lease) + 3600
+
+
+def _window_spec(hold: Hold) -> str:
+    """How extend.lua finds a line's window: `r:<window>` rolling, `c:<window>` else."""
+    return ("r:" if hold.rolling else "c:") + hold.window.value
 
 
 def _check_reads(read: Sequence[Hold], now: float) -> None:
@@ -120,9 +137,11 @@ class RedisStore(PlainFromRead):
 
     def __init__(self, url: str, *, namespace: str = "", connect_timeout: float = 2.0,
                  socket_timeout: float = 5.0, max_connections: int = 32,
-                 retention: int = RETENTION) -> None:
+                 retention: int = RETENTION, run_ttl: float = RUN_TTL) -> None:
+        check_time("run_ttl", run_ttl)
         self._prefix = "{tg:" + namespace + "}" if namespace else "{tg}"
         self._retention = retention
+        self._run_ttl = run_ttl
         # A blocking pool: past max_connections a call waits for a free connection
         # (up to socket_timeout) instead of failing with "Too many connections".
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -132,6 +151,7 @@ class RedisStore(PlainFromRead):
         self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._reserve = self._redis.register_script(_script_source("reserve", common=True))
         self._finish = self._redis.register_script(_script_source("finish", common=True))
+        self._extend = self._redis.register_script(_script_source("extend", common=True))
         self._usage = self._redis.register_script(_script_source("usage", common=True))
         self._set_flag = self._redis.register_script(_script_source("set_flag", common=False))
         self._clear_flag = self._redis.register_script(
@@ -169,7 +189,7 @@ class RedisStore(PlainFromRead):
             keys.extend(self._names(hold.key, hold.window, hold.rolling))
             oldest, current = live_range(hold.window, now, hold.rolling)
             args += [hold.key, hold.metric.value, hold.amount, hold.limit, oldest, current,
-                     _gc_ttl(hold.window, lease)]
+                     _gc_ttl(hold.window, lease, self._run_ttl), _window_spec(hold)]
         self._add_reads(keys, args, read, now)
         reply = await self._call(self._reserve, keys, args)
         status = int(reply[0])
@@ -179,6 +199,31 @@ class RedisStore(PlainFromRead):
             raise InvalidRequest(f"request_id {request_id!r} was already {reply[1]}; "
                                  "use a new id for a new reservation")
         return _denial(holds, reply, now), []
+
+    async def extend(
+        self, request_id: str, more: Mapping[str, int], *, lease: float, now: float
+    ) -> Denial | NotHeld | None:
+        grow = check_extend(request_id, more, lease, now)
+        args: list[Any] = [self._prefix, request_id, repr(float(now)),
+                           repr(float(now + lease)), math.ceil(lease) + self._retention,
+                           *(grow.get(m.value, 0) for m in (Metric.TOKENS, Metric.REQUESTS,
+                                                             Metric.COST))]
+        for window in _WINDOWS:
+            args.extend(live_range(window, now, True))
+            args.append(live_range(window, now, False)[1])
+        reply = await self._call(self._extend, [f"{self._prefix}:res:{request_id}"], args)
+        status = int(reply[0])
+        if status == 1:
+            return None
+        if status == 4:
+            return NotHeld(request_id, str(reply[1]))
+        _, key, limit, spec, metric, hi, lo, first, requested = reply
+        window, rolling = Window(spec[2:]), spec.startswith("r:")
+        first = int(first)
+        return Denial(key=key, limit=int(limit), used=_pair(hi, lo), requested=int(requested),
+                      reset_at=room_returns_at(window, now, rolling,
+                                               None if first < 0 else first),
+                      window=window, metric=Metric(metric))
 
     async def finish_and_read(
         self, request_id: str, actual: Mapping[str, int] | None, *, now: float,

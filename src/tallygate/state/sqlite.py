@@ -9,7 +9,11 @@ Tables are prefixed `state_` so the ledger may share the file.
 Kept lean on purpose (a reserve + settle pair is two short transactions): one row per
 reservation holding its lines as JSON, window cells updated in place, expired leases
 found through a partial index, and the usage a caller wants to show read in the same
-transaction as the operation.
+transaction as the operation. extend() is one more such transaction.
+
+Lifetime counters (`Window.RUN`) have their last write in `state_runs`: one older than
+`run_ttl` that holds nothing reads as empty, is cleared before it is written again, and
+is deleted by a sweep at most every RUN_SWEEP_EVERY seconds (of the callers' clock).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import orjson
 
 from tallygate.core.windows import counter_name, live_range, room_returns_at
 from tallygate.errors import InvalidRequest, StoreUnavailable
+from tallygate.state.base import RUN_TTL
 from tallygate.state.checks import (
+    check_extend,
     check_finish,
     check_flag,
     check_flag_name,
@@ -34,14 +40,17 @@ from tallygate.state.checks import (
 from tallygate.state.file_lock import release, take_sharer
 from tallygate.state.read_along import PlainFromRead
 from tallygate.state.sqlite_batch import BatchWorker
-from tallygate.types import Denial, Hold, LimitUsage, SettleResult, Window
+from tallygate.types import Denial, Hold, LimitUsage, Metric, NotHeld, SettleResult, Window
 
 T = TypeVar("T")
 RETENTION = 86_400.0  # seconds a finished reservation is remembered (idempotent settle)
 SWEEP_EVERY = 4096  # reservations between sweeps of forgotten ones (per process)
+RUN_SWEEP_EVERY = 3600.0  # seconds between sweeps of expired lifetime counters (at most)
+RUN_PREFIX = counter_name("", Window.RUN, False)  # "c:run:": names of lifetime counters
 
-# state_holds.lines: [[counter, window id, amount, metric, key], ...]; emptied once
-# finished (only the state is needed then). `live` = its amounts still count as
+# state_holds.lines: [[counter, window id, amount, metric, key, limit], ...]; emptied
+# once finished (only the state is needed then); rows written before extend() existed
+# have no limit (and cannot be extended). `live` = its amounts still count as
 # reserved; `expires` = lease end. The (live, expires) index serves both the
 # reclaim of expired leases (live = 1) and the sweep of forgotten ones (live = 0).
 _SCHEMA = """
@@ -56,6 +65,9 @@ CREATE INDEX IF NOT EXISTS state_holds_lease ON state_holds (live, expires);
 CREATE TABLE IF NOT EXISTS state_flags (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state_claims (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS state_runs (counter TEXT PRIMARY KEY, touched REAL NOT NULL)
+  WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS state_runs_touched ON state_runs (touched);
 """
 # In 0.1 a reservation was a state_reservations row plus one state_lines row per
 # hold. Holds still live in that layout are given back once, then the tables dropped.
@@ -69,16 +81,21 @@ DROP TABLE IF EXISTS state_reservations;
 _UPSERT = ("INSERT INTO state_cells (counter, wid, used, reserved) VALUES (?, ?, ?, ?) "
            "ON CONFLICT (counter, wid) DO UPDATE SET used = used + excluded.used, "
            "reserved = reserved + excluded.reserved")
+_TOUCH = ("INSERT INTO state_runs VALUES (?, ?) ON CONFLICT (counter) "
+          "DO UPDATE SET touched = max(touched, excluded.touched)")
 
 
 class SqliteStore(PlainFromRead):
     """StateStore on one SQLite file (or `:memory:` for a single store object)."""
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0,
-                 retention: float = RETENTION) -> None:
+                 retention: float = RETENTION, run_ttl: float = RUN_TTL) -> None:
+        check_time("run_ttl", run_ttl)
         self._path = path
         self._busy_ms = int(busy_timeout * 1000)
         self._retention = retention
+        self._run_ttl = run_ttl
+        self._next_run_sweep = -float("inf")
         # `:memory:` is private to one connection: only the worker's may be used.
         inline = None if path == ":memory:" else self._connect_inline
         self._worker = BatchWorker(self._connect, "tg-sqlite-state", inline=inline)
@@ -131,24 +148,31 @@ class SqliteStore(PlainFromRead):
         read = list(read)
         self._ops += 1
         sweep = self._ops % SWEEP_EVERY == 0
+        sweep_runs = now >= self._next_run_sweep
+        if sweep_runs:
+            self._next_run_sweep = now + min(RUN_SWEEP_EVERY, self._run_ttl / 8)
         return await self._run(lambda db: self._reserve(db, request_id, holds, lease, now,
-                                                        sweep, read))
+                                                        sweep, sweep_runs, read))
 
     def _reserve(self, db: sqlite3.Connection, rid: str, holds: list[Hold], lease: float,
-                 now: float, sweep: bool, read: list[Hold]
+                 now: float, sweep: bool, sweep_runs: bool, read: list[Hold]
                  ) -> tuple[Denial | None, list[LimitUsage]]:
         row = db.execute("SELECT state FROM state_holds WHERE rid = ?", (rid,)).fetchone()
         if row is not None:
             if row[0] == "held":
-                return None, _read(db, read, now)
+                return None, _read(db, read, now, ttl=self._run_ttl)
             raise InvalidRequest(f"request_id {rid!r} was already {row[0]}; "
                                  "use a new id for a new reservation")
         _reclaim(db, now)
+        if sweep_runs:
+            _sweep_runs(db, now - self._run_ttl)
         lines = []
         after: dict[str, tuple[int, int, int | None]] = {}
         for hold in holds:
             counter = counter_name(hold.key, hold.window, hold.rolling)
             oldest, current = live_range(hold.window, now, hold.rolling)
+            if hold.window is Window.RUN:
+                _renew_run(db, counter, now, self._run_ttl)
             used, reserved, first = _totals(db, counter, oldest, current)
             if hold.amount > 0 and used + reserved + hold.amount > hold.limit:
                 return Denial(
@@ -156,17 +180,27 @@ class SqliteStore(PlainFromRead):
                     requested=hold.amount,
                     reset_at=room_returns_at(hold.window, now, hold.rolling, first),
                     window=hold.window, metric=hold.metric), []
-            lines.append((counter, current, hold.amount, hold.metric.value, hold.key))
+            lines.append((counter, current, hold.amount, hold.metric.value, hold.key,
+                          hold.limit))
             after[counter] = (used, reserved + hold.amount,
                               current if first is None and hold.amount else first)
         db.execute("INSERT INTO state_holds VALUES (?, 'held', 1, ?, ?)",
                    (rid, now + lease, orjson.dumps(lines).decode()))
-        db.executemany(_UPSERT, [(c, wid, 0, amount) for c, wid, amount, _, _ in lines
-                                 if amount])
+        db.executemany(_UPSERT, [(line[0], line[1], 0, line[2]) for line in lines
+                                 if line[2]])
+        _touch_runs(db, [line[0] for line in lines], now)
         if sweep:
             db.execute("DELETE FROM state_holds WHERE live = 0 AND expires < ?",
                        (now - self._retention,))
         return None, _read(db, read, now, after)
+
+    async def extend(
+        self, request_id: str, more: Mapping[str, int], *, lease: float, now: float
+    ) -> Denial | NotHeld | None:
+        grow = check_extend(request_id, more, lease, now)
+        if not self._sharing:
+            self._share()
+        return await self._run(lambda db: _extend(db, request_id, grow, lease, now))
 
     async def finish_and_read(
         self, request_id: str, actual: Mapping[str, int] | None, *, now: float,
@@ -176,7 +210,8 @@ class SqliteStore(PlainFromRead):
         if not self._sharing:
             self._share()
         read = list(read)
-        return await self._run(lambda db: _finish(db, request_id, spent, now, read))
+        return await self._run(lambda db: _finish(db, request_id, spent, now, read,
+                                                  self._run_ttl))
 
     async def usage(
         self, key: str, *, limit: int, window: Window, rolling: bool = False, now: float
@@ -188,7 +223,7 @@ class SqliteStore(PlainFromRead):
 
         def work(db: sqlite3.Connection) -> LimitUsage:
             _reclaim(db, now)
-            return _read(db, [hold], now)[0]
+            return _read(db, [hold], now, ttl=self._run_ttl)[0]
 
         return await self._run(work)
 
@@ -278,10 +313,37 @@ def _reclaim(db: sqlite3.Connection, now: float) -> None:
                       (now,)).fetchall()
     for rid, lines in rows:
         db.executemany("UPDATE state_cells SET reserved = reserved - ? WHERE counter = ? "
-                       "AND wid = ?", [(amount, counter, wid)
-                                       for counter, wid, amount, _, _ in orjson.loads(lines)])
+                       "AND wid = ?", [(line[2], line[0], line[1])
+                                       for line in orjson.loads(lines)])
         db.execute("UPDATE state_holds SET live = 0 WHERE rid = ?", (rid,))
 
+
+def _touch_runs(db: sqlite3.Connection, counters: Sequence[str], now: float) -> None:
+    """Note a write at `now` on the lifetime counters among `counters`."""
+    runs = [(c, now) for c in counters if c.startswith(RUN_PREFIX)]
+    if runs:
+        db.executemany(_TOUCH, runs)
+
+
+def _is_stale_run(db: sqlite3.Connection, counter: str, now: float, ttl: float) -> bool:
+    row = db.execute("SELECT touched FROM state_runs WHERE counter = ?", (counter,)
+                     ).fetchone()
+    return row is not None and row[0] + ttl < now
+
+
+def _renew_run(db: sqlite3.Connection, counter: str, now: float, ttl: float) -> None:
+    """Before writing a lifetime counter: empty it if nobody wrote to it for `ttl` and
+    it holds nothing (it counts as empty already; the write must not revive it)."""
+    if _is_stale_run(db, counter, now, ttl):
+        db.execute("DELETE FROM state_cells WHERE counter = ? AND reserved = 0", (counter,))
+
+
+def _sweep_runs(db: sqlite3.Connection, cutoff: float) -> None:
+    """Delete the lifetime counters last written before `cutoff` that hold nothing."""
+    db.execute("DELETE FROM state_cells WHERE reserved = 0 AND counter IN "
+               "(SELECT counter FROM state_runs WHERE touched < ?)", (cutoff,))
+    db.execute("DELETE FROM state_runs WHERE touched < ? AND counter NOT IN "
+               "(SELECT counter FROM state_cells)", (cutoff,))
 
 def _totals(db: sqlite3.Connection, counter: str, oldest: int, current: int
             ) -> tuple[int, int, int | None]:
@@ -306,7 +368,8 @@ def _totals(db: sqlite3.Connection, counter: str, oldest: int, current: int
 
 
 def _read(db: sqlite3.Connection, holds: list[Hold], now: float,
-          known: Mapping[str, tuple[int, int, int | None]] | None = None) -> list[LimitUsage]:
+          known: Mapping[str, tuple[int, int, int | None]] | None = None,
+          ttl: float = RUN_TTL) -> list[LimitUsage]:
     """Usage of each hold's limit at `now` (`known`: totals already read, by counter)."""
     out = []
     for hold in holds:
@@ -314,6 +377,9 @@ def _read(db: sqlite3.Connection, holds: list[Hold], now: float,
         totals = known.get(counter) if known else None
         if totals is None:
             totals = _totals(db, counter, *live_range(hold.window, now, hold.rolling))
+            if (hold.window is Window.RUN and totals[0] and not totals[1]
+                    and _is_stale_run(db, counter, now, ttl)):
+                totals = (0, 0, None)
         used, reserved, first = totals
         out.append(LimitUsage(key=hold.key, limit=hold.limit, used=used, reserved=reserved,
                               reset_at=room_returns_at(hold.window, now, hold.rolling,
@@ -321,21 +387,70 @@ def _read(db: sqlite3.Connection, holds: list[Hold], now: float,
     return out
 
 
+def _extend(db: sqlite3.Connection, rid: str, grow: Mapping[str, int], lease: float,
+            now: float) -> Denial | NotHeld | None:
+    """Grow a held reservation's lines of the metrics in `grow`, all or none, and renew
+    its lease (StateStore.extend)."""
+    row = db.execute("SELECT state, live, expires, lines FROM state_holds WHERE rid = ?",
+                     (rid,)).fetchone()
+    if row is None:
+        return NotHeld(rid, "unknown")
+    state, live, expires, text = row
+    if state != "held":
+        return NotHeld(rid, state)
+    if not live or expires <= now:
+        return NotHeld(rid, "expired")
+    _reclaim(db, now)  # other expired leases give their room back first
+    lines = orjson.loads(text)
+    changes = []
+    for line in lines:
+        more = grow.get(line[3])
+        if not more:
+            continue
+        if len(line) < 6:  # reserved before extend() existed: its limit is unknown
+            return NotHeld(rid, "unknown")
+        counter, wid, amount, metric, key, limit = line
+        kind, window_name, _ = counter.split(":", 2)
+        window = Window(window_name)
+        oldest, current = live_range(window, now, kind == "r")
+        if kind == "c" and wid != current:
+            continue  # its window ended: that bucket is closed and limits no more
+        used, reserved, first = _totals(db, counter, oldest, current)
+        if used + reserved + more > limit:
+            return Denial(key=key, limit=limit, used=used + reserved, requested=more,
+                          reset_at=room_returns_at(window, now, kind == "r", first),
+                          window=window, metric=Metric(metric))
+        line[2] = amount + more
+        changes.append((counter, wid, 0, more))
+    db.executemany(_UPSERT, changes)
+    db.execute("UPDATE state_holds SET expires = ?, lines = ? WHERE rid = ?",
+               (now + lease, orjson.dumps(lines).decode(), rid))
+    _touch_runs(db, [line[0] for line in lines], now)
+    return None
+
+
 def _finish(db: sqlite3.Connection, rid: str, actual: dict[str, int] | None,
-            now: float, read: list[Hold]) -> tuple[SettleResult, list[LimitUsage]]:
+            now: float, read: list[Hold], ttl: float
+            ) -> tuple[SettleResult, list[LimitUsage]]:
     """Settle (actual given) or release (None). An expired reservation is still charged
     its actual usage (the call happened); its hold is removed exactly once."""
     row = db.execute("SELECT state, live, lines FROM state_holds WHERE rid = ?", (rid,)
                      ).fetchone()
     if row is None or row[0] != "held":  # (a release always answers an empty result)
-        return SettleResult(already_settled=actual is not None), _read(db, read, now)
+        return (SettleResult(already_settled=actual is not None),
+                _read(db, read, now, ttl=ttl))
     _, live, lines = row
     charged: dict[str, int] = {}
     overrun: dict[str, int] = {}
     changes = []
-    for counter, wid, amount, metric, key in orjson.loads(lines):
+    written = []
+    for counter, wid, amount, metric, key, *_ in orjson.loads(lines):
         spent = 0 if actual is None else actual.get(metric, 0)
         held = amount if live else 0
+        if spent and counter.startswith(RUN_PREFIX):
+            if not live:  # (a live hold keeps its counter fresh)
+                _renew_run(db, counter, now, ttl)
+            written.append(counter)
         if spent or held:
             changes.append((counter, wid, spent, -held))
         if actual is not None:
@@ -343,6 +458,7 @@ def _finish(db: sqlite3.Connection, rid: str, actual: dict[str, int] | None,
             if spent > amount:
                 overrun[key] = spent - amount
     db.executemany(_UPSERT, changes)
+    _touch_runs(db, written, now)
     db.execute("UPDATE state_holds SET state = ?, live = 0, expires = ?, lines = '' "
                "WHERE rid = ?", ("released" if actual is None else "settled", now, rid))
-    return SettleResult(charged=charged, overrun=overrun), _read(db, read, now)
+    return SettleResult(charged=charged, overrun=overrun), _read(db, read, now, ttl=ttl)

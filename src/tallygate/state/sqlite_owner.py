@@ -33,13 +33,14 @@ import orjson
 
 from tallygate.errors import ConfigError, InvalidRequest, StoreUnavailable
 from tallygate.ledger.journal import Journal, Segment
-from tallygate.state.checks import check_finish, check_holds, check_usage_args
+from tallygate.state.base import RUN_TTL
+from tallygate.state.checks import check_extend, check_finish, check_holds, check_usage_args
 from tallygate.state.file_lock import release, take_owner
 from tallygate.state.owner_book import Book, Dirty
 from tallygate.state.read_along import PlainFromRead
 from tallygate.state.seen_ids import SeenIdsLoader
 from tallygate.state.sqlite import RETENTION, SqliteStore, connect_state
-from tallygate.types import Denial, Hold, LimitUsage, Metric, SettleResult, Window
+from tallygate.types import Denial, Hold, LimitUsage, Metric, NotHeld, SettleResult, Window
 
 log = logging.getLogger("tallygate.state")
 FLUSH_SECONDS = 1.0  # how stale the SQLite tables may be (the journal is never stale)
@@ -51,6 +52,8 @@ _CELLS = ("INSERT INTO state_cells (counter, wid, used, reserved) VALUES (?, ?, 
 _HOLDS = ("INSERT INTO state_holds (rid, state, live, expires, lines) VALUES (?, ?, ?, ?, ?) "
           "ON CONFLICT (rid) DO UPDATE SET state = excluded.state, live = excluded.live, "
           "expires = excluded.expires, lines = excluded.lines")
+_RUNS = ("INSERT INTO state_runs (counter, touched) VALUES (?, ?) "
+         "ON CONFLICT (counter) DO UPDATE SET touched = excluded.touched")
 
 
 def journal_dir(path: str) -> Path:
@@ -61,7 +64,8 @@ class OwnedSqliteStore(PlainFromRead):
     """StateStore for the one process that owns a SQLite state file."""
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0,
-                 retention: float = RETENTION, flush_seconds: float = FLUSH_SECONDS) -> None:
+                 retention: float = RETENTION, flush_seconds: float = FLUSH_SECONDS,
+                 run_ttl: float = RUN_TTL) -> None:
         if path == ":memory:":
             raise ConfigError("owner mode needs a state file (sqlite:///PATH), not :memory:")
         self._path = path
@@ -90,7 +94,7 @@ class OwnedSqliteStore(PlainFromRead):
                                            check_same_thread=False)
             opened.append(self._reader)
             self._flags = SqliteStore(path, busy_timeout=busy_timeout, retention=retention)
-            self._book = Book(self._finished_state)
+            self._book = Book(self._finished_state, run_ttl=run_ttl)
             self._journal = Journal(journal_dir(path), what="state journal")
             self._recover()
         except BaseException as exc:
@@ -111,6 +115,9 @@ class OwnedSqliteStore(PlainFromRead):
         for rid, live, expires, lines in self._db.execute(
                 "SELECT rid, live, expires, lines FROM state_holds WHERE state = 'held'"):
             book.load_row(rid, bool(live), expires, orjson.loads(lines))
+        for counter, touched in self._db.execute(
+                "SELECT counter, touched FROM state_runs ORDER BY touched"):
+            book.load_run(counter, touched)
         left = self._journal.orphans()
         replayed = 0
         for segment in left:
@@ -134,6 +141,9 @@ class OwnedSqliteStore(PlainFromRead):
             elif op[0] == "f":
                 _, rid, now, actual = op
                 self._book.finish(rid, actual, now, ())
+            elif op[0] == "e":
+                _, rid, lease, now, grow = op
+                self._book.extend(rid, grow, lease, now)
             else:
                 _, now = op
                 self._book.reclaim(now)
@@ -172,6 +182,21 @@ class OwnedSqliteStore(PlainFromRead):
         elif book.reclaims != reclaims:
             self._append_reclaim(now)
         return denial, usages
+
+    async def extend(
+        self, request_id: str, more: Mapping[str, int], *, lease: float, now: float
+    ) -> Denial | NotHeld | None:
+        grow = check_extend(request_id, more, lease, now)
+        self._usable()
+        book = self._book
+        reclaims = book.reclaims
+        result, changed = book.extend(request_id, grow, lease, now)
+        if changed:
+            self._append(orjson.dumps(["e", request_id, lease, now, grow],
+                                      option=orjson.OPT_APPEND_NEWLINE), now)
+        elif book.reclaims != reclaims:
+            self._append_reclaim(now)
+        return result
 
     async def finish_and_read(
         self, request_id: str, actual: Mapping[str, int] | None, *, now: float,
@@ -308,6 +333,9 @@ class OwnedSqliteStore(PlainFromRead):
             db.executemany(_HOLDS, [
                 (rid, state, live, expires, orjson.dumps(lines).decode() if lines else "")
                 for rid, state, live, expires, lines in dirty.holds])
+            db.executemany("DELETE FROM state_runs WHERE counter = ?",
+                           [(c,) for c in dirty.runs_gone])
+            db.executemany(_RUNS, dirty.runs)
             db.execute("DELETE FROM state_holds WHERE live = 0 AND state != 'held' "
                        "AND expires < ?", (now - self._retention,))
             db.execute("COMMIT")

@@ -19,6 +19,7 @@ from tallygate.gateway.throttle import AuthThrottle
 from tallygate.state.base import StateStore
 
 MAX_BODY = 4096
+RESERVED = "tallygate:"  # tallygate's own entries among the flags (gateway/reload.py)
 MAX_NAME = 128
 
 
@@ -30,7 +31,7 @@ def check_feature_name(name: str) -> str:
 
 async def flag_list(store: StateStore, static: Mapping[str, bool]) -> list[dict[str, object]]:
     """Every known flag: the policy's (features and `flags:`) overridden by run-time ones."""
-    runtime = await store.flags()
+    runtime = {k: v for k, v in (await store.flags()).items() if not k.startswith(RESERVED)}
     names = sorted({*static, *runtime})
     return [
         {"feature": name, "on": runtime.get(name, static.get(name, True)),
