@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install everything the tests need, then run the whole suite.
-# Python deps go into .venv; redis-server and PostgreSQL come from the OS packages
-# when missing. The tests start their own servers on free loopback ports.
+# Python deps go into .venv (Playwright for Python among them, which drives the system's
+# Chromium: never `playwright install`); redis-server, PostgreSQL and Chromium come from
+# the OS packages when missing. The tests start their own servers on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need_pkgs+=(postgresql)
 fi

@@ -202,3 +202,35 @@ async def test_sqlite_shared_by_processes(tmp_path: Path) -> None:
     finally:
         await store.close()
         await other.close()
+
+
+async def test_update_changes_plan_lists_and_limits(store: KeyStore) -> None:
+    key, secret = await store.create("u", "free", name="ci", features=["chat"],
+                                     limits={"tokens_per_day": 10})
+    updated = await store.update(key.id, plan="pro", features=[], models=["gpt-4o*"],
+                                 limits={"tokens_per_day": 500, "cost_usd_per_day": 2.5})
+    assert updated is not None
+    assert (updated.id, updated.user, updated.name, updated.created_at) == (
+        key.id, "u", "ci", key.created_at)
+    assert updated.plan == "pro" and updated.features == () and updated.models == ("gpt-4o*",)
+    assert updated.limits == {"tokens_per_day": 500, "cost_usd_per_day": 2.5}
+    assert await store.get(key.id) == updated
+    assert await store.verify(secret) == updated  # same secret, new settings
+    renamed = await store.update(key.id, name=None, limits={})
+    assert renamed is not None and renamed.name is None and renamed.limits == {}
+    assert renamed.plan == "pro"  # fields not given stay
+
+
+async def test_update_refuses_bad_values_unknown_and_revoked_keys(store: KeyStore) -> None:
+    key, _ = await store.create("u", "free")
+    for kwargs in ({"plan": ""}, {"limits": {"tokens_per_dya": 5}}, {"features": "chat"},
+                   {"limits": {"tokens_per_day": -1}}, {"models": [""]}):
+        with pytest.raises(InvalidRequest):
+            await store.update(key.id, **kwargs)  # type: ignore[arg-type]
+    assert await store.get(key.id) == key  # nothing changed
+    assert await store.update("key_missing", plan="pro") is None
+    await store.revoke(key.id)
+    with pytest.raises(InvalidRequest, match="revoked"):
+        await store.update(key.id, plan="pro")
+    after = await store.get(key.id)
+    assert after is not None and after.plan == "free"

@@ -59,7 +59,8 @@ def test_admin_disabled_is_403(store: MemoryKeyStore) -> None:
 ])
 def test_wrong_admin_key_is_401(client: TestClient, headers: dict[str, str]) -> None:
     for method, path in (("GET", "/admin/keys"), ("POST", "/admin/keys"),
-                         ("DELETE", "/admin/keys/key_x"), ("GET", "/admin/keys/key_x")):
+                         ("DELETE", "/admin/keys/key_x"), ("GET", "/admin/keys/key_x"),
+                         ("PATCH", "/admin/keys/key_x")):
         error = assert_error(client.request(method, path, headers=headers), 401,
                              "invalid_api_key")
         assert ADMIN not in error["message"]
@@ -151,6 +152,39 @@ def test_create_refuses_a_typo(client: TestClient, store: MemoryKeyStore, field:
                          "invalid_request")
     assert f"did you mean {hint!r}" in error["message"] and error["param"] == field
     assert asyncio.run(store.list(include_revoked=True)) == []
+
+
+async def test_update_a_key(client: TestClient, store: MemoryKeyStore) -> None:
+    created = client.post("/admin/keys", json={"user": "u", "plan": "free",
+                                               "features": ["chat"]}, headers=AUTH).json()
+    path = f"/admin/keys/{created['id']}"
+    changed = client.patch(path, json={"plan": "pro", "features": [], "models": ["gpt-4o"],
+                                       "limits": {"tokens_per_day": 9}}, headers=AUTH)
+    assert changed.status_code == 200, changed.text
+    data = changed.json()
+    assert (data["plan"], data["features"], data["models"], data["limits"]) == (
+        "pro", [], ["gpt-4o"], {"tokens_per_day": 9})
+    assert "key" not in data  # the secret is never shown again
+    key = await store.verify(created["key"])
+    assert key is not None and key.plan == "pro" and key.allows_feature("code_review")
+    for body, param in (({"plan": "gld"}, "plan"), ({"plna": "pro"}, "plna"),
+                        ({"user": "x"}, "user"), ({"limits": {"tokens_per_dya": 1}}, "limits"),
+                        ({}, None)):
+        error = assert_error(client.patch(path, json=body, headers=AUTH), 400,
+                             "invalid_request")
+        assert error["param"] == param
+    hint = assert_error(client.patch(path, json={"plna": "pro"}, headers=AUTH), 400,
+                        "invalid_request")
+    assert "did you mean 'plan'" in hint["message"]
+    typo = assert_error(client.patch(path, json={"models": ["gpt-4o-mni"]}, headers=AUTH),
+                        400, "invalid_request")  # the same names as a creation
+    assert "did you mean 'gpt-4o-mini'" in typo["message"] and typo["param"] == "models"
+    assert_error(client.patch("/admin/keys/key_nope", json={"plan": "pro"}, headers=AUTH),
+                 404, "not_found")
+    client.delete(path, headers=AUTH)
+    error = assert_error(client.patch(path, json={"plan": "free"}, headers=AUTH), 400,
+                         "invalid_request")
+    assert "revoked" in error["message"]
 
 
 def test_body_over_cap_is_413(client: TestClient) -> None:

@@ -51,7 +51,13 @@ def test_admin_runs_and_what_if(gateway: RunningGateway) -> None:
     assert data["step"] == "review" and data["model"] == "gpt-4o"
     assert [g["calls"] for g in data["groups"]] == [2]
     assert data["what_if_nusd"] > data["current_nusd"] > 0  # gpt-4o costs more than mini
-    for query, word in (("step=review", "model"), ("step=review&model=gpt-9000", "gpt-9000")):
+    status, _, raw = http("GET", gateway.url + "/admin/reports/what-if?feature=chat"
+                          "&model=gpt-4o", headers=ADMIN)
+    by_feature = orjson.loads(raw)
+    assert status == 200 and by_feature["feature"] == "chat" and by_feature["step"] is None
+    assert by_feature["current_nusd"] >= data["current_nusd"]
+    for query, word in (("step=review", "model"), ("step=review&model=gpt-9000", "gpt-9000"),
+                        ("step=review&feature=chat&model=gpt-4o", "feature")):
         status, _, raw = http("GET", gateway.url + f"/admin/reports/what-if?{query}",
                               headers=ADMIN)
         assert status == 400 and word in orjson.loads(raw)["error"]["message"]

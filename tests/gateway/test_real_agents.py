@@ -45,9 +45,10 @@ base_url = "{url}/v1"
 env_key = "TALLYGATE_API_KEY"
 wire_api = "responses"
 """
-# Room for one Claude Code turn (it holds its ~15k input + max_tokens 128,000), not two;
-# Codex holds ~11k input + the model's 8,192 output tokens.
-PLANS = {"pro": {"tokens_per_day": 10_000_000}, "claude-day": {"tokens_per_day": 150_000},
+# Streamed reservations: a turn holds its input (Claude Code ~15k, Codex ~11k) plus a
+# 2,048-token output slice, and is charged what it used. These plans have room for one
+# turn of each CLI, not two.
+PLANS = {"pro": {"tokens_per_day": 10_000_000}, "claude-day": {"tokens_per_day": 30_000},
          "codex-day": {"tokens_per_day": 25_000}}
 
 if os.environ.get("TALLYGATE_SKIP_AGENT_CLIS") == "1":

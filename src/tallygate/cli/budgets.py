@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tallygate.cli.tables import Column, FormatOpt, WideOpt, fit, output_format, show, write_csv
 from tallygate.errors import ConfigError, TallygateError
-from tallygate.reports.budgets import BudgetRow, Query, budget_rows, iso, row_json
+from tallygate.reports.budgets import BudgetRow, Query, budget_rows, human_delta, iso, row_json
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
@@ -28,7 +29,7 @@ FeatureOpt = Annotated[str | None, Opt("--feature", help="Only this feature.")]
 PlanOpt = Annotated[str | None, Opt("--plan", help="The user's plan, when it has no key.")]
 ModelOpt = Annotated[str | None, Opt("--model", help="Model whose model-scope limits to show.")]
 RunOpt = Annotated[str | None, Opt("--run", help="Also the limits of this run id.")]
-JsonOpt = Annotated[bool, Opt("--json", help="Print JSON instead of a table.")]
+JsonOpt = Annotated[bool, Opt("--json", help="Same as --format json.")]
 ConfigOpt = Annotated[Path | None, Opt("--config", help="Policy file (default ./tallygate.yaml).")]
 StateOpt = Annotated[str | None, Opt("--state", help="State store URL; overrides the policy.")]
 StoreOpt = Annotated[str | None, Opt("--store", help="Key store URL (default storage.ledger).")]
@@ -87,53 +88,59 @@ async def read_budgets(policy: Policy, q: Query, state_url: str, store_url: str,
 # ------------------------------------------------------------------ output
 
 
-def human_delta(seconds: float) -> str:
-    """3725 → "1h 02m", 59 → "59s", 90061 → "1d 01h"."""
-    s = max(0, int(seconds + 0.5))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
-
-
 def _amount(metric: str, value: int) -> str:
     from tallygate.reports.usage import usd_display
 
     return usd_display(value) if metric == "cost" else f"{value:,}"
 
 
-def render(rows: Iterable[Mapping[str, Any]]) -> None:
-    """The table, from the JSON rows (local or from a gateway's /admin/budgets)."""
-    from rich.console import Console
-    from rich.table import Table
+def _figure(name: str) -> Callable[[Mapping[str, Any]], str]:
+    return lambda d: _amount(d["metric"], d[name])
 
-    table = Table(title="Budgets and limits")
-    for name in ("scope", "id", "limit on", "limit", "used", "reserved", "remaining", "resets"):
-        table.add_column(name, justify="right" if name in
-                         ("limit", "used", "reserved", "remaining") else "left")
-    count = 0
-    for d in rows:
-        window = d["window"] + (" (rolling)" if d["rolling"] else "")
-        cells = [_amount(d["metric"], d[k]) for k in ("limit", "used", "reserved", "remaining")]
-        reset = ("never (the run's lifetime)" if d["reset_at"] is None else
-                 f"in {human_delta(d['reset_in_seconds'])} ({d['reset_at']})")
-        table.add_row(d["scope"], d["id"] or "-", f"{d['metric']}/{window}", *cells, reset)
-        count += 1
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=160)
-    console.print(table)
-    if not count:
-        console.print("no limits configured for this selection")
+
+def _resets_in(d: Mapping[str, Any]) -> str:
+    """A lifetime limit (window "run") never resets: its reset is null in the JSON."""
+    seconds = d["reset_in_seconds"]
+    return "never (run)" if seconds is None else human_delta(seconds)
+
+
+def _columns() -> list[Column]:
+    amount = _figure
+    return [
+        Column("scope", lambda d: d["scope"], number=False),
+        Column("id", lambda d: d["id"] or "-", number=False),
+        Column("limit on", lambda d: f"{d['metric']}/{d['window']}"
+               + (" (rolling)" if d["rolling"] else ""), number=False),
+        Column("limit", amount("limit"), 1),
+        Column("used", amount("used")),
+        Column("remaining", amount("remaining")),
+        Column("resets in", _resets_in),
+        Column("reserved", amount("reserved"), 2),
+        Column("resets at", lambda d: d["reset_at"] or "never", 3, number=False),
+    ]
+
+
+def render(rows: Iterable[Mapping[str, Any]], wide: bool = False) -> None:
+    """The table, from the JSON rows (local or from a gateway's /admin/budgets)."""
+    found = list(rows)
+    table = fit("Budgets and limits", _columns(), found, wide=wide)
+    show(table, *([] if found else ["no limits configured for this selection"]), wide=wide)
+
+
+BUDGET_CSV = ("key", "scope", "id", "metric", "window", "rolling", "limit", "used",
+              "reserved", "remaining", "reset_at", "reset_in_seconds", "limit_usd",
+              "used_usd", "reserved_usd", "remaining_usd")
+
+
+def render_csv(rows: Iterable[Mapping[str, Any]]) -> None:
+    write_csv(BUDGET_CSV, ([d.get(name) for name in BUDGET_CSV] for d in rows))
 
 
 def budgets(
     user: UserOpt = None, key: KeyOpt = None, feature: FeatureOpt = None,
     plan: PlanOpt = None, model: ModelOpt = None, run: RunOpt = None,
-    json: JsonOpt = False, config: ConfigOpt = None, state: StateOpt = None,
+    json: JsonOpt = False, fmt: FormatOpt = None, wide: WideOpt = False,
+    config: ConfigOpt = None, state: StateOpt = None,
     store: StoreOpt = None, url: UrlOpt = None, admin_key: AdminKeyOpt = None,
 ) -> None:
     """Every limit that applies, with used / reserved / remaining and the reset time."""
@@ -141,16 +148,19 @@ def budgets(
 
     q = Query(user, key, feature, plan, model, run)
     try:
+        kind = output_format(fmt, json)
         out = _remote(url, admin_key, q) if url else _local(q, config, state, store)
     except TallygateError as exc:
         raise _fail(exc.message) from None
     except OSError as exc:
         raise _fail(f"state store: {exc}") from None
-    if json:
+    if kind == "json":
         sys.stdout.buffer.write(dumps(out) + b"\n")
         sys.stdout.flush()
+    elif kind == "csv":
+        render_csv(out["limits"])
     else:
-        render(out["limits"])
+        render(out["limits"], wide)
 
 
 def _local(q: Query, config: Path | None, state: str | None,

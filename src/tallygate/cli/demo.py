@@ -79,8 +79,10 @@ def _print_reports(result: DemoResult, console: Console) -> None:
             console.print(f"{user}: {tally.count('rejected', user)} calls refused with 429 "
                           f"budget_exceeded (plan budget used up), "
                           f"{tally.count('ok', user)} answered")
+    from rich.markup import escape
+
     for line in tally.errors[:5]:
-        console.print(f"[red]unexpected error[/red] {line}")
+        console.print(f"[red]unexpected error[/red] {escape(line)}")
 
 
 def demo(

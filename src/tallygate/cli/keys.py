@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from tallygate.cli.tables import Column, FormatOpt, WideOpt, fit, output_format, show, write_csv
 from tallygate.errors import InvalidRequest, TallygateError
 
 T = TypeVar("T")
@@ -152,17 +153,19 @@ def revoke_key(target: Target, key_id: str) -> bool:
 
 def _show_created(data: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
 
-    scope = []
+    scope = []  # names come from the caller: escaped, never read as markup
     if data.get("features"):
-        scope.append("features: " + ", ".join(data["features"]))
+        scope.append("features: " + escape(", ".join(data["features"])))
     if data.get("models"):
-        scope.append("models: " + ", ".join(data["models"]))
+        scope.append("models: " + escape(", ".join(data["models"])))
     if data.get("limits"):
         scope.append("limits: " + ", ".join(f"{k}={v}" for k, v in data["limits"].items()))
     body = "\n".join([
-        f"id:   {data['id']}", f"user: {data['user']}   plan: {data['plan']}", *scope, "",
+        f"id:   {data['id']}", f"user: {escape(data['user'])}   plan: {escape(data['plan'])}",
+        *scope, "",
         f"[bold]{data['key']}[/bold]", "",
         "[yellow]This secret is shown only once: store it now. "
         "tallygate keeps only its hash.[/yellow]",
@@ -170,24 +173,43 @@ def _show_created(data: dict[str, Any]) -> None:
     Console().print(Panel(body, title="New virtual key", expand=False), soft_wrap=True)
 
 
-def _show_list(keys: list[dict[str, Any]], include_revoked: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table()
-    table.add_column("id", no_wrap=True)
-    for title in ("name", "user", "plan", "features", "models", "limits"):
-        table.add_column(title)
-    table.add_column("created", no_wrap=True)
+def _list_columns(include_revoked: bool) -> list[Column]:
+    columns = [
+        Column("id", lambda k: k["id"], number=False),
+        Column("user", lambda k: k["user"], number=False),
+        Column("plan", lambda k: k["plan"], number=False),
+        Column("features", lambda k: ", ".join(k["features"]) or "all", 1, number=False),
+        Column("models", lambda k: ", ".join(k["models"]) or "all", 2, number=False),
+        Column("limits", lambda k: ", ".join(f"{n}={v}" for n, v in k["limits"].items())
+               or "-", 2, number=False),
+        Column("name", lambda k: k.get("name") or "", 3, number=False),
+        Column("created", lambda k: _when(k["created_at"]), 4, number=False),
+    ]
     if include_revoked:
-        table.add_column("revoked", no_wrap=True)
-    for k in keys:
-        limits = ", ".join(f"{n}={v}" for n, v in k["limits"].items())
-        row = [k["id"], k.get("name") or "", k["user"], k["plan"],
-               ", ".join(k["features"]) or "all", ", ".join(k["models"]) or "all",
-               limits or "-", _when(k["created_at"])]
-        table.add_row(*row, *([_when(k["revoked_at"])] if include_revoked else []))
-    Console().print(table if keys else "No keys.")
+        columns.insert(3, Column("revoked", lambda k: _when(k["revoked_at"]), 1,
+                                 number=False))
+    return columns
+
+
+def _show_list(keys: list[dict[str, Any]], include_revoked: bool, wide: bool) -> None:
+    if not keys:
+        show("No keys.")
+        return
+    show(fit(None, _list_columns(include_revoked), keys, wide=wide), wide=wide)
+
+
+KEYS_CSV = ("id", "name", "user", "plan", "features", "models", "limits", "created_at",
+            "revoked_at")
+
+
+def _keys_csv(keys: list[dict[str, Any]]) -> None:
+    """Lists and limits as compact JSON, so every value parses back exactly."""
+    def cell(k: dict[str, Any], name: str) -> Any:
+        value = k.get(name)
+        return json.dumps(value, separators=(",", ":")) if isinstance(value, list | dict) \
+            else value
+
+    write_csv(KEYS_CSV, ([cell(k, n) for n in KEYS_CSV] for k in keys))
 
 
 def _guard(action: Callable[[], T]) -> T:
@@ -242,16 +264,20 @@ def create_cmd(
 def list_cmd(
     include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked keys.")]
     = False,
-    as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
+    as_json: JsonOpt = False, fmt: FormatOpt = None, wide: WideOpt = False,
+    store: StoreOpt = None, config: ConfigOpt = None,
     url: UrlOpt = None, admin_key: AdminKeyOpt = None,
 ) -> None:
     """List keys (never their secrets)."""
+    kind = _guard(lambda: output_format(fmt, as_json))
     target = Target(store, config, url, admin_key)
     found = _guard(lambda: list_keys(target, include_revoked))
-    if as_json:
+    if kind == "json":
         print(json.dumps({"keys": found}))
+    elif kind == "csv":
+        _keys_csv(found)
     else:
-        _show_list(found, include_revoked)
+        _show_list(found, include_revoked, wide)
 
 
 @keys_app.command("revoke")

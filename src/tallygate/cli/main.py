@@ -38,6 +38,7 @@ def _register() -> None:
     from tallygate.cli import (
         budgets,
         check,
+        dashboard,
         demo,
         doctor,
         flags,
@@ -51,8 +52,8 @@ def _register() -> None:
         text,
     )
 
-    for module in (init, demo, serve, reload, keys, flags, report, budgets, text, check, gen,
-                   sim, doctor):
+    for module in (init, demo, serve, dashboard, reload, keys, flags, report, budgets, text,
+                   check, gen, sim, doctor):
         module.register(app)
 
 

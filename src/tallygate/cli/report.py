@@ -1,5 +1,6 @@
 """`tallygate report`, `tallygate report runs` and `tallygate what-if`: read the ledger named
-by the policy (or `--ledger URL`) and print rich tables, or JSON with `--json`."""
+by the policy (or `--ledger URL`, or a gateway with `--url`) and print tables that fit the
+terminal, JSON or CSV (`--format`); `report --html FILE` writes the self-contained report."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from tallygate.cli.tables import FormatOpt, WideOpt
 from tallygate.errors import ConfigError, TallygateError
 
 T = TypeVar("T")
@@ -27,14 +29,16 @@ SinceOpt = Annotated[
     str | None, typer.Option("--since", help="From: 24h, 7d, 2026-11-01 or ISO time.")
 ]
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Until (exclusive), same forms.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
 UrlOpt = Annotated[str | None, typer.Option(
     "--url", help="Ask a running gateway (its /admin/reports routes) instead of the ledger.")]
 AdminKeyOpt = Annotated[str | None, typer.Option(
     "--admin-key", envvar="TALLYGATE_ADMIN_KEY", help="Admin key for --url.")]
 ByOpt = Annotated[
-    str, typer.Option("--by", help="feature|user|model|run|step|day|plan|provider")
+    str, typer.Option("--by", help="feature|user|model|run|step|day|plan|key|provider")
 ]
+HtmlOpt = Annotated[Path | None, typer.Option(
+    "--html", help="Write the self-contained HTML report of the window to this file.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -135,22 +139,35 @@ def _print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def _show(report: T, json: bool, render: Callable[[T], None],
-          to_json: Callable[[T], Any]) -> None:
-    """A report read from the ledger: as JSON, or rendered as tables."""
-    if json:
+def _show(report: T, fmt: str, wide: bool, render: Callable[[T, bool], None],
+          to_json: Callable[[T], Any], to_csv: Callable[[T], None]) -> None:
+    """A report, as tables that fit (all columns with `wide`), JSON or CSV."""
+    if fmt == "json":
         _print_json(to_json(report))
+    elif fmt == "csv":
+        to_csv(report)
     else:
-        render(report)
+        render(report, wide)
 
 
-def _show_remote(data: Any, json: bool, render: Callable[[T], None],
-                 from_json: Callable[[Any], T]) -> None:
-    """A report a gateway sent as JSON: printed as received, or rendered as tables."""
-    if json:
+def _show_remote(data: Any, fmt: str, wide: bool, render: Callable[[T, bool], None],
+                 from_json: Callable[[Any], T], to_csv: Callable[[T], None]) -> None:
+    """A report a gateway sent as JSON: printed as received, or rendered."""
+    if fmt == "json":
         _print_json(data)
+    elif fmt == "csv":
+        to_csv(from_json(data))
     else:
-        render(from_json(data))
+        render(from_json(data), wide)
+
+
+def _format(fmt: str | None, json: bool) -> str:
+    from tallygate.cli.tables import output_format
+
+    try:
+        return output_format(fmt, json)
+    except TallygateError as exc:
+        raise _fail(exc.message) from None
 
 
 def report_main(
@@ -159,6 +176,9 @@ def report_main(
     since: SinceOpt = None,
     until: UntilOpt = None,
     json: JsonOpt = False,
+    fmt: FormatOpt = None,
+    wide: WideOpt = False,
+    html: HtmlOpt = None,
     config: ConfigOpt = None,
     ledger: LedgerOpt = None,
     url: UrlOpt = None,
@@ -170,10 +190,16 @@ def report_main(
     from tallygate.cli import report_render as render
     from tallygate.reports.usage import usage_from_json, usage_json, usage_report
 
+    out = _format(fmt, json)
+    if html is not None:
+        if url is not None:
+            raise _fail("--html reads the ledger itself: give --ledger or --config, not --url")
+        _write_html(html, config, ledger, since, until)
+        return
     if url is not None:
         _show_remote(_remote(url, admin_key, "/admin/reports",
                              {"by": by, "since": since, "until": until}),
-                     json, render.usage, usage_from_json)
+                     out, wide, render.usage, usage_from_json, render.usage_csv)
         return
     url = _ledger_url_checked(config, ledger)
 
@@ -181,7 +207,25 @@ def report_main(
         start, end = _window(since, until)
         return await _on_ledger(url, lambda s: usage_report(s, by, since=start, until=end))
 
-    _show(_run(work), json, render.usage, usage_json)
+    _show(_run(work), out, wide, render.usage, usage_json, render.usage_csv)
+
+
+def _write_html(path: Path, config: Path | None, ledger: str | None, since: str | None,
+                until: str | None) -> None:
+    from tallygate.dashboard.report_html import ledger_report, write_report
+
+    url = _ledger_url_checked(config, ledger)
+
+    async def work() -> Any:
+        start, end = _window(since, until)
+        return await _on_ledger(url, lambda s: ledger_report(s, since=start, until=end))
+
+    page = _run(work)
+    try:
+        write_report(page, path)
+    except OSError as exc:
+        raise _fail(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"HTML report: {path}")
 
 
 def _remote(url: str, admin_key: str | None, path: str, params: dict[str, str | None]
@@ -203,6 +247,8 @@ def runs_main(
     since: SinceOpt = None,
     until: UntilOpt = None,
     json: JsonOpt = False,
+    fmt: FormatOpt = None,
+    wide: WideOpt = False,
     config: ConfigOpt = None,
     ledger: LedgerOpt = None,
     url: UrlOpt = None,
@@ -212,10 +258,11 @@ def runs_main(
     from tallygate.cli import report_render as render
     from tallygate.reports.runs import runs_from_json, runs_json, runs_report
 
+    out = _format(fmt, json)
     if url is not None:
         _show_remote(_remote(url, admin_key, "/admin/reports/runs",
                              {"run": run, "since": since, "until": until}),
-                     json, render.runs, runs_from_json)
+                     out, wide, render.runs, runs_from_json, render.runs_csv)
         return
     ledger_url = _ledger_url_checked(config, ledger)
 
@@ -224,28 +271,38 @@ def runs_main(
         return await _on_ledger(ledger_url,
                                 lambda s: runs_report(s, run=run, since=start, until=end))
 
-    _show(_run(work), json, render.runs, runs_json)
+    _show(_run(work), out, wide, render.runs, runs_json, render.runs_csv)
 
 
 def what_if_main(
-    step: Annotated[str, typer.Option("--step", help="Workflow step to re-price.")],
     model: Annotated[str, typer.Option("--model", help="Model whose prices to use.")],
+    step: Annotated[str | None, typer.Option("--step", help="Workflow step to re-price.")]
+    = None,
+    feature: Annotated[str | None, typer.Option(
+        "--feature", help="Or a feature to re-price.")] = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
     json: JsonOpt = False,
+    fmt: FormatOpt = None,
+    wide: WideOpt = False,
     config: ConfigOpt = None,
     ledger: LedgerOpt = None,
     url: UrlOpt = None,
     admin_key: AdminKeyOpt = None,
 ) -> None:
-    """Re-price the recorded calls of a step as if it had used another model."""
+    """Re-price the recorded calls of a step (or a feature) as if it had used another
+    model."""
     from tallygate.cli import report_render as render
     from tallygate.reports.runs import what_if, what_if_from_json, what_if_json
 
+    out = _format(fmt, json)
+    if (step is None) == (feature is None):
+        raise _fail("what-if needs --step STEP or --feature FEATURE (one of them)")
     if url is not None:
         _show_remote(_remote(url, admin_key, "/admin/reports/what-if",
-                             {"step": step, "model": model, "since": since, "until": until}),
-                     json, render.what_if, what_if_from_json)
+                             {"step": step, "feature": feature, "model": model,
+                              "since": since, "until": until}),
+                     out, wide, render.what_if, what_if_from_json, render.what_if_csv)
         return
     ledger_url = _ledger_url_checked(config, ledger)
 
@@ -256,9 +313,10 @@ def what_if_main(
         target = catalog.get(model)
         window = _window(since, until)
         return await _on_ledger(ledger_url, lambda store: what_if(
-            store, step, target, since=window[0], until=window[1], lookup=catalog.find))
+            store, step, target, since=window[0], until=window[1], lookup=catalog.find,
+            feature=feature))
 
-    _show(_run(work), json, render.what_if, what_if_json)
+    _show(_run(work), out, wide, render.what_if, what_if_json, render.what_if_csv)
 
 
 def register(app: typer.Typer) -> None:

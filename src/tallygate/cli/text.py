@@ -66,16 +66,17 @@ def count_source(name: str, raw: bytes, model: Any) -> dict[str, Any]:
 
 def _print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("file")
     table.add_column("kind")
     table.add_column("tokens", justify="right")
     table.add_column("exact")
     for row in rows:
-        table.add_row(row["file"], row["kind"], f"{row['tokens']:,}",
-                      "yes" if row["exact"] else "est.")
+        table.add_row(escape(row["file"]), row["kind"], f"{row['tokens']:,}",
+                      "yes" if row["exact"] else "est.")  # a file named "[/]" is a name
     Console(highlight=False).print(table)
 
 

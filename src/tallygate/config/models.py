@@ -405,6 +405,11 @@ class Feature(LimitFields):
     output_schema: dict[str, Any] | None = None
     log_content: bool | None = None  # None: the policy-wide log_content
     enabled: bool = True
+    # A streaming call holds its input plus `stream_slice` output tokens and grows the
+    # hold a slice at a time as tokens arrive (`streamed`), or holds the whole output cap
+    # at once (`full`). None: streamed (docs/policy.md says why).
+    reserve: Literal["full", "streamed"] | None = None
+    stream_slice: PositiveInt = 2048
 
     @field_validator("output_schema")
     @classmethod
@@ -496,6 +501,17 @@ class Server(BaseModel):
     # On SIGTERM / Ctrl-C: how long calls in flight may run on before their streams are
     # cut (each settled with what it relayed, and recorded).
     shutdown_deadline: Seconds = 10.0
+
+
+class Dashboard(BaseModel):
+    """`/dashboard` (docs/dashboard.md): the admin key signs in with every right; the
+    optional `viewer_key` signs in to see everything and change nothing."""
+
+    model_config = _MODEL_CONFIG
+
+    viewer_key: Secret = Field(default=None, repr=False)
+    refresh_seconds: Annotated[float, Field(ge=1, le=3600)] = 5.0
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
 
 
 class Tracing(BaseModel):
@@ -625,6 +641,7 @@ class PolicyModel(BaseModel):
     tracing: Tracing = Field(default_factory=Tracing)
     refusals: Refusals = Field(default_factory=Refusals)
     attribution: Attribution = Field(default_factory=Attribution)
+    dashboard: Dashboard = Field(default_factory=Dashboard)
     check: CheckSection = Field(default_factory=CheckSection)
 
     # An X-Tallygate-Feature value that names no feature: counted as the `default`

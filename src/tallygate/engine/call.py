@@ -21,7 +21,7 @@ DETAIL_VERSION = 1
 # Notes written into `detail` as they are (the others are reshaped in CallNotes.detail).
 _LISTED = ("unknown_feature", "summarized", "summarize", "trimmed_turns", "attempts",
            "halved", "trimmed_on_retry", "recovery", "fallback", "fallback_refused",
-           "fallback_skipped", "overrun", "usage", "message", "limit", "stopped")
+           "fallback_skipped", "overrun", "usage", "message", "limit", "stopped", "reserve")
 
 
 @dataclass(slots=True)  # per-call record: not frozen (see types.py)
@@ -50,6 +50,9 @@ class CallContext:
     forward_headers: dict[str, str] = field(default_factory=dict)  # to the upstream as sent
     upstream_query: str = ""  # the request's query string, passed on
     parent: str | None = None  # a sub-call's (summary) parent call id
+    # The front door can end a stream early with a length stop (the gateway's relay):
+    # only then may a stream hold its output a slice at a time (`reserve: streamed`).
+    can_cut: bool = False
 
 
 @dataclass(slots=True)
@@ -79,7 +82,8 @@ class CallNotes:
     usage: str | None = None  # why the upstream's usage was not used
     message: str | None = None  # a refusal's message
     limit: str | None = None  # the limit a refusal hit
-    stopped: str | None = None  # why tallygate ended the call early (shutdown)
+    stopped: str | None = None  # why tallygate ended the call early (shutdown, budget)
+    reserve: dict[str, int] | None = None  # a streamed reservation: slice, cap
 
     def note_attempt(self, entry: dict[str, Any]) -> None:
         if self.attempts is None:
@@ -169,6 +173,11 @@ class Call:
     upstream_ms: int | None = None
     first_token_at: float | None = None
     tap: StreamTap | None = None  # a stream's meter: what was relayed so far
+    # Streamed reservation (a stream holding its output a slice at a time): the output
+    # tokens held so far, the slice, and the fed bytes past which to count again.
+    held_output: int | None = None
+    stream_slice: int = 0
+    next_check: int = 0
 
     @property
     def feature(self) -> str:
@@ -185,8 +194,15 @@ class Call:
     def meter(self) -> StreamTap:
         """The tap the front door feeds a stream's bytes (or events) through."""
         if self.tap is None:
-            self.tap = self.adapter.stream_tap(self.ctx.route, self.body, model=self.model.name)
+            self.tap = self.adapter.stream_tap(
+                self.ctx.route, self.body, model=self.model.name,
+                cuttable=self.held_output is not None, cut_id=self.ctx.call_id)
         return self.tap
+
+    @property
+    def streamed(self) -> bool:
+        """The call holds its output a slice at a time (it may be cut at a refusal)."""
+        return self.held_output is not None
 
     def saw_first_token(self) -> None:
         if self.first_token_at is None:

@@ -54,9 +54,20 @@ from tallygate.errors import (
 )
 from tallygate.providers.base import adapter_for
 from tallygate.state.base import StateStore
-from tallygate.types import CallRecord, Hold, LimitUsage, Outcome, SettleResult, Usage, Window
+from tallygate.types import (
+    CallRecord,
+    Denial,
+    Hold,
+    LimitUsage,
+    Metric,
+    Outcome,
+    SettleResult,
+    Usage,
+    Window,
+)
 
 DEFAULT_LEASE_SECONDS = 600.0
+STREAM_MARGIN = 256  # output tokens a streamed hold keeps ahead of what was relayed
 SUMMARY_PREFIX = "Summary of the earlier conversation: "
 log = logging.getLogger("tallygate.engine")
 
@@ -319,6 +330,23 @@ class Engine:
             clamp = decision.clamp
             call.notes.clamp = (clamp.value, clamp.reason.value, clamp.requested)
         call.holds = self._holds(call, decision)
+        feature = call.policy.feature(call.ctx.feature)
+        total = (call.max_output or 0) * _choices(call.body)
+        if (call.ctx.stream and call.ctx.can_cut and call.holds and feature.reserve != "full"
+                and call.max_output and feature.stream_slice < total):
+            self._hold_a_slice(call, feature.stream_slice, total)
+
+    def _hold_a_slice(self, call: Call, slice_: int, total: int) -> None:
+        """Streamed reservation: hold the input and one slice of output; the stream
+        relay grows the hold by a slice at a time (`keep_up`)."""
+        tokens = call.count.tokens
+        amounts = Amounts(tokens + slice_, decide.cost_upper_bound(call.model, tokens, slice_))
+        call.holds = holds_for(call.policy.limit_index, self._identity(call.ctx),
+                               feature=call.ctx.feature, model=call.model.name,
+                               amounts=amounts)
+        call.held_output, call.stream_slice = slice_, slice_
+        call.next_check = slice_ // 2  # bytes ≥ tokens: no count before this many bytes
+        call.notes.reserve = {"slice": slice_, "cap": total}
 
     def fallback_models(self, call: Call) -> list[str]:
         """The feature's fallbacks that speak the call's protocol (others are skipped,
@@ -563,9 +591,12 @@ class Engine:
     # ------------------------------------------------------------------ streams
 
     async def finish_stream(self, call: Call, *, ended: bool, disconnected: bool = False,
-                            code: str = "upstream_stream_error") -> CallRecord | None:
-        """A relayed stream ended: read to its end (`ended`), cut by the client's
-        disconnect, or broken (the upstream failed, or tallygate stopped it: `code`)."""
+                            code: str = "upstream_stream_error",
+                            cut: bool = False) -> CallRecord | None:
+        """A relayed stream ended: read to its end (`ended`), ended by tallygate with a
+        length stop because its hold could not grow (`cut`: an answered call, settled
+        with what was relayed), cut by the client's disconnect, or broken (the upstream
+        failed, or tallygate stopped it: `code`)."""
         if call.closed:
             return None
         call.upstream_ms = _elapsed_ms(call.upstream_started)
@@ -577,11 +608,63 @@ class Engine:
             call.notes.usage = "the upstream reported an impossible usage: charged the hold"
         if ended:
             return await self.complete(call, usage, exact=exact)
+        if cut:
+            return await self.complete(call, usage, exact=False)
         if disconnected:
             return await self.fail(call, status=499, error_code="client_disconnected",
                                    usage=usage)
         return await self.fail(call, status=200, error_code=call.notes.stopped or code,
                                usage=usage)
+
+    async def keep_up(self, call: Call) -> bool:
+        """A streamed reservation as its stream grows: when the output nears the hold,
+        grow the hold by a slice (one atomic store operation, every limit checked).
+        False when it cannot grow: the front door cuts the stream there (tap.cut_stream)
+        and finishes it with `finish_stream(cut=True)`. Cheap between checks: the bytes
+        fed bound the tokens from above, so tokens are counted only near the hold."""
+        tap = call.tap
+        held = call.held_output
+        if held is None or tap is None or tap.fed_bytes < call.next_check:
+            return True
+        used = tap.output_tokens_so_far()
+        # Checked after every event: the margin covers what one event may carry.
+        margin = min(call.stream_slice // 2, STREAM_MARGIN)
+        if used < held - margin:
+            call.next_check = tap.fed_bytes + (held - margin - used)
+            return True
+        cap = (call.max_output or 0) * _choices(call.body)
+        more = min(call.stream_slice, cap - held)
+        if more <= 0:
+            call.held_output = None  # the whole cap is held: nothing left to grow
+            return True
+        grown = await self._extend(call, more)
+        if grown:
+            call.held_output = held + grown
+            call.next_check = tap.fed_bytes + max(1, call.held_output - margin - used)
+        return grown > 0
+
+    async def _extend(self, call: Call, more: int) -> int:
+        """Grow the hold by `more` output tokens, or by the room a refusal says is left
+        (the last slice of a budget); the tokens added, 0 when none could be."""
+        for _ in range(2):
+            cost = decide.cost_upper_bound(call.model, 0, more)
+            try:
+                refused = await self.store.extend(call.hold_id, {"tokens": more, "cost": cost},
+                                                  lease=self.lease, now=self.clock())
+            except TallygateError as exc:  # the store is down: stop here, never overspend
+                call.notes.stopped = f"budget ({exc.code})"
+                return 0
+            if refused is None:
+                return more
+            room = (refused.limit - refused.used) if isinstance(refused, Denial) else 0
+            if isinstance(refused, Denial) and refused.metric is Metric.TOKENS \
+                    and 0 < room < more:
+                more = room  # the tokens left in the tightest limit: try those
+                continue
+            break
+        call.notes.stopped = "budget"
+        call.notes.limit = getattr(refused, "key", None)
+        return 0
 
     # ------------------------------------------------------------------ closing
 

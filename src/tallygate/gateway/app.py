@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from dataclasses import replace
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from tallygate.config import Policy
 from tallygate.config.names import PolicyNames
 from tallygate.core.catalog import Catalog
+from tallygate.dashboard.app import Dashboard
+from tallygate.dashboard.sources import Sources, of_runtime
 from tallygate.gateway import edges, ops
 from tallygate.gateway.admin import admin_routes
 from tallygate.gateway.admin.flags import flag_routes
@@ -65,6 +69,7 @@ class Gateway:
         self.count_tokens: ops.CountTokens | None = None
         self.drain = Drain()
         self.observe: Observability | None = None
+        self.dashboard: Sources | None = None  # what /dashboard reads (dashboard/sources.py)
         self.throttled = policy.server.auth_failures_per_minute > 0
 
     async def startup(self) -> None:
@@ -72,7 +77,8 @@ class Gateway:
             self.runtime = await Runtime.open(self.policy, sole_process=self._sole_process)
         await self.upstream.start()
         rt = self.runtime
-        self.observe = install(rt, self.policy)
+        self.dashboard = await of_runtime(rt)
+        self.observe = install(rt, self.policy, alert_log=self.dashboard.alerts)
         if self.access_log_path:
             self.access_log = AccessLog(self.access_log_path)
             rt.recorders.recorders.append(self.access_log)
@@ -106,7 +112,14 @@ class Gateway:
                     *flag_routes(rt.store, admin_key, static=_static_flags(self.policy),
                                  names=names, throttle=throttle),
                     *report_routes(rt, admin_key, throttle),
-                    *reload_routes(self.reload, admin_key, throttle)])
+                    *reload_routes(self.reload, admin_key, throttle),
+                    *self._dashboard_routes(names)])
+
+    def _dashboard_routes(self, names: PolicyNames) -> list[BaseRoute]:
+        """/dashboard over this gateway's stores, with the policy in force."""
+        assert self.dashboard is not None and self.runtime is not None
+        sources = replace(self.dashboard, policy=self.policy, catalog=self.runtime.catalog)
+        return Dashboard(sources, names=names).routes()
 
     async def reload(self) -> Policy:
         """Reload the policy file (gateway/reload.py); ConfigError keeps the running one."""
@@ -141,6 +154,8 @@ class Gateway:
         await self.drain.wait()
         if self.observe is not None:
             await self.observe.close()
+        if self.dashboard is not None:
+            await self.dashboard.close()
         await self.upstream.close()
         if self.runtime is not None and self._owns_runtime:
             await self.runtime.close()

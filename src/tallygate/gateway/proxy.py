@@ -124,6 +124,7 @@ class Proxy:
         body, _ = apply_output_schema(route.protocol, route.name, ctx.feature or "default",
                                       schema, body)
         ctx.stream = body.get("stream") is True
+        ctx.can_cut = True  # the relay meters every event and can end a stream cleanly
         who = agent_attribution(headers, body, self.policy.attribution)
         ctx.run = ctx.run or who.run
         ctx.end_user = who.end_user

@@ -8,12 +8,13 @@ from __future__ import annotations
 import time
 
 from tallygate.errors import ConfigError
-from tallygate.keys.base import BaseKeyStore, Clock, KeyStore
+from tallygate.keys.base import UNSET, BaseKeyStore, Clock, KeyStore
 from tallygate.keys.cache import CachedKeyStore
 from tallygate.keys.memory import MemoryKeyStore
 from tallygate.keys.model import VirtualKey, check_limits, parse_limit_items
 
 __all__ = [
+    "UNSET",
     "BaseKeyStore",
     "CachedKeyStore",
     "KeyStore",

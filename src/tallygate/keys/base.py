@@ -10,8 +10,11 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import replace
+from enum import Enum
+from typing import Final, Literal, Protocol, runtime_checkable
 
+from tallygate.errors import InvalidRequest
 from tallygate.keys.model import (
     LimitValue,
     VirtualKey,
@@ -25,6 +28,14 @@ from tallygate.keys.model import (
 )
 
 Clock = Callable[[], float]
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+UNSET: Final = _Unset.UNSET  # "leave this field as it is" in KeyStore.update
+Unset = Literal[_Unset.UNSET]
 
 
 @runtime_checkable
@@ -56,6 +67,22 @@ class KeyStore(Protocol):
 
     async def revoke(self, key_id: str) -> bool:
         """Revoke; True when the key exists (revoking twice keeps the first time)."""
+        ...
+
+    async def update(
+        self,
+        key_id: str,
+        *,
+        plan: str | Unset = UNSET,
+        name: str | Unset | None = UNSET,
+        features: Sequence[str] | Unset = UNSET,
+        models: Sequence[str] | Unset = UNSET,
+        limits: Mapping[str, LimitValue] | Unset = UNSET,
+    ) -> VirtualKey | None:
+        """Change an active key's plan, name, allow-lists or own limits (fields left UNSET
+        stay; an empty list allows everything again, `{}` drops the key's limits, name
+        None clears it). The secret and the id stay. None when there is no such key;
+        InvalidRequest when it is revoked or a value is malformed."""
         ...
 
     async def close(self) -> None: ...
@@ -106,6 +133,46 @@ class BaseKeyStore:
 
     async def revoke(self, key_id: str) -> bool:
         return await self._mark_revoked(key_id, int(self._clock()))
+
+    async def get(self, key_id: str) -> VirtualKey | None:
+        raise NotImplementedError
+
+    async def update(
+        self,
+        key_id: str,
+        *,
+        plan: str | Unset = UNSET,
+        name: str | Unset | None = UNSET,
+        features: Sequence[str] | Unset = UNSET,
+        models: Sequence[str] | Unset = UNSET,
+        limits: Mapping[str, LimitValue] | Unset = UNSET,
+    ) -> VirtualKey | None:
+        changes: dict[str, object] = {}
+        if plan is not UNSET:
+            changes["plan"] = str(check_text(plan, "plan"))
+        if name is not UNSET:
+            changes["name"] = check_text(name, "name", optional=True)
+        if features is not UNSET:
+            changes["features"] = check_names(features, "features")
+        if models is not UNSET:
+            changes["models"] = check_names(models, "models")
+        if limits is not UNSET:
+            changes["limits"] = check_limits(limits)
+        key = await self.get(key_id)
+        if key is None:
+            return None
+        if not key.active:
+            raise InvalidRequest(f"Key {key_id[:64]!r} is revoked: create a new one.",
+                                 param="id")
+        updated = replace(key, **changes)  # type: ignore[arg-type]
+        if not await self._replace(updated):  # revoked meanwhile
+            raise InvalidRequest(f"Key {key_id[:64]!r} is revoked: create a new one.",
+                                 param="id")
+        return updated
+
+    async def _replace(self, key: VirtualKey) -> bool:
+        """Store `key`'s plan, name, allow-lists and limits if it is still active."""
+        raise NotImplementedError
 
     async def _insert(self, key: VirtualKey, digest: str) -> None:
         raise NotImplementedError

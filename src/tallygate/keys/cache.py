@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from tallygate.keys.base import KeyStore
+from tallygate.keys.base import UNSET, KeyStore, Unset
 from tallygate.keys.model import LimitValue, VirtualKey, hash_secret, plausible_secret
 
 Clock = Callable[[], float]
@@ -131,6 +131,22 @@ class CachedKeyStore:
         ok = await self.inner.revoke(key_id)
         self._good.drop_key(key_id)
         return ok
+
+    async def update(
+        self,
+        key_id: str,
+        *,
+        plan: str | Unset = UNSET,
+        name: str | Unset | None = UNSET,
+        features: Sequence[str] | Unset = UNSET,
+        models: Sequence[str] | Unset = UNSET,
+        limits: Mapping[str, LimitValue] | Unset = UNSET,
+    ) -> VirtualKey | None:
+        """Update; this process sees the change at once, others within `ttl`."""
+        key = await self.inner.update(key_id, plan=plan, name=name, features=features,
+                                      models=models, limits=limits)
+        self._good.drop_key(key_id)
+        return key
 
     def invalidate(self) -> None:
         """Forget everything cached (e.g. after an out-of-band change)."""

@@ -37,6 +37,13 @@ class MemoryKeyStore(BaseKeyStore):
             self._keys[key_id] = replace(key, revoked_at=now)
         return True
 
+    async def _replace(self, key: VirtualKey) -> bool:
+        current = self._keys.get(key.id)
+        if current is None or not current.active:
+            return False
+        self._keys[key.id] = key
+        return True
+
     async def get(self, key_id: str) -> VirtualKey | None:
         return self._keys.get(key_id)
 

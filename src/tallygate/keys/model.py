@@ -8,6 +8,7 @@ so a fast hash is right and keeps verification cheap on every request.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import math
@@ -29,6 +30,8 @@ LimitValue = int | float
 _WINDOWS = "minute|hour|day|month"
 _COUNT_LIMIT = re.compile(rf"^(tokens|requests)_per_({_WINDOWS})$")
 _COST_LIMIT = re.compile(rf"^cost_(usd_per_({_WINDOWS})|per_({_WINDOWS})_usd)$")
+LIMIT_NAMES = tuple(f"{m}_per_{w}" for m in ("tokens", "requests", "cost_usd")
+                    for w in _WINDOWS.split("|"))
 
 
 def new_secret() -> str:
@@ -141,9 +144,12 @@ def check_limits(limits: object) -> dict[str, LimitValue]:
                   and math.isfinite(value) and value >= 0)
             kind = "a non-negative number of USD"
         else:
+            hint = difflib.get_close_matches(name[:64], LIMIT_NAMES, n=1, cutoff=0.6)
+            guess = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise InvalidRequest(
-                f"Unknown limit {name[:64]!r}: use <tokens|requests>_per_<minute|hour|day|month>"
-                " or cost_usd_per_<window>.", param="limits")
+                f"Unknown limit {name[:64]!r}{guess}: use "
+                "<tokens|requests>_per_<minute|hour|day|month> or cost_usd_per_<window>.",
+                param="limits")
         if not ok:
             raise InvalidRequest(f"Limit {name!r} must be {kind}.", param="limits")
         out[name] = value

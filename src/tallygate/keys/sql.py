@@ -44,6 +44,8 @@ LIST_ACTIVE = (
 )
 REVOKE = "UPDATE tg_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
 EXISTS = "SELECT 1 FROM tg_keys WHERE id = ?"
+UPDATE = ("UPDATE tg_keys SET name = ?, plan = ?, features = ?, models = ?, limits = ? "
+          "WHERE id = ? AND revoked_at IS NULL")
 
 
 def _json(value: Any) -> str:
@@ -53,6 +55,11 @@ def _json(value: Any) -> str:
 def key_params(key: VirtualKey, digest: str) -> tuple[Any, ...]:
     return (digest, key.id, key.name, key.user, key.plan, _json(list(key.features)),
             _json(list(key.models)), _json(key.limits), key.created_at, key.revoked_at)
+
+
+def update_params(key: VirtualKey) -> tuple[Any, ...]:
+    return (key.name, key.plan, _json(list(key.features)), _json(list(key.models)),
+            _json(key.limits), key.id)
 
 
 def key_from_row(row: Sequence[Any]) -> tuple[VirtualKey, str]:
@@ -118,6 +125,12 @@ class SqliteKeyStore(BaseKeyStore):
 
     async def _insert(self, key: VirtualKey, digest: str) -> None:
         await self._call(self._fetch, INSERT, key_params(key, digest))
+
+    def _replace_sync(self, key: VirtualKey) -> bool:
+        return bool(self._db().execute(UPDATE, update_params(key)).rowcount)
+
+    async def _replace(self, key: VirtualKey) -> bool:
+        return bool(await self._call(self._replace_sync, key))
 
     async def _find_by_hash(self, digest: str) -> tuple[VirtualKey, str] | None:
         rows = await self._call(self._fetch, BY_HASH, (digest,))
@@ -191,6 +204,11 @@ class PostgresKeyStore(BaseKeyStore):
 
     async def _insert(self, key: VirtualKey, digest: str) -> None:
         await self._fetch(INSERT, key_params(key, digest))
+
+    async def _replace(self, key: VirtualKey) -> bool:
+        async with self._lock:
+            cur = await self._execute(UPDATE, update_params(key))
+            return bool(cur.rowcount)
 
     async def _find_by_hash(self, digest: str) -> tuple[VirtualKey, str] | None:
         rows = await self._fetch(BY_HASH, (digest,))

@@ -12,6 +12,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tallygate.ledger import rollups
+
 Dialect = Literal["sqlite", "postgres"]
 
 # The calls table as version 1 created it (released: never edit).
@@ -126,10 +128,11 @@ def _v2(dialect: Dialect) -> list[str]:
     ]
 
 
-_STATEMENTS = {1: _v1, 2: _v2}
+_STATEMENTS = {1: _v1, 2: _v2, 3: rollups.statements}
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calls table and its indexes"),
     Migration(2, "one row per call: keyed on request_id; client_request_id, upstream_ms"),
+    Migration(3, "hourly and daily rollups kept by a trigger (ledger/rollups.py)"),
 )
 LATEST = MIGRATIONS[-1].version
 

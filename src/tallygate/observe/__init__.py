@@ -23,6 +23,7 @@ from tallygate.observe.metrics import MetricsRecorder, metrics_route
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
+    from tallygate.observe.alert_log import AlertLog
     from tallygate.observe.alerts import AlertEngine
     from tallygate.observe.tracing import TracingRecorder
     from tallygate.observe.webhooks import Poster
@@ -43,6 +44,7 @@ class Observability:
     routes: list[Route]
     tracing: TracingRecorder | None = None
     alerts: AlertEngine | None = None
+    alert_log: AlertLog | None = None  # where fired alerts are kept (the dashboard's page)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def reload(self, runtime: Runtime, policy: Policy) -> None:
@@ -53,7 +55,8 @@ class Observability:
             runtime.recorders.recorders.remove(self.alerts)
             self.alerts = None
         if policy.alerts:
-            self.alerts = _alert_engine(runtime, policy, None, time.time, 5.0)
+            self.alerts = _alert_engine(runtime, policy, None, time.time, 5.0,
+                                        self.alert_log)
             runtime.recorders.recorders.append(self.alerts)
             self.alerts.start()
 
@@ -89,13 +92,15 @@ def install(
     clock: Callable[[], float] = time.time,
     refresh_seconds: float = REFRESH_SECONDS,
     alert_interval: float = 5.0,
+    alert_log: AlertLog | None = None,
 ) -> Observability:
     """Add the metrics (always), tracing (when configured or a provider is given) and
     alert (when rules exist) recorders to the runtime and start their background tasks.
-    Call from a running event loop; returns the `/metrics` route in `routes`."""
+    Call from a running event loop; returns the `/metrics` route in `routes`. Fired
+    alerts are kept in `alert_log` when given (the dashboard's alerts page)."""
     metrics = MetricsRecorder(policy, runtime.catalog)
     token = policy.metrics.token.get_secret_value() if policy.metrics.token else None
-    obs = Observability(metrics, [metrics_route(metrics, token)])
+    obs = Observability(metrics, [metrics_route(metrics, token)], alert_log=alert_log)
     runtime.recorders.recorders.append(metrics)
     options = tracing_options(policy)
     if tracer_provider is not None or options.get("exporter", "none") != "none":
@@ -108,7 +113,7 @@ def install(
             service_name=options.get("service_name", "tallygate"))
         runtime.recorders.recorders.append(obs.tracing)
     if policy.alerts:
-        obs.alerts = _alert_engine(runtime, policy, poster, clock, alert_interval)
+        obs.alerts = _alert_engine(runtime, policy, poster, clock, alert_interval, alert_log)
         runtime.recorders.recorders.append(obs.alerts)
         obs.alerts.start()
     obs._tasks.append(asyncio.create_task(
@@ -117,13 +122,14 @@ def install(
 
 
 def _alert_engine(runtime: Runtime, policy: Policy, poster: Poster | None,
-                  clock: Callable[[], float], interval: float) -> AlertEngine:
+                  clock: Callable[[], float], interval: float,
+                  log: AlertLog | None = None) -> AlertEngine:
     from tallygate.observe.alerts import AlertEngine
     from tallygate.observe.figures import LedgerFigures
 
     return AlertEngine(policy.alerts, runtime.store, LedgerFigures(runtime.ledger),
                        policy=policy, catalog=runtime.catalog, clock=clock, poster=poster,
-                       interval=interval, keys=runtime.keys)
+                       interval=interval, keys=runtime.keys, log=log)
 
 
 async def _refresh_loop(obs: Observability, runtime: Runtime, clock: Callable[[], float],

@@ -36,7 +36,9 @@ from tallygate.core.catalog import Catalog
 from tallygate.core.limits import Amounts, Identity, Rules, holds_for, parse_key
 from tallygate.core.runaway import InputHistory, Judgement, Verdict
 from tallygate.core.windows import bucket, bucket_bounds
+from tallygate.errors import TallygateError
 from tallygate.keys.base import KeyStore
+from tallygate.observe.alert_log import AlertLog
 from tallygate.observe.figures import FiguresSource, WindowFigures
 from tallygate.observe.webhooks import Poster, WebhookSender
 from tallygate.reports.budgets import key_limit_rules
@@ -97,6 +99,7 @@ class AlertEngine:
         interval: float = 5.0,
         sender: WebhookSender | None = None,
         keys: KeyStore | None = None,
+        log: AlertLog | None = None,
     ) -> None:
         self.rules = tuple(rules)
         self.ids = tuple(rule_id(r) for r in self.rules)
@@ -108,6 +111,7 @@ class AlertEngine:
         self.interval = interval
         self.sender = sender or WebhookSender(poster)
         self.keys = keys  # for virtual keys' own limits (budget_used)
+        self.log = log  # where fired payloads are kept for the dashboard
         self.fired: list[dict[str, Any]] = []  # payloads this process fired (newest last)
         self._context_rules = [i for i, r in enumerate(self.rules)
                                if r.metric == "context_utilization"]
@@ -199,6 +203,11 @@ class AlertEngine:
         for payload in fired:
             self.sender.send(self.rules[payload["rule"]["index"]].notify, payload)
         self.fired += fired
+        if fired and self.log is not None:
+            try:
+                await self.log.append(fired, now=now)
+            except TallygateError:  # the webhooks are queued: only the record is lost
+                log.warning("alerts: cannot record fired alerts", exc_info=True)
         return fired
 
     async def _window_rule(self, i: int, rule: Alert, now: float) -> list[dict[str, Any]]:

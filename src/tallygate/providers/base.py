@@ -57,8 +57,10 @@ class WireAdapter(Protocol):
 
     def usage_from_body(self, route: str, body: Mapping[str, Any]) -> Usage | None: ...
 
-    def stream_tap(self, route: str, body: Mapping[str, Any], *, model: str) -> StreamTap:
-        """The usage tap for a stream of `route` answering `body`."""
+    def stream_tap(self, route: str, body: Mapping[str, Any], *, model: str,
+                   cuttable: bool = False, cut_id: str = "tallygate-cut") -> StreamTap:
+        """The usage tap for a stream of `route` answering `body`; `cuttable`: it can end
+        the stream early with the protocol's own length stop (tap.cut_stream())."""
         ...
 
     def classify_error(self, status: int, body: bytes | Mapping[str, Any] | None,
@@ -151,9 +153,12 @@ class OpenAIAdapter:
         del forward_headers
         return openai.prepare_body(route, body, model=model, max_output=max_output)
 
-    def stream_tap(self, route: str, body: Mapping[str, Any], *, model: str) -> StreamTap:
+    def stream_tap(self, route: str, body: Mapping[str, Any], *, model: str,
+                   cuttable: bool = False, cut_id: str = "tallygate-cut") -> StreamTap:
+        n = body.get("n")
         return openai.stream_tap(route, client_wants_usage=openai.client_wants_usage(body),
-                                 model=model)
+                                 model=model, cuttable=cuttable, cut_id=cut_id,
+                                 choices=n if isinstance(n, int) and n > 0 else 1)
 
     def stream_error_event(self, route: str, code: str | None, message: str) -> bytes:
         return openai.stream_error_event(code, message, type=self.stream_error_type,
@@ -231,9 +236,10 @@ class AnthropicAdapter:
         return anthropic.prepare_body(route, body, model=model, max_output=max_output,
                                       interleaved=interleaved)
 
-    def stream_tap(self, route: str, body: Mapping[str, Any], *, model: str) -> StreamTap:
+    def stream_tap(self, route: str, body: Mapping[str, Any], *, model: str,
+                   cuttable: bool = False, cut_id: str = "tallygate-cut") -> StreamTap:
         del body
-        return anthropic.stream_tap(route, model=model)
+        return anthropic.stream_tap(route, model=model, cuttable=cuttable, cut_id=cut_id)
 
     def stream_error_event(self, route: str, code: str | None, message: str) -> bytes:
         del route

@@ -93,6 +93,9 @@ class StreamTap:
         self.error: dict[str, Any] | None = None  # an error event the upstream sent
         self.finish_reason: str | None = None
         self._buf = bytearray()
+        # Bytes fed so far: an upper bound of the output tokens, free to keep (byte-level
+        # BPE never makes more tokens than bytes), so meters count exactly only near a bound.
+        self.fed_bytes = 0
         self._text: list[str] = []
         self._deferred: list[bytes] = []  # plain text deltas, parsed only when needed
 
@@ -118,6 +121,7 @@ class StreamTap:
     def feed(self, chunk: bytes) -> bytes:
         if not chunk:
             return b""
+        self.fed_bytes += len(chunk)
         holding = self._may_strip()
         out = bytearray()
         for raw in self._complete_events(chunk):

@@ -137,3 +137,15 @@ def row_json(row: BudgetRow, now: float) -> dict[str, Any]:
         for name in ("limit", "used", "reserved", "remaining"):
             data[f"{name}_usd"] = usd(data[name])
     return data
+
+
+def human_delta(seconds: float) -> str:
+    """3725 → "1h 02m", 59 → "59s", 90061 → "1d 01h"."""
+    s = max(0, int(seconds + 0.5))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
 from tallygate.reports.usage import as_int, iso, time_filter, usd
 from tallygate.types import ModelInfo
@@ -198,7 +199,7 @@ class WhatIfGroup:
 
 @dataclass(frozen=True, slots=True)
 class WhatIf:
-    step: str
+    step: str | None  # the step re-priced, or None when it is a feature
     model: str
     since: float | None
     until: float | None
@@ -206,10 +207,17 @@ class WhatIf:
     current_nusd: int
     what_if_nusd: int
     notes: list[str]
+    feature: str | None = None  # the feature re-priced (what-if --feature)
 
     @property
     def saving_nusd(self) -> int:
+        """Positive when the other model is cheaper; negative is an extra cost."""
         return self.current_nusd - self.what_if_nusd
+
+    @property
+    def subject(self) -> str:
+        """`step 'review'` or `feature 'chat'`, for titles."""
+        return f"step {self.step!r}" if self.step is not None else f"feature {self.feature!r}"
 
 
 _GREATEST = {"sqlite": "MAX", "postgres": "GREATEST"}
@@ -221,7 +229,7 @@ SELECT COALESCE(model_used, model_requested), COUNT(*), SUM(input_tokens), SUM(o
        SUM(({greatest}(0, input_tokens - cached_tokens - cache_write_tokens) * ?
             + cached_tokens * ? + cache_write_tokens * ? + output_tokens * ? + 999999)
            / 1000000)
-FROM calls WHERE step = ? AND outcome NOT IN ('rejected', 'cached') AND {where}
+FROM calls WHERE {column} = ? AND outcome NOT IN ('rejected', 'cached') AND {where}
 GROUP BY COALESCE(model_used, model_requested)"""
 
 
@@ -252,14 +260,20 @@ def _tokenizer_notes(
 
 
 async def what_if(
-    store: LedgerStore, step: str, target: ModelInfo, *, since: float | None = None,
+    store: LedgerStore, step: str | None, target: ModelInfo, *, since: float | None = None,
     until: float | None = None, lookup: Callable[[str], ModelInfo | None] | None = None,
+    feature: str | None = None,
 ) -> WhatIf:
-    """Re-price the recorded calls of `step` (rejected calls and cache hits excluded: they
-    cost nothing either way) with `target`'s prices, same token counts."""
+    """Re-price the recorded calls of `step` (or of `feature`: give one of them; rejected
+    calls and cache hits excluded: they cost nothing either way) with `target`'s prices,
+    same token counts."""
+    if (step is None) == (feature is None):
+        raise InvalidRequest("what-if needs a step or a feature (one of them)")
     where, params = time_filter(since, until)
-    sql = _WHAT_IF_SQL.format(greatest=_GREATEST[store.dialect], where=where)
-    raw = await store.query(sql, [*_rates(target), step, *params])
+    column = "step" if step is not None else "feature"
+    sql = _WHAT_IF_SQL.format(greatest=_GREATEST[store.dialect], where=where, column=column)
+    raw = await store.query(sql, [*_rates(target), step if step is not None else feature,
+                                  *params])
     groups = sorted(
         (WhatIfGroup(None if r[0] is None else str(r[0]), *(as_int(v) for v in r[1:]))
          for r in raw),
@@ -270,12 +284,14 @@ async def what_if(
         current_nusd=sum(g.current_nusd for g in groups),
         what_if_nusd=sum(g.what_if_nusd for g in groups),
         notes=_tokenizer_notes(target, [g.model for g in groups], lookup or (lambda _: None)),
+        feature=feature,
     )
 
 
 def what_if_json(w: WhatIf) -> dict[str, Any]:
     return {
-        "step": w.step, "model": w.model, "since": iso(w.since), "until": iso(w.until),
+        "step": w.step, "feature": w.feature, "model": w.model, "since": iso(w.since),
+        "until": iso(w.until),
         "current_nusd": w.current_nusd, "what_if_nusd": w.what_if_nusd,
         "saving_nusd": w.saving_nusd, "current_usd": usd(w.current_nusd),
         "what_if_usd": usd(w.what_if_nusd), "saving_usd": usd(w.saving_nusd),
@@ -319,8 +335,10 @@ def runs_from_json(data: dict[str, Any]) -> RunsReport:
 
 
 def what_if_from_json(data: dict[str, Any]) -> WhatIf:
+    step, feature = data.get("step"), data.get("feature")
     return WhatIf(
-        step=str(data["step"]), model=str(data["model"]), since=_when(data.get("since")),
+        step=None if step is None else str(step), model=str(data["model"]),
+        feature=None if feature is None else str(feature), since=_when(data.get("since")),
         until=_when(data.get("until")),
         groups=[WhatIfGroup(**_fields(WhatIfGroup, g)) for g in data.get("groups", [])],
         current_nusd=int(data["current_nusd"]), what_if_nusd=int(data["what_if_nusd"]),

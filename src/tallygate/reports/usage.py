@@ -19,11 +19,13 @@ from typing import Any
 
 import orjson
 
+from tallygate.config.names import did_you_mean
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
 from tallygate.types import NANO_PER_USD
 
-DIMENSIONS: tuple[str, ...] = ("feature", "user", "model", "run", "step", "day", "plan", "provider")
+DIMENSIONS: tuple[str, ...] = (
+    "feature", "user", "model", "run", "step", "day", "plan", "key", "provider")
 
 _KEY_SQL = {
     "feature": "feature",
@@ -32,6 +34,7 @@ _KEY_SQL = {
     "run": "run",
     "step": "step",
     "plan": "plan",
+    "key": "key_id",
     "provider": "provider",
 }
 _DAY_SQL = {
@@ -215,7 +218,8 @@ async def usage_report(
 ) -> UsageReport:
     """Calls, tokens, cost, rejections, trims, cache hits, errors and latency per `by`."""
     if by not in DIMENSIONS:
-        raise InvalidRequest(f"cannot report by {by!r}: use one of {', '.join(DIMENSIONS)}")
+        raise InvalidRequest(f"cannot report by {by!r}{did_you_mean(by, DIMENSIONS)}: use one "
+                             f"of {', '.join(DIMENSIONS)}", param="by")
     key_sql = _DAY_SQL[store.dialect] if by == "day" else _KEY_SQL[by]
     where, params = time_filter(since, until)
     rows = await store.query(_usage_sql(key_sql, store.dialect, where), params)

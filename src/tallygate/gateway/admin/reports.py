@@ -50,13 +50,14 @@ def report_routes(rt: Runtime, admin_key: str | None,
 
     async def repriced(request: Request) -> Response:
         p = request.query_params
-        step, model = p.get("step"), p.get("model")
-        if not step or not model:
-            raise InvalidRequest("what-if needs ?step=STEP&model=MODEL")
+        step, feature, model = p.get("step"), p.get("feature"), p.get("model")
+        if not model or bool(step) == bool(feature):
+            raise InvalidRequest("what-if needs ?step=STEP&model=MODEL "
+                                 "(or ?feature=FEATURE&model=MODEL)")
         target = rt.catalog.get(model)  # unknown → 400 with close names
         since, until = await _window(request)
-        result = await what_if(rt.ledger, step, target, since=since, until=until,
-                               lookup=rt.catalog.find)
+        result = await what_if(rt.ledger, step or None, target, since=since, until=until,
+                               lookup=rt.catalog.find, feature=feature or None)
         return _exact_json(what_if_json(result))
 
     async def _window(request: Request) -> tuple[float | None, float | None]:

@@ -1,0 +1,192 @@
+"""Alerts that fired, kept beside the ledger (table `tg_alerts`) so the dashboard of any
+replica, or `tallygate dashboard` after the gateway stopped, shows them with their payload.
+
+The alert engine appends each payload after it won the firing claim (one row per firing
+across replicas). Rows older than `KEEP_SECONDS` are dropped as new ones arrive.
+`open_alert_log(url)` takes the ledger's URL: `memory://`, `sqlite:///PATH` or
+`postgresql://…`, like the key store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import orjson
+
+from tallygate.errors import ConfigError, StoreUnavailable
+
+KEEP_SECONDS = 30 * 86400
+MAX_READ = 500
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS tg_alerts (id TEXT PRIMARY KEY, fired_at {real} NOT NULL,"
+           " rule_id TEXT NOT NULL, metric TEXT NOT NULL, payload TEXT NOT NULL)")
+_INDEX = "CREATE INDEX IF NOT EXISTS tg_alerts_fired ON tg_alerts (fired_at)"
+_INSERT = "INSERT INTO tg_alerts (id, fired_at, rule_id, metric, payload) VALUES (?, ?, ?, ?, ?)"
+_PRUNE = "DELETE FROM tg_alerts WHERE fired_at < ?"
+_RECENT = "SELECT payload FROM tg_alerts ORDER BY fired_at DESC, id LIMIT ?"
+
+
+class AlertLog(Protocol):
+    async def append(self, payloads: Sequence[dict[str, Any]], *, now: float) -> None: ...
+
+    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest payloads first."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _rows(payloads: Sequence[dict[str, Any]], now: float) -> list[tuple[Any, ...]]:
+    return [("al_" + secrets.token_hex(8), now, str(p["rule"]["id"]), str(p["rule"]["metric"]),
+             orjson.dumps(p, default=str).decode()) for p in payloads]
+
+
+class MemoryAlertLog:
+    def __init__(self) -> None:
+        self._rows: list[tuple[Any, ...]] = []
+
+    async def append(self, payloads: Sequence[dict[str, Any]], *, now: float) -> None:
+        self._rows = [r for r in self._rows if r[1] >= now - KEEP_SECONDS] + _rows(payloads, now)
+
+    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = sorted(self._rows, key=lambda r: (-r[1], r[0]))[:min(limit, MAX_READ)]
+        return [orjson.loads(r[4]) for r in rows]
+
+    async def close(self) -> None:
+        return None
+
+
+class SqliteAlertLog:
+    """One connection on one worker thread, WAL (shared with the ledger's file)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tg-alert-log")
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> SqliteAlertLog:
+        try:
+            await self._run(self._connect)
+        except sqlite3.Error as exc:
+            self._pool.shutdown(wait=False)
+            raise ConfigError(f"cannot open the alert log in {self._path!r}: {exc}") from None
+        return self
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self._path, timeout=10.0, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(_SCHEMA.format(real="REAL"))
+        conn.execute(_INDEX)
+        self._conn = conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"alert log unavailable: {exc}") from exc
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("the alert log is closed")
+        return self._conn
+
+    def _append_sync(self, rows: list[tuple[Any, ...]], now: float) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(_INSERT, rows)
+            db.execute(_PRUNE, (now - KEEP_SECONDS,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def append(self, payloads: Sequence[dict[str, Any]], *, now: float) -> None:
+        if payloads:
+            await self._run(self._append_sync, _rows(payloads, now), now)
+
+    def _recent_sync(self, limit: int) -> list[dict[str, Any]]:
+        rows = self._db().execute(_RECENT, (min(limit, MAX_READ),)).fetchall()
+        return [orjson.loads(r[0]) for r in rows]
+
+    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._run(self._recent_sync, limit)
+        return result
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._close_sync)
+        self._pool.shutdown(wait=True)
+
+
+class PostgresAlertLog:
+    """One psycopg 3 async connection, serialised by a lock (a few rows an hour)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> PostgresAlertLog:
+        import psycopg
+
+        try:
+            self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            async with self._conn.transaction():
+                await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('tg_alerts'))")
+                await self._conn.execute(_SCHEMA.format(real="DOUBLE PRECISION"))
+                await self._conn.execute(_INDEX)
+        except psycopg.Error as exc:
+            raise ConfigError(f"cannot open the alert log: {exc}".strip()) from None
+        return self
+
+    async def append(self, payloads: Sequence[dict[str, Any]], *, now: float) -> None:
+        import psycopg
+
+        if not payloads:
+            return
+        try:
+            async with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
+                await cur.executemany(_INSERT.replace("?", "%s"), _rows(payloads, now))
+                await cur.execute(_PRUNE.replace("?", "%s"), (now - KEEP_SECONDS,))
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"alert log unavailable: {exc}".strip()) from exc
+
+    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        import psycopg
+
+        try:
+            async with self._lock:
+                cur = await self._conn.execute(_RECENT.replace("?", "%s"),
+                                               (min(limit, MAX_READ),))
+                rows = await cur.fetchall()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"alert log unavailable: {exc}".strip()) from exc
+        return [orjson.loads(r[0]) for r in rows]
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+async def open_alert_log(url: str) -> AlertLog:
+    """The alert log beside the ledger at `url`."""
+    if url.startswith("memory://"):
+        return MemoryAlertLog()
+    if url.startswith("sqlite:///"):
+        return await SqliteAlertLog(url.removeprefix("sqlite:///")).open()
+    if url.startswith(("postgresql://", "postgres://")):
+        return await PostgresAlertLog(url).open()
+    raise ConfigError(f"no alert log for {url.split('://', 1)[0]!r} ledgers")
