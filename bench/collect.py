@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["overhead", "overhead_aiohttp", "server", "inprocess", "stores", "extend", "counting",
-         "decide", "ledger", "keys", "observe", "library", "sim", "demo",
+         "decide", "ledger", "keys", "observe", "library", "ci_gen", "sim", "demo",
          "dashboard"]
 
 

@@ -395,3 +395,14 @@ def test_a_state_file_owned_by_a_gateway_is_refused_clearly(
                           ).chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert answer.usage.total_tokens > 0
     assert user_day(alone, "ann", 150).used == answer.usage.total_tokens
+
+
+def test_record_cached_takes_only_a_governed_client(gov: Governor, sim: SimServer) -> None:
+    from tallygate.errors import InvalidRequest
+    from tallygate.types import Usage
+
+    with pytest.raises(InvalidRequest, match=r"gov.openai\(\) or gov.anthropic\(\), got OpenAI"):
+        gov.record_cached(_oa(sim), "chat/completions", "gpt-4o-mini", Usage(10, 5))
+    client = gov.openai(_oa(sim), feature="chat", user="u1")
+    row = gov.record_cached(client, "chat/completions", "gpt-4o-mini", Usage(10, 5), key="k1")
+    assert row.outcome == Outcome.CACHED and row.user == "u1"

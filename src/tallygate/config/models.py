@@ -101,6 +101,12 @@ def _duration(value: Any) -> float:
     return float(seconds)
 
 
+def parse_duration(value: Any) -> float:
+    """Seconds from `30`, `30s`, `5m`, `1h`, `2d` or `250ms` (ValueError otherwise), as the
+    policy reads durations; for command-line options that take one."""
+    return _duration(value)
+
+
 class UnsetSecret(SecretStr):
     """A secret written as `${VAR}` whose variable is not set. Loading the policy works
     (offline commands never read a provider's key); reading the value raises
@@ -562,6 +568,52 @@ class Attribution(BaseModel):
         return out
 
 
+class CheckBudget(BaseModel):
+    """One `check.budgets` entry: the files a glob matches and what they may use.
+
+    `max_tokens`, `max_cost_usd` (the input price of the tokens) and `feature` (must fit
+    that feature's `max_input`, the number the gateway enforces) apply to each file
+    (`per: file`) or to the sum over the entry's files (`per: entry`); `max_growth` is a
+    percentage, checked with `tallygate check --compare-to REF`."""
+
+    model_config = _MODEL_CONFIG
+
+    path: Annotated[str, Field(min_length=1, max_length=1024)]
+    name: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    model: str | None = None
+    max_tokens: Tokens | None = None
+    max_cost_usd: NanoUsd | None = None
+    feature: str | None = None
+    max_growth: Ratio | None = None
+    per: Literal["file", "entry"] = "file"
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_tree(cls, path: str) -> str:
+        """A glob relative to the file that declares it; it may not climb out of it."""
+        if "\x00" in path or path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
+            raise ValueError("expected a relative glob such as prompts/**/*.txt")
+        if ".." in path.replace("\\", "/").split("/"):
+            raise ValueError("a glob may not contain '..' (it is relative to its file)")
+        return path
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path
+
+
+class CheckSection(BaseModel):
+    """`check:` (or pyproject's `[tool.tallygate.check]`): prompt budgets per glob for
+    `tallygate check`. `model` and `max_growth` are the defaults of every entry; an entry
+    with no limit at all is refused when it is checked (ci/check.py)."""
+
+    model_config = _MODEL_CONFIG
+
+    model: str | None = None
+    max_growth: Ratio | None = None
+    budgets: tuple[CheckBudget, ...] = ()
+
+
 _TIER_PREFIX = "tier:"
 DEFAULT = "default"  # the feature / plan / model name that stands for every other
 
@@ -590,6 +642,7 @@ class PolicyModel(BaseModel):
     refusals: Refusals = Field(default_factory=Refusals)
     attribution: Attribution = Field(default_factory=Attribution)
     dashboard: Dashboard = Field(default_factory=Dashboard)
+    check: CheckSection = Field(default_factory=CheckSection)
 
     # An X-Tallygate-Feature value that names no feature: counted as the `default`
     # feature (its limits and kill switch, one shared counter), or refused.
