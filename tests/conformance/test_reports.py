@@ -18,15 +18,9 @@ from tallygate.reports.runs import (
     what_if_from_json,
     what_if_json,
 )
-from tallygate.reports.usage import (
-    dumps,
-    parse_when,
-    usage_json,
-    usage_report,
-    usd_display,
-    usd_text,
-)
+from tallygate.reports.usage import dumps, usage_json, usage_report
 from tallygate.types import ModelInfo
+from tallygate.units import parse_when, usd_display, usd_text
 from tests.support.ledgers import fresh_ledger_url
 from tests.support.rows import DAY2, ROWS, T0
 

@@ -23,6 +23,7 @@ from tallygate.core import decide as verdict
 from tallygate.core.catalog import Catalog
 from tallygate.errors import ConfigError, InputTooLarge, TallygateError
 from tallygate.types import ModelInfo, Usage
+from tallygate.units import dollars
 
 DEFAULT_MODEL = "gpt-4o"
 
@@ -185,8 +186,8 @@ def over_limits(tokens: int, cost_nusd: int, limits: Limits) -> list[str]:
     out = [f"{tokens:,} tokens, over {what} {limit:,} by {tokens - limit:,}"
            for what, limit in limits.tokens if tokens > limit]
     if limits.cost_nusd is not None and cost_nusd > limits.cost_nusd:
-        out.append(f"${usd(cost_nusd)} as {limits.model.name} input, over max_cost_usd "
-                   f"${usd(limits.cost_nusd)}")
+        out.append(f"${dollars(cost_nusd)} as {limits.model.name} input, over max_cost_usd "
+                   f"${dollars(limits.cost_nusd)}")
     return out
 
 
@@ -207,13 +208,6 @@ def growth_pct(old: int, new: int) -> str:
 
 def _plain(value: Decimal) -> str:
     return format(value.normalize(), "f")
-
-
-def usd(nusd: int) -> str:
-    """Nano-USD as a plain decimal dollar string, trailing zeros dropped (at least 2)."""
-    text = f"{Decimal(nusd) / 1_000_000_000:.9f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.ljust(2, '0')}"
 
 
 def read_capped(base: Path, max_chars: int) -> Reader:

@@ -9,7 +9,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from tallygate.ci.check import CheckReport, EntryResult, FileResult, growth_pct, usd
+from tallygate.ci.check import CheckReport, EntryResult, FileResult, growth_pct
+from tallygate.units import dollars
 
 FORMATS = ("table", "json", "github", "junit")
 
@@ -31,7 +32,7 @@ def _limit_text(entry: EntryResult, compared: bool) -> str:
     if limits.tokens:
         parts.append(f"{min(n for _, n in limits.tokens):,}")
     if limits.cost_nusd is not None:
-        parts.append(f"${usd(limits.cost_nusd)}")
+        parts.append(f"${dollars(limits.cost_nusd)}")
     if limits.max_growth is not None and compared:
         parts.append(f"+{format(limits.max_growth.normalize(), 'f')}%")
     return " · ".join(parts) or "-"
@@ -138,11 +139,11 @@ def to_json(report: CheckReport) -> dict[str, Any]:
             "per": limits.per,
             "limits": {
                 **{what: n for what, n in limits.tokens},
-                "max_cost_usd": usd(limits.cost_nusd) if limits.cost_nusd is not None else None,
+                "max_cost_usd": dollars(limits.cost_nusd) if limits.cost_nusd is not None else None,
                 "max_growth": (format(limits.max_growth.normalize(), "f")
                                if limits.max_growth is not None else None),
             },
-            "total_tokens": e.total_tokens, "total_cost_usd": usd(e.total_cost_nusd),
+            "total_tokens": e.total_tokens, "total_cost_usd": dollars(e.total_cost_nusd),
             "old_total_tokens": e.old_total,
             "files": [_file_json(report, f) for f in e.files],
             "removed": [display_path(report, p) for p in e.removed],
@@ -160,7 +161,7 @@ def to_json(report: CheckReport) -> dict[str, Any]:
 
 def _file_json(report: CheckReport, f: FileResult) -> dict[str, Any]:
     return {"file": display_path(report, f.path), "kind": f.kind, "tokens": f.tokens,
-            "exact": f.exact, "cost_usd": usd(f.cost_nusd), "old_tokens": f.old_tokens,
+            "exact": f.exact, "cost_usd": dollars(f.cost_nusd), "old_tokens": f.old_tokens,
             "delta": f.delta, "skipped": f.skipped, "problems": f.problems}
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tallygate.ci.check import usd
 from tallygate.ci.gen import PieceResult
 from tallygate.ci.plan import Plan
+from tallygate.units import dollars
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +37,9 @@ def totals(results: list[PieceResult]) -> dict[str, Any]:
         "input_tokens": sum(r.usage.input_tokens for r in done),
         "output_tokens": sum(r.usage.output_tokens for r in done),
         "tokens": sum(r.usage.total_tokens for r in done),
-        "cost_usd": usd(sum(r.cost_nusd for r in done)),
+        "cost_usd": dollars(sum(r.cost_nusd for r in done)),
         "saved_tokens": sum(r.saved.total_tokens for r in hits),
-        "saved_usd": usd(sum(r.saved_nusd for r in hits)),
+        "saved_usd": dollars(sum(r.saved_nusd for r in hits)),
     }
 
 
@@ -55,7 +55,7 @@ def summary_json(run: GenRun) -> dict[str, Any]:
             "parts": r.chunk.parts, "status": r.status, "key": r.chunk.key,
             "planned_input_tokens": r.chunk.input_tokens,
             "input_tokens": r.usage.input_tokens, "output_tokens": r.usage.output_tokens,
-            "cost_usd": usd(r.cost_nusd), "saved_tokens": r.saved.total_tokens,
+            "cost_usd": dollars(r.cost_nusd), "saved_tokens": r.saved.total_tokens,
             "file": r.file, "error": r.error,
         } for r in run.results],
     }

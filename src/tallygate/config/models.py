@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -27,7 +27,8 @@ from tallygate.core.limits import LimitIndex, LimitRule, Rules, merge_rules
 from tallygate.core.runaway import DEFAULT_GROWTH_CALLS, RunawayPolicy
 from tallygate.core.windows import CALENDAR_WINDOWS
 from tallygate.errors import SecretNotSet
-from tallygate.types import NANO_PER_USD, Metric, Window
+from tallygate.types import Metric, Window
+from tallygate.units import to_decimal, usd_to_nano
 
 _MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
@@ -42,36 +43,6 @@ def _reject_bool(value: Any) -> Any:
     return value
 
 
-def to_decimal(value: Any) -> Decimal:
-    """Exact decimal of a YAML/JSON number or numeric string (floats via their repr)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number, not true/false")
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, str):
-        try:
-            return Decimal(value.strip().replace("_", ""))
-        except InvalidOperation:
-            raise ValueError("expected a number") from None
-    raise ValueError("expected a number")
-
-
-def usd_to_nano(value: Any) -> int:
-    """USD decimal → integer nano-USD, exactly; NaN, infinity, negatives and more than
-    nine decimal places are refused (they cannot be charged exactly)."""
-    amount = to_decimal(value)
-    if not amount.is_finite():
-        raise ValueError("expected a finite USD amount, not NaN or infinity")
-    if amount < 0:
-        raise ValueError("expected a USD amount >= 0")
-    nano = amount * NANO_PER_USD
-    if nano != nano.to_integral_value():
-        raise ValueError("expected a USD amount with at most 9 decimal places (1 nano-USD)")
-    return int(nano)
 
 
 def _finite_ratio(value: Any) -> Decimal:

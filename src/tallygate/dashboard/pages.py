@@ -22,7 +22,7 @@ from tallygate.gateway.admin.flags import flag_list
 from tallygate.reports import overview as ov
 from tallygate.reports.budgets import BudgetRow, Query, budget_rows, human_delta
 from tallygate.reports.runs import runs_report
-from tallygate.reports.usage import iso, usd_display
+from tallygate.units import iso, usd_display
 
 MAX_NAME = 256
 # The notice after a change (?done=…): fixed texts, nothing from the URL is shown.
