@@ -19,7 +19,7 @@ from tallygate.ci import globs
 from tallygate.ci.gitref import GitTree
 from tallygate.ci.sources import count_bytes, is_binary
 from tallygate.config import CheckBudget, CheckSection, Policy
-from tallygate.core import decide as verdict
+from tallygate.core import decide
 from tallygate.core.catalog import Catalog
 from tallygate.errors import ConfigError, InputTooLarge, TallygateError
 from tallygate.types import ModelInfo, Usage
@@ -126,10 +126,10 @@ def resolve_limits(budget: CheckBudget, where: str, section: CheckSection, polic
                        _max_input(budget.feature, where, policy, source)))
     try:
         if budget.model or (budget.feature is None and section.model):
-            name = verdict.resolve_model(budget.model or section.model, feature=None,
+            name = decide.resolve_model(budget.model or section.model, feature=None,
                                          step=None, policy=policy)
         elif budget.feature is not None and policy.feature(budget.feature).model:
-            name = verdict.resolve_model(None, feature=budget.feature, step=None,
+            name = decide.resolve_model(None, feature=budget.feature, step=None,
                                          policy=policy)
         else:
             name = section.model or DEFAULT_MODEL

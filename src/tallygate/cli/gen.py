@@ -59,12 +59,12 @@ def _plan(policy: Policy, spec: Spec, feature: str, model: str | None,
           max_output: int | None) -> Plan:
     from tallygate.ci.gen import protocol_of
     from tallygate.ci.plan import build_plan
-    from tallygate.core import decide as verdict
+    from tallygate.core import decide
     from tallygate.core.catalog import Catalog
 
     settings = policy.feature(feature)
     requested = model or spec.model or (None if settings.model else DEFAULT_MODEL)
-    name = verdict.resolve_model(requested, feature=feature, step=None, policy=policy)
+    name = decide.resolve_model(requested, feature=feature, step=None, policy=policy)
     info = Catalog(policy.models).get(name)
     cap = max_output or spec.max_output or settings.max_output or DEFAULT_MAX_OUTPUT
     return build_plan(spec, protocol_of(policy, info.provider), info, cap,

@@ -1,4 +1,4 @@
-"""The policy document (SPEC §2) as frozen pydantic models.
+"""The policy document (docs/policy.md) as frozen pydantic models.
 
 Loading, `${VAR}` expansion and error formatting live in `config.py`; this module only
 says what a valid document looks like. After validation every USD amount is an integer
@@ -137,7 +137,7 @@ _LIFETIME_KEYS = ("tokens_per_run", "requests_per_run", "cost_usd_per_run",
 
 class LimitFields(BaseModel):
     """`<metric>_per_<window>` limits of one scope. Cost limits are written in USD
-    (`cost_usd_per_day: 12.5`, or SPEC's `cost_per_day_usd`) and held as nano-USD."""
+    (`cost_usd_per_day: 12.5`, or `cost_per_day_usd`) and held as nano-USD."""
 
     model_config = _MODEL_CONFIG
     _windows: ClassVar[tuple[Window, ...]] = CALENDAR_WINDOWS
