@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["overhead", "overhead_aiohttp", "server", "inprocess", "stores", "extend", "counting",
-         "decide", "ledger", "keys", "observe", "library", "ci_gen", "sim", "demo",
+ORDER = ["overhead", "overhead_aiohttp", "server", "inprocess", "stores", "extend", "streamed",
+         "counting", "decide", "ledger", "keys", "observe", "library", "ci_gen", "sim", "demo",
          "dashboard"]
 
 

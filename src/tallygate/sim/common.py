@@ -94,6 +94,9 @@ class SimStats:
     bodies: deque[tuple[str, Any]] = field(default_factory=lambda: deque(maxlen=200))
     headers: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=200))
     queries: deque[str] = field(default_factory=lambda: deque(maxlen=200))  # query strings
+    # Paced streams, as they ended: (events written, events in the whole answer). A client
+    # that hung up early left the first short of the second.
+    stream_writes: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def count(self, route: str | None = None, model: str | None = None) -> int:
         return sum(
@@ -433,10 +436,15 @@ async def send_events(
     if delay <= 0:
         await resp.write(b"".join(events))
     else:
-        for i, ev in enumerate(events):
-            await resp.write(ev)
-            if i + 1 < len(events):
-                await sleep_s(delay)
+        written = 0
+        try:
+            for i, ev in enumerate(events):
+                await resp.write(ev)
+                written = i + 1
+                if i + 1 < len(events):
+                    await sleep_s(delay)
+        finally:  # also when the client hangs up (a write fails or the handler is cancelled)
+            request.app[STATS].stream_writes.append((written, len(events)))
     await resp.write_eof()
     return resp
 
