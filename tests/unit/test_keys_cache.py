@@ -19,17 +19,17 @@ class Clock:
 
 
 class CountingStore(MemoryKeyStore):
-    """A real memory store that counts lookups and can be slowed down."""
+    """A real memory store that counts lookups and can be held until `gate` opens."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lookups = 0
-        self.delay = 0.0
+        self.gate: asyncio.Event | None = None
 
     async def verify(self, secret: str) -> VirtualKey | None:
         self.lookups += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         return await super().verify(secret)
 
 
@@ -114,8 +114,11 @@ async def test_concurrent_lookups_share_one_query(
     cached: CachedKeyStore, inner: CountingStore
 ) -> None:
     key, secret = await cached.create("u", "pro")
-    inner.delay = 0.05
-    results = await asyncio.gather(*(cached.verify(secret) for _ in range(20)))
+    inner.gate = asyncio.Event()
+    lookups = [asyncio.create_task(cached.verify(secret)) for _ in range(20)]
+    await asyncio.sleep(0)  # every task is waiting now
+    inner.gate.set()
+    results = await asyncio.gather(*lookups)
     assert results == [key] * 20
     assert inner.lookups == 1
 
@@ -124,12 +127,14 @@ async def test_cancelled_caller_does_not_break_others(
     cached: CachedKeyStore, inner: CountingStore
 ) -> None:
     key, secret = await cached.create("u", "pro")
-    inner.delay = 0.05
+    inner.gate = asyncio.Event()
     first = asyncio.create_task(cached.verify(secret))
     await asyncio.sleep(0)
     second = asyncio.create_task(cached.verify(secret))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
     first.cancel()
+    await asyncio.sleep(0)
+    inner.gate.set()
     assert await second == key
     with pytest.raises(asyncio.CancelledError):
         await first

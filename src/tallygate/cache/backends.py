@@ -13,7 +13,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from tallygate.errors import ConfigError
-from tallygate.extras import needs
+from tallygate.extras import needs, redis_client_identity
 
 
 class CacheBackend(Protocol):
@@ -110,8 +110,7 @@ class RedisBackend:
         with needs("redis", "a redis:// response cache"):
             import redis.asyncio as redis
 
-            from tallygate.state.redis import client_identity
-        self._client = redis.from_url(url, **client_identity())
+        self._client = redis.from_url(url, **redis_client_identity())
         self._prefix = prefix
 
     async def get(self, key: str) -> bytes | None:

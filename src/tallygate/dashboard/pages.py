@@ -18,9 +18,9 @@ from tallygate.dashboard.session import Session
 from tallygate.dashboard.sources import Sources
 from tallygate.dashboard.web import render
 from tallygate.errors import InvalidRequest, TallygateError
-from tallygate.gateway.admin.flags import flag_list
 from tallygate.reports import overview as ov
 from tallygate.reports.budgets import BudgetRow, Query, budget_rows, human_delta
+from tallygate.reports.flags import flag_list
 from tallygate.reports.runs import runs_report
 from tallygate.units import iso, usd_display
 

@@ -1,4 +1,5 @@
-"""Alert rules (the policy's `alerts`, docs/observability.md), evaluated in a background task, never on a call.
+"""Alert rules (the policy's `alerts`, docs/observability.md), evaluated in a background
+task, never on a call.
 
     cost_usd            spend over the rule's window (default hour) above `above` USD
     rejection_rate      rejected / calls over the window above `above` (a fraction)

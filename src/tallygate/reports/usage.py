@@ -192,7 +192,8 @@ def row_json(row: UsageRow) -> dict[str, Any]:
 
 
 def usage_json(report: UsageReport) -> dict[str, Any]:
-    """The report's JSON shape (docs/ledger.md, Reports): {"by", "since", "until", "rows": [...], "total": {...}}."""
+    """The report's JSON shape (docs/ledger.md, Reports):
+    {"by", "since", "until", "rows": [...], "total": {...}}."""
     return {
         "by": report.by,
         "since": iso(report.since),

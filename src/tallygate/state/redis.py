@@ -42,6 +42,7 @@ from tallygate.core.windows import (
     window_seconds,
 )
 from tallygate.errors import InvalidRequest, StoreUnavailable
+from tallygate.extras import redis_client_identity
 from tallygate.state.base import RUN_TTL
 from tallygate.state.checks import (
     check_extend,
@@ -66,19 +67,6 @@ def _script_source(name: str, *, common: bool) -> str:
     lua = resources.files("tallygate.state") / "lua"
     body = (lua / f"{name}.lua").read_text(encoding="utf-8")
     return (lua / "common.lua").read_text(encoding="utf-8") + "\n" + body if common else body
-
-
-@functools.cache
-def client_identity() -> dict[str, Any]:
-    """What redis-py sends as CLIENT SETINFO, found once: left to itself it reads
-    the installed package's metadata (a scan of sys.path) for every new connection, on the
-    event loop."""
-    try:
-        from redis.driver_info import resolve_driver_info
-    except ImportError:  # redis-py before 8
-        from redis.utils import get_lib_version
-        return {"lib_version": get_lib_version()}
-    return {"driver_info": resolve_driver_info()}
 
 
 def _pair(hi: Any, lo: Any) -> int:
@@ -162,7 +150,7 @@ class RedisStore(PlainFromRead):
         pool = aioredis.BlockingConnectionPool.from_url(
             url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout,
             max_connections=max_connections, timeout=socket_timeout, decode_responses=True,
-            **client_identity(),
+            **redis_client_identity(),
         )
         self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._reserve = self._redis.register_script(_script_source("reserve", common=True))
