@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from tallygate.state.seen_ids import SMALLEST, SeenIds
-from tests.support.waiting import eventually
 
 
 def test_every_added_id_is_found_across_growth() -> None:
@@ -43,19 +42,33 @@ def test_the_loader_answers_maybe_until_built_and_keeps_what_was_added_meanwhile
     db.executemany("INSERT INTO state_holds VALUES (?, ?, 0, 1.0, '')",
                    [("done-1", "settled"), ("done-2", "released"), ("live", "held")])
     db.close()
-    go = threading.Event()
+    go, closed = threading.Event(), threading.Event()
     real_connect = sqlite3.connect
+
+    class Watched:
+        """The build's connection: its close() says the build is over."""
+
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, *args):
+            return self.db.execute(*args)
+
+        def close(self) -> None:
+            self.db.close()
+            closed.set()
 
     def held_back(*args, **kwargs):  # the build waits until the test lets it go
         go.wait(5)
-        return real_connect(*args, **kwargs)
+        return Watched(real_connect(*args, **kwargs))
 
     monkeypatch.setattr("tallygate.state.seen_ids.sqlite3.connect", held_back)
     loader = SeenIdsLoader(path)
     assert loader.maybe("fresh")  # not built yet: everything needs the exact lookup
     loader.add("evicted-while-building", 2.0)
     go.set()
-    eventually(lambda: not loader.maybe("fresh"), timeout=5)  # built: "no" is exact now
+    assert closed.wait(5)
+    assert not loader.maybe("fresh")  # built: "no" is exact now
     assert loader.maybe("done-1") and loader.maybe("done-2")
     assert loader.maybe("evicted-while-building")
     assert not loader.maybe("live")  # held reservations are in memory, not here
