@@ -19,7 +19,7 @@ from tallygate.state import from_url
 from tallygate.state.guard import GuardedStore
 from tallygate.state.memory import MemoryStore
 from tallygate.types import Hold, LimitUsage, NotHeld, Window
-from tests.support.servers import _wait_port, free_port
+from tests.support.servers import free_port, wait_port
 from tests.support.waiting import eventually_async
 
 T0 = 1_718_000_000.0
@@ -35,7 +35,7 @@ def own_redis() -> Iterator[subprocess.Popen[bytes]]:
             [shutil.which("redis-server") or "redis-server", "--port", str(port),
              "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(port, proc)
+        wait_port(port, proc)
         proc.port = port  # type: ignore[attr-defined]
         try:
             yield proc

@@ -5,11 +5,13 @@ rows already stored, and for rows stored before the migration (the backfill)."""
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 
 import pytest
 
-from tallygate.ledger import LedgerStore, open_ledger
+from tallygate.ledger import LedgerStore, open_ledger, sqlite_path
 from tallygate.ledger.rollups import HOUR_SUMS, IDS_SUMS
 from tallygate.types import CallRecord, Outcome
 from tests.support.ledgers import fresh_ledger_url
@@ -121,7 +123,8 @@ async def test_rows_stored_before_the_migration_are_backfilled(ledger_url) -> No
         for sql in (drop_trigger, "DROP TABLE rollup_hour", "DROP TABLE rollup_day",
                     "DROP TABLE rollup_ids", "DROP TABLE rollup_ids_hour",
                     "DELETE FROM schema_version WHERE version = 3"):
-            await _execute(store, sql)
+            await _execute(ledger_url, sql)
+        assert await store.schema_version() == 2  # the store sees the rewound schema
         await store.write_batch(random_rows(800, 2))
     finally:
         await store.close()
@@ -134,12 +137,17 @@ async def test_rows_stored_before_the_migration_are_backfilled(ledger_url) -> No
         await store.close()
 
 
-async def _execute(store: LedgerStore, sql: str) -> None:
-    """DDL outside the read-only query() contract (the test rewinds the schema)."""
-    if store.dialect == "sqlite":
-        await store._call(store._db().execute, sql)  # type: ignore[attr-defined]
+async def _execute(url: str, sql: str) -> None:
+    """DDL outside the read-only query() contract (the test rewinds the schema), run as
+    another client of the same ledger would: its own connection to the file or server."""
+    path = sqlite_path(url)
+    if path is not None:
+        with closing(sqlite3.connect(path, isolation_level=None)) as db:
+            db.execute(sql)
         return
-    async with store._conn() as conn:  # type: ignore[attr-defined]
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute(sql)
 
 

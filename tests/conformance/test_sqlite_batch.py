@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -101,13 +102,17 @@ async def test_results_only_after_commit(tmp_path: Path, inline: bool) -> None:
     assert len(_rows(path)) == 50  # every caller told "done" finds its row committed
 
 
-async def _worker_idle(worker: BatchWorker) -> None:
+async def _worker_idle(worker: BatchWorker, monkeypatch: pytest.MonkeyPatch) -> None:
     """Wait until the worker has run everything queued, its checkpoint included: a batch's
     callers are answered before its checkpoint runs, so the second no-op (queued after
     the first was answered) is taken only once that checkpoint is done. No sleeps: the
     same on an idle machine and a loaded one."""
-    for _ in range(2):
-        await worker._queued(lambda db: None)
+    import tallygate.state.sqlite_batch as batch
+
+    with monkeypatch.context() as busy:
+        busy.setattr(batch, "BUSY_RATE", -1)  # any rate is busy: run() queues the no-ops
+        for _ in range(2):
+            await worker.run(lambda db: None)
 
 
 @pytest.mark.parametrize("restart_frames", [16_384, 0])
@@ -120,6 +125,7 @@ async def test_the_worker_checkpoints_for_the_inline_connection(
 
     monkeypatch.setattr(batch, "CHECKPOINT_EVERY", 8)
     monkeypatch.setattr(batch, "RESTART_FRAMES", restart_frames)
+    monkeypatch.setattr(batch, "BUSY_RATE", math.inf)  # never busy: every commit inline
     path = tmp_path / "s.db"
     connect = _connector(path, 5000)
     connect().close()
@@ -130,12 +136,11 @@ async def test_the_worker_checkpoints_for_the_inline_connection(
         return db
 
     worker = BatchWorker(connect, "test", inline=inline)
-    worker._busy = lambda: False  # type: ignore[method-assign]  # always inline
     blob = "x" * 3000  # about one page per commit
     for i in range(64):
         await worker.run(_insert(f"{blob}{i}", i))
         if (i + 1) % 8 == 0:  # a checkpoint was queued: let it run before the next commit,
-            await _worker_idle(worker)  # as a quiet moment between requests would
+            await _worker_idle(worker, monkeypatch)  # as a quiet moment between requests would
     wal = (tmp_path / "s.db-wal").stat().st_size
     worker.close()
     # Without the worker's checkpoints the WAL holds all 64 commits (~385 pages here);

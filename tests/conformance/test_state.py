@@ -21,6 +21,7 @@ from tests.support.state import (
     T0,
     StoreFactory,
     abandon,
+    redis_client,
     tokens,
     used_reserved,
 )
@@ -405,13 +406,15 @@ async def test_redis_keys_share_one_hash_tag_and_noscript_is_handled(redis_url: 
     from tallygate.state.redis import RedisStore
 
     store = RedisStore(redis_url, namespace="tagcheck")
+    assert store.key_prefix == "{tg:tagcheck}"
     await store.flush_namespace()
     await store.reserve("r", [tokens("k", 10, 100), tokens("j", 5, 100)], lease=60, now=T0)
-    await store._redis.execute_command("SCRIPT", "FLUSH")  # scripts gone: NOSCRIPT path
-    await store.settle("r", {"tokens": 7}, now=T0)
-    await store.set_flag("f", True)
-    await store.claim("c", 10, now=T0)
-    names = [name async for name in store._redis.scan_iter(match="*tagcheck*")]
+    async with redis_client(redis_url) as redis:
+        await redis.execute_command("SCRIPT", "FLUSH")  # scripts gone: NOSCRIPT path
+        await store.settle("r", {"tokens": 7}, now=T0)
+        await store.set_flag("f", True)
+        await store.claim("c", 10, now=T0)
+        names = [name async for name in redis.scan_iter(match="*tagcheck*")]
     assert names and all(name.startswith("{tg:tagcheck}:") for name in names)
     assert len({key_slot(name.encode()) for name in names}) == 1  # one Cluster slot
     assert await used_reserved(store, "j", 100) == (7, 0)
@@ -424,8 +427,9 @@ async def test_redis_reads_ride_in_the_operations_one_script(redis_url: str) -> 
 
     store = RedisStore(redis_url, namespace=uuid.uuid4().hex[:12])
 
-    async def evalsha_calls() -> int:
-        stats = await store._redis.info("commandstats")
+    async def evalsha_calls() -> int:  # (server-wide counts, read by a client of our own)
+        async with redis_client(redis_url) as redis:
+            stats = await redis.info("commandstats")
         return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
     holds = [tokens("k", 300, 1000), tokens("m", 50, 500, Window.MINUTE, rolling=True)]
@@ -683,15 +687,19 @@ def test_state_machine_invariants(kind: str, request: pytest.FixtureRequest,
         owner = kind == "sqlite-owner"
         opts = {"owner": True, "flush_seconds": 0.005} if owner else {}
 
+        made = ""  # the file of the running example (hypothesis runs one at a time)
+
         def make() -> StateStore:
-            return from_url(f"sqlite:///{tmp_path / uuid.uuid4().hex}.db", **opts)
+            nonlocal made
+            made = f"sqlite:///{tmp_path / uuid.uuid4().hex}.db"
+            return from_url(made, **opts)
 
         async def reopen(store: StateStore, crash: bool) -> StateStore:
             if crash and owner:
                 await abandon(store)  # type: ignore[arg-type]
             else:
                 await store.close()
-            return from_url(f"sqlite:///{store._path}", **opts)  # type: ignore[attr-defined]
+            return from_url(made, **opts)
     elif kind == "redis":  # (memory must not fall through to here)
         redis_url = request.getfixturevalue("redis_url")
 

@@ -10,7 +10,14 @@ import pytest
 from tallygate.errors import InvalidRequest
 from tallygate.state import StateStore
 from tallygate.types import Denial, Hold, Metric, NotHeld, Window
-from tests.support.state import DAY_START, T0, StoreFactory, tokens, used_reserved
+from tests.support.state import (
+    DAY_START,
+    T0,
+    StoreFactory,
+    redis_client,
+    tokens,
+    used_reserved,
+)
 
 LINES = [tokens("a", 300, 1000), tokens("b", 300, 500),
          Hold("c", 1_000, 9_000, Window.MONTH, Metric.COST),
@@ -175,8 +182,9 @@ async def test_redis_extend_is_one_script_call(redis_url: str) -> None:
 
     store = RedisStore(redis_url, namespace=uuid.uuid4().hex[:12])
 
-    async def evalsha_calls() -> int:
-        stats = await store._redis.info("commandstats")
+    async def evalsha_calls() -> int:  # (server-wide counts, read by a client of our own)
+        async with redis_client(redis_url) as redis:
+            stats = await redis.info("commandstats")
         return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
     await store.reserve("r", LINES, lease=60, now=T0)

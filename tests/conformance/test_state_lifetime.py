@@ -11,7 +11,7 @@ import pytest
 from tallygate.errors import InvalidRequest
 from tallygate.state import StateStore, from_url
 from tallygate.types import Hold, Metric, Window
-from tests.support.state import T0, StoreFactory, abandon
+from tests.support.state import T0, StoreFactory, abandon, redis_client
 
 DAY = 86_400.0
 RUN = Window.RUN
@@ -49,7 +49,7 @@ async def test_a_lifetime_window_cannot_roll(store: StateStore) -> None:
 
 
 async def test_untouched_run_counters_expire_after_run_ttl(
-    store_factory: StoreFactory,
+    store_factory: StoreFactory, request: pytest.FixtureRequest,
 ) -> None:
     store = await store_factory(run_ttl=100.0)
     await store.reserve("a", [run_hold("old", 600), run_hold("kept", 100)], lease=10,
@@ -57,10 +57,11 @@ async def test_untouched_run_counters_expire_after_run_ttl(
     await store.settle("a", {"tokens": 400}, now=T0)
     if store_factory.kind == "redis":  # type: ignore[attr-defined]
         # Redis judges by its own clock: each key lives run_ttl + lease after a write.
-        redis = store._redis  # type: ignore[attr-defined]
-        names = [n async for n in redis.scan_iter(match=f"{store._prefix}:c:c:run:*")]  # type: ignore[attr-defined]
-        assert len(names) == 2
-        ttls = [await redis.ttl(name) for name in names]
+        prefix = store.key_prefix  # type: ignore[attr-defined]
+        async with redis_client(request.getfixturevalue("redis_url")) as redis:
+            names = [n async for n in redis.scan_iter(match=f"{prefix}:c:c:run:*")]
+            assert len(names) == 2
+            ttls = [await redis.ttl(name) for name in names]
         assert all(100 <= ttl <= 110 for ttl in ttls), ttls
         return
     await store.reserve("b", [run_hold("kept", 10)], lease=10, now=T0 + 50)
@@ -119,7 +120,7 @@ async def test_expired_run_counters_are_dropped(tmp_path: Path) -> None:
             await store.reserve(f"r{i}", [run_hold(f"run{i}", 10)], lease=10, now=T0)
             await store.settle(f"r{i}", {"tokens": 5}, now=T0)
         await store.reserve("late", [run_hold("new", 10)], lease=10, now=T0 + 500)
-    assert [k for k, _, _ in memory._counters] == ["new"]  # type: ignore[attr-defined]
+    assert memory.in_memory[1] == ["c:run:new"]  # type: ignore[attr-defined]
     assert owned.in_memory[1] == ["c:run:new"]  # type: ignore[attr-defined]
     await owned.close()
     await shared.close()

@@ -5,7 +5,7 @@ journal and of snapshots, and switching modes on one file."""
 from __future__ import annotations
 
 import asyncio
-import errno
+import logging
 import os
 import signal
 import sqlite3
@@ -151,23 +151,20 @@ async def test_finished_rows_leave_memory_once_written(tmp_path: Path) -> None:
 
 
 async def test_a_failed_snapshot_is_retried_and_the_journal_kept(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "state.db"
-    store = owner(path, flush_seconds=0.001)
-    real_write = store._write
-    failures = []
-
-    def failing_write(*args: object) -> None:
-        if not failures:
-            failures.append(1)
-            raise sqlite3.OperationalError("disk I/O error")
-        real_write(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store, "_write", failing_write)
-    await store.reserve("a", [tokens("k", 10)], lease=60, now=T0)
-    while not failures:
-        await asyncio_sleep()
+    store = owner(path, flush_seconds=0.001, busy_timeout=0.05)
+    # Another client of the file holds its write lock: the snapshot's write gives up
+    # after busy_timeout ("database is locked"), as it would on a disk I/O error.
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    with caplog.at_level(logging.ERROR, logger="tallygate.state"):
+        await store.reserve("a", [tokens("k", 10)], lease=60, now=T0)
+        await store.written()  # returns once a snapshot has failed
+    assert "snapshot failed" in caplog.text
     assert segments(path)  # still there: the rows are not in SQLite
+    blocker.execute("ROLLBACK")
+    blocker.close()
     await store.settle("a", {"tokens": 4}, now=T0)
     await store.written()
     assert segments(path) == []
@@ -177,25 +174,24 @@ async def test_a_failed_snapshot_is_retried_and_the_journal_kept(
     await again.close()
 
 
-async def test_an_unwritable_journal_fails_closed_then_heals(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Disk full: reservations are refused (429 store_unavailable), finishes still give
-    their room back; once the disk takes writes again the store answers, no restart."""
-    store = owner(tmp_path / "state.db")
+async def test_an_unwritable_journal_fails_closed_then_heals(tmp_path: Path) -> None:
+    """The journal cannot be written (here its directory goes away, as when the volume
+    under it does; a full disk fails the same write): reservations are refused (429
+    store_unavailable), finishes still give their room back; once the journal takes
+    writes again the store answers, no restart."""
+    path = tmp_path / "state.db"
+    store = owner(path)
     await store.reserve("a", [tokens("k", 10)], lease=60, now=T0)
-    real_append = type(store._journal).append
-
-    def disk_full(self: object, line: bytes) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(type(store._journal), "append", disk_full)
+    await store.written()  # the segment is cut: the next line opens a new one
+    journal = journal_dir(str(path))
+    away = journal.rename(tmp_path / "journal-away")
     with pytest.raises(StoreUnavailable, match="journal cannot be written"):
         await store.reserve("b", [tokens("k", 1)], lease=60, now=T0)
     await store.settle("a", {"tokens": 5}, now=T0)  # applied: room comes back
     assert await used_reserved(store, "k") == (5, 0)  # "b" was never granted
-    with pytest.raises(StoreUnavailable):  # and stays so while the disk is full
+    with pytest.raises(StoreUnavailable):  # and stays so while the journal is gone
         await store.reserve("c", [tokens("k", 1)], lease=60, now=T0)
-    monkeypatch.setattr(type(store._journal), "append", real_append)  # space is back
+    away.rename(journal)  # the volume is back
     for _ in range(100):
         await asyncio.sleep(0.05)
         try:
@@ -206,7 +202,7 @@ async def test_an_unwritable_journal_fails_closed_then_heals(
     else:
         raise AssertionError("the store did not heal")
     await store.close()
-    again = owner(tmp_path / "state.db")
+    again = owner(path)
     assert await used_reserved(again, "k") == (5, 1)  # the settle and "d" survived
     await again.close()
 

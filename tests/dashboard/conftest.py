@@ -54,6 +54,7 @@ class Site:
     client: TestClient
     sources: Sources
     loop: asyncio.AbstractEventLoop
+    ledger_path: Path  # the ledger's SQLite file, for a connection of the test's own
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -79,6 +80,6 @@ def site(tmp_path: Path) -> Iterator[Site]:
     dashboard = Dashboard(sources)
     app = Starlette(routes=dashboard.routes())
     with TestClient(app, base_url="http://testserver") as client:
-        yield Site(client, sources, loop)
+        yield Site(client, sources, loop, tmp_path / "l.db")
     loop.run_until_complete(dashboard.close())
     loop.close()

@@ -22,7 +22,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Return once `proc` listens on `port` on 127.0.0.1; RuntimeError if it exits first
+    or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -54,7 +56,7 @@ def redis_server() -> Iterator[Server]:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_port(port, proc)
+            wait_port(port, proc)
             yield Server(url=f"redis://127.0.0.1:{port}/0", port=port)
         finally:
             proc.terminate()
@@ -97,7 +99,7 @@ def postgres_server() -> Iterator[Server]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port(port, proc)
+        wait_port(port, proc)
         # Accepting TCP is not the same as accepting logins: wait for readiness.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

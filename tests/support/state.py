@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from tallygate.state import StateStore
@@ -31,3 +32,16 @@ async def used_reserved(store: Any, key: str, limit: int = 1000,
 async def abandon(store: OwnedSqliteStore) -> None:
     """Leave an owner as a killed process would (OwnedSqliteStore.abandon)."""
     await store.abandon()
+
+
+@asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[Any]:
+    """A Redis client of the test's own on `url`: tests look at what a store wrote as any
+    other client of the server would, never through the store's connection."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()

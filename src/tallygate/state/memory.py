@@ -15,7 +15,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
-from tallygate.core.windows import LiveRanges, room_returns_at
+from tallygate.core.windows import LiveRanges, counter_name, room_returns_at
 from tallygate.errors import InvalidRequest
 from tallygate.state.base import RUN_TTL
 from tallygate.state.checks import (
@@ -371,6 +371,12 @@ class MemoryStore:
             return False
         self._claims[key] = now + ttl
         return True
+
+    @property
+    def in_memory(self) -> tuple[list[str], list[str]]:
+        """(reservation ids, counters) the store still keeps, counters by their storage
+        name (`counter_name`): what the sweeps have not let go of yet."""
+        return list(self._reservations), [counter_name(*name) for name in self._counters]
 
     async def close(self) -> None:
         return None

@@ -163,6 +163,12 @@ class RedisStore(PlainFromRead):
         self._claim = self._redis.register_script(_script_source("claim", common=False))
 
     @property
+    def key_prefix(self) -> str:
+        """The hash tag every key this store writes starts with (`{tg}` or
+        `{tg:<namespace>}`): one tag, so one Redis Cluster slot."""
+        return self._prefix
+
+    @property
     def flags_channel(self) -> str:
         """Pub/sub channel that receives a flag's name whenever it is set."""
         return f"{self._prefix}:flags"

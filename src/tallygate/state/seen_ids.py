@@ -40,6 +40,11 @@ class SeenIds:
         self._slot = slot
         self._filters = [_Filter(max(SMALLEST, 2 * expected), now)]
 
+    @property
+    def filter_count(self) -> int:
+        """How many filters the chain holds now (its memory is theirs)."""
+        return len(self._filters)
+
     def add(self, rid: str, now: float = 0.0) -> None:
         newest = self._filters[-1]
         if not newest.count:
