@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
@@ -46,7 +47,17 @@ def routes(rt: Runtime, keys: KeyStore | None = None) -> list[Route]:
     """`keys`: the store keys are verified with (the auth-failure throttle wraps it)."""
     keys = keys or rt.keys
     protocols = {name: p.protocol for name, p in rt.policy.providers.items()}
-    listed = model_list.callable_models(rt.catalog, protocols, rt.policy.models)
+    catalog, configured = rt.catalog, rt.policy.models
+    # Resolving the whole catalog takes ~150 ms: done once, in a thread, at the first
+    # GET /v1/models of this policy (a reload builds these routes on the event loop).
+    built: list[dict[str, list[model_list.Listed]]] = []
+
+    async def listed() -> dict[str, list[model_list.Listed]]:
+        if not built:
+            found = await asyncio.to_thread(model_list.callable_models, catalog, protocols,
+                                            configured)
+            built[:] = [found]
+        return built[0]
 
     async def healthz(_: Request) -> Response:
         return _json(200, {"status": "ok"})
@@ -58,8 +69,8 @@ def routes(rt: Runtime, keys: KeyStore | None = None) -> list[Route]:
         except TallygateError as exc:
             return _error(exc, "anthropic" if anthropic else "openai")
         if anthropic:
-            return _json(200, model_list.anthropic_list(listed["anthropic"], key))
-        return _json(200, model_list.openai_list(listed["openai"], key))
+            return _json(200, model_list.anthropic_list((await listed())["anthropic"], key))
+        return _json(200, model_list.openai_list((await listed())["openai"], key))
 
     async def usage(request: Request) -> Response:
         try:

@@ -1,0 +1,152 @@
+"""The gateway under sustained load against the bare aiohttp forwarder (the floor,
+bench/floor.py), measured in the same run with wrk (bench/wrk.py):
+
+1. `--rounds` alternating rounds of `--seconds` at 32 connections: floor, then the
+   gateway (`tallygate serve`, its defaults: one worker owning its SQLite state, the
+   SQLite ledger, the lean upstream; `server.loop_lag` on), each round's p99 and req/s
+   side by side, with the simulator called directly as a third target for scale;
+2. one `--lag-seconds` run at 32 connections against the gateway, with the event-loop
+   stall histogram (`tallygate_event_loop_stall_seconds`: the longest stall of each
+   second) read from /metrics before and after.
+
+Simulator, floor, gateway and wrk share the machine's cores.
+
+    apt-get install wrk
+    python bench/load.py [--rounds 3] [--seconds 10] [--lag-seconds 60]
+        [--out bench/results/load.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import yaml
+from overhead import BODY, create_key, free_port, gateway_config, spawn
+from wrk import WrkResult, require_wrk, run_wrk
+
+ROOT = Path(__file__).resolve().parents[1]
+STALL = "tallygate_event_loop_stall_seconds"
+
+
+def stall_buckets(url: str) -> dict[str, float]:
+    """le → cumulative count of the stall histogram, plus `count` and `stalls`."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    out = {le: float(v) for le, v in re.findall(
+        rf'^{STALL}_bucket{{le="([^"]+)"}} ([\d.e+]+)$', text, re.M)}
+    count = re.search(rf"^{STALL}_count ([\d.e+]+)$", text, re.M)
+    stalls = re.search(r"^tallygate_event_loop_stalls_total ([\d.e+]+)$", text, re.M)
+    out["count"] = float(count.group(1)) if count else 0.0
+    out["stalls"] = float(stalls.group(1)) if stalls else 0.0
+    return out
+
+
+def lag_table(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    lines = ["| longest stall in a second | seconds |", "|---|---:|"]
+    previous = 0.0
+    for le in [k for k in after if k not in ("count", "stalls")]:
+        cumulative = after[le] - before.get(le, 0.0)
+        label = "≤ " + (f"{float(le) * 1000:g} ms" if le != "+Inf" else "∞")
+        lines.append(f"| {label} | {cumulative - previous:.0f} |")
+        previous = cumulative
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--lag-seconds", type=float, default=60.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    require_wrk()
+    procs: list[subprocess.Popen[bytes]] = []
+    rounds: list[dict[str, WrkResult]] = []
+    with tempfile.TemporaryDirectory(prefix="tg-bench-load-") as tmpdir:
+        tmp = Path(tmpdir)
+        try:
+            sim_port, floor_port, gw_port = free_port(), free_port(), free_port()
+            sim_url = f"http://127.0.0.1:{sim_port}"
+            procs.append(spawn([sys.executable, "-m", "tallygate", "sim", "--port",
+                                str(sim_port)], sim_url + "/v1/models"))
+            floor_url = f"http://127.0.0.1:{floor_port}"
+            procs.append(spawn([sys.executable, str(ROOT / "bench" / "floor.py"),
+                                "--upstream", sim_url, "--port", str(floor_port)],
+                               floor_url + "/"))
+            config = gateway_config(tmp, sim_url)
+            policy = yaml.safe_load(config.read_text())
+            policy["server"]["loop_lag"] = {"enabled": True}
+            config.write_text(yaml.safe_dump(policy))
+            key = create_key(config)
+            gw_url = f"http://127.0.0.1:{gw_port}"
+            procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
+                                str(config), "--port", str(gw_port)], gw_url + "/healthz"))
+            targets = {
+                "direct": (sim_url, {"authorization": "Bearer sk-sim"}),
+                "floor": (floor_url, {"authorization": "Bearer sk-sim"}),
+                "gateway": (gw_url, {"authorization": f"Bearer {key}"}),
+            }
+            path = "/v1/chat/completions"
+            common = {"content-type": "application/json"}
+            for url, headers in targets.values():  # warm-up: connections, caches
+                run_wrk(url + path, BODY, {**common, **headers}, connections=4, seconds=2)
+            for _ in range(args.rounds):
+                rounds.append({name: run_wrk(url + path, BODY, {**common, **headers},
+                                             connections=args.connections,
+                                             seconds=args.seconds)
+                               for name, (url, headers) in targets.items()})
+            before = stall_buckets(gw_url)
+            lag_run = run_wrk(gw_url + path, BODY, {**common, **targets["gateway"][1]},
+                              connections=args.connections, seconds=args.lag_seconds)
+            after = stall_buckets(gw_url)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=15)
+    command = ("python bench/load.py " + " ".join(sys.argv[1:])).strip()
+    lines = [
+        "# Sustained load: the gateway against the bare aiohttp forwarder (wrk)", "",
+        f"Command: `{command}`",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; simulator, floor, gateway and wrk (1 thread, "
+        f"{args.connections} connections) share the cores. Rounds alternate the targets; "
+        "`direct` is the simulator called without a proxy. Errors: non-2xx answers, "
+        "socket errors and timeouts.", "",
+        "| round | floor p50 ms | floor p99 ms | gateway p50 ms | gateway p99 ms | "
+        "p99 vs floor | floor req/s | gateway req/s | req/s vs floor | direct req/s | "
+        "gateway max ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, found in enumerate(rounds, 1):
+        fl, gw, direct = found["floor"], found["gateway"], found["direct"]
+        errors = sum(r.errors for r in found.values())
+        lines.append(
+            f"| {i} | {fl.p50:.2f} | {fl.p99:.2f} | {gw.p50:.2f} | {gw.p99:.2f} | "
+            f"{gw.p99 / fl.p99:.2f}× | {fl.rps:,.0f} | {gw.rps:,.0f} | "
+            f"{gw.rps / fl.rps:.2f}× | {direct.rps:,.0f} | {gw.max:.1f} | {errors} |")
+    stalls = after["stalls"] - before["stalls"]
+    lines += [
+        "", f"## Event-loop stalls during {args.lag_seconds:g} s at {args.connections} "
+        "connections", "",
+        f"The gateway served {lag_run.rps:,.0f} req/s (p50 {lag_run.p50:.2f} ms, p99 "
+        f"{lag_run.p99:.2f} ms, max {lag_run.max:.1f} ms, {lag_run.errors} errors). "
+        "Each second's longest stall (how late a 1 ms timer fired) went into one "
+        f"bucket; stalls longer than 5 ms: {stalls:.0f}.", "",
+        *lag_table(before, after),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
