@@ -7,7 +7,9 @@ clients saw: one row per answered call (by the id each answer carried), its stat
 and its tokens where the answer reported them.
 
 The load is open-loop (a request every 1/rate s, whatever the answers do), from one
-aiohttp client on the same machine; it stops by itself after `--minutes`.
+aiohttp client on the same machine; it stops by itself after `--minutes`. The simulator
+generates 800 tokens/s (a 16-token reply takes ~20 ms), so dropped streams are cut
+mid-way.
 
     python bench/soak.py [--minutes 10] [--rate 1000] [--out bench/results/soak.md]
 """
@@ -38,6 +40,7 @@ CHAT = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 16, "messages": HELLO
 STREAM = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 16, "messages": HELLO,
                        "stream": True, "stream_options": {"include_usage": True}})
 MESSAGES = orjson.dumps({"model": "claude-haiku-4-5", "max_tokens": 16, "messages": HELLO})
+DROPPED = -1  # a stream the client left: 499 in the ledger (200 if it had ended already)
 SAMPLE_EVERY = 10.0
 WARM_UP = 60.0  # seconds of traffic before the memory baseline
 
@@ -92,7 +95,7 @@ async def one(session: aiohttp.ClientSession, base: str, key: str, n: int,
                 if kind == "stream-drop":
                     await resp.content.readany()  # the first chunk, then gone
                     resp.close()
-                    seen.calls[rid] = (499, None, None)
+                    seen.calls[rid] = (DROPPED, None, None)
                     return
                 usage = {}
                 async for line in resp.content:
@@ -134,13 +137,17 @@ async def drive(base: str, key: str, pid: int, *, seconds: float, rate: float
     return seen, samples, n / sent_for
 
 
-def ledger_rows(path: Path) -> dict[str, tuple[int, int, int]]:
+def ledger_rows(path: Path) -> tuple[dict[str, tuple[int, int, int]], list[int]]:
+    """Each row's (status, input, output tokens), and the calls' latencies in the
+    gateway (ms, admission to the end of the call)."""
     db = sqlite3.connect(path)
     try:
-        return {rid: (status, inp, out) for rid, status, inp, out in db.execute(
-            "SELECT request_id, status, input_tokens, output_tokens FROM calls")}
+        found = db.execute("SELECT request_id, status, input_tokens, output_tokens, "
+                           "latency_ms FROM calls").fetchall()
     finally:
         db.close()
+    return ({rid: (st, inp, out) for rid, st, inp, out, _ in found},
+            sorted(ms for *_, ms in found))
 
 
 def compare(seen: Seen, rows: dict[str, tuple[int, int, int]]) -> list[str]:
@@ -155,7 +162,10 @@ def compare(seen: Seen, rows: dict[str, tuple[int, int, int]]) -> list[str]:
         row = rows.get(rid)
         if row is None:
             continue
-        if row[0] != status:
+        if status == DROPPED:
+            if row[0] not in (499, 200):
+                problems.append(f"{rid}: a dropped stream recorded as {row[0]}")
+        elif row[0] != status:
             problems.append(f"{rid}: status {row[0]} in the ledger, {status} seen")
         elif inp is not None and (row[1], row[2]) != (inp, out):
             problems.append(f"{rid}: tokens {row[1:]} in the ledger, {(inp, out)} seen")
@@ -167,6 +177,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--debug", type=Path, default=None,
+                        help="the gateway's debug log (stalls and what ran) to this file")
     args = parser.parse_args()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="tg-bench-soak-") as tmpdir:
@@ -174,30 +186,39 @@ def main() -> None:
         try:
             sim_port, gw_port = free_port(), free_port()
             sim_url = f"http://127.0.0.1:{sim_port}"
+            # Replies of 16 tokens at 800 tokens/s: ~20 ms a call, so a dropped stream is
+            # dropped mid-way (an instant reply would have ended before the drop).
             procs.append(spawn([sys.executable, "-m", "tallygate", "sim", "--port",
-                                str(sim_port)], sim_url + "/v1/models"))
+                                str(sim_port), "--tokens-per-second", "800"],
+                               sim_url + "/v1/models"))
             config = gateway_config(tmp, sim_url)
             policy = yaml.safe_load(config.read_text())
             policy["providers"]["anthropic"] = {"protocol": "anthropic", "base_url": sim_url,
                                                 "api_key": "sk-sim"}
+            policy["server"]["loop_lag"] = {"enabled": True}
             config.write_text(yaml.safe_dump(policy))
             key = create_key(config)
             base = f"http://127.0.0.1:{gw_port}"
             gateway = spawn([sys.executable, "-m", "tallygate", "serve", "--config",
-                             str(config), "--port", str(gw_port)], base + "/healthz")
+                             str(config), "--port", str(gw_port),
+                             *(["--log-level", "debug"] if args.debug else [])],
+                            base + "/healthz", stderr=args.debug)
             procs.append(gateway)
             seen, samples, achieved = asyncio.run(drive(
                 base, key, gateway.pid, seconds=args.minutes * 60, rate=args.rate))
             time.sleep(1.0)  # (the ledger writer commits every 50 ms)
             gateway.send_signal(signal.SIGTERM)  # stops the gateway's way: flushed
             gateway.wait(timeout=60)
-            rows = ledger_rows(tmp / "ledger.db")
+            rows, inside = ledger_rows(tmp / "ledger.db")
         finally:
             for proc in procs:
                 if proc.poll() is None:
                     proc.terminate()
                     proc.wait(timeout=15)
     problems = compare(seen, rows)
+    dropped_ids = [rid for rid, (status, _, _) in seen.calls.items() if status == DROPPED]
+    dropped = len(dropped_ids)
+    dropped_499 = sum(1 for rid in dropped_ids if rows.get(rid, (0,))[0] == 499)
     base_rss = next((rss for t, rss, _ in samples if t >= WARM_UP), samples[0][1])
     last_rss = samples[-1][1]
     fds = [f for t, _, f in samples if t >= WARM_UP] or [samples[-1][2]]
@@ -214,14 +235,17 @@ def main() -> None:
         f"({sum(seen.kinds.values()):,} calls: "
         + ", ".join(f"{k} {v:,}" for k, v in sorted(seen.kinds.items())) + f"); "
         f"{seen.failures} without an answer. Latency p50 {lat[len(lat) // 2] * 1000:.1f} ms,"
-        f" p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms (whole answers, streams to their "
-        "end).",
+        f" p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms at the client (whole answers, "
+        f"streams to their end); in the gateway (the ledger's latency_ms) p50 "
+        f"{inside[len(inside) // 2]} ms, p99 {inside[int(len(inside) * 0.99)]} ms.",
         f"- Resident memory after {WARM_UP:g} s of warm-up {base_rss / 2**20:.1f} MiB, at "
         f"the end {last_rss / 2**20:.1f} MiB: {(last_rss - base_rss) / base_rss:+.1%} "
         "(target < 5 %).",
         f"- Open descriptors after warm-up: {min(fds)} to {max(fds)} (first {fds[0]}, last "
         f"{fds[-1]}).",
         f"- Ledger: {len(rows):,} rows for {len(seen.calls):,} answered calls; "
+        f"dropped streams recorded as 499: {dropped_499:,} of {dropped:,} (the others "
+        "had ended before the drop reached the gateway: 200); "
         + ("every id, status and token count matches." if not problems else
            f"{len(problems)} problems: " + "; ".join(problems[:5])),
         "", "| t s | RSS MiB | descriptors |", "|---:|---:|---:|",
