@@ -8,7 +8,9 @@ bench/floor.py), measured in the same run with wrk (bench/wrk.py):
    each proxy's CPU time per request (all its threads, user + system, from /proc);
    `--baseline REV` adds the gateway as of a git revision (its `src/` exported to a
    temporary directory), the same way: before and after in one run;
-2. one `--lag-seconds` run at 32 connections against the gateway, with the event-loop
+2. the same targets at 1 connection (`--rounds` rounds of 5 s): each one's p50, and what
+   it adds to the simulator's (`direct`) in the same round;
+3. one `--lag-seconds` run at 32 connections against the gateway, with the event-loop
    stall histogram (`tallygate_event_loop_stall_seconds`: the longest stall of each
    second) read from /metrics before and after.
 
@@ -149,6 +151,11 @@ def main() -> None:
                         cpu.setdefault(name, []).append(
                             (cpu_seconds(pids[name]) - before) / found[name].requests * 1e6)
                 rounds.append(found)
+            single: list[dict[str, WrkResult]] = []
+            for _ in range(args.rounds):
+                single.append({name: run_wrk(url + path, BODY, {**common, **headers},
+                                             connections=1, seconds=5)
+                               for name, (url, headers) in targets.items()})
             before = stall_buckets(gw_url)
             lag_run = run_wrk(gw_url + path, BODY, {**common, **targets["gateway"][1]},
                               connections=args.connections, seconds=args.lag_seconds)
@@ -193,6 +200,18 @@ def main() -> None:
         lines += ["", f"Against the baseline: req/s {statistics.median(rps):.2f}× and "
                   f"requests per CPU-second {statistics.median(per_core):.2f}× (medians over "
                   "the rounds)."]
+    names = [n for n in targets if n != "direct"]
+    lines += ["", "## One connection: p50 and what each proxy adds to the simulator's", "",
+              "| round | direct p50 ms | " + " | ".join(f"{n} p50 ms | {n} added ms"
+                                                     for n in names) + " |",
+              "|---|---:|" + "---:|---:|" * len(names)]
+    for i, found in enumerate(single, 1):
+        direct_p50 = found["direct"].p50
+        lines.append(f"| {i} | {direct_p50:.3f} | " + " | ".join(
+            f"{found[n].p50:.3f} | {found[n].p50 - direct_p50:+.3f}" for n in names) + " |")
+    added = {n: statistics.median(f[n].p50 - f["direct"].p50 for f in single) for n in names}
+    lines += ["", "Median added p50: " + ", ".join(f"{n} {v:+.3f} ms" for n, v in added.items())
+              + f"; gateway / floor {added['gateway'] / added['floor']:.2f}×."]
     stalls = after["stalls"] - before["stalls"]
     lines += [
         "", f"## Event-loop stalls during {args.lag_seconds:g} s at {args.connections} "
