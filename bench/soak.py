@@ -97,11 +97,13 @@ async def one(session: aiohttp.ClientSession, base: str, key: str, n: int,
                     resp.close()
                     seen.calls[rid] = (DROPPED, None, None)
                     return
+                raw = await resp.read()  # (only the usage event is parsed: the load
+                at = raw.rfind(b'data: {"')  # generator must stay cheap)
+                while at >= 0 and b'"usage":{' not in raw[at:raw.find(b"\n", at)]:
+                    at = raw.rfind(b'data: {"', 0, at)
                 usage = {}
-                async for line in resp.content:
-                    if line.startswith(b"data: {"):
-                        event = orjson.loads(line[6:])
-                        usage = event.get("usage") or usage
+                if at >= 0:
+                    usage = orjson.loads(raw[at + 6:raw.find(b"\n", at)]).get("usage") or {}
                 seen.calls[rid] = (resp.status, usage.get("prompt_tokens"),
                                    usage.get("completion_tokens"))
         seen.latencies.append(time.perf_counter() - started)
