@@ -12,7 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ORDER = ["load", "overhead", "overhead_aiohttp", "stack", "soak", "server", "inprocess",
          "stores", "extend", "counting", "decide", "ledger", "keys", "observe", "library",
-         "sim", "demo", "dashboard"]
+         "ci_gen", "sim", "demo", "dashboard"]
 
 
 def main() -> None:

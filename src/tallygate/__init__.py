@@ -1,6 +1,6 @@
 """tallygate: token budgets, limits and cost observability in front of every LLM call.
 
-In-process use (SPEC §6): `Governor` wraps the official openai / anthropic clients with
+In-process use (docs/library.md): `Governor` wraps the official openai / anthropic clients with
 the gateway's enforcement; `count_tokens`, `chunk`, `trim` and `estimate_cost` work
 without one. The errors are the gateway's, as exceptions.
 

@@ -1,5 +1,5 @@
-"""The signed cache over every backend (memory, sqlite file, real redis): round trip,
-TTL, tampered, foreign and moved entries."""
+"""The signed cache over every backend (memory, sqlite file, real redis, a directory):
+round trip, TTL, tampered, foreign and moved entries."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ import pytest
 
 from tallygate.cache.backends import CacheBackend, open_backend
 from tallygate.cache.signed import ResponseCache
+from tests.support.waiting import eventually_async
 
 KEY = b"k" * 32
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "directory"])
 async def backend(request, tmp_path) -> AsyncIterator[CacheBackend]:
     if request.param == "memory":
         url = "memory://"
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/cache.db"
+    elif request.param == "directory":
+        url = f"file://{tmp_path}/cache"
     else:
         url = request.getfixturevalue("redis_url")
     made = open_backend(url)
@@ -57,8 +60,10 @@ async def test_redis_expires_entries_itself(redis_url: str) -> None:
     try:
         await backend.set("short", b"v", 0.05)
         assert await backend.get("short") == b"v"
-        await asyncio.sleep(0.2)
-        assert await backend.get("short") is None
+        async def gone() -> bool:
+            return await backend.get("short") is None
+
+        assert await eventually_async(gone, timeout=2.0)  # by Redis's own clock
     finally:
         await backend.close()
 
@@ -89,3 +94,24 @@ async def test_sqlite_hits_never_wait_for_a_writer_and_expired_rows_are_purged(
         assert "old" not in keys and "hit" in keys
     finally:
         await backend.close()
+
+
+async def test_directory_backend_keeps_hostile_keys_inside_and_skips_huge_files(
+        tmp_path) -> None:
+    from tallygate.cache.directory import DirectoryBackend
+
+    root = tmp_path / "cache"
+    backend = DirectoryBackend(root, max_bytes=128)
+    for key in ("../../escape", "/etc/passwd", "a/b\\c:d", "gen:" + "f" * 64):
+        await backend.set(key, b"v:" + key.encode(), 60)
+        assert await backend.get(key) == b"v:" + key.encode()
+        assert backend.path_of(key).resolve().is_relative_to(root.resolve())
+    assert not (tmp_path / "escape").exists()
+    assert await backend.get("a/b/c:d") is None  # made-safe names do not collide
+    big = backend.path_of("big")
+    big.parent.mkdir(parents=True, exist_ok=True)
+    big.write_bytes(b"x" * 129)
+    assert await backend.get("big") is None
+    assert not [p for p in root.rglob(".tmp-*")]  # writes leave no temporary files
+    with pytest.raises(Exception, match="file:///ABSOLUTE/DIR"):
+        open_backend("file://relative/dir")

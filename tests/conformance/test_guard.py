@@ -18,8 +18,9 @@ from tallygate.errors import StoreUnavailable
 from tallygate.state import from_url
 from tallygate.state.guard import GuardedStore
 from tallygate.state.memory import MemoryStore
-from tallygate.types import Hold, NotHeld, Window
+from tallygate.types import Hold, LimitUsage, NotHeld, Window
 from tests.support.servers import _wait_port, free_port
+from tests.support.waiting import eventually_async
 
 T0 = 1_718_000_000.0
 DAY = [Hold("user:u1:tokens:day", 100, 1000, Window.DAY)]
@@ -90,9 +91,12 @@ async def test_fail_open_admits_locally_and_reconciles(
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
 
-    await asyncio.sleep(0.25)  # past the probe interval
-    shared = await guard.usage("user:u1:tokens:day", limit=1000, window=Window.DAY,
-                               now=T0 + 4)
+    async def back() -> LimitUsage | None:  # the next probe finds Redis again
+        found = await guard.usage("user:u1:tokens:day", limit=1000, window=Window.DAY,
+                                  now=T0 + 4)
+        return None if guard.degraded else found
+
+    shared = await eventually_async(back)
     assert not guard.degraded and guard.pending == 0
     # Reconciled: 70 before + 40 settled locally + 30 of the queued settle.
     assert shared.used == 140
@@ -138,8 +142,11 @@ async def test_extend_during_an_outage(own_redis: subprocess.Popen[bytes]) -> No
         assert (local.used, local.reserved) == (0, 500)  # o1's 100 + 400 only
     finally:
         os.kill(own_redis.pid, signal.SIGCONT)
-    await asyncio.sleep(0.25)
-    shared = await opened.usage(key, limit=1000, window=Window.DAY, now=T0 + 3)
+    async def back() -> LimitUsage | None:
+        found = await opened.usage(key, limit=1000, window=Window.DAY, now=T0 + 3)
+        return None if opened.degraded else found
+
+    shared = await eventually_async(back)
     assert not opened.degraded and opened.pending == 0
     # s1 settled; c1 still held, and grown: the extension that timed out had reached
     # the paused server's socket and ran once it woke (a lost answer over-holds, until

@@ -154,6 +154,14 @@ def test_create_refuses_a_typo(client: TestClient, store: MemoryKeyStore, field:
     assert asyncio.run(store.list(include_revoked=True)) == []
 
 
+def test_create_refuses_a_mistyped_field(client: TestClient, store: MemoryKeyStore) -> None:
+    body = {"user": "u", "plan": "pro", "limts": {"tokens_per_day": 5}}
+    error = assert_error(client.post("/admin/keys", json=body, headers=AUTH), 400,
+                         "invalid_request")
+    assert "did you mean 'limits'" in error["message"] and error["param"] == "limts"
+    assert asyncio.run(store.list(include_revoked=True)) == []
+
+
 async def test_update_a_key(client: TestClient, store: MemoryKeyStore) -> None:
     created = client.post("/admin/keys", json={"user": "u", "plan": "free",
                                                "features": ["chat"]}, headers=AUTH).json()

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from tallygate.types import Outcome
-from tests.gateway.resilience_support import HELLO, limits
 from tests.support.gateway import RunningGateway, http
+from tests.support.resilience import HELLO, limits
 
 TINY = {"tiny": {"tokens_per_day": 300}, "nano": {"tokens_per_day": 20},
         "pro": {"tokens_per_day": 1_000_000}}

@@ -16,8 +16,11 @@ import pytest
 from tallygate.providers.common import parse_event
 from tallygate.providers.sessions import agent_attribution
 from tallygate.types import Outcome
-from tests.gateway.conftest import FEATURES
 from tests.support.gateway import ADMIN_KEY, RunningGateway, http
+from tests.support.policies import FEATURES
+
+# The upstream transport is exercised here: run on both (tests/support/fixtures.py).
+BOTH_TRANSPORTS = True
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "agents"
 # No feature cap on the default feature: the agents' own max_tokens go through.

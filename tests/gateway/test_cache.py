@@ -8,8 +8,8 @@ import openai
 import orjson
 
 from tallygate.types import Outcome
-from tests.gateway.resilience_support import HELLO, client, fast_retries, nothing_held, post
 from tests.support.gateway import RunningGateway
+from tests.support.resilience import HELLO, client, fast_retries, nothing_held, post
 
 CACHE = {"hmac_key": "test-cache-signing-key-0123456789"}
 ON = {"X-Tallygate-Cache": "on", "X-Tallygate-Feature": "chat"}

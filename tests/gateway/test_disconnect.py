@@ -4,13 +4,16 @@ far are settled, and nothing stays reserved."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import orjson
 
 from tallygate.types import Outcome
 from tests.support.gateway import RunningGateway, http
+from tests.support.waiting import eventually
+
+# The upstream transport is exercised here: run on both (tests/support/fixtures.py).
+BOTH_TRANSPORTS = True
 
 
 async def _read_some_then_close(url: str, key: str, body: dict, chunks: int) -> int:
@@ -27,12 +30,7 @@ async def _read_some_then_close(url: str, key: str, body: dict, chunks: int) -> 
 
 
 def _wait_rows(gw: RunningGateway, n: int) -> list:
-    for _ in range(100):
-        rows = gw.rows()
-        if len(rows) >= n:
-            return rows
-        time.sleep(0.05)
-    return gw.rows()
+    return eventually(lambda: rows if len(rows := gw.rows()) >= n else None)
 
 
 def test_disconnect_settles_tokens_so_far(gateway: RunningGateway, sim) -> None:

@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from tallygate.sim import SimServer
-from tests.gateway.conftest import FEATURES, PLANS
-from tests.gateway.resilience_support import HELLO
 from tests.support.gateway import ADMIN_KEY, RunningGateway, http, running_gateway, sim_policy
+from tests.support.policies import FEATURES, PLANS
+from tests.support.resilience import HELLO
 
 
 @pytest.fixture

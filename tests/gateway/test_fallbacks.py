@@ -9,7 +9,10 @@ import openai
 import pytest
 
 from tallygate.types import Outcome, Window
-from tests.gateway.resilience_support import HELLO, client, detail, fast_retries, limits
+from tests.support.resilience import HELLO, client, detail, fast_retries, limits
+
+# The upstream transport is exercised here: run on both (tests/support/fixtures.py).
+BOTH_TRANSPORTS = True
 
 FALLBACK = {"chat": {"max_output": 50, "model": "gpt-4o-mini", "retries": 1,
                      "fallbacks": ["claude-haiku-4-5", "gpt-4.1-mini"]}}

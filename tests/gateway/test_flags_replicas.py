@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from tallygate.cli import flags as flags_cli
 from tallygate.sim import SimServer
-from tests.gateway.conftest import FEATURES, PLANS
-from tests.gateway.resilience_support import HELLO, post
 from tests.support.gateway import ADMIN_KEY, RunningGateway, http, running_gateway, sim_policy
+from tests.support.policies import FEATURES, PLANS
+from tests.support.resilience import HELLO, post
 
 # Registered here as in cli/main.py, so the test does not depend on that wiring.
 cli_app = typer.Typer()

@@ -3,7 +3,7 @@ the client did not set one."""
 
 from __future__ import annotations
 
-from tests.gateway.resilience_support import HELLO, client
+from tests.support.resilience import HELLO, client
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}},
           "required": ["answer"], "additionalProperties": False}

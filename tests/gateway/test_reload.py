@@ -16,6 +16,7 @@ import orjson
 from tallygate.sim import SimServer
 from tests.support.gateway import http
 from tests.support.procs import start_gateway, stop, write_policy
+from tests.support.waiting import eventually
 
 ADMIN = "reload-admin-key"
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -46,15 +47,6 @@ def _call(url: str, key: str) -> int:
                  "x-tallygate-feature": "chat"})[0]
 
 
-def _until(check: Any, seconds: float = 10.0) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_sighup_takes_a_changed_limit_and_keeps_a_broken_file_out(
         sim: SimServer, tmp_path: Path) -> None:
     path = tmp_path / "tallygate.yaml"
@@ -66,7 +58,7 @@ def test_sighup_takes_a_changed_limit_and_keeps_a_broken_file_out(
         assert _call(url, key) == 200
         write_policy(path, _policy(tmp_path, sim, state, 10))  # a much smaller plan
         proc.send_signal(signal.SIGHUP)
-        assert _until(lambda: _call(url, key) == 429)  # the next calls: the new limit
+        eventually(lambda: _call(url, key) == 429)  # the next calls: the new limit
         path.write_text("features: {chat: [unclosed\n")  # broken
         proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
@@ -103,7 +95,7 @@ def test_a_replica_on_the_same_redis_follows_a_reload(
                             headers={"Authorization": f"Bearer {ADMIN}"})
         assert status == 200
         assert _call(url_a, key) == 429
-        assert _until(lambda: _call(url_b, key) == 429, 5.0)  # within a few seconds
+        eventually(lambda: _call(url_b, key) == 429, timeout=5.0)  # within a few seconds
     finally:
         stop(proc_a)
         stop(proc_b)

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from tallygate.types import Outcome
-from tests.gateway.resilience_support import (
+from tests.support.resilience import (
     HELLO,
     client,
     detail,
@@ -18,6 +18,9 @@ from tests.gateway.resilience_support import (
     post,
     rows_when,
 )
+
+# The upstream transport is exercised here: run on both (tests/support/fixtures.py).
+BOTH_TRANSPORTS = True
 
 
 @pytest.mark.parametrize("fault", ["429:0.002", "500", "529"])

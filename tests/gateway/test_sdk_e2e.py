@@ -10,6 +10,9 @@ import orjson
 from tallygate.types import Outcome
 from tests.support.gateway import RunningGateway, http
 
+# The upstream transport is exercised here: run on both (tests/support/fixtures.py).
+BOTH_TRANSPORTS = True
+
 CHAT = {"X-Tallygate-Feature": "chat"}
 CLAUDE = {"X-Tallygate-Feature": "claude"}
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 from tallygate.sim import SimServer
-from tests.gateway.test_shutdown import _setup
-from tests.support.procs import start_gateway, stop
+from tests.support.procs import serveable_policy, start_gateway, stop
 from tests.support.servers import free_port
 
 
 def test_several_workers_refuse_a_file_another_gateway_owns(sim: SimServer,
                                                            tmp_path: Path) -> None:
-    policy, _ = _setup(tmp_path, sim, "1s")
+    policy, _ = serveable_policy(tmp_path, sim, "1s")
     _, owner = start_gateway(policy)
     try:
         second = subprocess.run(

@@ -15,8 +15,8 @@ import pytest
 
 from tallygate.gateway.guarded_http import Guards
 from tallygate.sim import SimServer
-from tests.gateway.conftest import FEATURES, PLANS
 from tests.support.gateway import RunningGateway, running_gateway, sim_policy
+from tests.support.policies import FEATURES, PLANS
 
 GUARDS = Guards(header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5, max_connections=3,
                 max_header_bytes=8 * 1024)

@@ -5,10 +5,7 @@ nothing is printed but the shutdown log lines."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ import pytest
 
 from tallygate.sim import SimConfig, SimServer
 from tests.support.gateway import running_sim
-from tests.support.procs import start_gateway, write_policy
+from tests.support.procs import serveable_policy, start_gateway
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +24,6 @@ def slow_sim() -> Iterator[SimServer]:
     """A stream of 400 tokens at 40 tokens/s: ten seconds long."""
     with running_sim(SimConfig(tokens_per_second=40, reply_tokens=400)) as (server, _):
         yield server
-
-
-def _setup(tmp: Path, sim: SimServer, deadline: str) -> tuple[Path, str]:
-    policy = write_policy(tmp / "tallygate.yaml", {
-        "storage": {"state": f"sqlite:///{tmp}/state.db", "ledger": f"sqlite:///{tmp}/l.db"},
-        "providers": {"openai": {"protocol": "openai", "base_url": f"{sim.url}/v1",
-                                 "api_key": "sk-sim"}},
-        "features": {"chat": {"max_output": 400, "model": "gpt-4o-mini"}},
-        "plans": {"pro": {"tokens_per_day": 1_000_000}},
-        "server": {"shutdown_deadline": deadline},
-    })
-    made = subprocess.run(
-        [sys.executable, "-m", "tallygate", "keys", "create", "--config", str(policy),
-         "--user", "streamer", "--plan", "pro", "--json"],
-        capture_output=True, text=True, check=True, timeout=60)
-    return policy, json.loads(made.stdout)["key"]
 
 
 class Reader(threading.Thread):
@@ -80,7 +61,7 @@ def _rows(policy: Path) -> list[dict]:  # type: ignore[type-arg]
 @pytest.mark.parametrize(("presses", "workers"), [(1, 1), (2, 1), (1, 2)])
 def test_ctrl_c_with_a_stream_in_flight(presses: int, workers: int, slow_sim: SimServer,
                                         tmp_path: Path) -> None:
-    policy, key = _setup(tmp_path, slow_sim, "1s")
+    policy, key = serveable_policy(tmp_path, slow_sim, "1s")
     url, proc = start_gateway(policy, workers=workers)
     reader = Reader(url, key)
     reader.start()

@@ -15,8 +15,11 @@ import openai
 import pytest
 
 from tallygate.types import Outcome
-from tests.gateway.resilience_support import limits
 from tests.support.gateway import RunningGateway
+from tests.support.resilience import limits
+
+# The upstream transport is exercised here: run on both (tests/support/fixtures.py).
+BOTH_TRANSPORTS = True
 
 # Agent-sized turns scaled down ten times (a 6,000-token plan, 3,200 asked, a 256-token
 # slice) so the suite stays fast; bench/streamed.py measures the real sizes.

@@ -4,7 +4,7 @@ model, made as a call of its own (own reservation and row), cached by the turns'
 from __future__ import annotations
 
 from tallygate.types import Outcome
-from tests.gateway.resilience_support import client, detail, fast_retries, nothing_held
+from tests.support.resilience import client, detail, fast_retries, nothing_held
 
 FEATURES = {
     "chat": {"max_input": 150, "max_output": 50, "model": "gpt-4o-mini",

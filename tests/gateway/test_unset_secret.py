@@ -8,9 +8,9 @@ import orjson
 
 from tallygate.config import Policy
 from tallygate.sim import SimServer
-from tests.gateway.conftest import FEATURES, PLANS
-from tests.gateway.resilience_support import HELLO
 from tests.support.gateway import ADMIN_KEY, http, running_gateway
+from tests.support.policies import FEATURES, PLANS
+from tests.support.resilience import HELLO
 
 
 def test_first_call_names_the_missing_variable(sim: SimServer, tmp_path) -> None:

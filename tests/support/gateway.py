@@ -85,6 +85,26 @@ class RunningGateway:
         return self.loop.call(rt.ledger.records())
 
 
+class _TestServer(uvicorn.Server):
+    """uvicorn whose main loop waits for `stop()` instead of waking every 0.1 s, and says
+    it is up by an event: a test gateway starts and stops without polling."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.up = threading.Event()
+        self._stop: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._stop = asyncio.Event()
+        self.up.set()
+        await self._stop.wait()
+
+    def stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.should_exit = True
+        if self._stop is not None:
+            loop.call_soon_threadsafe(self._stop.set)
+
+
 @contextmanager
 def running_gateway(policy: Policy, *, guards: Guards | None = None,
                     **uvicorn_kw: Any) -> Iterator[RunningGateway]:
@@ -95,21 +115,19 @@ def running_gateway(policy: Policy, *, guards: Guards | None = None,
                                   lifespan="on", log_level="warning", access_log=False)
     config = (uvicorn.Config(gw, **common, **uvicorn_kw) if guards is None
               else GuardedConfig(gw, guards=guards, **common, **uvicorn_kw))
-    server = uvicorn.Server(config)
+    server = _TestServer(config)
     lt = LoopThread()
     task = asyncio.run_coroutine_threadsafe(server.serve(), lt.loop)
     try:
-        for _ in range(400):
-            if server.started:
-                break
+        while not server.up.wait(0.05):
             if task.done():
                 task.result()
-            threading.Event().wait(0.025)
-        else:
-            raise RuntimeError("gateway did not start")
+                raise RuntimeError("gateway did not start")
+            if not lt.thread.is_alive():  # uvicorn ends its loop (SystemExit) on a failed startup
+                raise RuntimeError("gateway did not start: its startup failed (see the log)")
         yield RunningGateway(f"http://127.0.0.1:{port}", gw, lt)
     finally:
-        server.should_exit = True
+        server.stop(lt.loop)
         task.result(timeout=20)
         lt.stop()
 

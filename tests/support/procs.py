@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,10 +43,13 @@ def start_gateway(
     config: Path, *, env: dict[str, str] | None = None, workers: int = 1,
 ) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
+    # Run beside the policy: its relative paths (sqlite:///tallygate.db) land there, not in
+    # the checkout.
     proc = subprocess.Popen(
         [sys.executable, "-m", "tallygate", "serve", "--config", str(config), "--port", str(port),
          "--workers", str(workers)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        cwd=config.parent,
     )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, proc)
@@ -75,3 +79,21 @@ def gateways(config: Path, count: int) -> Iterator[Sequence[str]]:
     finally:
         for proc in started:
             stop(proc)
+
+
+def serveable_policy(tmp: Path, sim: Any, deadline: str) -> tuple[Path, str]:
+    """A policy file for `serve` on the simulator (SQLite state and ledger in `tmp`, a
+    `pro` plan, the shutdown deadline), and the secret of a key on it."""
+    policy = write_policy(tmp / "tallygate.yaml", {
+        "storage": {"state": f"sqlite:///{tmp}/state.db", "ledger": f"sqlite:///{tmp}/l.db"},
+        "providers": {"openai": {"protocol": "openai", "base_url": f"{sim.url}/v1",
+                                 "api_key": "sk-sim"}},
+        "features": {"chat": {"max_output": 400, "model": "gpt-4o-mini"}},
+        "plans": {"pro": {"tokens_per_day": 1_000_000}},
+        "server": {"shutdown_deadline": deadline},
+    })
+    made = subprocess.run(
+        [sys.executable, "-m", "tallygate", "keys", "create", "--config", str(policy),
+         "--user", "streamer", "--plan", "pro", "--json"],
+        capture_output=True, text=True, check=True, timeout=60)
+    return policy, json.loads(made.stdout)["key"]

@@ -22,7 +22,7 @@ from tallygate.cli import keys as keys_cli
 from tallygate.cli.report import register
 from tallygate.ledger import open_ledger
 from tallygate.types import CallRecord, Outcome
-from tests.unit.test_report import DAY2, ROWS
+from tests.support.rows import DAY2, ROWS
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 NARROW = {"COLUMNS": "80", "LINES": "50"}

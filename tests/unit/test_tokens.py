@@ -18,7 +18,7 @@ from tallygate.core import bpe, tokens
 from tallygate.core.catalog import resolve_model
 from tallygate.core.chat_tokens import CHAT_REPLY_PRIMING
 from tallygate.errors import InputTooLarge, InvalidRequest
-from tests.unit.test_bpe import CORPUS
+from tests.support.corpus import CORPUS
 
 GPT4O = resolve_model("gpt-4o")
 CLAUDE = resolve_model("claude-sonnet-4-5")

@@ -1,6 +1,7 @@
-"""Where cache entries live: memory (tests, one process), sqlite (a file) or redis
-(shared by replicas). A backend stores opaque bytes with a TTL; signing and expiry
-checks are the ResponseCache's job (cache/signed.py)."""
+"""Where cache entries live: memory (tests, one process), sqlite (a file), redis
+(shared by replicas) or a directory (file:///DIR, one file per entry: directory.py).
+A backend stores opaque bytes with a TTL; signing and expiry checks are the
+ResponseCache's job (cache/signed.py)."""
 
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ class RedisBackend:
         with needs("redis", "a redis:// response cache"):
             import redis.asyncio as redis
 
-        self._client = redis.from_url(url)
+            from tallygate.state.redis import client_identity
+        self._client = redis.from_url(url, **client_identity())
         self._prefix = prefix
 
     async def get(self, key: str) -> bytes | None:
@@ -146,5 +148,12 @@ def open_backend(url: str) -> CacheBackend:
         return SqliteBackend(path)
     if scheme in ("redis", "rediss"):
         return RedisBackend(url)
-    raise ConfigError(f"cache.backend {url!r}: expected memory://, sqlite:///PATH or "
-                      "redis://HOST:PORT/DB")
+    if scheme == "file":
+        from tallygate.cache.directory import DirectoryBackend
+
+        path = url[len("file://"):]
+        if not path.startswith("/"):
+            raise ConfigError(f"cache.backend {url!r}: expected file:///ABSOLUTE/DIR")
+        return DirectoryBackend(path)
+    raise ConfigError(f"cache.backend {url!r}: expected memory://, sqlite:///PATH, "
+                      "redis://HOST:PORT/DB or file:///DIR")

@@ -16,7 +16,8 @@ import typer
 
 from tallygate.cli.tables import Column, FormatOpt, WideOpt, fit, output_format, show, write_csv
 from tallygate.errors import ConfigError, TallygateError
-from tallygate.reports.budgets import BudgetRow, Query, budget_rows, human_delta, iso, row_json
+from tallygate.reports.budgets import BudgetRow, Query, budget_rows, human_delta, row_json
+from tallygate.units import iso_seconds
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
@@ -89,7 +90,7 @@ async def read_budgets(policy: Policy, q: Query, state_url: str, store_url: str,
 
 
 def _amount(metric: str, value: int) -> str:
-    from tallygate.reports.usage import usd_display
+    from tallygate.units import usd_display
 
     return usd_display(value) if metric == "cost" else f"{value:,}"
 
@@ -171,7 +172,7 @@ def _local(q: Query, config: Path | None, state: str | None,
     policy = load_policy(config)
     rows = asyncio.run(read_budgets(policy, q, state or policy.storage.state,
                                     store or policy.storage.ledger, now))
-    return {"now": iso(now), "limits": [row_json(r, now) for r in rows]}
+    return {"now": iso_seconds(now), "limits": [row_json(r, now) for r in rows]}
 
 
 def _remote(url: str, admin_key: str | None, q: Query) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def _with_store(store_url: str | None, config: str | None, action: Any) -> Any:
     """Run `action` ("list", ("set", name, on) or ("clear", name)) on the state store.
     The policy is always read: it names the features a flag may switch."""
     from tallygate.config.names import PolicyNames
-    from tallygate.gateway.admin.flags import flag_list
+    from tallygate.reports.flags import flag_list
     from tallygate.state import from_url
 
     policy = _policy(config)
@@ -72,7 +72,7 @@ def list_flags(store: str | None, config: str | None, url: str | None,
 
 def set_flag(feature: str, on: bool, store: str | None, config: str | None, url: str | None,
              admin_key: str | None) -> dict[str, Any]:
-    from tallygate.gateway.admin.flags import check_feature_name
+    from tallygate.reports.flags import check_feature_name
 
     check_feature_name(feature)
     if url:  # the gateway checks the name against its own policy
@@ -83,7 +83,7 @@ def set_flag(feature: str, on: bool, store: str | None, config: str | None, url:
 
 def clear_flag(feature: str, store: str | None, config: str | None, url: str | None,
                admin_key: str | None) -> dict[str, Any]:
-    from tallygate.gateway.admin.flags import check_feature_name
+    from tallygate.reports.flags import check_feature_name
 
     check_feature_name(feature)
     if url:

@@ -10,13 +10,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from tallygate.cli.tables import Column, FormatOpt, WideOpt, fit, output_format, show, write_csv
 from tallygate.errors import InvalidRequest, TallygateError
+from tallygate.units import minute_text
 
 T = TypeVar("T")
 
@@ -99,11 +99,6 @@ def _public(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k != "object"}
 
 
-def _when(ts: int | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
-
 
 def create_key(target: Target, fields: dict[str, Any]) -> dict[str, Any]:
     if target.url:
@@ -183,10 +178,10 @@ def _list_columns(include_revoked: bool) -> list[Column]:
         Column("limits", lambda k: ", ".join(f"{n}={v}" for n, v in k["limits"].items())
                or "-", 2, number=False),
         Column("name", lambda k: k.get("name") or "", 3, number=False),
-        Column("created", lambda k: _when(k["created_at"]), 4, number=False),
+        Column("created", lambda k: minute_text(k["created_at"]), 4, number=False),
     ]
     if include_revoked:
-        columns.insert(3, Column("revoked", lambda k: _when(k["revoked_at"]), 1,
+        columns.insert(3, Column("revoked", lambda k: minute_text(k["revoked_at"]), 1,
                                  number=False))
     return columns
 

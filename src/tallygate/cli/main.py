@@ -37,10 +37,12 @@ def main(
 def _register() -> None:
     from tallygate.cli import (
         budgets,
+        check,
         dashboard,
         demo,
         doctor,
         flags,
+        gen,
         init,
         keys,
         reload,
@@ -51,7 +53,7 @@ def _register() -> None:
     )
 
     for module in (init, demo, serve, dashboard, reload, keys, flags, report, budgets, text,
-                   sim, doctor):
+                   check, gen, sim, doctor):
         module.register(app)
 
 

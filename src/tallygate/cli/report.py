@@ -123,7 +123,7 @@ async def _on_ledger(url: str, query: Callable[[Any], Awaitable[T]]) -> T:
 
 
 def _window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
-    from tallygate.reports.usage import parse_when
+    from tallygate.units import parse_when
 
     now = time.time()
     return (

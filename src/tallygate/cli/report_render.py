@@ -7,7 +7,8 @@ from dataclasses import replace
 
 from tallygate.cli.tables import Column, fit, show, write_csv
 from tallygate.reports.runs import RunsReport, WhatIf
-from tallygate.reports.usage import UsageReport, UsageRow, iso, usd_display, usd_text
+from tallygate.reports.usage import UsageReport, UsageRow
+from tallygate.units import iso, usd_display, usd_text
 
 
 def _n(value: int | None) -> str:

@@ -1,4 +1,5 @@
-"""`tallygate count`, `chunk` and `check`: token counts of files for people and CI.
+"""`tallygate count` and `chunk`: token counts of files for people and CI (`check` is
+cli/check.py).
 
 Errors are TallygateError subclasses; cli/main.py's run() prints them as one line."""
 
@@ -14,7 +15,6 @@ import typer
 from tallygate.errors import InvalidRequest, TallygateError
 
 DEFAULT_MODEL = "gpt-4o"
-_BINARY_PROBE = 8_192
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model whose tokenizer counts.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -47,41 +47,16 @@ def _read_bytes(name: str) -> bytes:
         raise InvalidRequest(f"{name}: cannot read ({exc.strerror})") from exc
 
 
-def _is_binary(raw: bytes) -> bool:
-    return b"\x00" in raw[:_BINARY_PROBE]
-
-
-def _chat_body(text: str) -> dict[str, Any] | None:
-    """The parsed JSON when the text is a chat request (an object with `messages`)."""
-    if not text.lstrip().startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("messages"), list) else None
-
-
 def count_source(name: str, raw: bytes, model: Any) -> dict[str, Any]:
-    """One row of `count`/`check`: a chat JSON counts as a request, anything else as text."""
+    """One row of `count`: a chat JSON counts as a request, anything else as text."""
+    from tallygate.ci.sources import count_bytes
     from tallygate.core.catalog import resolve_model
-    from tallygate.core.tokens import count_anthropic_messages, count_request, count_text
 
     info = resolve_model(model)
-    text = raw.decode("utf-8", errors="replace")
-    body = _chat_body(text)
-    if body is None:
-        result = count_text(text, info)
-        kind = "text"
-    elif info.provider == "anthropic" or info.name.startswith("claude"):
-        result = count_anthropic_messages(body, info)
-        kind = "anthropic-chat"
-    else:
-        result = count_request("openai", "chat/completions", body, info)
-        kind = "chat"
+    result = count_bytes(raw, info)
     return {
         "file": name,
-        "kind": kind,
+        "kind": result.kind,
         "tokens": result.tokens,
         "exact": result.exact,
         "encoding": result.encoding,
@@ -89,7 +64,7 @@ def count_source(name: str, raw: bytes, model: Any) -> dict[str, Any]:
     }
 
 
-def _print_table(rows: list[dict[str, Any]], title: str, budget: int | None = None) -> None:
+def _print_table(rows: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -99,14 +74,9 @@ def _print_table(rows: list[dict[str, Any]], title: str, budget: int | None = No
     table.add_column("kind")
     table.add_column("tokens", justify="right")
     table.add_column("exact")
-    if budget is not None:
-        table.add_column("status")
     for row in rows:
-        cells = [escape(row["file"]), row["kind"], f"{row['tokens']:,}",
-                 "yes" if row["exact"] else "est."]  # a file named "[/]" is a name
-        if budget is not None:
-            cells.append("[red]OVER[/red]" if row["tokens"] > budget else "ok")
-        table.add_row(*cells)
+        table.add_row(escape(row["file"]), row["kind"], f"{row['tokens']:,}",
+                      "yes" if row["exact"] else "est.")  # a file named "[/]" is a name
     Console(highlight=False).print(table)
 
 
@@ -160,59 +130,12 @@ def chunk_cmd(
     typer.echo(f"{len(pieces)} pieces written to {out}")
 
 
-def _walk(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise InvalidRequest(f"{name}: no such file or directory")
-    return files
-
-
-def check_cmd(
-    paths: Annotated[list[str], typer.Argument(help="Files or directories (recursive).")],
-    budget: Annotated[int, typer.Option("--budget", "-b", help="Max tokens per file.")],
-    model: ModelOpt = DEFAULT_MODEL,
-    as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-) -> None:
-    """CI gate: exit 1 when any file is over --budget tokens."""
-    if budget < 0:
-        raise InvalidRequest("--budget must be ≥ 0")
-    info = _model(model, config)
-    rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for path in _walk(paths):
-        raw = _read_bytes(str(path))
-        if _is_binary(raw):
-            skipped.append(str(path))
-            continue
-        rows.append(count_source(str(path), raw, info))
-    over = [r for r in rows if r["tokens"] > budget]
-    if as_json:
-        report = {"budget": budget, "model": model, "files": rows, "skipped": skipped}
-        typer.echo(json.dumps(report | {"over": [r["file"] for r in over]}, indent=2))
-    else:
-        _print_table(rows, f"token budget {budget:,} ({model})", budget)
-        for name in skipped:
-            typer.echo(f"skipped binary file: {name}")
-        for row in over:
-            typer.echo(f"OVER BUDGET: {row['file']}: {row['tokens']:,} > {budget:,} tokens")
-    if over:
-        raise typer.Exit(1)
-
-
 def register(app: typer.Typer) -> None:
-    app.command("count")(_guard(count_cmd))
-    app.command("chunk")(_guard(chunk_cmd))
-    app.command("check")(_guard(check_cmd))
+    app.command("count")(guard(count_cmd))
+    app.command("chunk")(guard(chunk_cmd))
 
 
-def _guard(fn: Any) -> Any:
+def guard(fn: Any) -> Any:
     """Keep typer's signature; turn stray OS/Unicode errors into TallygateError lines."""
     import functools
 

@@ -5,6 +5,8 @@ from tallygate.config.models import (
     Alert,
     Attribution,
     Cache,
+    CheckBudget,
+    CheckSection,
     Dashboard,
     Feature,
     LimitFields,
@@ -16,6 +18,7 @@ from tallygate.config.models import (
     Routing,
     Server,
     Storage,
+    parse_duration,
     usd_to_nano,
 )
 from tallygate.config.policy import (
@@ -34,6 +37,8 @@ __all__ = [
     "Alert",
     "Attribution",
     "Cache",
+    "CheckBudget",
+    "CheckSection",
     "Dashboard",
     "Feature",
     "LimitFields",
@@ -48,5 +53,6 @@ __all__ = [
     "Storage",
     "default_policy",
     "load_policy",
+    "parse_duration",
     "usd_to_nano",
 ]

@@ -1,4 +1,4 @@
-"""The policy document (SPEC §2) as frozen pydantic models.
+"""The policy document (docs/policy.md) as frozen pydantic models.
 
 Loading, `${VAR}` expansion and error formatting live in `config.py`; this module only
 says what a valid document looks like. After validation every USD amount is an integer
@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -27,7 +27,8 @@ from tallygate.core.limits import LimitIndex, LimitRule, Rules, merge_rules
 from tallygate.core.runaway import DEFAULT_GROWTH_CALLS, RunawayPolicy
 from tallygate.core.windows import CALENDAR_WINDOWS
 from tallygate.errors import SecretNotSet
-from tallygate.types import NANO_PER_USD, Metric, Window
+from tallygate.types import Metric, Window
+from tallygate.units import to_decimal, usd_to_nano
 
 _MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
@@ -42,36 +43,6 @@ def _reject_bool(value: Any) -> Any:
     return value
 
 
-def to_decimal(value: Any) -> Decimal:
-    """Exact decimal of a YAML/JSON number or numeric string (floats via their repr)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number, not true/false")
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, str):
-        try:
-            return Decimal(value.strip().replace("_", ""))
-        except InvalidOperation:
-            raise ValueError("expected a number") from None
-    raise ValueError("expected a number")
-
-
-def usd_to_nano(value: Any) -> int:
-    """USD decimal → integer nano-USD, exactly; NaN, infinity, negatives and more than
-    nine decimal places are refused (they cannot be charged exactly)."""
-    amount = to_decimal(value)
-    if not amount.is_finite():
-        raise ValueError("expected a finite USD amount, not NaN or infinity")
-    if amount < 0:
-        raise ValueError("expected a USD amount >= 0")
-    nano = amount * NANO_PER_USD
-    if nano != nano.to_integral_value():
-        raise ValueError("expected a USD amount with at most 9 decimal places (1 nano-USD)")
-    return int(nano)
 
 
 def _finite_ratio(value: Any) -> Decimal:
@@ -99,6 +70,12 @@ def _duration(value: Any) -> float:
     if not seconds.is_finite() or seconds <= 0:
         raise ValueError("expected a duration > 0")
     return float(seconds)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from `30`, `30s`, `5m`, `1h`, `2d` or `250ms` (ValueError otherwise), as the
+    policy reads durations; for command-line options that take one."""
+    return _duration(value)
 
 
 class UnsetSecret(SecretStr):
@@ -160,7 +137,7 @@ _LIFETIME_KEYS = ("tokens_per_run", "requests_per_run", "cost_usd_per_run",
 
 class LimitFields(BaseModel):
     """`<metric>_per_<window>` limits of one scope. Cost limits are written in USD
-    (`cost_usd_per_day: 12.5`, or SPEC's `cost_per_day_usd`) and held as nano-USD."""
+    (`cost_usd_per_day: 12.5`, or `cost_per_day_usd`) and held as nano-USD."""
 
     model_config = _MODEL_CONFIG
     _windows: ClassVar[tuple[Window, ...]] = CALENDAR_WINDOWS
@@ -574,6 +551,52 @@ class Attribution(BaseModel):
         return out
 
 
+class CheckBudget(BaseModel):
+    """One `check.budgets` entry: the files a glob matches and what they may use.
+
+    `max_tokens`, `max_cost_usd` (the input price of the tokens) and `feature` (must fit
+    that feature's `max_input`, the number the gateway enforces) apply to each file
+    (`per: file`) or to the sum over the entry's files (`per: entry`); `max_growth` is a
+    percentage, checked with `tallygate check --compare-to REF`."""
+
+    model_config = _MODEL_CONFIG
+
+    path: Annotated[str, Field(min_length=1, max_length=1024)]
+    name: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    model: str | None = None
+    max_tokens: Tokens | None = None
+    max_cost_usd: NanoUsd | None = None
+    feature: str | None = None
+    max_growth: Ratio | None = None
+    per: Literal["file", "entry"] = "file"
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_tree(cls, path: str) -> str:
+        """A glob relative to the file that declares it; it may not climb out of it."""
+        if "\x00" in path or path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
+            raise ValueError("expected a relative glob such as prompts/**/*.txt")
+        if ".." in path.replace("\\", "/").split("/"):
+            raise ValueError("a glob may not contain '..' (it is relative to its file)")
+        return path
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path
+
+
+class CheckSection(BaseModel):
+    """`check:` (or pyproject's `[tool.tallygate.check]`): prompt budgets per glob for
+    `tallygate check`. `model` and `max_growth` are the defaults of every entry; an entry
+    with no limit at all is refused when it is checked (ci/check.py)."""
+
+    model_config = _MODEL_CONFIG
+
+    model: str | None = None
+    max_growth: Ratio | None = None
+    budgets: tuple[CheckBudget, ...] = ()
+
+
 _TIER_PREFIX = "tier:"
 DEFAULT = "default"  # the feature / plan / model name that stands for every other
 
@@ -602,6 +625,7 @@ class PolicyModel(BaseModel):
     refusals: Refusals = Field(default_factory=Refusals)
     attribution: Attribution = Field(default_factory=Attribution)
     dashboard: Dashboard = Field(default_factory=Dashboard)
+    check: CheckSection = Field(default_factory=CheckSection)
 
     # An X-Tallygate-Feature value that names no feature: counted as the `default`
     # feature (its limits and kill switch, one shared counter), or refused.

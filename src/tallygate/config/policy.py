@@ -158,7 +158,7 @@ _Loader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
 
 def _parse_yaml(text: str, source: str) -> Any:
     """Parse YAML. `${VAR}` is not valid inside YAML flow mappings (`{api_key: ${K}}`,
-    as SPEC §2 writes it), so each one is swapped for a plain word first and put back
+    as docs/policy.md writes it), so each one is swapped for a plain word first and put back
     after parsing; expansion happens later, on the parsed strings."""
     marker = "tallygatevar"
     while marker in text:

@@ -123,3 +123,10 @@ def get_encoding(name: str) -> tiktoken.Encoding:
             enc = tiktoken.Encoding(**params)
             _cache[name] = enc
     return enc
+
+
+def warm() -> None:
+    """Build every offline encoding now (about a second of reading and parsing), so that no
+    request on an event loop pays for it: servers call it in a thread as they start."""
+    for name in SUPPORTED_ENCODINGS:
+        get_encoding(name)

@@ -1,7 +1,7 @@
 """The model catalog: provider, context window, max output, encoding and prices per model.
 
 Source: the `genai-prices` data snapshot (every model of every provider it knows), plus the
-`models:` section of the policy (SPEC §2) to override entries or add local models.
+`models:` section of the policy (docs/policy.md) to override entries or add local models.
 
 - Names resolve the way genai-prices does (its own `find_provider_model`, which honours each
   provider's model_match and each model's equals/starts_with/contains clauses, so dated

@@ -17,9 +17,9 @@ from tallygate.dashboard.session import Session
 from tallygate.dashboard.sources import Sources
 from tallygate.dashboard.web import render, see_other
 from tallygate.errors import InvalidRequest, TallygateError
-from tallygate.gateway.admin.flags import check_feature_name
-from tallygate.gateway.admin.keys import check_update
 from tallygate.keys.model import parse_limit_items
+from tallygate.keys.requests import check_update
+from tallygate.reports.flags import check_feature_name
 
 _SPLIT = re.compile(r"[,\s]+")
 

@@ -18,11 +18,11 @@ from tallygate.dashboard.session import Session
 from tallygate.dashboard.sources import Sources
 from tallygate.dashboard.web import render
 from tallygate.errors import InvalidRequest, TallygateError
-from tallygate.gateway.admin.flags import flag_list
 from tallygate.reports import overview as ov
 from tallygate.reports.budgets import BudgetRow, Query, budget_rows, human_delta
+from tallygate.reports.flags import flag_list
 from tallygate.reports.runs import runs_report
-from tallygate.reports.usage import iso, usd_display
+from tallygate.units import iso, usd_display
 
 MAX_NAME = 256
 # The notice after a change (?done=…): fixed texts, nothing from the URL is shown.

@@ -14,7 +14,8 @@ from tallygate.dashboard.charts import hbars, stacked_bars
 from tallygate.ledger.base import LedgerStore
 from tallygate.reports.overview import timeline
 from tallygate.reports.runs import RunRow, RunsReport, WhatIf, runs_report
-from tallygate.reports.usage import UsageReport, iso, usage_report, usd_display
+from tallygate.reports.usage import UsageReport, usage_report
+from tallygate.units import iso, usd_display
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;

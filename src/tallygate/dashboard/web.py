@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +16,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tallygate.dashboard.session import COOKIE, Session, Sessions
 from tallygate.errors import InvalidRequest, RequestTooLarge, TallygateError
-from tallygate.reports.usage import usd_display
+from tallygate.units import minute_text, usd_display
 
 MAX_FORM_BYTES = 16 * 1024
 # No inline script or style anywhere: an injected tag could not run even if one slipped
@@ -52,11 +51,6 @@ def _number(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(float(ts), UTC).strftime("%Y-%m-%d %H:%M")
-
 
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("tallygate.dashboard", "templates"),
@@ -65,7 +59,7 @@ def _env() -> Environment:
     env.filters["n"] = _number
     env.filters["usd"] = lambda v, places=6: usd_display(int(v), places)
     env.filters["path"] = lambda v: quote(str(v), safe="")
-    env.filters["when"] = _when
+    env.filters["when"] = minute_text
     env.filters["limits_text"] = lambda limits: ", ".join(f"{k}={v}" for k, v in limits.items())
     return env
 

@@ -9,7 +9,7 @@ from tallygate.dashboard.report_html import ReportPage, Timeline, render_report
 from tallygate.demo.results import DemoResult
 from tallygate.demo.workload import ticket_title
 from tallygate.reports.runs import RunRow
-from tallygate.reports.usage import usd_display
+from tallygate.units import usd_display
 
 
 def report_page(result: DemoResult) -> ReportPage:

@@ -22,11 +22,12 @@ from collections.abc import Callable
 
 from tallygate.config import DEFAULT_PATH, Policy, load_policy
 from tallygate.errors import ConfigError, TallygateError
+from tallygate.reports.flags import RESERVED
 from tallygate.state.base import StateStore
 
 log = logging.getLogger("tallygate.gateway")
 
-POLICY_FLAG = "tallygate:policy-reloaded"  # a reserved flag name: no feature has a colon
+POLICY_FLAG = RESERVED + "policy-reloaded"  # no feature has a colon: never a feature's flag
 POLL_SECONDS = 1.0
 _FIXED = ("storage", "server")
 _UNREAD = object()  # the flag not read yet (None is "never set")

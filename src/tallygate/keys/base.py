@@ -1,4 +1,4 @@
-"""Key stores: the `KeyStore` protocol, the in-memory store, and `open_keystore(url)`.
+"""Key stores: the `KeyStore` protocol and the checks every backend shares.
 
 Every backend looks a key up by the SHA-256 of the presented secret and then compares the
 stored hash with `hmac.compare_digest`, so the final check takes the same time whatever

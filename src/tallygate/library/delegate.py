@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tallygate.errors import InvalidRequest
+
 if TYPE_CHECKING:
     from tallygate.library.binding import Binding
+
 
 class Delegate:
     """Forwards every attribute it does not define to the wrapped SDK object."""
@@ -19,6 +22,15 @@ class Delegate:
 
     def __repr__(self) -> str:
         return f"<governed {self._inner!r}>"
+
+
+def binding_of(client: Any) -> Binding:
+    """The attribution and governor behind a client `gov.openai()`/`gov.anthropic()` made."""
+    if not isinstance(client, Delegate):
+        raise InvalidRequest(
+            f"expected a client made by gov.openai() or gov.anthropic(), got "
+            f"{type(client).__name__}")
+    return client._binding
 
 
 # Other ways to call the model on a governed resource: refused rather than let through

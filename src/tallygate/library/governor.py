@@ -42,7 +42,9 @@ from tallygate.config import Policy, load_policy
 from tallygate.engine import Engine
 from tallygate.errors import ConfigError, InvalidRequest
 from tallygate.library.attribution import Attribution, run_scope, step_scope
+from tallygate.library.delegate import binding_of
 from tallygate.runtime import Runtime
+from tallygate.types import CallRecord, Usage
 
 T = TypeVar("T")
 _OPEN_TIMEOUT = 60.0
@@ -255,6 +257,13 @@ class Governor:
         with suppress(InvalidRequest, RuntimeError):  # closing meanwhile: the lease frees it
             self.submit(make(self._runtime.engine, *args, **kwargs))
 
+    def record_cached(self, client: Any, route: str, model: str, saved: Usage,
+                      key: str | None = None) -> CallRecord:
+        """A hit of the caller's own cache (`tallygate gen`'s artifacts): a `cached` row,
+        attributed like `client`'s calls, with the tokens it saved; nothing reserved."""
+        ctx = binding_of(client).context(route, {})
+        return self.call(_record_cached, ctx, model, saved, key)
+
     # ------------------------------------------------------------------ lifecycle
 
     def flush(self) -> None:
@@ -293,6 +302,13 @@ class Governor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _record_cached(engine: Engine, ctx: Any, model: str, saved: Usage,
+                         key: str | None) -> CallRecord:
+    call = await engine.prepare(ctx, {"model": model})  # flags, routing: as for a call
+    call.notes.cache_key = key
+    return engine.record_cached(call, saved)
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Governor]) -> None:

@@ -26,9 +26,9 @@ from tallygate.core.tokens import (
 from tallygate.core.trim import trim_messages
 from tallygate.errors import InvalidRequest
 from tallygate.types import ModelInfo, Usage
+from tallygate.units import usd
 
 DEFAULT_MODEL = "gpt-4o"
-_NANO = Decimal(1_000_000_000)
 
 
 def _is_anthropic(info: ModelInfo) -> bool:
@@ -100,4 +100,4 @@ def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> Decimal:
             raise InvalidRequest(f"{name} must be a non-negative integer, got {value!r}")
     info = default_catalog().get(model)
     nano = info.cost_nusd(Usage(input_tokens=input_tokens, output_tokens=output_tokens))
-    return Decimal(nano) / _NANO
+    return usd(nano)

@@ -1,4 +1,5 @@
-"""Alert rules (SPEC §2 `alerts`), evaluated in a background task, never on a call.
+"""Alert rules (the policy's `alerts`, docs/observability.md), evaluated in a background
+task, never on a call.
 
     cost_usd            spend over the rule's window (default hour) above `above` USD
     rejection_rate      rejected / calls over the window above `above` (a fraction)
@@ -26,7 +27,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -43,7 +43,8 @@ from tallygate.observe.figures import FiguresSource, WindowFigures
 from tallygate.observe.webhooks import Poster, WebhookSender
 from tallygate.reports.budgets import key_limit_rules
 from tallygate.state.base import StateStore
-from tallygate.types import NANO_PER_USD, CallRecord, Hold, Outcome, Window
+from tallygate.types import CallRecord, Hold, Outcome, Window
+from tallygate.units import iso, usd_text
 
 log = logging.getLogger("tallygate.alerts")
 
@@ -77,12 +78,6 @@ class _Runaway:
     judgement: Judgement | None  # None: the engine refused it (its row says so)
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _usd(nusd: int) -> str:
-    return str(Decimal(nusd) / NANO_PER_USD)
 
 
 class AlertEngine:
@@ -349,11 +344,11 @@ class AlertEngine:
                      "window": rule.window and rule.window.value, "scope": rule.scope},
             # (a lifetime window has neither start nor end: null)
             "window": {"name": window.value,
-                       "start": None if math.isinf(start) else _iso(start),
-                       "end": None if math.isinf(end) else _iso(end),
+                       "start": None if math.isinf(start) else iso(start),
+                       "end": None if math.isinf(end) else iso(end),
                        "start_ts": None if math.isinf(start) else start,
                        "end_ts": None if math.isinf(end) else end},
-            "fired_at": _iso(now),
+            "fired_at": iso(now),
             "figures": figures,
             "top_contributors": top,
         }
@@ -364,8 +359,8 @@ def _value(rule: Alert, figures: WindowFigures) -> tuple[bool, dict[str, Any]] |
     if rule.metric == "cost_usd":
         threshold = rule.above_nusd
         return figures.cost_nusd > threshold, {
-            "cost_usd": _usd(figures.cost_nusd), "cost_nusd": figures.cost_nusd,
-            "threshold_usd": _usd(threshold), "calls": figures.calls,
+            "cost_usd": usd_text(figures.cost_nusd), "cost_nusd": figures.cost_nusd,
+            "threshold_usd": usd_text(threshold), "calls": figures.calls,
             "tokens": figures.tokens}
     if not figures.calls:
         return None

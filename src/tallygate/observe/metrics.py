@@ -1,4 +1,4 @@
-"""Prometheus metrics derived from finished calls (SPEC §7). Names are stable.
+"""Prometheus metrics derived from finished calls (docs/observability.md). Names are stable.
 
 `MetricsRecorder.record(row)` is on the request path: it keeps the row, and every 256
 rows (or at a scrape) the batch is counted — dict arithmetic on integers and histogram

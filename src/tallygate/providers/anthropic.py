@@ -1,6 +1,7 @@
 """Anthropic Messages wire protocol adapter (messages, messages/count_tokens). Pure.
 
-Formats: /work/shared/research/protocols.md §3 (anthropic SDK types, errors page)."""
+Formats: the Anthropic API reference (messages, streaming, errors) and the anthropic SDK's
+types."""
 
 from __future__ import annotations
 

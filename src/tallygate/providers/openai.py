@@ -1,6 +1,7 @@
 """OpenAI wire protocol adapter (chat/completions, responses, embeddings). Pure.
 
-Formats: /work/shared/research/protocols.md §1–2 (OpenAPI spec, openai-python)."""
+Formats: the OpenAI API reference and openai-python's types (tests/data/openai-openapi.json
+holds the schemas the conformance tests check against)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from tallygate.providers.stream_cut import StreamCut, cut_for
 from tallygate.types import Usage
 
 PROTOCOL = "openai"
-# o-series and gpt-5+ reasoning models reject `max_tokens` (SPEC: "not compatible with
-# o-series"); so does any request that sets a reasoning effort.
+# o-series and gpt-5+ reasoning models reject `max_tokens` (the API's own error:
+# "not compatible with o-series"); so does any request that sets a reasoning effort.
 _NEEDS_MAX_COMPLETION = re.compile(r"^(o\d|gpt-(?:[5-9]|[1-9]\d))")
 # Responses: max_output_tokens is "an integer >= 16" (the OpenAPI description).
 MIN_RESPONSES_OUTPUT = 16
@@ -290,7 +291,7 @@ def error_obj(
 
 
 def error_body(code: str | None, message: str, *, type: str, param: str | None = None) -> bytes:
-    """SPEC ErrorResponse: {"error":{"message","type","param","code"}}."""
+    """OpenAI's ErrorResponse: {"error":{"message","type","param","code"}}."""
     return dumps(error_obj(code, message, type=type, param=param))
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tallygate.config.models import key_rules
 from tallygate.core.limits import Amounts, Identity, Rules, holds_for, parse_key
 from tallygate.errors import InvalidRequest
-from tallygate.reports.usage import usd
+from tallygate.units import iso_seconds, usd
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
@@ -116,9 +115,6 @@ async def budget_rows(policy: Policy, q: Query, store: StateStore, keys: list[Vi
             for h in applicable_holds(policy, q, keys)]
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
 
 def row_json(row: BudgetRow, now: float) -> dict[str, Any]:
 
@@ -130,7 +126,7 @@ def row_json(row: BudgetRow, now: float) -> dict[str, Any]:
         "rolling": parsed.rolling, "limit": u.limit, "used": u.used, "reserved": u.reserved,
         "remaining": u.remaining,
         # A lifetime limit (window "run") never resets: both are null.
-        "reset_at": None if math.isinf(u.reset_at) else iso(u.reset_at),
+        "reset_at": None if math.isinf(u.reset_at) else iso_seconds(u.reset_at),
         "reset_in_seconds": None if math.isinf(u.reset_at) else max(0, round(u.reset_at - now)),
     }
     if parsed.metric.value == "cost":  # cost amounts are nano-USD; USD is exact too

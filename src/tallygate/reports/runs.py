@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime
 from typing import Any
 
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
-from tallygate.reports.usage import as_int, iso, time_filter, usd
+from tallygate.reports.usage import as_int, time_filter
 from tallygate.types import ModelInfo
+from tallygate.units import from_iso, iso, usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,9 +312,6 @@ def _fields(cls: type, item: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in item.items() if k in names}
 
 
-def _when(text: str | None) -> float | None:
-    return None if text is None else datetime.fromisoformat(text).timestamp()
-
 
 def runs_from_json(data: dict[str, Any]) -> RunsReport:
     def step(item: dict[str, Any]) -> StepRow:
@@ -328,7 +325,7 @@ def runs_from_json(data: dict[str, Any]) -> RunsReport:
     runs = [run(r) for r in data.get("runs", [])]
     by_name = {r.run: r for r in runs}
     return RunsReport(
-        _when(data.get("since")), _when(data.get("until")), runs,
+        from_iso(data.get("since")), from_iso(data.get("until")), runs,
         [StepRank(**_fields(StepRank, s)) for s in data.get("costliest_steps", [])],
         [by_name[r["run"]] for r in data.get("most_loops", []) if r["run"] in by_name],
     )
@@ -338,8 +335,8 @@ def what_if_from_json(data: dict[str, Any]) -> WhatIf:
     step, feature = data.get("step"), data.get("feature")
     return WhatIf(
         step=None if step is None else str(step), model=str(data["model"]),
-        feature=None if feature is None else str(feature), since=_when(data.get("since")),
-        until=_when(data.get("until")),
+        feature=None if feature is None else str(feature), since=from_iso(data.get("since")),
+        until=from_iso(data.get("until")),
         groups=[WhatIfGroup(**_fields(WhatIfGroup, g)) for g in data.get("groups", [])],
         current_nusd=int(data["current_nusd"]), what_if_nusd=int(data["what_if_nusd"]),
         notes=[str(n) for n in data.get("notes", [])],

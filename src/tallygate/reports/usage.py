@@ -11,9 +11,7 @@ were not rejected, computed with window functions.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +20,7 @@ import orjson
 from tallygate.config.names import did_you_mean
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
-from tallygate.types import NANO_PER_USD
+from tallygate.units import from_iso, iso, usd
 
 DIMENSIONS: tuple[str, ...] = (
     "feature", "user", "model", "run", "step", "day", "plan", "key", "provider")
@@ -47,22 +45,7 @@ _SAME = {"sqlite": "{a} IS {b}", "postgres": "{a} IS NOT DISTINCT FROM {b}"}
 # ---------------------------------------------------------------- money and time at the edge
 
 
-def usd_text(nusd: int) -> str:
-    """Exact USD decimal text of a nano-USD amount: 1234 → "0.000001234", 0 → "0"."""
-    sign = "-" if nusd < 0 else ""
-    whole, frac = divmod(abs(nusd), NANO_PER_USD)
-    text = f"{whole}.{frac:09d}".rstrip("0").rstrip(".")
-    return sign + text
 
-
-def usd(nusd: int) -> Decimal:
-    return Decimal(usd_text(nusd))
-
-
-def usd_display(nusd: int, places: int = 6) -> str:
-    """For tables: `$0.001235` (rounded half-up to `places`; the JSON stays exact)."""
-    q = usd(nusd).quantize(Decimal(1).scaleb(-places), rounding="ROUND_HALF_UP")
-    return f"${q}"
 
 
 def dumps(obj: Any) -> bytes:
@@ -76,34 +59,8 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=default, option=orjson.OPT_INDENT_2)
 
 
-_RELATIVE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_when(text: str, now: float) -> float:
-    """`24h`, `7d`, `30m`, `2w`, `90s` (that long before `now`), an ISO date (midnight UTC)
-    or an ISO date-time (UTC when it has no offset) → unix seconds."""
-    m = _RELATIVE.match(text)
-    if m:
-        return now - int(m.group(1)) * _UNIT[m.group(2)]
-    try:
-        if len(text.strip()) == 10:
-            d = date.fromisoformat(text.strip())
-            return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
-        dt = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidRequest(
-            f"bad time {text!r}: use e.g. 24h, 7d, 2026-11-01 or 2026-11-01T12:00"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def time_filter(since: float | None, until: float | None) -> tuple[str, list[Any]]:
@@ -235,7 +192,8 @@ def row_json(row: UsageRow) -> dict[str, Any]:
 
 
 def usage_json(report: UsageReport) -> dict[str, Any]:
-    """The SPEC §5 shape: {"by", "since", "until", "rows": [...], "total": {...}}."""
+    """The report's JSON shape (docs/ledger.md, Reports):
+    {"by", "since", "until", "rows": [...], "total": {...}}."""
     return {
         "by": report.by,
         "since": iso(report.since),
@@ -252,8 +210,5 @@ def usage_from_json(data: dict[str, Any]) -> UsageReport:
     def row(item: dict[str, Any]) -> UsageRow:
         return UsageRow(**{k: v for k, v in item.items() if k in names})
 
-    def when(text: str | None) -> float | None:
-        return None if text is None else datetime.fromisoformat(text).timestamp()
-
-    return UsageReport(str(data["by"]), when(data.get("since")), when(data.get("until")),
+    return UsageReport(str(data["by"]), from_iso(data.get("since")), from_iso(data.get("until")),
                        [row(r) for r in data.get("rows", [])], row(data["total"]))

@@ -44,6 +44,7 @@ from tallygate.sim.common import (
     split_reply,
     token_delay,
 )
+from tallygate.sim.structured import structured_reply
 
 
 def add_routes(app: web.Application) -> None:
@@ -174,8 +175,11 @@ def _tool_call(req: SimRequest) -> ToolCall | None:
 def plan_reply(config: SimConfig, req: SimRequest) -> Reply:
     cap = ant.requested_max_output("messages", req.body)
     tool = _tool_call(req)
+    shaped = structured_reply("anthropic", "messages", req.body, req.seed, req.model)
     if tool is not None:
         wanted = count_text(tool.arguments, req.model)
+    elif shaped is not None:  # output_config.format: a JSON instance of the schema
+        wanted = shaped.tokens
     else:
         wanted, _ = reply_budget(config, req, None)
     thinking, tokens, capped = split_output(cap, wanted, _thinking_wanted(config, req))
@@ -184,7 +188,10 @@ def plan_reply(config: SimConfig, req: SimRequest) -> Reply:
     shown = req.body.get("thinking")
     omitted = isinstance(shown, dict) and shown.get("display") == "omitted"
     thinking_text = "" if omitted or not thinking else reply_text(req.seed + 7, thinking)
-    text = "" if tool is not None else reply_text(req.seed, tokens)
+    if tool is not None:
+        text = ""
+    else:
+        text = shaped.cut(tokens) if shaped is not None else reply_text(req.seed, tokens)
     stop = "tool_use" if tool is not None else ("max_tokens" if capped else "end_turn")
     return Reply(thinking, thinking_text, text, tokens, tool, stop)
 

@@ -12,7 +12,8 @@ Faults, per request with the header `x-sim-fault: NAME[:ARG]` or queued on the a
   quota           the provider's own final 429 (OpenAI insufficient_quota, Anthropic
                   enforced_spend_limit_reached), no retry-after
 Per-request overrides: `x-sim-reply-tokens`, `x-sim-cached-tokens`, `x-sim-reasoning-tokens`.
-Tool calls, thinking blocks, reasoning items and prompt caches: agents.py.
+Tool calls, thinking blocks, reasoning items and prompt caches: agents.py. A request
+asking for a JSON Schema gets a JSON instance of it: structured.py.
 The handlers live in sim_openai.py and sim_anthropic.py."""
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from tallygate.sim.common import (
     split_reply,
     token_delay,
 )
+from tallygate.sim.structured import structured_reply
 
 Producer = Callable[[web.Request, SimRequest, int], Awaitable[web.StreamResponse]]
 FINGERPRINT = "fp_tallygate_sim"
@@ -163,12 +164,15 @@ def _chat_plan(app: web.Application, req: SimRequest, prompt: int
                ) -> tuple[list[str], str, dict]:
     config = app[CONFIG]
     n = req.body.get("n") or 1
-    wanted, _ = reply_budget(config, req, None)
+    # A JSON-Schema request gets a JSON instance of the schema (the same for every choice).
+    shaped = structured_reply("openai", req.route, req.body, req.seed, req.model)
+    wanted = shaped.tokens if shaped is not None else reply_budget(config, req, None)[0]
     default = config.thinking_tokens if oai.reasoning_requested(req.body) else 0
     cap = oai.requested_max_output(req.route, req.body)
     # Reasoning tokens are completion tokens: they count inside max_completion_tokens.
     reasoning, tokens, capped = split_output(cap, wanted, reasoning_tokens(req, default))
-    texts = [reply_text(req.seed + i, tokens) for i in range(n)]
+    texts = [shaped.cut(tokens) if shaped is not None else reply_text(req.seed + i, tokens)
+             for i in range(n)]
     usage = chat_usage(prompt, n * tokens + reasoning, cached(app, req, prompt),
                        reasoning)
     return texts, ("length" if capped else "stop"), usage
@@ -328,15 +332,21 @@ async def responses(request: web.Request) -> web.StreamResponse:
 async def _responses(request: web.Request, req: SimRequest, prompt: int) -> web.StreamResponse:
     config = request.app[CONFIG]
     tool = _responses_tool(req)
-    wanted = (count_text(tool.arguments, req.model) if tool is not None
-              else reply_budget(config, req, None)[0])
+    shaped = structured_reply("openai", "responses", req.body, req.seed, req.model)
+    if tool is not None:
+        wanted = count_text(tool.arguments, req.model)
+    else:
+        wanted = shaped.tokens if shaped is not None else reply_budget(config, req, None)[0]
     default = config.thinking_tokens if oai.reasoning_requested(req.body) else 0
     cap = oai.requested_max_output("responses", req.body)
     # Reasoning tokens are output tokens: they count inside max_output_tokens.
     reasoning, tokens, capped = split_output(cap, wanted, reasoning_tokens(req, default))
     if capped:
         tool = None
-    text = "" if tool is not None else reply_text(req.seed, tokens)
+    if tool is not None:
+        text = ""
+    else:
+        text = shaped.cut(tokens) if shaped is not None else reply_text(req.seed, tokens)
     hit = cached(request.app, req, prompt)
     usage = responses_usage(prompt, tokens + reasoning, hit, reasoning)
     status = "incomplete" if capped else "completed"

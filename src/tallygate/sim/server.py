@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 
 from aiohttp import web
@@ -71,6 +72,10 @@ async def start_sim(
     host: str = "127.0.0.1", port: int = 0, config: SimConfig | None = None
 ) -> SimServer:
     """Start the simulated provider on host:port (0 = a free port)."""
+    from tallygate.core import bpe
+
+    # The tokenizer it counts prompts with is built off the loop, before the first request.
+    await asyncio.to_thread(bpe.warm)
     app = create_sim_app(config)
     runner = web.AppRunner(
         app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5

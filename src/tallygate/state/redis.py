@@ -23,6 +23,7 @@ clock, in real seconds, where the other stores judge by the callers' `now`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -60,10 +61,24 @@ _READ_WIDTH = 5  # values per read in a reply (lua/common.lua read_usage)
 _OUTAGE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
+@functools.cache
 def _script_source(name: str, *, common: bool) -> str:
     lua = resources.files("tallygate.state") / "lua"
     body = (lua / f"{name}.lua").read_text(encoding="utf-8")
     return (lua / "common.lua").read_text(encoding="utf-8") + "\n" + body if common else body
+
+
+@functools.cache
+def client_identity() -> dict[str, Any]:
+    """What redis-py sends as CLIENT SETINFO, found once: left to itself it reads
+    the installed package's metadata (a scan of sys.path) for every new connection, on the
+    event loop."""
+    try:
+        from redis.driver_info import resolve_driver_info
+    except ImportError:  # redis-py before 8
+        from redis.utils import get_lib_version
+        return {"lib_version": get_lib_version()}
+    return {"driver_info": resolve_driver_info()}
 
 
 def _pair(hi: Any, lo: Any) -> int:
@@ -147,6 +162,7 @@ class RedisStore(PlainFromRead):
         pool = aioredis.BlockingConnectionPool.from_url(
             url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout,
             max_connections=max_connections, timeout=socket_timeout, decode_responses=True,
+            **client_identity(),
         )
         self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._reserve = self._redis.register_script(_script_source("reserve", common=True))

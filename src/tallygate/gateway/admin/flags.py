@@ -16,28 +16,10 @@ from tallygate.config.names import PolicyNames
 from tallygate.errors import InvalidRequest
 from tallygate.gateway.admin.guard import AdminGuard, guarded, json_response, read_json_object
 from tallygate.gateway.throttle import AuthThrottle
+from tallygate.reports.flags import check_feature_name, flag_list
 from tallygate.state.base import StateStore
 
 MAX_BODY = 4096
-RESERVED = "tallygate:"  # tallygate's own entries among the flags (gateway/reload.py)
-MAX_NAME = 128
-
-
-def check_feature_name(name: str) -> str:
-    if not name or len(name) > MAX_NAME or not name.isprintable():
-        raise InvalidRequest("A feature name is 1-128 printable characters.", param="feature")
-    return name
-
-
-async def flag_list(store: StateStore, static: Mapping[str, bool]) -> list[dict[str, object]]:
-    """Every known flag: the policy's (features and `flags:`) overridden by run-time ones."""
-    runtime = {k: v for k, v in (await store.flags()).items() if not k.startswith(RESERVED)}
-    names = sorted({*static, *runtime})
-    return [
-        {"feature": name, "on": runtime.get(name, static.get(name, True)),
-         "source": "runtime" if name in runtime else "policy"}
-        for name in names
-    ]
 
 
 def flag_routes(

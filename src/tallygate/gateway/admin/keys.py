@@ -8,15 +8,13 @@ changes a key's plan, name, allow-lists or limits (only the fields given).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tallygate.config.names import PolicyNames, did_you_mean
-from tallygate.errors import InvalidRequest
+from tallygate.config.names import PolicyNames
 from tallygate.gateway.admin.guard import (
     DEFAULT_MAX_BODY,
     AdminGuard,
@@ -27,72 +25,13 @@ from tallygate.gateway.admin.guard import (
 )
 from tallygate.gateway.throttle import AuthThrottle
 from tallygate.keys.base import KeyStore
-from tallygate.keys.model import VirtualKey, check_limits, check_names, check_text
-
-LimitsValidator = Callable[[Mapping[str, Any]], object]
-CREATE_FIELDS = frozenset({"user", "plan", "name", "features", "models", "limits"})
-UPDATE_FIELDS = frozenset({"plan", "name", "features", "models", "limits"})
+from tallygate.keys.model import VirtualKey
+from tallygate.keys.requests import LimitsValidator, check_create, check_update
 
 
 def not_found(key_id: str) -> Response:
     return openai_error(404, f"No key with id {key_id[:64]!r}.",
                         type_="invalid_request_error", code="not_found", param="id")
-
-
-def _check_create(data: Mapping[str, Any], names: PolicyNames | None,
-                  validate_limits: LimitsValidator | None) -> dict[str, Any]:
-    unknown = sorted(set(data) - CREATE_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"Unknown field {unknown[0][:64]!r}.", param=unknown[0][:64])
-    limits = check_limits(data.get("limits"))
-    if validate_limits is not None and limits:
-        validate_limits(limits)
-    fields = {
-        "user": check_text(data.get("user"), "user"),
-        "plan": check_text(data.get("plan"), "plan"),
-        "name": check_text(data.get("name"), "name", optional=True),
-        "features": check_names(data.get("features"), "features"),
-        "models": check_names(data.get("models"), "models"),
-        "limits": limits,
-    }
-    if names is not None:  # the same check as `tallygate keys create` (config/names.py)
-        names.check_key(plan=fields["plan"], features=fields["features"],
-                        models=fields["models"])
-    return fields
-
-
-def check_update(data: Mapping[str, Any], names: PolicyNames | None,
-                 validate_limits: LimitsValidator | None = None) -> dict[str, Any]:
-    """The fields of a key update, checked like a creation's (only those given)."""
-    unknown = sorted(set(data) - UPDATE_FIELDS)
-    if unknown:
-        name = unknown[0][:64]
-        raise InvalidRequest(f"Unknown field {name!r}{did_you_mean(name, UPDATE_FIELDS)}.",
-                             param=name)
-    if not data:
-        raise InvalidRequest("Nothing to change: give plan, name, features, models or limits.")
-    out: dict[str, Any] = {}
-    if "plan" in data:
-        out["plan"] = check_text(data["plan"], "plan")
-    if "name" in data:
-        out["name"] = check_text(data["name"], "name", optional=True)
-    for field in ("features", "models"):
-        if field in data:
-            out[field] = list(check_names(data[field] or [], field))
-    if "limits" in data:
-        out["limits"] = check_limits(data["limits"] or {})
-        if validate_limits is not None and out["limits"]:
-            validate_limits(out["limits"])
-    if names is not None:  # the names a creation is checked against (config/names.py)
-        problems = [("plan", out["plan"], names.plan_problem)] if "plan" in out else []
-        problems += [("features", f, names.feature_pattern_problem)
-                     for f in out.get("features", [])]
-        problems += [("models", m, names.model_pattern_problem) for m in out.get("models", [])]
-        for param, value, check in problems:
-            problem = check(value)
-            if problem is not None:
-                raise InvalidRequest(problem[0].upper() + problem[1:] + ".", param=param)
-    return out
 
 
 def _public(key: VirtualKey) -> dict[str, Any]:
@@ -114,7 +53,7 @@ def admin_routes(
     guard = AdminGuard(admin_key, throttle)
 
     async def create(request: Request) -> Response:
-        fields = _check_create(await read_json_object(request, max_body), names,
+        fields = check_create(await read_json_object(request, max_body), names,
                                validate_limits)
         key, secret = await keystore.create(**fields)
         return json_response(201, {**_public(key), "key": secret})

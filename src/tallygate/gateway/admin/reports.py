@@ -15,9 +15,10 @@ from starlette.routing import Route
 from tallygate.errors import InvalidRequest
 from tallygate.gateway.admin.guard import AdminGuard, guarded
 from tallygate.gateway.throttle import AuthThrottle
-from tallygate.reports.budgets import Query, budget_rows, iso, row_json
+from tallygate.reports.budgets import Query, budget_rows, row_json
 from tallygate.reports.runs import runs_json, runs_report, what_if, what_if_json
-from tallygate.reports.usage import dumps, parse_when, usage_json, usage_report
+from tallygate.reports.usage import dumps, usage_json, usage_report
+from tallygate.units import iso_seconds, parse_when
 
 if TYPE_CHECKING:
     from tallygate.runtime import Runtime
@@ -34,7 +35,7 @@ def report_routes(rt: Runtime, admin_key: str | None,
         now = time.time()
         keys = await rt.keys.list(include_revoked=True)
         rows = await budget_rows(rt.policy, q, rt.store, keys, now)
-        return _exact_json({"now": iso(now), "limits": [row_json(r, now) for r in rows]})
+        return _exact_json({"now": iso_seconds(now), "limits": [row_json(r, now) for r in rows]})
 
     async def reports(request: Request) -> Response:
         since, until = await _window(request)

@@ -1,5 +1,5 @@
-"""The upstream transport interface, and the aiohttp transport (`server.upstream: aiohttp`):
-one pooled aiohttp session per gateway process.
+"""The aiohttp transport (`server.upstream: aiohttp`): one pooled aiohttp session per
+gateway process, behind the interface of `base.py`.
 
 The lean transport (`lean.py`) is the default; this one is a config line away."""
 

@@ -1,9 +1,8 @@
 """A lean upstream transport: HTTP/1.1 keep-alive connections on asyncio protocols,
-responses parsed by httptools (the parser uvicorn uses). Same interface as
-`gateway.upstream.Transport` (post / open_stream / StreamBody); the default
-(`server.upstream: lean`; `aiohttp` selects gateway/upstream.py). DESIGN.md measured such
-a client at about half of aiohttp's per-request cost. POST only (all the gateway sends),
-no redirects, no proxies."""
+responses parsed by httptools (the parser uvicorn uses), behind the interface of
+`base.py`. The default (`server.upstream: lean`; `aiohttp` selects `aiohttp.py`):
+about half of aiohttp's per-request cost (bench/RESULTS.md). POST only (all the gateway
+sends), no redirects, no proxies."""
 
 from __future__ import annotations
 

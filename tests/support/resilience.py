@@ -9,6 +9,7 @@ import orjson
 
 from tallygate.engine import RetrySettings
 from tests.support.gateway import RunningGateway, http
+from tests.support.waiting import eventually
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -52,11 +53,5 @@ def detail(row: Any) -> dict[str, Any]:
 def rows_when(gw: RunningGateway, count: int, timeout: float = 5.0) -> list[Any]:
     """The ledger rows once `count` are there (a stream's row lands just after the
     client read its last event)."""
-    import time
-
-    end = time.monotonic() + timeout
-    while True:
-        rows = gw.rows()
-        if len(rows) >= count or time.monotonic() > end:
-            return rows
-        time.sleep(0.02)
+    return eventually(lambda: rows if len(rows := gw.rows()) >= count else None,
+                      timeout=timeout)

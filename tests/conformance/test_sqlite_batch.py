@@ -66,17 +66,20 @@ async def test_inline_never_waits_on_a_lock(tmp_path: Path) -> None:
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
     ticks = 0
+    ticked = asyncio.Event()
 
     async def ticker() -> None:
         nonlocal ticks
         while True:
             await asyncio.sleep(0.01)
             ticks += 1
+            if ticks >= 10:
+                ticked.set()
 
     tick_task = asyncio.create_task(ticker())
     pending = asyncio.create_task(worker.run(_insert("later", 2)))
-    await asyncio.sleep(0.3)
-    assert not pending.done() and ticks >= 10  # waiting in the worker, loop still free
+    await ticked.wait()  # the loop keeps running while the worker waits on the lock
+    assert not pending.done()
     blocker.execute("COMMIT")
     blocker.close()
     assert await asyncio.wait_for(pending, 5) == "later"

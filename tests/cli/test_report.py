@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from tallygate.cli.report import register
 from tallygate.ledger import open_ledger
-from tests.unit.test_report import ROWS
+from tests.support.rows import ROWS
 
 
 @pytest.fixture

@@ -25,8 +25,9 @@ from tallygate.engine import RetrySettings
 from tallygate.library import Governor
 from tallygate.sim import SimServer
 from tallygate.types import CallRecord, Outcome, Window
-from tests.gateway.conftest import FEATURES, PLANS
 from tests.support.gateway import RunningGateway, sim_policy
+from tests.support.policies import FEATURES, PLANS
+from tests.support.waiting import eventually
 
 HI = [{"role": "user", "content": "Hello!"}]
 TINY_PLAN = {"tiny": {"tokens_per_day": 150}}
@@ -311,11 +312,7 @@ def _detail_keys(row: CallRecord) -> set[str]:
 
 def _settled_rows(gw: RunningGateway, count: int) -> list[CallRecord]:
     """The gateway may settle a stream just after the client read its last byte."""
-    deadline = time.monotonic() + 10
-    got = gw.rows()
-    while len(got) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-        got = gw.rows()
+    got = eventually(lambda: rows if len(rows := gw.rows()) >= count else None)
     return sorted(got, key=lambda r: r.ts)
 
 
@@ -398,3 +395,14 @@ def test_a_state_file_owned_by_a_gateway_is_refused_clearly(
                           ).chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert answer.usage.total_tokens > 0
     assert user_day(alone, "ann", 150).used == answer.usage.total_tokens
+
+
+def test_record_cached_takes_only_a_governed_client(gov: Governor, sim: SimServer) -> None:
+    from tallygate.errors import InvalidRequest
+    from tallygate.types import Usage
+
+    with pytest.raises(InvalidRequest, match=r"gov.openai\(\) or gov.anthropic\(\), got OpenAI"):
+        gov.record_cached(_oa(sim), "chat/completions", "gpt-4o-mini", Usage(10, 5))
+    client = gov.openai(_oa(sim), feature="chat", user="u1")
+    row = gov.record_cached(client, "chat/completions", "gpt-4o-mini", Usage(10, 5), key="k1")
+    assert row.outcome == Outcome.CACHED and row.user == "u1"
