@@ -3,10 +3,12 @@ run-time flags in the state store. The store is polled through `flags_version()`
 most every `refresh` seconds, so a flag set on any replica applies everywhere within
 a second and the request path costs no store round trip in between.
 
-Only the first read is waited for. Later polls run beside the call that found them due
-(which, like the calls after it until the poll returns, sees the flags as they were):
-a store that answers slowly — a thread waiting for the GIL on a busy process, a
-distant Redis — then delays a flag change by as much, never a request."""
+While calls keep coming, a due poll runs beside the call that found it due (that call,
+and those after it until the poll returns, see the flags as they were): a store that
+answers slowly — a thread waiting for the GIL on a busy process, a distant Redis — then
+delays a flag change by as much, never a request. The first read, and the first call
+after a quiet spell (no poll for two intervals), wait for the poll: a flag changed
+during the lull applies to that very call."""
 
 from __future__ import annotations
 
@@ -44,9 +46,13 @@ class FlagView:
     async def enabled(self, feature: str) -> bool:
         now = self._clock()
         if now - self._checked_at >= self._refresh:
+            quiet = now - self._checked_at >= 2 * self._refresh
             self._checked_at = now
-            if self._version < 0:  # nothing read yet: this call waits for it
-                await self._poll()
+            if self._version < 0 or quiet:  # nothing read yet, or not for a while
+                if self._polling is not None:
+                    await asyncio.shield(self._polling)
+                else:
+                    await self._poll()
             elif self._polling is None:
                 self._polling = asyncio.ensure_future(self._poll())
                 self._polling.add_done_callback(self._polled)
