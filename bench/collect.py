@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["overhead", "overhead_aiohttp", "server", "inprocess", "stores", "extend", "streamed",
-         "counting", "decide", "ledger", "keys", "observe", "library", "ci_gen", "sim", "demo",
-         "dashboard"]
+ORDER = ["load", "overhead", "overhead_aiohttp", "stack", "soak", "server", "inprocess",
+         "stores", "extend", "streamed", "counting", "decide", "ledger", "keys", "observe",
+         "library", "ci_gen", "sim", "demo", "dashboard"]
 
 
 def main() -> None:

@@ -60,8 +60,11 @@ def wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def spawn(args: list[str], probe: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def spawn(args: list[str], probe: str, stderr: Path | None = None
+          ) -> subprocess.Popen[bytes]:
+    """Start a server and wait until `probe` answers (its stderr to a file if given)."""
+    err = stderr.open("wb") if stderr is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
     wait_up(probe, proc)
     return proc
 

@@ -448,6 +448,17 @@ class Cache(BaseModel):
     backend: str | None = None  # None: the state store
 
 
+class LoopLag(BaseModel):
+    """The event-loop stall monitor (observe/loop_lag.py; docs/observability.md)."""
+
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = False
+    # Stalls longer than this are counted, and logged (what ran) at DEBUG.
+    log_above: Seconds = 0.005
+    interval: Seconds = 1.0  # the histogram observes the longest stall of each interval
+
+
 class Server(BaseModel):
     model_config = _MODEL_CONFIG
 
@@ -472,6 +483,7 @@ class Server(BaseModel):
     # On SIGTERM / Ctrl-C: how long calls in flight may run on before their streams are
     # cut (each settled with what it relayed, and recorded).
     shutdown_deadline: Seconds = 10.0
+    loop_lag: LoopLag = Field(default_factory=LoopLag)
 
 
 class Dashboard(BaseModel):

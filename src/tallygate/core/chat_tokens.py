@@ -24,7 +24,9 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,36 @@ _FUNC_END = 12
 _SCHEMA_KEYS_MODELLED = frozenset({"type", "description", "enum", "properties"})
 
 
+class OverInlineBudget(Exception):
+    """More text to tokenize than `inline_budget` allows on this thread (the caller
+    finishes the count in a worker thread; what was counted so far is cached)."""
+
+
+# Characters of text still allowed to be tokenized here (None: no limit). A context
+# variable: a worker thread started by the caller does not inherit a budget it set.
+_BUDGET: ContextVar[list[int] | None] = ContextVar("tallygate_inline_budget", default=None)
+
+
+@contextmanager
+def inline_budget(chars: int) -> Iterator[None]:
+    """Within the block, tokenizing more than `chars` characters in all raises
+    OverInlineBudget (cached messages cost nothing)."""
+    token = _BUDGET.set([chars])
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def spend(chars: int) -> None:
+    """About to tokenize `chars` characters: OverInlineBudget past the block's budget."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget[0] -= chars
+        if budget[0] < 0:
+            raise OverInlineBudget
+
+
 class Tally:
     """Accumulates tokens, exactness and characters (against the size cap) of one request."""
 
@@ -71,6 +103,7 @@ class Tally:
     def text(self, value: str) -> int:
         """Count a string, add it, and return its tokens."""
         self.charge(len(value))
+        spend(len(value))
         n, exact = self.counter.count(value)
         self.tokens += n
         self.exact = self.exact and exact
@@ -184,6 +217,7 @@ def _part_tokens(part: Any, tally: Tally, profile: tuple[int, int]) -> None:
         bound = counter_for(None)
         text = json_text(part)
         tally.charge(len(text))
+        spend(len(text))
         tally.add(bound.count(text)[0], False)
 
 

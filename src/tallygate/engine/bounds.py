@@ -61,20 +61,26 @@ def attempt(value: Any, what: str = "X-Tallygate-Attempt") -> int | None:
 
 def check_depth(body: Any, limit: int = MAX_DEPTH) -> None:
     """InvalidRequest when `body` nests deeper than `limit` anywhere. Run once per request
-    before anything serialises or walks the body."""
+    before anything serialises or walks the body (a 100-turn conversation is a few
+    hundred nodes: exact JSON types are checked first, the ABC-free way)."""
     stack = [(body, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
+        node, depth = pop()
+        kind = type(node)
+        if kind is dict or (kind is not list and isinstance(node, dict)):
             children: Any = node.values()
-        elif isinstance(node, list):
+        elif kind is list or isinstance(node, list):
             children = node
         else:
             continue
         if depth > limit:
             raise InvalidRequest(f"The request body nests deeper than {limit} levels.")
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, dict | list))
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list or (
+                    kind is not str and isinstance(child, dict | list)):
+                push((child, depth + 1))
 
 
 def usage_is_sane(*values: int) -> bool:

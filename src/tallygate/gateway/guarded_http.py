@@ -92,6 +92,38 @@ def _warn_full(count: _Count, cap: int) -> None:
                     "refusing new connections with 503", cap)
 
 
+class _OneWrite:
+    """A response's transport that sends a fixed-length answer's head together with its
+    body: uvicorn writes them apart, two system calls and two TCP segments (with
+    TCP_NODELAY), so the client wakes up twice for one answer. A streamed (chunked)
+    answer's head, a `100 Continue` and anything after the body go out at once."""
+
+    __slots__ = ("_head", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            self.transport.write(head + data)
+        elif data.startswith(b"HTTP/1.1 ") and b"\r\ncontent-length: " in data \
+                and not data.startswith(b"HTTP/1.1 100 "):
+            self._head = data  # (the body follows within the same step)
+        else:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            self.transport.write(head)
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, config: uvicorn.Config, server_state: Any, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -184,6 +216,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self._disarm()
         if self.cycle is not None and not self.transport.is_closing():
             super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        cycle.transport = _OneWrite(self.transport)
+        super()._start_asgi_task(cycle, app)
 
     # -- deadlines ------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """SQLite ledger: WAL mode, one connection owned by one worker thread (the event loop never
-waits on the disk), each batch inserted in one transaction with INSERT OR IGNORE."""
+waits on the disk), each batch inserted in one transaction with INSERT OR IGNORE, 64
+rows a statement (ledger/bulk.py)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tallygate.errors import ConfigError, StoreUnavailable
+from tallygate.ledger.bulk import insert_rows
 from tallygate.ledger.migrations import COLUMN_NAMES, Dialect, migrate_sqlite, quote
 from tallygate.ledger.rows import SqlReads, to_row
 from tallygate.types import CallRecord
 
 T = TypeVar("T")
 
-_INSERT = (
-    f"INSERT OR IGNORE INTO calls ({', '.join(quote(c) for c in COLUMN_NAMES)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)})"
-)
+_INSERT = f"INSERT OR IGNORE INTO calls ({', '.join(quote(c) for c in COLUMN_NAMES)})"
+_WIDTH = len(COLUMN_NAMES)
 
 
 class SqliteLedger(SqlReads):
@@ -72,7 +72,7 @@ class SqliteLedger(SqlReads):
         conn = self._db()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, values)
+            insert_rows(conn, _INSERT, _WIDTH, values)  # (ledger/bulk.py: few steps)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tallygate.config import Policy
     from tallygate.observe.alert_log import AlertLog
     from tallygate.observe.alerts import AlertEngine
+    from tallygate.observe.loop_lag import LoopLagMonitor
     from tallygate.observe.tracing import TracingRecorder
     from tallygate.observe.webhooks import Poster
     from tallygate.runtime import Runtime
@@ -45,6 +46,7 @@ class Observability:
     tracing: TracingRecorder | None = None
     alerts: AlertEngine | None = None
     alert_log: AlertLog | None = None  # where fired alerts are kept (the dashboard's page)
+    loop_lag: LoopLagMonitor | None = None  # server.loop_lag
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def reload(self, runtime: Runtime, policy: Policy) -> None:
@@ -66,6 +68,8 @@ class Observability:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.loop_lag is not None:
+            self.loop_lag.stop()
         if self.alerts is not None:
             await self.alerts.stop()
         if self.tracing is not None:
@@ -116,6 +120,13 @@ def install(
         obs.alerts = _alert_engine(runtime, policy, poster, clock, alert_interval, alert_log)
         runtime.recorders.recorders.append(obs.alerts)
         obs.alerts.start()
+    lag = policy.server.loop_lag
+    if lag.enabled:
+        from tallygate.observe.loop_lag import LoopLagMonitor
+
+        obs.loop_lag = LoopLagMonitor(metrics.registry, interval=lag.interval,
+                                      log_above=lag.log_above)
+        obs.loop_lag.start()
     obs._tasks.append(asyncio.create_task(
         _refresh_loop(obs, runtime, clock, refresh_seconds), name="tallygate-metrics"))
     return obs

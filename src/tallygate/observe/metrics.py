@@ -1,7 +1,8 @@
 """Prometheus metrics derived from finished calls (docs/observability.md). Names are stable.
 
-`MetricsRecorder.record(row)` is on the request path: it only does dict arithmetic on
-integers and histogram observations, in memory. Counters are kept as exact integers
+`MetricsRecorder.record(row)` is on the request path: it keeps the row, and every 256
+rows (or at a scrape) the batch is counted — dict arithmetic on integers and histogram
+buckets, in memory. Counters are kept as exact integers
 (tokens, nano-USD) and converted to the exposition value at scrape time. The remaining
 budget gauges are refreshed from the state store by a background task (`refresh`).
 
@@ -16,19 +17,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Gauge,
-    Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -46,6 +49,7 @@ NO_STEP = "none"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.99, 1.0)
 DIRECTIONS = ("input", "output", "cached", "reasoning")
+PENDING_ROWS = 256  # rows kept before they are counted (a scrape counts them at once)
 
 Labels = tuple[str, ...]
 
@@ -103,6 +107,32 @@ class _Counters(Collector):
                       ["feature", "model", "outcome", *extra], self.requests.items())
 
 
+class _Histogram(Collector):
+    """Labelled histograms as plain integer lists (prometheus_client's take a lock and
+    walk every bucket per observation; this is one bisect and two additions)."""
+
+    def __init__(self, name: str, doc: str, labels: list[str],
+                 buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.bounds = buckets
+        self.le = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        self.series: dict[Labels, tuple[list[int], list[float]]] = {}
+
+    def observe(self, labels: Labels, value: float) -> None:
+        found = self.series.get(labels)
+        if found is None:
+            found = self.series[labels] = ([0] * (len(self.bounds) + 1), [0.0])
+        found[0][bisect_left(self.bounds, value)] += 1
+        found[1][0] += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, (counts, total) in list(self.series.items()):
+            family.add_metric(list(labels), list(zip(self.le, accumulate(counts),
+                                                     strict=True)), total[0])
+        yield family
+
+
 def _family(name: str, doc: str, labels: list[str], items: Any) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=labels)
     for key, value in list(items):
@@ -124,23 +154,24 @@ class MetricsRecorder:
         self.registry.register(self.counters)
         self._windows: dict[str, int] = {}
         fm = ["feature", "model"]
-        self.request_duration = Histogram(
+        self.request_duration = _Histogram(
             "tallygate_request_duration_seconds", "Time from admission to the call's end.",
-            fm, buckets=DURATION_BUCKETS, registry=self.registry)
-        self.upstream_duration = Histogram(
+            fm, DURATION_BUCKETS)
+        self.upstream_duration = _Histogram(
             "tallygate_upstream_duration_seconds",
-            "Time spent on the provider for calls that reached it.",
-            fm, buckets=DURATION_BUCKETS, registry=self.registry)
-        self.context_utilization = Histogram(
+            "Time spent on the provider for calls that reached it.", fm, DURATION_BUCKETS)
+        self.context_utilization = _Histogram(
             "tallygate_context_utilization_ratio",
-            "Input tokens divided by the model's context window.",
-            ["model"], buckets=RATIO_BUCKETS, registry=self.registry)
+            "Input tokens divided by the model's context window.", ["model"], RATIO_BUCKETS)
+        for histogram in (self.request_duration, self.upstream_duration,
+                          self.context_utilization):
+            self.registry.register(histogram)
         self.budget_remaining = Gauge(
             "tallygate_budget_remaining_tokens",
             "Tokens left in the current window of each configured limit "
             "(scope = the limit key, e.g. global:tokens:minute).",
             ["scope"], registry=self.registry)
-        self._children: dict[tuple[int, Labels], Any] = {}
+        self._pending: list[CallRecord] = []
 
     def reload(self, policy: Policy, catalog: Catalog) -> None:
         """A reloaded policy's features, steps and budgets; the series keep counting."""
@@ -151,10 +182,21 @@ class MetricsRecorder:
     # ------------------------------------------------------------------ hot path
 
     def record(self, row: CallRecord) -> None:
-        try:
-            self._record(row)
-        except Exception:  # a metrics bug must never fail the call being recorded
-            log.exception("metrics: could not record row %s", row.request_id)
+        """Keep the row; rows are counted in batches (PENDING_ROWS, or at a scrape)."""
+        pending = self._pending
+        pending.append(row)
+        if len(pending) >= PENDING_ROWS:
+            self.apply()
+
+    def apply(self) -> None:
+        """Count the rows recorded since the last batch (every read of the series
+        calls this first)."""
+        pending, self._pending = self._pending, []
+        for row in pending:
+            try:
+                self._record(row)
+            except Exception:  # a metrics bug must never fail the call being recorded
+                log.exception("metrics: could not record row %s", row.request_id)
 
     def _record(self, row: CallRecord) -> None:
         lab = self.labels
@@ -169,22 +211,12 @@ class MetricsRecorder:
         self.counters.cost_nusd[(feature, model, *extra)] += row.cost_nusd
         self.counters.requests[(feature, model, row.outcome.value, *extra)] += 1
         fm = (feature, model)
-        seconds = row.latency_ms / 1000
-        self._child(0, self.request_duration, fm).observe(seconds)
+        self.request_duration.observe(fm, row.latency_ms / 1000)
         if _reached_upstream(row):
-            self._child(1, self.upstream_duration, fm).observe(_upstream_seconds(row))
+            self.upstream_duration.observe(fm, _upstream_seconds(row))
             window = self._context_window(model)
             if window:
-                self._child(2, self.context_utilization, (model,)).observe(
-                    row.input_tokens / window)
-
-    def _child(self, slot: int, hist: Histogram, labels: Labels) -> Any:
-        """Labelled children cached per label tuple (labels() takes a lock each call)."""
-        key = (slot, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = hist.labels(*labels)
-        return child
+                self.context_utilization.observe((model,), row.input_tokens / window)
 
     def _context_window(self, model: str) -> int:
         window = self._windows.get(model)
@@ -206,6 +238,7 @@ class MetricsRecorder:
             self.budget_remaining.labels(key).set(used.remaining)
 
     def exposition(self) -> bytes:
+        self.apply()
         return generate_latest(self.registry)
 
 

@@ -386,25 +386,25 @@ def check_messages(body: Mapping[str, Any], name: str = "messages") -> None:
     if not messages:
         raise InvalidRequest(f"'{name}' must contain at least one message.", param=name)
     for i, msg in enumerate(messages):
-        where = f"{name}[{i}]"
+        # (the place names are built only for an error: this runs for every message)
         if not isinstance(msg, dict):
             raise InvalidRequest(
-                f"Invalid type for '{where}': expected an object, got {json_type(msg)}.",
-                param=where,
+                f"Invalid type for '{name}[{i}]': expected an object, got {json_type(msg)}.",
+                param=f"{name}[{i}]",
             )
         role = msg.get("role")
         if not isinstance(role, str) or not role.strip():
             raise InvalidRequest(
-                f"Invalid value for '{where}.role': expected a non-empty string, "
+                f"Invalid value for '{name}[{i}].role': expected a non-empty string, "
                 f"got {json_type(role)}.",
-                param=f"{where}.role",
+                param=f"{name}[{i}].role",
             )
         content = msg.get("content")
-        if content is not None and not isinstance(content, str | list):
+        if content is not None and not isinstance(content, (str, list)):
             raise InvalidRequest(
-                f"Invalid type for '{where}.content': expected a string or an array, "
+                f"Invalid type for '{name}[{i}].content': expected a string or an array, "
                 f"got {json_type(content)}.",
-                param=f"{where}.content",
+                param=f"{name}[{i}].content",
             )
 
 

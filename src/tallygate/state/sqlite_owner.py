@@ -32,11 +32,12 @@ from typing import Any
 import orjson
 
 from tallygate.errors import ConfigError, InvalidRequest, StoreUnavailable
+from tallygate.ledger.bulk import insert_rows
 from tallygate.ledger.journal import Journal, Segment
 from tallygate.state.base import RUN_TTL
 from tallygate.state.checks import check_extend, check_finish, check_holds, check_usage_args
 from tallygate.state.file_lock import release, take_owner
-from tallygate.state.owner_book import Book, Dirty
+from tallygate.state.owner_book import HELD, Book, Dirty
 from tallygate.state.read_along import PlainFromRead
 from tallygate.state.seen_ids import SeenIdsLoader
 from tallygate.state.sqlite import RETENTION, SqliteStore, connect_state
@@ -45,15 +46,16 @@ from tallygate.types import Denial, Hold, LimitUsage, Metric, NotHeld, SettleRes
 log = logging.getLogger("tallygate.state")
 FLUSH_SECONDS = 1.0  # how stale the SQLite tables may be (the journal is never stale)
 HEAL_SECONDS = 1.0  # how often a broken journal is tried again
+SEEN_SLICE = 512  # finished ids added to the Bloom filter per loop step (≈1 ms)
 
-_CELLS = ("INSERT INTO state_cells (counter, wid, used, reserved) VALUES (?, ?, ?, ?) "
-          "ON CONFLICT (counter, wid) DO UPDATE SET used = excluded.used, "
+_CELLS = ("INSERT INTO state_cells (counter, wid, used, reserved)",
+          " ON CONFLICT (counter, wid) DO UPDATE SET used = excluded.used, "
           "reserved = excluded.reserved")
-_HOLDS = ("INSERT INTO state_holds (rid, state, live, expires, lines) VALUES (?, ?, ?, ?, ?) "
-          "ON CONFLICT (rid) DO UPDATE SET state = excluded.state, live = excluded.live, "
+_HOLDS = ("INSERT INTO state_holds (rid, state, live, expires, lines)",
+          " ON CONFLICT (rid) DO UPDATE SET state = excluded.state, live = excluded.live, "
           "expires = excluded.expires, lines = excluded.lines")
-_RUNS = ("INSERT INTO state_runs (counter, touched) VALUES (?, ?) "
-         "ON CONFLICT (counter) DO UPDATE SET touched = excluded.touched")
+_RUNS = ("INSERT INTO state_runs (counter, touched)",
+         " ON CONFLICT (counter) DO UPDATE SET touched = excluded.touched")
 
 
 def journal_dir(path: str) -> Path:
@@ -310,7 +312,7 @@ class OwnedSqliteStore(PlainFromRead):
             log.error("state store %s: snapshot failed (%s); the journal keeps "
                       "everything, retrying", self._path, exc)
             return False
-        self._forget(dirty)
+        await self._forget_in_slices(dirty)
         for done in self._unwritten:
             Journal.commit(done)
         self._unwritten = []
@@ -322,6 +324,23 @@ class OwnedSqliteStore(PlainFromRead):
             self._seen.add(rid, self._now)
         self._seen.forget_before(self._now - self._retention)
 
+    async def _forget_in_slices(self, dirty: Dirty) -> None:
+        """`_forget` without holding the loop: a second's finished ids (thousands, a few
+        µs each to hash into the filter) are added SEEN_SLICE at a time, before their
+        rows leave memory — until then the rows answer for themselves, so an id is never
+        both gone from memory and missing from the filter."""
+        rows = self._book.rows
+        done = [rid for rid in dirty.row_keys
+                if (row := rows.get(rid)) is not None and row.state != HELD]
+        seen, now = self._seen, self._now
+        for at in range(0, len(done), SEEN_SLICE):
+            if at:
+                await asyncio.sleep(0)
+            for rid in done[at:at + SEEN_SLICE]:
+                seen.add(rid, now)
+        self._book.written(dirty)
+        seen.forget_before(now - self._retention)
+
     def _write(self, dirty: Dirty, now: float) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -329,13 +348,15 @@ class OwnedSqliteStore(PlainFromRead):
             # (a gone cell written again since, by a late settle, is upserted after)
             db.executemany("DELETE FROM state_cells WHERE counter = ? AND wid = ?",
                            dirty.gone)
-            db.executemany(_CELLS, dirty.cells)
-            db.executemany(_HOLDS, [
+            # Multi-row statements (ledger/bulk.py): a few GIL hand-backs per snapshot,
+            # not one per row, so a busy loop cannot starve this thread for seconds.
+            insert_rows(db, _CELLS[0], 4, dirty.cells, _CELLS[1])
+            insert_rows(db, _HOLDS[0], 5, [
                 (rid, state, live, expires, orjson.dumps(lines).decode() if lines else "")
-                for rid, state, live, expires, lines in dirty.holds])
+                for rid, state, live, expires, lines in dirty.holds], _HOLDS[1])
             db.executemany("DELETE FROM state_runs WHERE counter = ?",
                            [(c,) for c in dirty.runs_gone])
-            db.executemany(_RUNS, dirty.runs)
+            insert_rows(db, _RUNS[0], 2, dirty.runs, _RUNS[1])
             db.execute("DELETE FROM state_holds WHERE live = 0 AND state != 'held' "
                        "AND expires < ?", (now - self._retention,))
             db.execute("COMMIT")

@@ -1,0 +1,232 @@
+"""The gateway under sustained load against the bare aiohttp forwarder (the floor,
+bench/floor.py), measured in the same run with wrk (bench/wrk.py):
+
+1. `--rounds` alternating rounds of `--seconds` at 32 connections: floor, then the
+   gateway (`tallygate serve`, its defaults: one worker owning its SQLite state, the
+   SQLite ledger, the lean upstream; `server.loop_lag` on), each round's p99 and req/s
+   side by side, with the simulator called directly as a third target for scale, and
+   each proxy's CPU time per request (all its threads, user + system, from /proc);
+   `--baseline REV` adds the gateway as of a git revision (its `src/` exported to a
+   temporary directory), the same way: before and after in one run;
+2. the same targets at 1 connection (`--rounds` rounds of 5 s): each one's p50, and what
+   it adds to the simulator's (`direct`) in the same round;
+3. one `--lag-seconds` run at 32 connections against the gateway, with the event-loop
+   stall histogram (`tallygate_event_loop_stall_seconds`: the longest stall of each
+   second) read from /metrics before and after.
+
+Simulator, floor, gateway and wrk share the machine's cores.
+
+    apt-get install wrk
+    python bench/load.py [--rounds 3] [--seconds 10] [--lag-seconds 60]
+        [--baseline REV] [--out bench/results/load.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import orjson
+import yaml
+from overhead import BODY, create_key, free_port, gateway_config, spawn, wait_up
+from wrk import WrkResult, require_wrk, run_wrk
+
+ROOT = Path(__file__).resolve().parents[1]
+STALL = "tallygate_event_loop_stall_seconds"
+
+
+def stall_buckets(url: str) -> dict[str, float]:
+    """le → cumulative count of the stall histogram, plus `count` and `stalls`."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    out = {le: float(v) for le, v in re.findall(
+        rf'^{STALL}_bucket{{le="([^"]+)"}} ([\d.e+]+)$', text, re.M)}
+    count = re.search(rf"^{STALL}_count ([\d.e+]+)$", text, re.M)
+    stalls = re.search(r"^tallygate_event_loop_stalls_total ([\d.e+]+)$", text, re.M)
+    out["count"] = float(count.group(1)) if count else 0.0
+    out["stalls"] = float(stalls.group(1)) if stalls else 0.0
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def export_revision(rev: str, into: Path) -> Path:
+    """`src/` of a git revision, for PYTHONPATH."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def lag_table(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    lines = ["| longest stall in a second | seconds |", "|---|---:|"]
+    previous = 0.0
+    for le in [k for k in after if k not in ("count", "stalls")]:
+        cumulative = after[le] - before.get(le, 0.0)
+        label = "≤ " + (f"{float(le) * 1000:g} ms" if le != "+Inf" else "∞")
+        lines.append(f"| {label} | {cumulative - previous:.0f} |")
+        previous = cumulative
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--lag-seconds", type=float, default=60.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--baseline", default=None,
+                        help="a git revision whose gateway runs beside this one")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    require_wrk()
+    procs: list[subprocess.Popen[bytes]] = []
+    rounds: list[dict[str, WrkResult]] = []
+    cpu: dict[str, list[float]] = {}  # µs of CPU per request, per round
+    with tempfile.TemporaryDirectory(prefix="tg-bench-load-") as tmpdir:
+        tmp = Path(tmpdir)
+        try:
+            sim_port, floor_port, gw_port = free_port(), free_port(), free_port()
+            sim_url = f"http://127.0.0.1:{sim_port}"
+            procs.append(spawn([sys.executable, "-m", "tallygate", "sim", "--port",
+                                str(sim_port)], sim_url + "/v1/models"))
+            floor_url = f"http://127.0.0.1:{floor_port}"
+            procs.append(spawn([sys.executable, str(ROOT / "bench" / "floor.py"),
+                                "--upstream", sim_url, "--port", str(floor_port)],
+                               floor_url + "/"))
+            config = gateway_config(tmp, sim_url)
+            policy = yaml.safe_load(config.read_text())
+            policy["server"]["loop_lag"] = {"enabled": True}
+            config.write_text(yaml.safe_dump(policy))
+            key = create_key(config)
+            gw_url = f"http://127.0.0.1:{gw_port}"
+            procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
+                                str(config), "--port", str(gw_port)], gw_url + "/healthz"))
+            targets = {
+                "direct": (sim_url, {"authorization": "Bearer sk-sim"}),
+                "floor": (floor_url, {"authorization": "Bearer sk-sim"}),
+                "gateway": (gw_url, {"authorization": f"Bearer {key}"}),
+            }
+            pids = {"floor": procs[1].pid, "gateway": procs[2].pid}
+            if args.baseline:
+                old = tmp / "baseline"
+                old.mkdir()
+                env = {**os.environ, "PYTHONPATH": str(export_revision(args.baseline, old))}
+                old_config = gateway_config(old, sim_url, name="baseline")
+                old_key = subprocess.run(
+                    [sys.executable, "-m", "tallygate", "keys", "create", "--config",
+                     str(old_config), "--user", "bench", "--plan", "bench", "--json"],
+                    check=True, capture_output=True, env=env).stdout
+                old_url = f"http://127.0.0.1:{free_port()}"
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "tallygate", "serve", "--config", str(old_config),
+                     "--port", old_url.rsplit(":", 1)[1]], env=env,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                wait_up(old_url + "/healthz", procs[-1])
+                targets["baseline"] = (old_url, {
+                    "authorization": f"Bearer {orjson.loads(old_key)['key']}"})
+                pids["baseline"] = procs[-1].pid
+            path = "/v1/chat/completions"
+            common = {"content-type": "application/json"}
+            for url, headers in targets.values():  # warm-up: connections, caches
+                run_wrk(url + path, BODY, {**common, **headers}, connections=4, seconds=2)
+            for _ in range(args.rounds):
+                found = {}
+                for name, (url, headers) in targets.items():
+                    before = cpu_seconds(pids[name]) if name in pids else 0.0
+                    found[name] = run_wrk(url + path, BODY, {**common, **headers},
+                                          connections=args.connections, seconds=args.seconds)
+                    if name in pids:
+                        cpu.setdefault(name, []).append(
+                            (cpu_seconds(pids[name]) - before) / found[name].requests * 1e6)
+                rounds.append(found)
+            single: list[dict[str, WrkResult]] = []
+            for _ in range(args.rounds):
+                single.append({name: run_wrk(url + path, BODY, {**common, **headers},
+                                             connections=1, seconds=5)
+                               for name, (url, headers) in targets.items()})
+            before = stall_buckets(gw_url)
+            lag_run = run_wrk(gw_url + path, BODY, {**common, **targets["gateway"][1]},
+                              connections=args.connections, seconds=args.lag_seconds)
+            after = stall_buckets(gw_url)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=15)
+    command = ("python bench/load.py " + " ".join(sys.argv[1:])).strip()
+    lines = [
+        "# Sustained load: the gateway against the bare aiohttp forwarder (wrk)", "",
+        f"Command: `{command}`",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; simulator, floor, gateway and wrk (1 thread, "
+        f"{args.connections} connections) share the cores. Rounds alternate the targets; "
+        "`direct` is the simulator called without a proxy. Errors: non-2xx answers, "
+        "socket errors and timeouts.", "",
+        "| round | floor p50 ms | floor p99 ms | gateway p50 ms | gateway p99 ms | "
+        "p99 vs floor | floor req/s | gateway req/s | req/s vs floor | direct req/s | "
+        "gateway max ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, found in enumerate(rounds, 1):
+        fl, gw, direct = found["floor"], found["gateway"], found["direct"]
+        errors = sum(r.errors for r in found.values())
+        lines.append(
+            f"| {i} | {fl.p50:.2f} | {fl.p99:.2f} | {gw.p50:.2f} | {gw.p99:.2f} | "
+            f"{gw.p99 / fl.p99:.2f}× | {fl.rps:,.0f} | {gw.rps:,.0f} | "
+            f"{gw.rps / fl.rps:.2f}× | {direct.rps:,.0f} | {gw.max:.1f} | {errors} |")
+    lines += ["", "CPU time per request of each proxy process (all threads, user + system) "
+              "and its rate, per round" + (f"; `baseline` is the gateway at `{args.baseline}`"
+                                          if args.baseline else "") + ":", "",
+              "| round | " + " | ".join(f"{n} µs/req | {n} req/s" for n in cpu) + " |",
+              "|---|" + "---:|---:|" * len(cpu)]
+    for i, found in enumerate(rounds, 1):
+        lines.append(f"| {i} | " + " | ".join(
+            f"{cpu[n][i - 1]:.0f} | {found[n].rps:,.0f}" for n in cpu) + " |")
+    if args.baseline:
+        per_core = [old / new for old, new in zip(cpu["baseline"], cpu["gateway"],
+                                                  strict=True)]
+        rps = [found["gateway"].rps / found["baseline"].rps for found in rounds]
+        lines += ["", f"Against the baseline: req/s {statistics.median(rps):.2f}× and "
+                  f"requests per CPU-second {statistics.median(per_core):.2f}× (medians over "
+                  "the rounds)."]
+    names = [n for n in targets if n != "direct"]
+    lines += ["", "## One connection: p50 and what each proxy adds to the simulator's", "",
+              "| round | direct p50 ms | " + " | ".join(f"{n} p50 ms | {n} added ms"
+                                                     for n in names) + " |",
+              "|---|---:|" + "---:|---:|" * len(names)]
+    for i, found in enumerate(single, 1):
+        direct_p50 = found["direct"].p50
+        lines.append(f"| {i} | {direct_p50:.3f} | " + " | ".join(
+            f"{found[n].p50:.3f} | {found[n].p50 - direct_p50:+.3f}" for n in names) + " |")
+    added = {n: statistics.median(f[n].p50 - f["direct"].p50 for f in single) for n in names}
+    lines += ["", "Median added p50: " + ", ".join(f"{n} {v:+.3f} ms" for n, v in added.items())
+              + f"; gateway / floor {added['gateway'] / added['floor']:.2f}×."]
+    stalls = after["stalls"] - before["stalls"]
+    lines += [
+        "", f"## Event-loop stalls during {args.lag_seconds:g} s at {args.connections} "
+        "connections", "",
+        f"The gateway served {lag_run.rps:,.0f} req/s (p50 {lag_run.p50:.2f} ms, p99 "
+        f"{lag_run.p99:.2f} ms, max {lag_run.max:.1f} ms, {lag_run.errors} errors). "
+        "Each second's longest stall (how late a 1 ms timer fired) went into one "
+        f"bucket; stalls longer than 5 ms: {stalls:.0f}.", "",
+        *lag_table(before, after),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
