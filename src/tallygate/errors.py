@@ -3,6 +3,8 @@ gateway turns them into HTTP responses (in the protocol's own format)."""
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from typing import Any, ClassVar
 
 
@@ -207,3 +209,18 @@ class ShuttingDown(TallygateError):
     code = "shutting_down"
     openai_type = "server_error"
     anthropic_type = "overloaded_error"
+
+
+@functools.cache
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """What a store's driver raises when the store is down or refuses (sqlite3, OS,
+    psycopg), for a front end to report as "storage unavailable". Called in an `except`
+    clause, so psycopg is imported only once such an error is raised."""
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:  # pragma: no cover - psycopg is optional
+        pass
+    return tuple(errors)

@@ -5,7 +5,6 @@ terminal, JSON or CSV (`--format`); `report --html FILE` writes the self-contain
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from tallygate.cli.tables import FormatOpt, WideOpt
-from tallygate.errors import ConfigError, TallygateError
+from tallygate.errors import ConfigError, TallygateError, driver_errors
 
 T = TypeVar("T")
 
@@ -46,24 +45,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _db_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
-    try:
-        import psycopg
-
-        errors.append(psycopg.Error)
-    except ImportError:  # pragma: no cover - psycopg is optional
-        pass
-    return tuple(errors)
-
-
 def _run(work: Callable[[], Awaitable[T]]) -> T:
     """Run one command's coroutine; every failure becomes one line and exit code 2."""
     try:
         return asyncio.run(work())  # type: ignore[arg-type]
     except TallygateError as exc:
         raise _fail(exc.message) from None
-    except _db_errors() as exc:
+    except driver_errors() as exc:
         raise _fail(f"ledger: {exc}") from None
 
 

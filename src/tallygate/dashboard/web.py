@@ -3,8 +3,6 @@ caller is escaped), the security headers, sign-in checks and form parsing."""
 
 from __future__ import annotations
 
-import functools
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
@@ -15,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tallygate.dashboard.session import COOKIE, Session, Sessions
-from tallygate.errors import InvalidRequest, RequestTooLarge, TallygateError
+from tallygate.errors import InvalidRequest, TallygateError, driver_errors
+from tallygate.gateway.request_body import read_capped
 from tallygate.units import minute_text, usd_display
 
 MAX_FORM_BYTES = 16 * 1024
@@ -32,19 +31,6 @@ HEADERS = {
 }
 
 Page = Callable[[Request, Session], Awaitable[Response]]
-
-
-@functools.cache
-def store_errors() -> tuple[type[BaseException], ...]:
-    """Driver errors of the stores (psycopg imported only once one is raised)."""
-    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
-    try:
-        import psycopg
-
-        errors.append(psycopg.Error)
-    except ImportError:  # pragma: no cover - psycopg is optional
-        pass
-    return tuple(errors)
 
 
 def _number(value: int | None) -> str:
@@ -92,14 +78,7 @@ def client_of(request: Request) -> str:
 
 async def read_form(request: Request) -> dict[str, str]:
     """An urlencoded form under a size cap; repeated fields keep the last value."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
-        raise RequestTooLarge(f"Form exceeds {MAX_FORM_BYTES} bytes.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise RequestTooLarge(f"Form exceeds {MAX_FORM_BYTES} bytes.")
+    body = await read_capped(request, MAX_FORM_BYTES, "Form")
     from urllib.parse import parse_qsl
 
     try:
@@ -137,7 +116,7 @@ class Guard:
             except TallygateError as exc:
                 return self.message(session, "That did not work", exc.message,
                                     exc.status if 400 <= exc.status < 500 else 503)
-            except store_errors() as exc:  # the ledger or a store is down: say so, in HTML
+            except driver_errors() as exc:  # the ledger or a store is down: say so, in HTML
                 return self.message(session, "Storage unavailable",
                                     f"{type(exc).__name__}: {str(exc)[:200]}", 503)
 

@@ -17,10 +17,10 @@ from tallygate.errors import (
     InvalidApiKey,
     InvalidRequest,
     PermissionDenied,
-    RequestTooLarge,
     TallygateError,
 )
 from tallygate.gateway.auth import bearer_token
+from tallygate.gateway.request_body import read_capped
 from tallygate.gateway.throttle import AuthThrottle
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -74,16 +74,9 @@ class AdminGuard:
 
 async def read_json_object(request: Request, cap: int) -> dict[str, Any]:
     """The body as a JSON object, RequestTooLarge past `cap` bytes, else InvalidRequest."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise RequestTooLarge(f"Request body exceeds {cap} bytes.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise RequestTooLarge(f"Request body exceeds {cap} bytes.")
+    body = await read_capped(request, cap)
     try:
-        data = orjson.loads(bytes(body))
+        data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
