@@ -55,17 +55,22 @@ def from_line(line: bytes) -> CallRecord:
 _SELECT = f"SELECT {', '.join(quote(c) for c in COLUMN_NAMES)} FROM calls"
 
 
-def range_sql(since: float | None, until: float | None) -> tuple[str, list[float]]:
-    """SELECT of every column for since <= ts < until (`?` placeholders)."""
-    where, params = [], []
+def time_filter(since: float | None, until: float | None) -> tuple[str, list[Any]]:
+    """A WHERE condition (always valid) and its parameters for since <= ts < until."""
+    where, params = ["1=1"], []
     if since is not None:
         where.append("ts >= ?")
         params.append(since)
     if until is not None:
         where.append("ts < ?")
         params.append(until)
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return f"{_SELECT}{clause} ORDER BY ts, request_id", params
+    return " AND ".join(where), params
+
+
+def range_sql(since: float | None, until: float | None) -> tuple[str, list[Any]]:
+    """SELECT of every column for since <= ts < until (`?` placeholders)."""
+    where, params = time_filter(since, until)
+    return f"{_SELECT} WHERE {where} ORDER BY ts, request_id", params
 
 
 class SqlReads:

@@ -20,8 +20,9 @@ from typing import Any
 from tallygate.config.names import did_you_mean
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
+from tallygate.ledger.rows import time_filter
 from tallygate.reports.runs import WhatIf, WhatIfGroup, _rates, _tokenizer_notes
-from tallygate.reports.usage import as_int, time_filter
+from tallygate.reports.usage import as_int
 from tallygate.types import ModelInfo
 
 OTHER = "(other)"

@@ -14,7 +14,8 @@ from typing import Any
 
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
-from tallygate.reports.usage import as_int, time_filter
+from tallygate.ledger.rows import time_filter
+from tallygate.reports.usage import as_int
 from tallygate.types import ModelInfo
 from tallygate.units import from_iso, iso, usd
 

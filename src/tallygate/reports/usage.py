@@ -20,6 +20,7 @@ import orjson
 from tallygate.config.names import did_you_mean
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
+from tallygate.ledger.rows import time_filter
 from tallygate.units import from_iso, iso, usd
 
 DIMENSIONS: tuple[str, ...] = (
@@ -57,22 +58,6 @@ def dumps(obj: Any) -> bytes:
         raise TypeError(type(value).__name__)
 
     return orjson.dumps(obj, default=default, option=orjson.OPT_INDENT_2)
-
-
-
-
-
-
-def time_filter(since: float | None, until: float | None) -> tuple[str, list[Any]]:
-    """A WHERE fragment (always valid) and its parameters for since <= ts < until."""
-    where, params = ["1=1"], []
-    if since is not None:
-        where.append("ts >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("ts < ?")
-        params.append(until)
-    return " AND ".join(where), params
 
 
 def as_int(value: Any) -> int:
