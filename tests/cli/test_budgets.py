@@ -19,6 +19,7 @@ from tallygate.config import load_policy
 from tallygate.core.limits import Amounts, Identity, holds_for
 from tallygate.keys import open_keystore
 from tallygate.state import from_url
+from tests.support.cli import cli_with
 
 POLICY = """\
 storage: {{state: 'sqlite:///{d}/state.db', ledger: 'sqlite:///{d}/ledger.db'}}
@@ -82,14 +83,7 @@ def setup(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-
-    @app.command("version")
-    def _version() -> None:  # a second command so `budgets` stays a sub-command
-        pass
-
-    budgets.register(app)
-    return app
+    return cli_with(budgets.register)
 
 
 def _json(cli: typer.Typer, *args: str) -> dict[str, Any]:

@@ -19,17 +19,11 @@ from tallygate.cli import demo
 from tallygate.demo.results import bucket_rows
 from tallygate.demo.workload import CHAT_USERS, STEPS, TICKETS, build_workload
 from tallygate.ledger import open_ledger
+from tests.support.cli import cli_with
 
 
 def _cli() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-
-    @app.command("version")
-    def _version() -> None:  # a second command so `demo` stays a sub-command
-        pass
-
-    demo.register(app)
-    return app
+    return cli_with(demo.register)
 
 
 @pytest.fixture(scope="module")

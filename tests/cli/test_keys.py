@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from tallygate.cli import keys as keys_cli
 from tallygate.keys import MemoryKeyStore, open_keystore
+from tests.support.cli import cli_with
 from tests.support.servers import free_port
 
 ADMIN = "cli-admin-key"
@@ -25,14 +26,7 @@ ADMIN = "cli-admin-key"
 
 @pytest.fixture
 def app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """tallygate (test harness)."""
-
-    keys_cli.register(app)
-    return app
+    return cli_with(keys_cli.register)
 
 
 @pytest.fixture

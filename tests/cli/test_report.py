@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -14,33 +13,19 @@ import typer
 from typer.testing import CliRunner
 
 from tallygate.cli.report import register
-from tallygate.ledger import open_ledger
+from tests.support.cli import cli_with
+from tests.support.ledgers import sqlite_ledger
 from tests.support.rows import ROWS
 
 
 @pytest.fixture
 def ledger_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-
-    async def fill() -> None:
-        store = await open_ledger(url)
-        await store.write_batch(ROWS)
-        await store.close()
-
-    asyncio.run(fill())
-    return url
+    return sqlite_ledger(tmp_path / "ledger.db", ROWS)
 
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-
-    @app.command("version")
-    def _version() -> None:  # a second command so `report` stays a sub-group
-        pass
-
-    register(app)
-    return app
+    return cli_with(register)
 
 
 def invoke(app: typer.Typer, *args: str):  # type: ignore[no-untyped-def]

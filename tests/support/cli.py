@@ -1,12 +1,16 @@
-"""Running the `tallygate` command as a user does (a subprocess), and throwaway git
-repositories that read no configuration from outside the test's directory."""
+"""Running the `tallygate` command as a user does (a subprocess) or one wing of it in
+process, and throwaway git repositories that read no configuration from outside the
+test's directory."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import typer
 
 
 def tallygate(*args: str, cwd: Path, env: dict[str, str] | None = None,
@@ -14,6 +18,21 @@ def tallygate(*args: str, cwd: Path, env: dict[str, str] | None = None,
     return subprocess.run([sys.executable, "-m", "tallygate", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, **(env or {})})
+
+
+def cli_with(*wings: Callable[[typer.Typer], None]) -> typer.Typer:
+    """A `tallygate`-like app holding only these wings' commands (each a `register`). The
+    root callback keeps a lone command a sub-command, as in the real app: without it Typer
+    would run that command as the app itself."""
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.callback()
+    def main() -> None:
+        """tallygate (test harness)."""
+
+    for register in wings:
+        register(app)
+    return app
 
 
 def git_env(home: Path) -> dict[str, str]:

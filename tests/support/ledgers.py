@@ -1,11 +1,16 @@
-"""Fresh, empty ledgers for tests: a SQLite file or a new PostgreSQL database per test."""
+"""Ledgers for tests: a fresh SQLite file or PostgreSQL database per test, or a SQLite
+file filled with given rows."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tallygate.ledger import open_ledger
+from tallygate.types import CallRecord
 
 
 def _admin(postgres_url: str):  # type: ignore[no-untyped-def]
@@ -36,3 +41,18 @@ def fresh_ledger_url(kind: str, tmp_path: Path, request) -> Iterator[str]:  # ty
         return
     with fresh_postgres(request.getfixturevalue("postgres_url")) as url:
         yield url
+
+
+def sqlite_ledger(path: Path, rows: Iterable[CallRecord]) -> str:
+    """The URL of a new SQLite ledger at `path` holding `rows` (for synchronous tests)."""
+    url = f"sqlite:///{path}"
+
+    async def fill() -> None:
+        store = await open_ledger(url)
+        try:
+            await store.write_batch(list(rows))
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    return url

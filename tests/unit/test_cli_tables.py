@@ -4,7 +4,6 @@ printed as it is, CSV parses back to the figures of --json, and `--format` is ch
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import os
@@ -20,8 +19,9 @@ from typer.testing import CliRunner
 from tallygate.cli import budgets as budgets_cli
 from tallygate.cli import keys as keys_cli
 from tallygate.cli.report import register
-from tallygate.ledger import open_ledger
 from tallygate.types import CallRecord, Outcome
+from tests.support.cli import cli_with
+from tests.support.ledgers import sqlite_ledger
 from tests.support.rows import DAY2, ROWS
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -44,7 +44,6 @@ def _fits(text: str, width: int = 80) -> None:
 
 @pytest.fixture
 def ledger_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
     extra = [
         CallRecord("m1", DAY2 + 900, Outcome.OK, 200, feature="code", run=MARKUP,
                    step="[bold]review", step_attempt=1, user="[red]eve", key_id="key_abc",
@@ -55,21 +54,12 @@ def ledger_url(tmp_path: Path) -> str:
                    model_used="sonnet", input_tokens=10, output_tokens=5, cost_nusd=50),
     ]
 
-    async def fill() -> None:
-        store = await open_ledger(url)
-        await store.write_batch([*ROWS, *extra])
-        await store.close()
-
-    asyncio.run(fill())
-    return url
+    return sqlite_ledger(tmp_path / "ledger.db", [*ROWS, *extra])
 
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("version")(lambda: None)
-    register(app)
-    return app
+    return cli_with(register)
 
 
 def run(app: typer.Typer, *args: str, env: dict[str, str] | None = None) -> Any:

@@ -19,6 +19,7 @@ from tallygate.config.names import PolicyNames
 from tallygate.errors import ConfigError, InvalidRequest
 from tallygate.gateway.admin import flag_routes
 from tallygate.state import from_url
+from tests.support.cli import cli_with
 
 ADMIN = "names-admin-key"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -88,14 +89,7 @@ def test_allow_list_patterns() -> None:
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """tallygate (test harness)."""
-
-    flags_cli.register(app)
-    return app
+    return cli_with(flags_cli.register)
 
 
 def test_cli_flags_refuse_a_typo_and_clear(cli: typer.Typer, tmp_path: Path) -> None:
