@@ -9,7 +9,15 @@ import openai
 import pytest
 
 from tallygate.types import Outcome, Window
-from tests.support.resilience import HELLO, client, detail, fast_retries, limits
+from tests.support.resilience import (
+    HELLO,
+    client,
+    detail,
+    failing_chat,
+    fast_retries,
+    limits,
+    retrying_gateway,
+)
 
 # The upstream transport is exercised here: run on both (tests/support/fixtures.py).
 BOTH_TRANSPORTS = True
@@ -19,9 +27,7 @@ FALLBACK = {"chat": {"max_output": 50, "model": "gpt-4o-mini", "retries": 1,
 
 
 def test_primary_failing_after_retries_falls_back(make_gateway, sim) -> None:
-    gw = make_gateway(features=FALLBACK)
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway, features=FALLBACK)
     sim.push_faults("500", "503")
     reply = client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     assert reply.model == "gpt-4.1-mini"
@@ -36,15 +42,9 @@ def test_primary_failing_after_retries_falls_back(make_gateway, sim) -> None:
 
 
 def test_every_model_failing_costs_nothing(make_gateway, sim) -> None:
-    gw = make_gateway(features=FALLBACK)
-    fast_retries(gw)
-    key = gw.create_key("u", "free")
-    before = sim.stats.total
-    sim.push_faults("500", "500", "500")
-    with pytest.raises(openai.InternalServerError):
-        client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    gw, key = retrying_gateway(make_gateway, "free", features=FALLBACK)
     # One retry budget for the call: primary, its retry, then the fallback's one try.
-    assert sim.stats.total - before == 3
+    assert failing_chat(gw, key, sim, "500", "500", "500") == 3
     [row] = gw.rows()
     assert row.outcome == Outcome.ERROR and row.cost_nusd == 0 and row.retries == 2
     assert row.model_used == "gpt-4.1-mini"
@@ -54,10 +54,8 @@ def test_every_model_failing_costs_nothing(make_gateway, sim) -> None:
 
 def test_on_limit_fallback_moves_the_reservation(make_gateway) -> None:
     features = {"chat": {**FALLBACK["chat"], "on_limit": "fallback"}}
-    gw = make_gateway(features=features,
+    gw, key = retrying_gateway(make_gateway, features=features,
                       limits={"model": {"gpt-4o-mini": {"requests_per_minute": 1}}})
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
     first = client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     second = client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     assert first.model == "gpt-4o-mini" and second.model == "gpt-4.1-mini"
@@ -97,9 +95,7 @@ def test_fallback_respects_the_keys_model_allow_list(make_gateway, sim) -> None:
 
 def test_a_call_policy_changed_says_so_in_its_headers(make_gateway, sim) -> None:  # type: ignore[no-untyped-def]
     chat = {**FALLBACK["chat"], "max_input": 4000, "on_exceed": "trim"}
-    gw = make_gateway(features={"chat": chat})
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway, features={"chat": chat})
     sim.push_faults("500", "503")
     raw = client(gw, key).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=HELLO)

@@ -12,10 +12,12 @@ from tests.support.resilience import (
     HELLO,
     client,
     detail,
+    failing_chat,
     fast_retries,
     limits,
     nothing_held,
     post,
+    retrying_gateway,
     rows_when,
 )
 
@@ -44,11 +46,9 @@ def test_transient_fault_is_retried(make_gateway, sim, fault: str) -> None:
 
 
 def test_timeout_is_retried(make_gateway, sim, tmp_path) -> None:
-    gw = make_gateway(providers={
+    gw, key = retrying_gateway(make_gateway, providers={
         "openai": {"protocol": "openai", "base_url": f"{sim.url}/v1", "api_key": "k",
                    "timeout": "300ms"}})
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
     sim.push_faults("timeout:2")
     client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     [row] = gw.rows()
@@ -56,14 +56,9 @@ def test_timeout_is_retried(make_gateway, sim, tmp_path) -> None:
 
 
 def test_retries_exhausted_pass_the_error_through_at_no_cost(make_gateway, sim) -> None:
-    gw = make_gateway()
-    fast_retries(gw)
-    key = gw.create_key("u", "free")
-    before = sim.stats.total
-    sim.push_faults("500", "500", "500")
-    with pytest.raises(openai.InternalServerError):
-        client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
-    assert sim.stats.total - before == 3  # the first try and the feature's 2 retries
+    gw, key = retrying_gateway(make_gateway, "free")
+    # The first try and the feature's 2 retries.
+    assert failing_chat(gw, key, sim, "500", "500", "500") == 3
     [row] = gw.rows()
     assert row.outcome == Outcome.ERROR and row.retries == 2 and row.cost_nusd == 0
     assert [a["status"] for a in detail(row)["attempts"]] == [500, 500, 500]
@@ -73,9 +68,7 @@ def test_retries_exhausted_pass_the_error_through_at_no_cost(make_gateway, sim) 
 
 def test_feature_retry_budget_bounds_the_tries(make_gateway, sim) -> None:
     features = {"chat": {"max_output": 50, "model": "gpt-4o-mini", "retries": 0}}
-    gw = make_gateway(features=features)
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway, features=features)
     sim.push_faults("529")
     status, _, _ = post(gw, key, {"model": "gpt-4o-mini", "messages": HELLO},
                         **{"X-Tallygate-Feature": "chat"})
@@ -84,9 +77,7 @@ def test_feature_retry_budget_bounds_the_tries(make_gateway, sim) -> None:
 
 
 def test_client_already_retrying_is_not_retried_inside(make_gateway, sim) -> None:
-    gw = make_gateway()
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway)
     before = sim.stats.total
     sim.push_faults("500")
     status, _, _ = post(gw, key, {"model": "gpt-4o-mini", "messages": HELLO},
@@ -97,9 +88,7 @@ def test_client_already_retrying_is_not_retried_inside(make_gateway, sim) -> Non
 
 
 def test_retry_after_beyond_the_client_deadline_is_not_waited(make_gateway, sim) -> None:
-    gw = make_gateway()
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway)
     sim.push_faults("429:5")
     status, headers, _ = post(gw, key, {"model": "gpt-4o-mini", "messages": HELLO},
                               **{"x-stainless-timeout": "1"})
@@ -109,9 +98,7 @@ def test_retry_after_beyond_the_client_deadline_is_not_waited(make_gateway, sim)
 
 
 def test_context_length_halves_the_output_cap(make_gateway, sim) -> None:
-    gw = make_gateway()
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway)
     sim.push_faults("context_length_exceeded")
     client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=80)
     assert sim.stats.last_body("chat/completions")["max_tokens"] == 40
@@ -121,9 +108,7 @@ def test_context_length_halves_the_output_cap(make_gateway, sim) -> None:
 
 
 def test_context_length_then_trims_when_the_feature_allows(make_gateway, sim) -> None:
-    gw = make_gateway()  # chat: on_exceed trim
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway)  # chat: on_exceed trim
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20}
              for i in range(9)]
     sim.push_faults("context_length_exceeded", "context_length_exceeded")
@@ -137,9 +122,7 @@ def test_context_length_then_trims_when_the_feature_allows(make_gateway, sim) ->
 
 
 def test_context_length_with_reject_does_not_trim(make_gateway, sim) -> None:
-    gw = make_gateway()
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway)
     sim.push_faults("context_length_exceeded", "context_length_exceeded")
     with pytest.raises(openai.BadRequestError):
         client(gw, key, feature="summarize").chat.completions.create(
@@ -150,9 +133,7 @@ def test_context_length_with_reject_does_not_trim(make_gateway, sim) -> None:
 
 
 def test_a_started_stream_is_never_retried(make_gateway, sim) -> None:
-    gw = make_gateway()
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway)
     before = sim.stats.total
     sim.push_faults("cut:3")
     # The client already got the first chunks: the stream ends, it is not replayed.
@@ -170,9 +151,7 @@ def test_a_started_stream_is_never_retried(make_gateway, sim) -> None:
 
 
 def test_a_stream_refused_before_its_first_byte_is_retried(make_gateway, sim) -> None:
-    gw = make_gateway()
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway)
     sim.push_faults("500")
     chunks = list(client(gw, key).chat.completions.create(
         model="gpt-4o-mini", messages=HELLO, stream=True))
@@ -186,9 +165,7 @@ def test_anthropic_prompt_too_long_halves_then_trims(make_gateway, sim) -> None:
     context-length error: the output cap is halved, then old turns are trimmed."""
     import anthropic
 
-    gw = make_gateway()  # chat: on_exceed trim
-    fast_retries(gw)
-    key = gw.create_key("u", "pro")
+    gw, key = retrying_gateway(make_gateway)  # chat: on_exceed trim
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 20}
              for i in range(9)]
     sim.push_faults("context_length_exceeded", "context_length_exceeded")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import orjson
+import pytest
 
 from tallygate.engine import RetrySettings
 from tests.support.gateway import RunningGateway, http
@@ -24,6 +26,25 @@ def fast_retries(gw: RunningGateway, waits: list[float] | None = None) -> None:
     runtime = gw.gateway.runtime
     assert runtime is not None
     runtime.engine.retry = RetrySettings(base_delay=0.001, max_delay=0.004, sleep=sleep)
+
+
+def retrying_gateway(make_gateway: Callable[..., RunningGateway], plan: str = "pro",
+                     **options: Any) -> tuple[RunningGateway, str]:
+    """A gateway (`make_gateway(**options)`) with millisecond back-off, and a key of user
+    "u" on `plan`."""
+    gw = make_gateway(**options)
+    fast_retries(gw)
+    return gw, gw.create_key("u", plan)
+
+
+def failing_chat(gw: RunningGateway, key: str, sim: Any, *faults: str) -> int:
+    """A chat call that the provider's `faults` make fail with a 500 for the client; how
+    many requests reached the provider."""
+    before = sim.stats.total
+    sim.push_faults(*faults)
+    with pytest.raises(openai.InternalServerError):
+        client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    return sim.stats.total - before
 
 
 def client(gw: RunningGateway, key: str, feature: str = "chat", **headers: str) -> openai.OpenAI:
