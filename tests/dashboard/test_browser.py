@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,15 @@ def sign_in(page: Page, gw: RunningGateway, key: str, path: str = "/dashboard") 
     page.click("button[type=submit]")
 
 
+@contextmanager
+def signed_in(world: dict[str, Any], key: str, path: str = "/dashboard") -> Iterator[Page]:
+    """A page in a fresh browser, signed in with `key` and sent on to `path`."""
+    with chromium_context(world["pw"]) as ctx:
+        page = ctx.new_page()
+        sign_in(page, world["gw"], key, path)
+        yield page
+
+
 @pytest.fixture(scope="module")
 def traffic(world: dict[str, Any]) -> dict[str, Any]:
     """Real calls through the gateway: two users, a looping run with a hostile name."""
@@ -88,9 +98,7 @@ def traffic(world: dict[str, Any]) -> dict[str, Any]:
 
 def test_wrong_key_sees_nothing(world: dict[str, Any], shots: Path) -> None:
     gw = world["gw"]
-    with chromium_context(world["pw"]) as ctx:
-        page = ctx.new_page()
-        sign_in(page, gw, "not-the-admin-key")
+    with signed_in(world, "not-the-admin-key") as page:
         expect(page.locator(".error")).to_have_text("Wrong key.")
         assert page.locator("nav").count() == 0
         page.screenshot(path=shots / "dashboard-sign-in.png")
@@ -101,9 +109,7 @@ def test_wrong_key_sees_nothing(world: dict[str, Any], shots: Path) -> None:
 def test_overview_charts_show_the_real_calls(world: dict[str, Any], traffic: dict[str, Any],
                                              shots: Path) -> None:
     gw, rows = world["gw"], traffic["rows"]
-    with chromium_context(world["pw"]) as ctx:
-        page = ctx.new_page()
-        sign_in(page, gw, ADMIN_KEY)
+    with signed_in(world, ADMIN_KEY) as page:
         expect(page.locator("h1")).to_contain_text("Overview")
         expect(page.locator("#calls")).to_have_text(f"{len(rows):,}")
         tokens = sum(r.input_tokens + r.output_tokens for r in rows)
@@ -125,9 +131,7 @@ def test_budget_rows_show_used_and_remaining(world: dict[str, Any], traffic: dic
     gw = world["gw"]
     used = sum(r.input_tokens + r.output_tokens for r in gw.rows()
                if r.user == "alice" and r.outcome.value != "rejected")
-    with chromium_context(world["pw"]) as ctx:
-        page = ctx.new_page()
-        sign_in(page, gw, ADMIN_KEY, "/dashboard/budgets")
+    with signed_in(world, ADMIN_KEY, "/dashboard/budgets") as page:
         row = page.locator('tr[data-limit="user:alice:tokens:day"]')
         expect(row.locator(".used")).to_have_text(f"{used:,}")
         expect(row.locator(".remaining")).to_have_text(f"{5000 - used:,}")
@@ -163,9 +167,7 @@ def test_key_created_in_the_ui_works_until_revoked(world: dict[str, Any],
                                                    traffic: dict[str, Any],
                                                    shots: Path) -> None:
     gw = world["gw"]
-    with chromium_context(world["pw"]) as ctx:
-        page = ctx.new_page()
-        sign_in(page, gw, ADMIN_KEY, "/dashboard/keys")
+    with signed_in(world, ADMIN_KEY, "/dashboard/keys") as page:
         form = page.locator("#create-key")
         form.locator("input[name=user]").fill("carol")
         form.locator("select[name=plan]").select_option("pro")
@@ -190,9 +192,7 @@ def test_key_created_in_the_ui_works_until_revoked(world: dict[str, Any],
 def test_kill_switch_in_the_ui(world: dict[str, Any], traffic: dict[str, Any],
                                shots: Path) -> None:
     gw = world["gw"]
-    with chromium_context(world["pw"]) as ctx:
-        page = ctx.new_page()
-        sign_in(page, gw, ADMIN_KEY, "/dashboard/flags")
+    with signed_in(world, ADMIN_KEY, "/dashboard/flags") as page:
         row = page.locator('tr[data-flag="chat"]')
         row.get_by_role("button", name="switch off").click()
         expect(page.locator('tr[data-flag="chat"] td.off')).to_have_text("off")
@@ -219,9 +219,7 @@ def test_alerts_page_shows_the_payload(world: dict[str, Any], traffic: dict[str,
     alerts = gw.gateway.observe.alerts
     assert alerts is not None
     gw.loop.call(alerts.evaluate(time.time()))
-    with chromium_context(world["pw"]) as ctx:
-        page = ctx.new_page()
-        sign_in(page, gw, ADMIN_KEY, "/dashboard/alerts")
+    with signed_in(world, ADMIN_KEY, "/dashboard/alerts") as page:
         alert = page.locator("details.alert").first
         expect(alert.locator("summary")).to_contain_text("cost_usd")
         alert.locator("summary").click()
@@ -235,9 +233,7 @@ def test_viewer_sees_everything_and_changes_nothing(world: dict[str, Any],
     rt = gw.gateway.runtime
     assert rt is not None
     before = gw.loop.call(rt.keys.list(include_revoked=True))
-    with chromium_context(world["pw"]) as ctx:
-        page = ctx.new_page()
-        sign_in(page, gw, VIEWER, "/dashboard/keys")
+    with signed_in(world, VIEWER, "/dashboard/keys") as page:
         expect(page.locator(".who")).to_have_text("viewer (read only)")
         assert page.locator("#keys tr").count() > 1
         assert page.locator("#create-key").count() == 0
