@@ -196,42 +196,15 @@ def test_tool_calls_images_and_nested_schemas_are_bounds() -> None:
         }
     ]
     assert tokens.count_openai_chat(low, "gpt-4o").tokens == 3 + 1 + 85 + 3  # role "user" = 1
-    nested = [
-        {
-            "type": "function",
-            "function": {
-                "name": "g",
-                "description": "d",
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "o": {
-                            "type": "object",
-                            "description": "x",
-                            "properties": {"k": {"type": "string", "description": "y"}},
-                        }
-                    },
-                },
-            },
-        }
-    ]
-    flat_n = tokens.count_openai_chat(
-        [],
-        "gpt-4o",
-        tools=[
-            {
-                "type": "function",
-                "function": {
-                    "name": "g",
-                    "description": "d",
-                    "parameters": {
-                        "type": "object",
-                        "properties": {"o": {"type": "object", "description": "x"}},
-                    },
-                },
-            }
-        ],
-    ).tokens
+    def tool_g(o: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "function", "function": {
+            "name": "g", "description": "d",
+            "parameters": {"type": "object", "properties": {"o": o}}}}
+
+    nested = [tool_g({"type": "object", "description": "x",
+                      "properties": {"k": {"type": "string", "description": "y"}}})]
+    flat = [tool_g({"type": "object", "description": "x"})]
+    flat_n = tokens.count_openai_chat([], "gpt-4o", tools=flat).tokens
     nested_c = tokens.count_openai_chat([], "gpt-4o", tools=nested)
     assert not nested_c.exact and nested_c.tokens > flat_n
 

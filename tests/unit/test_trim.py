@@ -142,20 +142,11 @@ def test_anthropic_tool_use_stays_with_tool_result() -> None:
     assert out.messages[0]["role"] == "user"
     assert out.messages[-2:] == msgs[-2:]
     assert msgs[4] in out.messages
-    ids = [
-        b["id"]
-        for m in out.messages
-        if isinstance(m["content"], list)
-        for b in m["content"]
-        if b["type"] == "tool_use"
-    ]
-    res = [
-        b["tool_use_id"]
-        for m in out.messages
-        if isinstance(m["content"], list)
-        for b in m["content"]
-        if b["type"] == "tool_result"
-    ]
+    def field_of(kind: str, name: str) -> list[str]:
+        return [b[name] for m in out.messages if isinstance(m["content"], list)
+                for b in m["content"] if b["type"] == kind]
+
+    ids, res = field_of("tool_use", "id"), field_of("tool_result", "tool_use_id")
     assert ids == res
 
 
