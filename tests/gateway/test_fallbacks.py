@@ -9,15 +9,7 @@ import openai
 import pytest
 
 from tallygate.types import Outcome, Window
-from tests.support.resilience import (
-    HELLO,
-    client,
-    detail,
-    failing_chat,
-    fast_retries,
-    limits,
-    retrying_gateway,
-)
+from tests.support.resilience import HELLO, client, detail, failing_chat, limits, retrying_gateway
 
 # The upstream transport is exercised here: run on both (tests/support/fixtures.py).
 BOTH_TRANSPORTS = True
@@ -81,9 +73,8 @@ def test_on_limit_reject_stays_a_429(make_gateway) -> None:
 
 
 def test_fallback_respects_the_keys_model_allow_list(make_gateway, sim) -> None:
-    gw = make_gateway(features=FALLBACK)
-    fast_retries(gw)
-    key = gw.create_key("u", "pro", models=("gpt-4o-mini",))  # no fallback allowed
+    # No fallback allowed.
+    gw, key = retrying_gateway(make_gateway, models=("gpt-4o-mini",), features=FALLBACK)
     sim.push_faults("500", "500")
     with pytest.raises(openai.InternalServerError):
         client(gw, key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)

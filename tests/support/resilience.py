@@ -28,13 +28,13 @@ def fast_retries(gw: RunningGateway, waits: list[float] | None = None) -> None:
     runtime.engine.retry = RetrySettings(base_delay=0.001, max_delay=0.004, sleep=sleep)
 
 
-def retrying_gateway(make_gateway: Callable[..., RunningGateway], plan: str = "pro",
-                     **options: Any) -> tuple[RunningGateway, str]:
+def retrying_gateway(make_gateway: Callable[..., RunningGateway], plan: str = "pro", *,
+                     models: tuple[str, ...] = (), **options: Any) -> tuple[RunningGateway, str]:
     """A gateway (`make_gateway(**options)`) with millisecond back-off, and a key of user
-    "u" on `plan`."""
+    "u" on `plan` (allowed only `models` when some are named)."""
     gw = make_gateway(**options)
     fast_retries(gw)
-    return gw, gw.create_key("u", plan)
+    return gw, gw.create_key("u", plan, models=models)
 
 
 def failing_chat(gw: RunningGateway, key: str, sim: Any, *faults: str) -> int:
