@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tallygate.errors import InvalidRequest
 from tallygate.library.binding import Binding, is_async_client
-from tallygate.library.delegate import BYPASSES, Delegate
+from tallygate.library.delegate import BYPASSES, Delegate, GovernedClient
 
 if TYPE_CHECKING:
     from tallygate.library.attribution import Attribution
@@ -93,23 +93,12 @@ class AsyncMessageStreamManager:
             await self._stream.close()
 
 
-class GovernedAnthropic(Delegate):
+class GovernedAnthropic(GovernedClient):
     """Same API as the wrapped client for what it governs; the rest is delegated."""
 
     def __init__(self, client: Any, binding: Binding) -> None:
         super().__init__(client, binding)
         self.messages = Messages(client.messages, binding)
-
-    @property
-    def wrapped(self) -> Any:
-        """The SDK client underneath (calls made on it directly are not governed)."""
-        return self._inner
-
-    def with_options(self, **options: Any) -> GovernedAnthropic:
-        inner = self._inner.with_options(**options)
-        return GovernedAnthropic(inner, self._binding.with_client(inner))
-
-    copy = with_options
 
 
 def wrap_anthropic(gov: GovernorPort, client: Any, attribution: Attribution) -> GovernedAnthropic:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from tallygate.errors import InvalidRequest
 
@@ -22,6 +22,22 @@ class Delegate:
 
     def __repr__(self) -> str:
         return f"<governed {self._inner!r}>"
+
+
+class GovernedClient(Delegate):
+    """A whole governed SDK client: same API as the wrapped one for what it governs (the
+    subclass binds those resources in `__init__`); the rest is delegated."""
+
+    @property
+    def wrapped(self) -> Any:
+        """The SDK client underneath (calls made on it directly are not governed)."""
+        return self._inner
+
+    def with_options(self, **options: Any) -> Self:
+        inner = self._inner.with_options(**options)
+        return type(self)(inner, self._binding.with_client(inner))
+
+    copy = with_options
 
 
 def binding_of(client: Any) -> Binding:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from tallygate.errors import InvalidRequest
 from tallygate.library.binding import Binding, is_async_client
-from tallygate.library.delegate import BYPASSES, Delegate
+from tallygate.library.delegate import BYPASSES, Delegate, GovernedClient
 
 if TYPE_CHECKING:
     from tallygate.library.attribution import Attribution
@@ -55,7 +55,7 @@ class Chat(Delegate):
         self.completions = Completions(inner.completions, binding)
 
 
-class GovernedOpenAI(Delegate):
+class GovernedOpenAI(GovernedClient):
     """Same API as the wrapped client for what it governs; the rest is delegated."""
 
     def __init__(self, client: Any, binding: Binding) -> None:
@@ -63,17 +63,6 @@ class GovernedOpenAI(Delegate):
         self.chat = Chat(client.chat, binding)
         self.responses = Responses(client.responses, binding)
         self.embeddings = Embeddings(client.embeddings, binding)
-
-    @property
-    def wrapped(self) -> Any:
-        """The SDK client underneath (calls made on it directly are not governed)."""
-        return self._inner
-
-    def with_options(self, **options: Any) -> GovernedOpenAI:
-        inner = self._inner.with_options(**options)
-        return GovernedOpenAI(inner, self._binding.with_client(inner))
-
-    copy = with_options
 
 
 def wrap_openai(gov: GovernorPort, client: Any, attribution: Attribution) -> GovernedOpenAI:
