@@ -297,6 +297,16 @@ def test_wrapper_keeps_the_rest_of_the_client(gov: Governor, sim: SimServer) -> 
         gov.openai(_an(sim))
 
 
+def test_with_options_and_copy_stay_governed(gov: Governor, sim: SimServer) -> None:
+    oa = gov.openai(_oa(sim), feature="chat", user="opt").with_options(timeout=7.0)
+    an = gov.anthropic(_an(sim), feature="claude", user="opt").copy(max_retries=1)
+    assert type(oa).__name__ == "GovernedOpenAI" and oa.wrapped.timeout == 7.0
+    assert type(an).__name__ == "GovernedAnthropic" and an.wrapped.max_retries == 1
+    oa.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    an.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HI)
+    assert [(r.user, r.feature) for r in rows(gov)] == [("opt", "chat"), ("opt", "claude")]
+
+
 # ----------------------------------------------------------------- ledger shape
 
 
