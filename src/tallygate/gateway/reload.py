@@ -15,13 +15,13 @@ file, as with any change)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
 
 from tallygate.config import DEFAULT_PATH, Policy, load_policy
 from tallygate.errors import ConfigError, TallygateError
+from tallygate.observe.tasks import cancel_and_wait
 from tallygate.reports.flags import RESERVED
 from tallygate.state.base import StateStore
 
@@ -74,10 +74,7 @@ class PolicyReloader:
         self._task = asyncio.ensure_future(self._watch())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _announce(self) -> None:
         try:

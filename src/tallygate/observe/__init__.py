@@ -9,7 +9,6 @@ imported only when tracing is configured."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from starlette.routing import Route
 
 from tallygate.extras import needs
 from tallygate.observe.metrics import MetricsRecorder, metrics_route
+from tallygate.observe.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from tallygate.config import Policy
@@ -64,9 +64,7 @@ class Observability:
 
     async def close(self) -> None:
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
         if self.loop_lag is not None:
             self.loop_lag.stop()

@@ -19,7 +19,6 @@ and is lost only if the winning replica dies before delivering it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -40,6 +39,7 @@ from tallygate.errors import TallygateError
 from tallygate.keys.base import KeyStore
 from tallygate.observe.alert_log import AlertLog
 from tallygate.observe.figures import FiguresSource, WindowFigures
+from tallygate.observe.tasks import cancel_and_wait
 from tallygate.observe.webhooks import Poster, WebhookSender
 from tallygate.reports.budgets import key_limit_rules
 from tallygate.state.base import StateStore
@@ -169,11 +169,8 @@ class AlertEngine:
             self._task = asyncio.create_task(self._loop(), name="tallygate-alerts")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.sender.stop()
 
     async def _loop(self) -> None:

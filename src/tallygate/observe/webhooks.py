@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from tallygate.observe.tasks import cancel_and_wait
+
 log = logging.getLogger("tallygate.alerts")
 
 
@@ -92,9 +94,7 @@ class WebhookSender:
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.queue.join(), drain)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self.poster.close()
 
