@@ -11,13 +11,12 @@ import asyncio
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.servers import redis_server
+from bench.state_backends import on_every_state_store
 
 from tallygate.state import StateStore, from_url
 from tallygate.types import Hold, Window
@@ -77,13 +76,7 @@ async def bench(name: str, url: str, seconds: float, opts: dict[str, object]
 async def main(args: argparse.Namespace) -> str:
     rows = ["| store | tasks | pairs/s | p50 ms | p99 ms | redis commands per op |",
             "|---|---|---|---|---|---|"]
-    rows += await bench("memory", "memory://", args.seconds, {})
-    with tempfile.TemporaryDirectory() as tmp:
-        rows += await bench("sqlite", f"sqlite:///{tmp}/bench.db", args.seconds, {})
-        rows += await bench("sqlite owner mode", f"sqlite:///{tmp}/owned.db", args.seconds,
-                            {"owner": True})
-    with redis_server() as server:
-        rows += await bench("redis", server.url, args.seconds, {"namespace": "bench"})
+    rows += await on_every_state_store(bench, args.seconds)
     note = (f"Command: `python bench/stores.py --seconds {args.seconds}`  \n"
             f"Machine: {platform.machine()}, {platform.python_version()}, "
             "2 cores shared with other work; redis-server 7 on loopback, same machine.  \n"
