@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
+from typing import Any
 
-from tallygate.keys.base import UNSET, KeyStore, Unset
-from tallygate.keys.model import LimitValue, VirtualKey, hash_secret, plausible_secret
+from tallygate.keys.base import KeyStore
+from tallygate.keys.model import VirtualKey, hash_secret, plausible_secret
 
 Clock = Callable[[], float]
 
@@ -106,19 +107,9 @@ class CachedKeyStore:
         if not task.cancelled():
             task.exception()  # retrieved here so an unawaited failure is not logged
 
-    async def create(
-        self,
-        user: str,
-        plan: str,
-        *,
-        name: str | None = None,
-        features: Sequence[str] = (),
-        models: Sequence[str] = (),
-        limits: Mapping[str, LimitValue] | None = None,
-    ) -> tuple[VirtualKey, str]:
-        return await self.inner.create(
-            user, plan, name=name, features=features, models=models, limits=limits
-        )
+    async def create(self, user: str, plan: str, **fields: Any) -> tuple[VirtualKey, str]:
+        """KeyStore.create, passed through (`fields` are its keyword arguments)."""
+        return await self.inner.create(user, plan, **fields)
 
     async def get(self, key_id: str) -> VirtualKey | None:
         return await self.inner.get(key_id)
@@ -132,19 +123,10 @@ class CachedKeyStore:
         self._good.drop_key(key_id)
         return ok
 
-    async def update(
-        self,
-        key_id: str,
-        *,
-        plan: str | Unset = UNSET,
-        name: str | Unset | None = UNSET,
-        features: Sequence[str] | Unset = UNSET,
-        models: Sequence[str] | Unset = UNSET,
-        limits: Mapping[str, LimitValue] | Unset = UNSET,
-    ) -> VirtualKey | None:
-        """Update; this process sees the change at once, others within `ttl`."""
-        key = await self.inner.update(key_id, plan=plan, name=name, features=features,
-                                      models=models, limits=limits)
+    async def update(self, key_id: str, **changes: Any) -> VirtualKey | None:
+        """KeyStore.update (`changes` are its keyword arguments); this process sees the
+        change at once, others within `ttl`."""
+        key = await self.inner.update(key_id, **changes)
         self._good.drop_key(key_id)
         return key
 
