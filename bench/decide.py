@@ -12,7 +12,12 @@ import statistics
 import sys
 import timeit
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.policies import SPEC_CHAT, SPEC_TIERS
 
 from tallygate.config import Policy
 from tallygate.core.decide import RequestFacts, decide, denial_to_error, resolve_model
@@ -21,13 +26,9 @@ from tallygate.core.trim import trim_messages
 from tallygate.types import Count, Denial, Hold, Metric, ModelInfo, Window
 
 SPEC_LIKE = {
-    "tiers": {
-        "small": "claude-haiku-4-5",
-        "medium": "claude-sonnet-4-5",
-        "large": "claude-opus-4-1",
-    },
+    "tiers": SPEC_TIERS,
     "features": {
-        "chat": {"max_input": 4000, "max_output": 1000, "model": "gpt-4o", "on_exceed": "trim"},
+        "chat": SPEC_CHAT,
         "summarize": {"max_input": 16000, "max_output": 500, "model": "gpt-4o-mini"},
     },
     "plans": {"free": {"tokens_per_day": 10000}, "pro": {"tokens_per_day": 100000}},

@@ -28,16 +28,13 @@ from tallygate.errors import (
     UnknownModel,
 )
 from tallygate.types import Count, Denial, LimitUsage, Metric, ModelInfo, Usage, Window
+from tests.support.policies import SPEC_CHAT, SPEC_TIERS
 
 POLICY = Policy.from_mapping(
     {
-        "tiers": {
-            "small": "claude-haiku-4-5",
-            "medium": "claude-sonnet-4-5",
-            "large": "claude-opus-4-1",
-        },
+        "tiers": SPEC_TIERS,
         "features": {
-            "chat": {"max_input": 4000, "max_output": 1000, "model": "gpt-4o", "on_exceed": "trim"},
+            "chat": SPEC_CHAT,
             "summarize": {"max_input": 16000, "max_output": 500, "model": "tier:small"},
             "sum2": {"max_input": 100, "on_exceed": "summarize"},
             "free": {},
