@@ -8,7 +8,7 @@ A run's extra loops are the sum over its steps of (loops − 1).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -81,19 +81,16 @@ FROM calls WHERE run IS NOT NULL AND {where}
 GROUP BY run, step, step_attempt"""
 
 
+def _sums(rows: Sequence[Any], *names: str) -> dict[str, int]:
+    """Each named field summed over `rows` (a step's loops, a run's steps …)."""
+    return {name: sum(getattr(r, name) for r in rows) for name in names}
+
+
 def _step_row(step: str | None, loops: list[tuple[LoopRow, float]]) -> tuple[StepRow, float]:
     ordered = sorted(loops, key=lambda lt: (lt[0].attempt is not None, lt[0].attempt or 0))
     rows = [lr for lr, _ in ordered]
-    return StepRow(
-        step=step,
-        attempts=len(rows),
-        calls=sum(r.calls for r in rows),
-        input_tokens=sum(r.input_tokens for r in rows),
-        output_tokens=sum(r.output_tokens for r in rows),
-        total_tokens=sum(r.total_tokens for r in rows),
-        cost_nusd=sum(r.cost_nusd for r in rows),
-        loops=rows,
-    ), min(t for _, t in loops)
+    sums = _sums(rows, "calls", "input_tokens", "output_tokens", "total_tokens", "cost_nusd")
+    return StepRow(step=step, attempts=len(rows), loops=rows, **sums), min(t for _, t in loops)
 
 
 def _assemble(raw: list[tuple[Any, ...]]) -> list[RunRow]:
@@ -112,13 +109,8 @@ def _assemble(raw: list[tuple[Any, ...]]) -> list[RunRow]:
         )
         rows = [s for s, _ in built]
         runs.append((built[0][1], RunRow(
-            run=run,
-            calls=sum(s.calls for s in rows),
-            total_tokens=sum(s.total_tokens for s in rows),
-            cost_nusd=sum(s.cost_nusd for s in rows),
-            extra_loops=sum(s.attempts - 1 for s in rows),
-            steps=rows,
-        )))
+            run=run, steps=rows, extra_loops=sum(s.attempts - 1 for s in rows),
+            **_sums(rows, "calls", "total_tokens", "cost_nusd"))))
     return [r for _, r in sorted(runs, key=lambda fr: (fr[0], fr[1].run))]
 
 
@@ -128,15 +120,8 @@ def _rank_steps(runs: list[RunRow]) -> list[StepRank]:
         for step in run.steps:
             acc.setdefault(step.step, []).append(step)
     ranks = [
-        StepRank(
-            step=name,
-            runs=len(rows),
-            calls=sum(r.calls for r in rows),
-            attempts=sum(r.attempts for r in rows),
-            max_attempts=max(r.attempts for r in rows),
-            total_tokens=sum(r.total_tokens for r in rows),
-            cost_nusd=sum(r.cost_nusd for r in rows),
-        )
+        StepRank(step=name, runs=len(rows), max_attempts=max(r.attempts for r in rows),
+                 **_sums(rows, "calls", "attempts", "total_tokens", "cost_nusd"))
         for name, rows in acc.items()
     ]
     return sorted(ranks, key=lambda s: (-s.cost_nusd, -s.total_tokens, s.step or ""))
