@@ -12,7 +12,6 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -21,6 +20,7 @@ from tallygate.errors import ConfigError, StoreUnavailable
 from tallygate.extras import needs
 from tallygate.keys.base import BaseKeyStore, Clock
 from tallygate.keys.model import VirtualKey
+from tallygate.sqlite_thread import SqliteThread
 
 _FIELDS = "id, name, user_id, plan, features, models, limits, created_at, revoked_at"
 
@@ -78,9 +78,8 @@ class SqliteKeyStore(BaseKeyStore):
 
     def __init__(self, path: str, clock: Clock = time.time) -> None:
         super().__init__(clock)
-        self._path = path
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tg-keys")
-        self._conn: sqlite3.Connection | None = None
+        self._sqlite = SqliteThread(path, "tg-keys", unavailable="Key store unavailable",
+                                    closed=lambda: ConfigError("key store is closed"))
 
     @classmethod
     async def open(cls, path: str, *, clock: Clock = time.time) -> SqliteKeyStore:
@@ -88,74 +87,52 @@ class SqliteKeyStore(BaseKeyStore):
             raise ConfigError("sqlite key store needs a path: sqlite:///PATH")
         store = cls(path, clock)
         try:
-            await asyncio.get_running_loop().run_in_executor(store._pool, store._connect)
+            await store._sqlite.connect(_prepare)
         except sqlite3.Error as exc:
-            store._pool.shutdown(wait=False)
             raise ConfigError(f"Cannot open key store {path!r}: {exc}") from None
         return store
 
-    def _connect(self) -> None:
-        conn = sqlite3.connect(self._path, timeout=10.0, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(schema("INTEGER"))
-        self._conn = conn
-
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"Key store unavailable: {exc}") from exc
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise ConfigError("key store is closed")
-        return self._conn
-
     def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return self._db().execute(sql, params).fetchall()
+        return self._sqlite.db().execute(sql, params).fetchall()
 
     def _revoke_sync(self, key_id: str, now: int) -> bool:
-        db = self._db()
+        db = self._sqlite.db()
         if db.execute(REVOKE, (now, key_id)).rowcount:
             return True
         return db.execute(EXISTS, (key_id,)).fetchone() is not None
 
     async def _insert(self, key: VirtualKey, digest: str) -> None:
-        await self._call(self._fetch, INSERT, key_params(key, digest))
+        await self._sqlite.run(self._fetch, INSERT, key_params(key, digest))
 
     def _replace_sync(self, key: VirtualKey) -> bool:
-        return bool(self._db().execute(UPDATE, update_params(key)).rowcount)
+        return bool(self._sqlite.db().execute(UPDATE, update_params(key)).rowcount)
 
     async def _replace(self, key: VirtualKey) -> bool:
-        return bool(await self._call(self._replace_sync, key))
+        return bool(await self._sqlite.run(self._replace_sync, key))
 
     async def _find_by_hash(self, digest: str) -> tuple[VirtualKey, str] | None:
-        rows = await self._call(self._fetch, BY_HASH, (digest,))
+        rows = await self._sqlite.run(self._fetch, BY_HASH, (digest,))
         return key_from_row(rows[0]) if rows else None
 
     async def _mark_revoked(self, key_id: str, now: int) -> bool:
-        return bool(await self._call(self._revoke_sync, key_id, now))
+        return bool(await self._sqlite.run(self._revoke_sync, key_id, now))
 
     async def get(self, key_id: str) -> VirtualKey | None:
-        rows = await self._call(self._fetch, BY_ID, (key_id,))
+        rows = await self._sqlite.run(self._fetch, BY_ID, (key_id,))
         return key_from_row(rows[0])[0] if rows else None
 
     async def list(self, include_revoked: bool = False) -> list[VirtualKey]:
-        rows = await self._call(self._fetch, LIST_ALL if include_revoked else LIST_ACTIVE, ())
+        rows = await self._sqlite.run(self._fetch, LIST_ALL if include_revoked else LIST_ACTIVE,
+                                      ())
         return [key_from_row(row)[0] for row in rows]
 
-    def _close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._call(self._close_sync)
-        self._pool.shutdown(wait=True)
+        await self._sqlite.close()
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(schema("INTEGER"))
 
 
 def _pg(sql: str) -> str:

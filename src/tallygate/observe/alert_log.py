@@ -13,12 +13,12 @@ import asyncio
 import secrets
 import sqlite3
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import orjson
 
 from tallygate.errors import ConfigError, StoreUnavailable
+from tallygate.sqlite_thread import SqliteThread
 
 KEEP_SECONDS = 30 * 86400
 MAX_READ = 500
@@ -65,40 +65,19 @@ class SqliteAlertLog:
     """One connection on one worker thread, WAL (shared with the ledger's file)."""
 
     def __init__(self, path: str) -> None:
-        self._path = path
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tg-alert-log")
-        self._conn: sqlite3.Connection | None = None
+        self._sqlite = SqliteThread(path, "tg-alert-log", unavailable="alert log unavailable",
+                                    closed=lambda: StoreUnavailable("the alert log is closed"))
 
     async def open(self) -> SqliteAlertLog:
         try:
-            await self._run(self._connect)
+            await self._sqlite.connect(_prepare)
         except sqlite3.Error as exc:
-            self._pool.shutdown(wait=False)
-            raise ConfigError(f"cannot open the alert log in {self._path!r}: {exc}") from None
+            raise ConfigError(
+                f"cannot open the alert log in {self._sqlite.path!r}: {exc}") from None
         return self
 
-    def _connect(self) -> None:
-        conn = sqlite3.connect(self._path, timeout=10.0, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(_SCHEMA.format(real="REAL"))
-        conn.execute(_INDEX)
-        self._conn = conn
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"alert log unavailable: {exc}") from exc
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreUnavailable("the alert log is closed")
-        return self._conn
-
     def _append_sync(self, rows: list[tuple[Any, ...]], now: float) -> None:
-        db = self._db()
+        db = self._sqlite.db()
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(_INSERT, rows)
@@ -110,25 +89,23 @@ class SqliteAlertLog:
 
     async def append(self, payloads: Sequence[dict[str, Any]], *, now: float) -> None:
         if payloads:
-            await self._run(self._append_sync, _rows(payloads, now), now)
+            await self._sqlite.run(self._append_sync, _rows(payloads, now), now)
 
     def _recent_sync(self, limit: int) -> list[dict[str, Any]]:
-        rows = self._db().execute(_RECENT, (min(limit, MAX_READ),)).fetchall()
+        rows = self._sqlite.db().execute(_RECENT, (min(limit, MAX_READ),)).fetchall()
         return [orjson.loads(r[0]) for r in rows]
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._run(self._recent_sync, limit)
+        result: list[dict[str, Any]] = await self._sqlite.run(self._recent_sync, limit)
         return result
 
-    def _close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._run(self._close_sync)
-        self._pool.shutdown(wait=True)
+        await self._sqlite.close()
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.execute(_SCHEMA.format(real="REAL"))
+    conn.execute(_INDEX)
 
 
 class PostgresAlertLog:
