@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.state_backends import on_every_state_store
+from bench.state_backends import on_every_state_store, run_from_command_line
 
 from tallygate.state import StateStore, from_url
 from tallygate.types import Hold, Window
@@ -88,8 +88,4 @@ async def main(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--out", default="bench/results/stores.md")
-    arguments = parser.parse_args()
-    Path(arguments.out).write_text(asyncio.run(main(arguments)))
+    run_from_command_line(main, seconds=3.0, out="bench/results/stores.md")
