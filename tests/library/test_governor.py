@@ -297,6 +297,15 @@ def test_wrapper_keeps_the_rest_of_the_client(gov: Governor, sim: SimServer) -> 
         gov.openai(_an(sim))
 
 
+def test_a_mistyped_label_is_refused_with_a_suggestion(gov: Governor, sim: SimServer) -> None:
+    with pytest.raises(TypeError, match=r"gov\.openai\(\).*'feture' \(did you mean 'feature'\?\)"):
+        gov.openai(_oa(sim), feture="chat")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"gov\.anthropic\(\).*'usr'"):
+        gov.anthropic(_an(sim), usr="ann")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        gov.openai(_oa(sim), "chat")  # type: ignore[misc]
+
+
 def test_with_options_and_copy_stay_governed(gov: Governor, sim: SimServer) -> None:
     oa = gov.openai(_oa(sim), feature="chat", user="opt").with_options(timeout=7.0)
     an = gov.anthropic(_an(sim), feature="claude", user="opt").copy(max_retries=1)

@@ -9,11 +9,23 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypedDict
 
 _RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("tallygate_run", default=None)
 _STEP: contextvars.ContextVar[tuple[str, int | None] | None] = contextvars.ContextVar(
     "tallygate_step", default=None
 )
+
+
+class Labels(TypedDict, total=False):
+    """The keyword arguments of `gov.openai(client, …)` and `gov.anthropic(client, …)`."""
+
+    feature: str | None
+    user: str | None
+    plan: str | None
+    run: str | None
+    step: str | None
+    attempt: int | None
 
 
 @dataclass(frozen=True, slots=True)

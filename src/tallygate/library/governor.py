@@ -36,12 +36,13 @@ import threading
 import weakref
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from tallygate.config import Policy, load_policy
+from tallygate.config.names import did_you_mean
 from tallygate.engine import Engine
 from tallygate.errors import ConfigError, InvalidRequest
-from tallygate.library.attribution import Attribution, run_scope, step_scope
+from tallygate.library.attribution import Attribution, Labels, run_scope, step_scope
 from tallygate.library.delegate import binding_of
 from tallygate.runtime import Runtime
 from tallygate.types import CallRecord, Usage
@@ -110,55 +111,34 @@ class Governor:
 
     # ------------------------------------------------------------------ clients
 
-    def openai(
-        self,
-        client: Any,
-        *,
-        feature: str | None = None,
-        user: str | None = None,
-        plan: str | None = None,
-        run: str | None = None,
-        step: str | None = None,
-        attempt: int | None = None,
-    ) -> Any:
-        """Wrap an `openai.OpenAI` / `openai.AsyncOpenAI` client (see library_openai)."""
+    def openai(self, client: Any, **labels: Unpack[Labels]) -> Any:
+        """Wrap an `openai.OpenAI` / `openai.AsyncOpenAI` client; `labels` attribute its
+        calls (feature, user, plan, run, step, attempt: docs/library.md)."""
         from tallygate.library.openai import wrap_openai
 
-        return wrap_openai(self, client, self._attribution(feature, user, plan, run, step,
-                                                            attempt))
+        return wrap_openai(self, client, self._attribution("openai", labels))
 
-    def anthropic(
-        self,
-        client: Any,
-        *,
-        feature: str | None = None,
-        user: str | None = None,
-        plan: str | None = None,
-        run: str | None = None,
-        step: str | None = None,
-        attempt: int | None = None,
-    ) -> Any:
-        """Wrap an `anthropic.Anthropic` / `anthropic.AsyncAnthropic` client."""
+    def anthropic(self, client: Any, **labels: Unpack[Labels]) -> Any:
+        """Wrap an `anthropic.Anthropic` / `anthropic.AsyncAnthropic` client; `labels` as
+        for `openai()`."""
         from tallygate.library.anthropic import wrap_anthropic
 
-        return wrap_anthropic(self, client, self._attribution(feature, user, plan, run, step,
-                                                               attempt))
+        return wrap_anthropic(self, client, self._attribution("anthropic", labels))
 
-    def _attribution(
-        self,
-        feature: str | None,
-        user: str | None,
-        plan: str | None,
-        run: str | None,
-        step: str | None,
-        attempt: int | None,
-    ) -> Attribution:
+    def _attribution(self, method: str, labels: Labels) -> Attribution:
+        for name in labels:
+            if name not in Labels.__optional_keys__:
+                raise TypeError(f"gov.{method}() got an unexpected keyword argument {name!r}"
+                                f"{did_you_mean(name, Labels.__optional_keys__)}")
+        attempt = labels.get("attempt")
         if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int)
                                     or attempt < 0):
             raise InvalidRequest(f"attempt must be a non-negative integer, got {attempt!r}")
+        plan = labels.get("plan")
         if plan is None and "default" in self._policy.plans:
             plan = "default"  # the policy's default plan, when it defines one
-        return Attribution(feature, user, plan, run, step, attempt)
+        return Attribution(labels.get("feature"), labels.get("user"), plan, labels.get("run"),
+                           labels.get("step"), attempt)
 
     # ------------------------------------------------------------------ attribution
 
