@@ -24,6 +24,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.output import publish  # noqa: E402
+
 # a row of gateway_inprocess.py's table: | state | calls | mean µs | p50 µs | p99 µs |
 ROW = re.compile(r"^\| (?P<name>[^|]+?) \| \d+ \| \d+ \| (?P<p50>\d+) \| \d+ \|$")
 
@@ -115,10 +119,7 @@ def main() -> None:
         lines.append(f"| {name} | {statistics.median(old_p50)} | {statistics.median(new_p50)}"
                      f" | {statistics.median(new_p50) / statistics.median(old_p50):.2f}× "
                      f"| {ratios} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

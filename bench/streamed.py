@@ -34,6 +34,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.output import publish
 from tests.support.gateway import RunningGateway, http, running_gateway, running_sim, sim_policy
 
 from tallygate.sim import SimConfig, SimServer
@@ -175,10 +176,7 @@ def main() -> int:
             past, overrun = in_flight(sim, tmp, rate, args.trials)
             lines.append(f"| {rate:,.0f} tokens/s | {statistics.median(past):.0f} | "
                          f"{pct(past, 0.99)} | {max(past)} | {overrun} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    publish(lines, args.out)
     return 0
 
 
