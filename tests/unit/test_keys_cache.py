@@ -153,3 +153,13 @@ async def test_store_errors_propagate_and_are_not_cached(
         await cached.verify(secret)
     monkeypatch.undo()
     assert await cached.verify(secret) == key
+
+
+async def test_a_mistyped_field_is_a_type_error_with_a_suggestion(
+        cached: CachedKeyStore) -> None:
+    with pytest.raises(TypeError, match=r"create\(\).*'modles' \(did you mean 'models'\?\)"):
+        await cached.create("u", "free", modles=["gpt-4o"])
+    key, _ = await cached.create("u", "free", models=["gpt-4o"])
+    with pytest.raises(TypeError, match=r"update\(\).*'plna' \(did you mean 'plan'\?\)"):
+        await cached.update(key.id, plna="pro")
+    assert (await cached.get(key.id)) == key  # nothing was changed

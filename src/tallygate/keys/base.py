@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from enum import Enum
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
+from tallygate.config.names import did_you_mean
 from tallygate.errors import InvalidRequest
 from tallygate.keys.model import (
     LimitValue,
@@ -88,32 +89,41 @@ class KeyStore(Protocol):
     async def close(self) -> None: ...
 
 
+# The fields create() and update() take besides the user, in the order they are checked,
+# each with its check (InvalidRequest naming the field when malformed).
+_FIELD_CHECKS: dict[str, Callable[[Any], object]] = {
+    "plan": lambda value: str(check_text(value, "plan")),
+    "name": lambda value: check_text(value, "name", optional=True),
+    "features": lambda value: check_names(value, "features"),
+    "models": lambda value: check_names(value, "models"),
+    "limits": check_limits,
+}
+
+
+def checked_fields(method: str, given: Mapping[str, Any]) -> dict[str, object]:
+    """The `given` key fields checked, the UNSET ones left out. A name that is not a field
+    is a TypeError, as Python raises for an unknown keyword argument, with a suggestion."""
+    for name in given:
+        if name not in _FIELD_CHECKS:
+            raise TypeError(f"{method}() got an unexpected keyword argument {name!r}"
+                            f"{did_you_mean(name, _FIELD_CHECKS)}")
+    return {name: check(given[name]) for name, check in _FIELD_CHECKS.items()
+            if name in given and given[name] is not UNSET}
+
+
 class BaseKeyStore:
-    """Shared create/verify logic; a backend supplies the four storage primitives."""
+    """Shared create/verify/update logic (the signatures are KeyStore's); a backend
+    supplies the storage primitives."""
 
     def __init__(self, clock: Clock = time.time) -> None:
         self._clock = clock
 
-    async def create(
-        self,
-        user: str,
-        plan: str,
-        *,
-        name: str | None = None,
-        features: Sequence[str] = (),
-        models: Sequence[str] = (),
-        limits: Mapping[str, LimitValue] | None = None,
-    ) -> tuple[VirtualKey, str]:
-        key = VirtualKey(
-            id=new_key_id(),
-            user=str(check_text(user, "user")),
-            plan=str(check_text(plan, "plan")),
-            name=check_text(name, "name", optional=True),
-            features=check_names(features, "features"),
-            models=check_names(models, "models"),
-            limits=check_limits(limits),
-            created_at=int(self._clock()),
-        )
+    async def create(self, user: str, plan: str, **fields: Any) -> tuple[VirtualKey, str]:
+        given = {"plan": plan, "name": None, "features": (), "models": (), "limits": None,
+                 **fields}
+        user = str(check_text(user, "user"))
+        key = VirtualKey(id=new_key_id(), user=user, created_at=int(self._clock()),
+                         **checked_fields("create", given))  # type: ignore[arg-type]
         secret = new_secret()
         await self._insert(key, hash_secret(secret))
         return key, secret
@@ -137,34 +147,15 @@ class BaseKeyStore:
     async def get(self, key_id: str) -> VirtualKey | None:
         raise NotImplementedError
 
-    async def update(
-        self,
-        key_id: str,
-        *,
-        plan: str | Unset = UNSET,
-        name: str | Unset | None = UNSET,
-        features: Sequence[str] | Unset = UNSET,
-        models: Sequence[str] | Unset = UNSET,
-        limits: Mapping[str, LimitValue] | Unset = UNSET,
-    ) -> VirtualKey | None:
-        changes: dict[str, object] = {}
-        if plan is not UNSET:
-            changes["plan"] = str(check_text(plan, "plan"))
-        if name is not UNSET:
-            changes["name"] = check_text(name, "name", optional=True)
-        if features is not UNSET:
-            changes["features"] = check_names(features, "features")
-        if models is not UNSET:
-            changes["models"] = check_names(models, "models")
-        if limits is not UNSET:
-            changes["limits"] = check_limits(limits)
+    async def update(self, key_id: str, **changes: Any) -> VirtualKey | None:
+        checked = checked_fields("update", changes)
         key = await self.get(key_id)
         if key is None:
             return None
         if not key.active:
             raise InvalidRequest(f"Key {key_id[:64]!r} is revoked: create a new one.",
                                  param="id")
-        updated = replace(key, **changes)  # type: ignore[arg-type]
+        updated = replace(key, **checked)  # type: ignore[arg-type]
         if not await self._replace(updated):  # revoked meanwhile
             raise InvalidRequest(f"Key {key_id[:64]!r} is revoked: create a new one.",
                                  param="id")
