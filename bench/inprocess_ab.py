@@ -7,7 +7,8 @@ the same machine at the same moment.
         [--calls 3000] [--out bench/results/inprocess_ab.md]
 
 `--revision` compares two revisions (e.g. a commit and its parent) instead of the baseline
-and this tree.
+and this tree. `--trend REV1 REV2 …` measures a series of revisions in the same rounds
+(where along a history a cost came in).
 """
 
 from __future__ import annotations
@@ -48,14 +49,41 @@ def run(tree: Path, calls: int) -> dict[str, int]:
     return found
 
 
+def trend(revs: list[str], rounds: int, calls: int) -> str:
+    """p50 per state for each revision, measured round-robin, against the first."""
+    with tempfile.TemporaryDirectory(prefix="tg-ab-") as tmp:
+        trees = [export(rev, Path(tmp) / f"r{i}") for i, rev in enumerate(revs)]
+        found: list[list[dict[str, int]]] = [[] for _ in revs]
+        for _ in range(rounds):
+            for i, tree in enumerate(trees):
+                found[i].append(run(tree, calls))
+    names = [n for n in found[0][0] if all(n in f[0] for f in found)]
+    medians = [{n: statistics.median(r[n] for r in f) for n in names} for f in found]
+    lines = [f"Command: `python bench/inprocess_ab.py --trend {' '.join(revs)} --rounds "
+             f"{rounds} --calls {calls}`; p50 µs of a call, median over the rounds, and "
+             f"against `{revs[0]}`.", "",
+             "| revision | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for rev, med in zip(revs, medians, strict=True):
+        cells = [f"{med[n]:.0f} ({med[n] / medians[0][n]:.2f}×)" for n in names]
+        lines.append(f"| `{rev}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--baseline", required=True, help="git revision to compare with")
+    parser.add_argument("--trend", nargs="+", default=None, help="revisions, oldest first")
+    parser.add_argument("--baseline", help="git revision to compare with")
     parser.add_argument("--revision", default=None, help="instead of this tree")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.trend:
+        print(trend(args.trend, args.rounds, args.calls))
+        return
+    if not args.baseline:
+        parser.error("give --baseline REV (or --trend REV …)")
     with tempfile.TemporaryDirectory(prefix="tg-ab-") as tmp:
         old = export(args.baseline, Path(tmp) / "baseline")
         new = export(args.revision, Path(tmp) / "revision") if args.revision else ROOT

@@ -76,7 +76,7 @@ class Proxy:
         started = self.engine.clock()
         try:
             key = await auth.authenticate(self.keys, headers,
-                                          anthropic=route.protocol == "anthropic")
+                                          adapter_for(route.protocol).key_headers)
         except TallygateError as exc:  # nobody to charge a row to
             await self._send_error(send, ctx, exc)
             return
