@@ -6,6 +6,7 @@ nothing is printed but the shutdown log lines."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,17 @@ def _rows(policy: Path) -> list[dict]:  # type: ignore[type-arg]
     return [dict(r) for r in db.execute("SELECT * FROM calls")]
 
 
+
+def exited(proc: subprocess.Popen[bytes], began: float, reader: Reader) -> tuple[float, str]:
+    """How long the gateway took to exit after the signal sent at `began`, and what it
+    printed; it must exit 0, and the reader has ended too."""
+    code = proc.wait(timeout=20)
+    took = time.monotonic() - began
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    reader.join(10)
+    assert code == 0, out
+    return took, out
+
 @pytest.mark.parametrize(("presses", "workers", "sig"),
                          [(1, 1, signal.SIGINT), (2, 1, signal.SIGINT), (1, 2, signal.SIGINT),
                           (1, 1, signal.SIGTERM), (2, 1, signal.SIGTERM)])
@@ -74,11 +86,7 @@ def test_ctrl_c_with_a_stream_in_flight(presses: int, workers: int, sig: signal.
     if presses == 2:
         time.sleep(0.2)
         proc.send_signal(sig)
-    code = proc.wait(timeout=20)
-    took = time.monotonic() - began
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    reader.join(10)
-    assert code == 0, out
+    took, out = exited(proc, began, reader)
     assert "Traceback" not in out and "CancelledError" not in out, out
     # What it waits for, said once by the process that has the stream.
     assert out.count("shutting down: waiting for 1 call(s) in flight (1 streaming)") == 1, out
@@ -108,11 +116,7 @@ def test_sigterm_lets_a_stream_finish_within_the_deadline(short_sim: SimServer,
     assert reader.started.wait(20)
     proc.send_signal(signal.SIGTERM)
     began = time.monotonic()
-    code = proc.wait(timeout=20)
-    took = time.monotonic() - began
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    reader.join(10)
-    assert code == 0, out
+    took, out = exited(proc, began, reader)
     assert "Traceback" not in out and "stopping now" not in out, out
     assert "shutting down: waiting for 1 call(s) in flight (1 streaming)" in out, out
     assert reader.error is None and len(reader.text.split()) == 80  # the whole answer
