@@ -19,10 +19,10 @@ from tallygate.reports.runs import (
     what_if_json,
 )
 from tallygate.reports.usage import dumps, usage_json, usage_report
-from tallygate.types import CallRecord, ModelInfo, Outcome
+from tallygate.types import ModelInfo
 from tallygate.units import parse_when, usd_display, usd_text
 from tests.support.ledgers import fresh_ledger_url
-from tests.support.rows import DAY2, ROWS, T0
+from tests.support.rows import DAY2, ROWS, SHARED, T0
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -143,18 +143,6 @@ async def test_runs_report_with_loops(ledger) -> None:
     assert data["most_loops"][0] == {"run": "R2", "owner": "-", "extra_loops": 2,
                                      "cost_nusd": 68600, "cost_usd": 0.0000686}
     assert [(r["run"], r["owner"]) for r in data["runs"]] == [("R1", "user.dave"), ("R2", "-")]
-
-
-def _shared(rid: str, i: int, user: str | None, key: str | None, tokens: int) -> CallRecord:
-    return CallRecord(request_id=rid, ts=DAY2 + 3600 + 60 * i, outcome=Outcome.OK, status=200,
-                      feature="code", user=user, key_id=key, run="shared-id", step="edit",
-                      step_attempt=1 + i % 2, model_requested="sonnet", model_used="sonnet",
-                      input_tokens=tokens, output_tokens=5, cost_nusd=tokens * 10)
-
-
-# alice's two calls (two keys of hers: one run), bob's one, and one of a key without a user
-SHARED = [_shared("s1", 0, "alice", "k_a1", 10), _shared("s2", 1, "alice", "k_a2", 20),
-          _shared("s3", 2, "bob", "k_b", 300), _shared("s4", 3, None, "k_svc", 4000)]
 
 
 async def test_a_run_id_shared_by_owners_is_one_run_each(ledger) -> None:

@@ -138,8 +138,9 @@ def _usage_sql(key_sql: str, dialect: str, where: str, owner_sql: str = _NO_OWNE
     same = " AND ".join(_SAME[dialect].format(a=f"agg.{c}", b=f"pct.{c}") for c in "ko")
     return f"""
 WITH base AS (
-  SELECT {key_sql} AS k, {owner_sql} AS o, input_tokens, output_tokens, cached_tokens, cache_write_tokens,
-         reasoning_tokens, cost_nusd, outcome, trimmed_tokens, tokens_saved, exact, latency_ms
+  SELECT {key_sql} AS k, {owner_sql} AS o, input_tokens, output_tokens, cached_tokens,
+         cache_write_tokens, reasoning_tokens, cost_nusd, outcome, trimmed_tokens, tokens_saved,
+         exact, latency_ms
   FROM calls WHERE {where}
 ), ranked AS (
   SELECT k, o, latency_ms,
