@@ -21,7 +21,8 @@ DETAIL_VERSION = 1
 # Notes written into `detail` as they are (the others are reshaped in CallNotes.detail).
 _LISTED = ("unknown_feature", "summarized", "summarize", "trimmed_turns", "attempts",
            "halved", "trimmed_on_retry", "recovery", "fallback", "fallback_refused",
-           "fallback_skipped", "overrun", "usage", "message", "limit", "stopped", "reserve")
+           "fallback_skipped", "overrun", "usage", "message", "limit", "stopped", "reserve",
+           "conversation")
 
 
 @dataclass(slots=True)  # per-call record: not frozen (see types.py)
@@ -84,6 +85,7 @@ class CallNotes:
     limit: str | None = None  # the limit a refusal hit
     stopped: str | None = None  # why tallygate ended the call early (shutdown, budget)
     reserve: dict[str, int] | None = None  # a streamed reservation: slice, cap
+    conversation: str | None = None  # a run-less call's runaway thread (core/runaway.py)
 
     def note_attempt(self, entry: dict[str, Any]) -> None:
         if self.attempts is None:

@@ -308,21 +308,26 @@ class Engine:
     def _runaway(self, call: Call) -> None:
         """The runaway-context guard's refusal (`on_runaway: refuse`; alerting alone is
         the alert engine's, from the rows): a run — or, without one, a conversation —
-        whose input per call keeps growing past the policy's bounds (core/runaway.py)."""
+        whose input per call keeps growing past the policy's bounds (core/runaway.py).
+        A run-less call notes its conversation key on its row, so the alert engine
+        follows the same thread."""
         guard = call.policy.limits.run.runaway
-        if guard is None or not guard.refuse:
+        if guard is None:
             return
-        if self._inputs is None or self._inputs.policy is not guard:
-            self._inputs = InputHistory(guard)
         owner = run_owner(self._identity(call.ctx))
         if call.ctx.run is not None:
             thread = f"{owner}:{call.ctx.run}"
         else:
             turns = call.body.get(call.adapter.messages_key(call.ctx.route))
             thread = conversation_key(owner, turns[:2] if isinstance(turns, list) else ())
+            call.notes.conversation = thread
+        if not guard.refuse:
+            return
+        if self._inputs is None or self._inputs.policy is not guard:
+            self._inputs = InputHistory(guard)
         judged = self._inputs.check(thread, call.count.tokens)
         if judged.verdict is Verdict.REFUSE:
-            raise judged.error(call.ctx.run)
+            raise judged.error(call.ctx.run, conversation=call.notes.conversation)
 
     def _apply(self, call: Call, decision: decide.Decision) -> None:
         call.max_output = decision.max_output if call.ctx.route != "embeddings" else None
