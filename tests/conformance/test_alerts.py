@@ -277,8 +277,7 @@ async def test_a_conversation_without_a_run_alerts_from_the_engines_rows(
     """on_runaway: alert (the default) and no X-Tallygate-Run: the engine notes each call's
     conversation on its row, and the alert engine follows that thread."""
     from tallygate.engine import CallContext, Engine, MemoryRecorder, new_call_id
-    from tests.engine.conftest import Clock, FakePort, body, reply
-    from tests.engine.test_adversarial import _growing_turns
+    from tests.engine.conftest import Clock, FakePort, body, growing_turns, reply
 
     rules = [{"metric": "runaway_context", "notify": receiver.url}]
     alerts = make_engine(rules, ledger, **RUNAWAY)
@@ -292,8 +291,8 @@ async def test_a_conversation_without_a_run_alerts_from_the_engines_rows(
                            key_id=f"k-{user}", plan="free")
 
     for n in range(1, 4):  # alice's conversation grows ~4x a call; nothing is refused
-        await engine.run(ctx("alice"), body(_growing_turns(n)), port)
-    await engine.run(ctx("bob"), body(_growing_turns(1)), port)  # bob's: one call, calm
+        await engine.run(ctx("alice"), body(growing_turns(n)), port)
+    await engine.run(ctx("bob"), body(growing_turns(1)), port)  # bob's: one call, calm
     assert [r.outcome for r in recorder.rows] == [Outcome.OK] * 4
     for r in recorder.rows:
         alerts.record(r)

@@ -73,6 +73,11 @@ def usage_csv(report: UsageReport) -> None:
     write_csv(names, (row(r) for r in report.rows))
 
 
+def _of(owner: str) -> str:
+    """` of user.alice` for a run's owner; nothing for `-` (no user, no key)."""
+    return "" if owner == "-" else f" of {owner}"
+
+
 def runs(report: RunsReport, wide: bool = False) -> None:
     if not report.runs:
         show(f"no runs recorded ({_window(report.since, report.until)})")
@@ -89,7 +94,7 @@ def runs(report: RunsReport, wide: bool = False) -> None:
             f"#{lp.attempt if lp.attempt is not None else '-'}: {lp.total_tokens:,} tok "
             f"{usd_display(lp.cost_nusd)}" for lp in s.loops), 2, number=False),
     ]
-    tables = [fit(f"run {run.run} of {run.owner}: {run.total_tokens:,} tokens, "
+    tables = [fit(f"run {run.run}{_of(run.owner)}: {run.total_tokens:,} tokens, "
                   f"{usd_display(run.cost_nusd)}, {run.extra_loops} extra loops", steps,
                   run.steps, wide=wide)
               for run in report.runs]
