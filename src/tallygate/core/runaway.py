@@ -84,7 +84,8 @@ class Judgement:
 
     def error(self, run: str | None, *, conversation: str | None = None) -> RunawayContext:
         """The refusal to raise for a REFUSE verdict (400 runaway_context); a run-less
-        call's `conversation` key goes on its ledger row, not to the caller."""
+        call's `conversation` key rides along for its ledger row (error details are not
+        part of the protocol's error body)."""
         where = f"run {run!r}" if run else "this conversation"
         if self.rule == "size":
             why = (f"its input of {self.input_tokens} tokens is over "
