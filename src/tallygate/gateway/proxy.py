@@ -67,7 +67,7 @@ class Proxy:
             await self._send_error(send, ctx, ShuttingDown(
                 "The gateway is shutting down: retry on another replica."))
             return
-        with self.drain.track(stream=_wants_stream(scope)):
+        with self.drain.track():
             await self._handle(route, ctx, scope, receive, send)
 
     async def _handle(self, route: Route, ctx: CallContext, scope: Scope, receive: Receive,
@@ -76,7 +76,7 @@ class Proxy:
         started = self.engine.clock()
         try:
             key = await auth.authenticate(self.keys, headers,
-                                          anthropic=route.protocol == "anthropic")
+                                          adapter_for(route.protocol).key_headers)
         except TallygateError as exc:  # nobody to charge a row to
             await self._send_error(send, ctx, exc)
             return
@@ -148,8 +148,9 @@ class Proxy:
             return call, answer
         out = encode_headers(await self._headers(call, answer))
         async with self.engine.owning(call):
-            await StreamRelay(self.engine, call, answer.stream, receive, send,
-                              self.drain.cut).run(out)
+            with self.drain.relaying():
+                await StreamRelay(self.engine, call, answer.stream, receive, send,
+                                  self.drain.cut).run(out)
         return call, None
 
     # ------------------------------------------------------------ responses
@@ -192,12 +193,6 @@ class Proxy:
         if ctx.client_request_id:
             headers = [*headers, ("x-tallygate-client-request-id", ctx.client_request_id)]
         await send_json(send, status, body, encode_headers(headers))
-
-
-def _wants_stream(scope: Scope) -> bool:
-    """Counted as a stream in the shutdown log when the client accepts SSE."""
-    return any(name == b"accept" and b"text/event-stream" in value
-               for name, value in scope["headers"])
 
 
 def _cache_choice(value: str | None) -> bool | None:
