@@ -124,6 +124,9 @@ def test_two_owners_of_one_run_id_are_two_runs_in_every_report(gw: RunningGatewa
     assert status == 200, raw
     runs = {r["owner"]: (r["calls"], r["total_tokens"]) for r in orjson.loads(raw)["runs"]}
     assert runs == spent
+    status, _, raw = http("GET", gw.url + "/admin/reports/runs?run=shared-id&owner=user.bob",
+                          headers=admin)
+    assert [(r["owner"], r["calls"]) for r in orjson.loads(raw)["runs"]] == [("user.bob", 1)]
     status, _, raw = http("GET", gw.url + "/admin/reports?by=run", headers=admin)
     by_run = {(r["key"], r["owner"]): (r["calls"], r["total_tokens"])
               for r in orjson.loads(raw)["rows"]}
