@@ -24,6 +24,7 @@ from tallygate.gateway import auth
 from tallygate.gateway.drain import Drain
 from tallygate.gateway.errors import render_error
 from tallygate.gateway.http import (
+    CLIENT_GONE,
     ClientGone,
     Receive,
     Scope,
@@ -132,6 +133,9 @@ class Proxy:
         ctx.client_timeout = client_timeout(headers)
         ctx.upstream_query = scope.get("query_string", b"").decode("latin-1")
         ctx.forward_headers = {n: headers[n] for n in adapter.forwarded_headers if n in headers}
+        extensions = scope.get("extensions")
+        if extensions:
+            ctx.client_gone = extensions.get(CLIENT_GONE)
         return body
 
     async def _call(self, ctx: CallContext, body: dict[str, Any], headers: Mapping[str, str],
