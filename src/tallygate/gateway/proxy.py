@@ -68,12 +68,12 @@ class Proxy:
             await self._send_error(send, ctx, ShuttingDown(
                 "The gateway is shutting down: retry on another replica."))
             return
-        with self.drain.track(stream=_wants_stream(scope)):
-            await self._handle(route, ctx, scope, receive, send)
+        headers = header_map(scope)
+        with self.drain.track(stream="text/event-stream" in headers.get("accept", "")):
+            await self._handle(route, ctx, scope, receive, send, headers)
 
     async def _handle(self, route: Route, ctx: CallContext, scope: Scope, receive: Receive,
-                      send: Send) -> None:
-        headers = header_map(scope)
+                      send: Send, headers: Mapping[str, str]) -> None:
         started = self.engine.clock()
         try:
             key = await auth.authenticate(self.keys, headers,
@@ -86,7 +86,9 @@ class Proxy:
         except ClientGone:
             return
         except TallygateError as exc:  # invalid: recorded, so a client that cannot get
-            self.engine.record_refusal(ctx, exc, started=started)  # through shows up
+            if ctx.run is None:  # through shows up, charged to its agent's run if any
+                ctx.run = agent_attribution(headers, None, self.policy.attribution).run
+            self.engine.record_refusal(ctx, exc, started=started)
             await self._send_error(send, ctx, exc)
             return
         try:
@@ -106,10 +108,10 @@ class Proxy:
         ctx.client_request_id = bounds.client_id(headers.get("x-tallygate-request-id"))
         ctx.feature = auth.resolve_feature(
             key, bounds.name(headers.get("x-tallygate-feature"), "X-Tallygate-Feature"))
-        # No X-Tallygate-Run: a coding agent's own session id names the run (its header
-        # now, so even a refused body is charged to it; else its metadata, below).
-        ctx.run = (bounds.name(headers.get("x-tallygate-run"), "X-Tallygate-Run")
-                   or agent_attribution(headers, None, self.policy.attribution).run)
+        # No X-Tallygate-Run: a coding agent's own session id names the run (its header,
+        # else its metadata: below, once the body is read; a refusal before that is
+        # charged to the header's run in _handle).
+        ctx.run = bounds.name(headers.get("x-tallygate-run"), "X-Tallygate-Run")
         ctx.step = bounds.name(headers.get("x-tallygate-step"), "X-Tallygate-Step")
         ctx.step_attempt = bounds.attempt(headers.get("x-tallygate-attempt"))
         auth.check_permission(key, ctx.feature, None)
@@ -196,12 +198,6 @@ class Proxy:
         if ctx.client_request_id:
             headers = [*headers, ("x-tallygate-client-request-id", ctx.client_request_id)]
         await send_json(send, status, body, encode_headers(headers))
-
-
-def _wants_stream(scope: Scope) -> bool:
-    """Counted as a stream in the shutdown log when the client accepts SSE."""
-    return any(name == b"accept" and b"text/event-stream" in value
-               for name, value in scope["headers"])
 
 
 def _cache_choice(value: str | None) -> bool | None:
