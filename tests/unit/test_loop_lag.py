@@ -95,3 +95,44 @@ def test_the_monitor_is_off_by_default_and_typos_are_named() -> None:
     assert on.server.loop_lag.log_above == pytest.approx(0.01)
     with pytest.raises(ValueError, match="log_abvoe"):
         PolicyModel.model_validate({"server": {"loop_lag": {"log_abvoe": "10ms"}}})
+
+
+async def busy_tasks(tasks: int, steps: int, step: float) -> None:
+    """A saturated loop: many tasks, each holding the loop briefly at every step."""
+
+    async def one() -> None:
+        for _ in range(steps):
+            hold_the_loop(step)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(one() for _ in range(tasks)))
+
+
+async def test_one_callback_holding_the_loop_is_told_from_a_saturated_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A 40 ms callback: counted as blocked, its length bounded from below, named. Then
+    60 tasks taking turns of 0.3 ms (the loop just as late, for as long): a busy loop,
+    no callback seen longer than a couple of ticks, nothing counted as blocked."""
+    registry = CollectorRegistry()
+    with caplog.at_level(logging.DEBUG, logger="tallygate.loop_lag"):
+        monitor = await run_monitor(registry, 0.04)
+        blocked = sample(registry, "tallygate_event_loop_blocked_total")
+        single = monitor.longest_callback
+        caplog.clear()
+        busy_registry = CollectorRegistry()
+        busy = LoopLagMonitor(busy_registry, interval=0.05, log_above=0.005)
+        busy.start()
+        try:
+            await asyncio.sleep(0.01)
+            await busy_tasks(60, 4, 0.0003)
+        finally:
+            busy.stop()
+    assert blocked == 1
+    assert 0.025 <= single <= 0.045
+    assert sample(registry, "tallygate_event_loop_callback_seconds_count") >= 2
+    assert busy.longest >= 0.01  # as late as a blocked loop ...
+    assert busy.longest_callback <= 0.003  # ... with no callback holding it
+    assert sample(busy_registry, "tallygate_event_loop_blocked_total") == 0
+    lines = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+    assert lines and all("one callback" not in line for line in lines), lines
+    assert any("busy:" in line for line in lines), lines
