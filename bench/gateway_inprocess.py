@@ -6,21 +6,14 @@ one call at a time. This is most of what
 uvicorn).
 
     python bench/gateway_inprocess.py [--calls 5000] [--out bench/results/inprocess.md]
-    python bench/gateway_inprocess.py --baseline REV [--rounds 5] [--calls 3000]
-
-`--baseline REV` measures this tree against a git revision's `src/` (exported to a
-temporary directory), in alternating child processes: per-call µs before → after in
-one run (owner-mode SQLite, serve's default).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -110,58 +103,11 @@ async def measure(state: str | None, calls: int, *, sole_process: bool = True
     return times
 
 
-def _child(calls: int, src: Path | None) -> tuple[float, float]:
-    """(mean µs, p50 µs) of one owner-mode SQLite measurement in a fresh process."""
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = str(src)
-    out = subprocess.run([sys.executable, __file__, "--calls", str(calls), "--child"],
-                         check=True, capture_output=True, env=env).stdout
-    mean, p50 = orjson.loads(out.splitlines()[-1])
-    return mean, p50
-
-
-def against(rev: str, rounds: int, calls: int) -> str:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from load import export_revision
-
-    found: dict[str, list[tuple[float, float]]] = {"baseline": [], "this tree": []}
-    with tempfile.TemporaryDirectory(prefix="tg-inproc-ab-") as tmpdir:
-        old = export_revision(rev, Path(tmpdir))
-        for _ in range(rounds):
-            found["baseline"].append(_child(calls, old))
-            found["this tree"].append(_child(calls, None))
-    med = {name: (statistics.median(m for m, _ in v), statistics.median(p for _, p in v))
-           for name, v in found.items()}
-    lines = [f"Command: `python bench/gateway_inprocess.py --baseline {rev} --rounds "
-             f"{rounds} --calls {calls}` (owner-mode SQLite; medians of {rounds} "
-             "alternating child processes)", "",
-             "| gateway | mean µs | p50 µs |", "|---|---:|---:|"]
-    lines += [f"| {name} | {m:.0f} | {p:.0f} |" for name, (m, p) in med.items()]
-    ratio = med["this tree"][1] / med["baseline"][1]
-    lines += ["", f"p50 this tree / baseline: {ratio:.2f}×"]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--baseline", default=None, help="a git revision to measure against")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        times = sorted(asyncio.run(measure(None, args.calls)))
-        print(orjson.dumps([statistics.mean(times) * 1e6,
-                            times[len(times) // 2] * 1e6]).decode())
-        return
-    if args.baseline:
-        text = against(args.baseline, args.rounds, args.calls)
-        print(text)
-        if args.out:
-            args.out.write_text(text)
-        return
     rows = []
     for name, state, sole in (("memory://", "memory://", True),
                               ("sqlite, owner mode (serve's default)", None, True),

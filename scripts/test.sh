@@ -43,4 +43,12 @@ if [ "${TALLYGATE_SKIP_AGENT_CLIS:-0}" != "1" ]; then
 fi
 
 .venv/bin/ruff check src tests bench
-.venv/bin/python -m pytest "$@"
+# Two worker processes by default (TALLYGATE_TEST_WORKERS=0 runs in this process): most
+# tests wait on sockets and subprocesses, so two share the cores well (about half the time).
+# Each worker starts its own Redis and PostgreSQL on free ports.
+workers="${TALLYGATE_TEST_WORKERS:-2}"
+if [ "$workers" = "0" ]; then
+  .venv/bin/python -m pytest "$@"
+else
+  .venv/bin/python -m pytest -n "$workers" "$@"
+fi

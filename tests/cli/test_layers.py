@@ -1,5 +1,5 @@
 """The tree tells the architecture (docs/architecture.md, The tree): no import circle,
-and the lower layers import nothing above them."""
+the lower layers import nothing above them, and no private name crosses a wing border."""
 
 from __future__ import annotations
 
@@ -63,3 +63,50 @@ def test_no_import_circle() -> None:
     done = subprocess.run([sys.executable, "scripts/import_cycles.py"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.strip().endswith(" 0 circles"), done.stdout
+
+
+def private_crossings(source: str, module: str) -> set[str]:
+    """`from tallygate.<other wing>… import _name`, and `alias._name` on a module imported
+    from another wing: a wing's private names stay inside it."""
+    own = wing_of(module)
+    found: set[str] = set()
+    aliases: dict[str, str] = {}
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.startswith("tallygate."):
+            for alias in node.names:
+                name = alias.name
+                if wing_of(node.module) != own and name.startswith("_"):
+                    found.add(f"{node.module}.{name}")
+                aliases[alias.asname or name] = f"{node.module}.{name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("tallygate.") and alias.asname:
+                    aliases[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.attr.startswith("_") and not node.attr.startswith("__"):
+            target = aliases.get(node.value.id)
+            if target and wing_of(target) != own:
+                found.add(f"{target}.{node.attr}")
+    return found
+
+
+def test_the_crossing_finder_sees_both_kinds() -> None:
+    source = ("from tallygate.state.memory import _Cell, MemoryStore\n"
+              "from tallygate.engine import _own\n"
+              "import tallygate.ledger.rows as rows\n"
+              "rows._sql(); MemoryStore._x; self._y\n")
+    assert private_crossings(source, "tallygate.engine.call") == {
+        "tallygate.state.memory._Cell", "tallygate.ledger.rows._sql",
+        "tallygate.state.memory.MemoryStore._x"}
+
+
+def test_no_private_name_crosses_a_wing_border() -> None:
+    crossing = set()
+    for path in sorted(SRC.rglob("*.py")):
+        module = "tallygate." + path.relative_to(SRC).with_suffix("").as_posix().replace("/", ".")
+        crossing |= {f"{path.relative_to(SRC)}: {name}"
+                     for name in private_crossings(path.read_text(encoding="utf-8"), module)}
+    assert not crossing

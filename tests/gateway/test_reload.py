@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from tallygate.sim import SimServer
+from tests.support.cli import tallygate
 from tests.support.gateway import http
 from tests.support.procs import start_gateway, stop, write_policy
 from tests.support.waiting import eventually
@@ -64,19 +65,29 @@ def test_sighup_takes_a_changed_limit_and_keeps_a_broken_file_out(
         time.sleep(0.5)
         assert proc.poll() is None and _call(url, key) == 429  # still the last good one
         write_policy(path, _policy(tmp_path, sim, state, 1_000_000))
-        status, _, raw = http("POST", url + "/admin/reload",
-                              headers={"Authorization": f"Bearer {ADMIN}"})
-        assert status == 200 and orjson.loads(raw)["reloaded"] is True
+        done = tallygate("reload", "--url", url, cwd=tmp_path, env={"TALLYGATE_ADMIN_KEY": ADMIN})
+        assert done.returncode == 0 and orjson.loads(done.stdout)["reloaded"] is True, done
         assert _call(url, key) == 200  # the limit kept its counter; the plan grew
         moved = _policy(tmp_path, sim, f"sqlite:///{tmp_path}/elsewhere.db", 1_000_000)
         write_policy(path, moved)
         status, _, raw = http("POST", url + "/admin/reload",
                               headers={"Authorization": f"Bearer {ADMIN}"})
         assert status == 400 and b"restart to apply" in raw
+        done = tallygate("reload", "--url", url, cwd=tmp_path, env={"TALLYGATE_ADMIN_KEY": ADMIN})
+        assert done.returncode != 0 and done.stdout == ""
+        assert done.stderr.startswith("tallygate: error: gateway answered 400: ")
+        assert "restart to apply" in done.stderr and len(done.stderr.splitlines()) == 1
     finally:
         stop(proc)
     out = proc.stdout.read().decode() if proc.stdout else ""
     assert "policy not reloaded" in out and "Traceback" not in out
+    assert "info: policy reloaded from" in out  # a success is not a warning
+
+
+def test_reload_without_a_url_is_one_line(tmp_path: Path) -> None:
+    done = tallygate("reload", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("tallygate: error: reload: ")
+    assert len(done.stderr.splitlines()) == 1
 
 
 def test_a_replica_on_the_same_redis_follows_a_reload(

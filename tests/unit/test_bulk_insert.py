@@ -7,12 +7,12 @@ import sqlite3
 
 import pytest
 
-from tallygate.ledger.bulk import CHUNK, _sizes, insert_rows
+from tallygate.ledger.bulk import CHUNK, insert_rows, statement_sizes
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 63, 64, 65, 200, 1000])
 def test_sizes_cover_every_row_with_few_statement_shapes(n: int) -> None:
-    sizes = _sizes(n)
+    sizes = statement_sizes(n)
     assert sum(sizes) == n
     assert set(sizes) <= {CHUNK >> k for k in range(7)}  # 64, 32, … 1: cached shapes
     assert len(sizes) <= n // CHUNK + 6
@@ -25,7 +25,7 @@ def test_rows_are_inserted_and_upserted() -> None:
     db.set_trace_callback(statements.append)
     insert_rows(db, "INSERT INTO t (k, v)", 2, [(f"k{i}", i) for i in range(150)])
     inserts = [s for s in statements if s.startswith("INSERT")]
-    assert len(inserts) == len(_sizes(150))  # not one statement per row
+    assert len(inserts) == len(statement_sizes(150))  # not one statement per row
     insert_rows(db, "INSERT INTO t (k, v)", 2, [("k1", 100), ("k149", 7), ("new", 1)],
                 " ON CONFLICT (k) DO UPDATE SET v = excluded.v")
     assert db.execute("SELECT count(*), sum(v) FROM t").fetchone() == (

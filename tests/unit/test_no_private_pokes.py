@@ -21,6 +21,10 @@ ALLOWED = {
 }
 
 
+# an object's own names, and the standard library's underscored public API (os._exit)
+OWN = ("self", "cls", "os", "sys")
+
+
 def _private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
@@ -30,7 +34,7 @@ def private_uses(tree: ast.AST) -> Iterator[tuple[int, str]]:
     `x._name` (not on self/cls), `from m import _name`, `setattr(x, "_name", …)`."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and _private(node.attr):
-            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+            if not (isinstance(node.value, ast.Name) and node.value.id in OWN):
                 yield node.lineno, node.attr
         elif isinstance(node, ast.ImportFrom):
             for alias in node.names:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tallygate.gateway.guarded_http import _OneWrite
+from tallygate.gateway.guarded_http import OneWriteTransport
 
 
 class Recorder:
@@ -26,10 +26,10 @@ class Recorder:
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
 
 
-def wrap() -> tuple[_OneWrite, Recorder]:
+def wrap() -> tuple[OneWriteTransport, Recorder]:
     real = Recorder()
     transport: Any = real
-    return _OneWrite(transport), real
+    return OneWriteTransport(transport), real
 
 
 def test_a_fixed_length_answer_is_one_write() -> None:

@@ -5,6 +5,7 @@ process SIGHUP does the same for one gateway."""
 from __future__ import annotations
 
 import json
+import sys
 
 import typer
 
@@ -17,6 +18,8 @@ def register(app: typer.Typer) -> None:
         """Reload a running gateway's policy file (validated in full; a bad file keeps
         the running policy and says why)."""
         if not url:
-            raise typer.BadParameter("give the gateway's --url", param_hint="--url")
+            print("tallygate: error: reload: give the running gateway's --url (or send "
+                  "the process SIGHUP)", file=sys.stderr)
+            raise typer.Exit(2)
         done = Target(None, None, url, admin_key).call("POST", "/admin/reload")
         typer.echo(json.dumps(done))

@@ -30,11 +30,16 @@ class OneLine(logging.Filter):
 
     QUIET = frozenset({"Application startup failed. Exiting.",
                        "Waiting for application startup.", "Application startup complete.",
-                       "Waiting for application shutdown.", "Application shutdown complete."})
+                       "Waiting for application shutdown.", "Application shutdown complete.",
+                       "Shutting down"})
+    # uvicorn's process lines: the start-up block and the stop lines say it already
+    QUIET_PREFIXES = ("Started server process", "Finished server process",
+                      "Started parent process", "Stopping parent process",
+                      "Waiting for child process", "Uvicorn running on")
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if text in self.QUIET:
+        if text in self.QUIET or text.startswith(self.QUIET_PREFIXES):
             return False
         record.msg, record.args = " ".join(text.split()), ()
         record.levelname = record.levelname.lower()
@@ -174,7 +179,7 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
         port: Annotated[int | None, typer.Option(help="Port.")] = None,
         workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-        log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+        log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
         access_log: Annotated[str | None, typer.Option(
             "--access-log", help="Write one JSON line per call to FILE ('-' = stdout).")]
         = None,

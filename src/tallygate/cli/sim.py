@@ -23,6 +23,7 @@ def sim(
     from aiohttp import web
 
     from tallygate.cli.listen import address, bind
+    from tallygate.core import bpe
     from tallygate.sim import SimConfig, create_sim_app
 
     config = SimConfig(
@@ -32,6 +33,7 @@ def sim(
         reply_tokens=reply_tokens,
     )
     sock = bind(host, port)  # a busy port is one line, before anything is announced
+    bpe.warm()  # the tokenizer it counts with, before the first request waits for it
     typer.echo(f"tallygate sim listening on {address(sock)}")
     web.run_app(
         create_sim_app(config),

@@ -93,7 +93,7 @@ def _warn_full(count: _Count, cap: int) -> None:
                     "refusing new connections with 503", cap)
 
 
-class _OneWrite:
+class OneWriteTransport:
     """A response's transport that sends a fixed-length answer's head together with its
     body: uvicorn writes them apart, two system calls and two TCP segments (with
     TCP_NODELAY), so the client wakes up twice for one answer. A streamed (chunked)
@@ -223,7 +223,7 @@ class GuardedProtocol(HttpToolsProtocol):
             super().on_message_complete()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        cycle.transport = _OneWrite(self.transport)
+        cycle.transport = OneWriteTransport(self.transport)
         cycle.scope["extensions"] = {CLIENT_GONE: cycle.transport.gone}
         super()._start_asgi_task(cycle, app)
 

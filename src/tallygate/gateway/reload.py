@@ -58,7 +58,7 @@ class PolicyReloader:
                 raise ConfigError(f"{self.source}: {' and '.join(changed)} changed: restart "
                                   "to apply (the running policy is kept)")
             self._swap(new)
-            log.warning("policy reloaded from %s", self.source)
+            log.info("policy reloaded from %s", self.source)
             if announce:
                 await self._announce()
             return new

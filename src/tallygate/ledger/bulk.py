@@ -28,7 +28,7 @@ def _statement(head: str, width: int, rows: int, tail: str) -> str:
     return f"{head} VALUES {', '.join([one] * rows)}{tail}"
 
 
-def _sizes(n: int) -> list[int]:
+def statement_sizes(n: int) -> list[int]:
     """n rows as statement sizes: CHUNK as often as it fits, then powers of two."""
     sizes = [CHUNK] * (n // CHUNK)
     rest = n % CHUNK
@@ -47,7 +47,7 @@ def insert_rows(db: sqlite3.Connection, head: str, width: int,
     caller's transaction. `head` is `INSERT [OR …] INTO table (columns)`; `tail` may
     hold an `ON CONFLICT …` clause (rows of one call must not conflict with each other)."""
     at = 0
-    for size in _sizes(len(rows)):
+    for size in statement_sizes(len(rows)):
         values = list(chain.from_iterable(rows[at:at + size]))
         db.execute(_statement(head, width, size, tail), values)
         at += size
