@@ -11,7 +11,9 @@ many short ones back to back (an iteration that serves 30 requests takes 10 ms w
 callback over 0.5 ms). With the `tallygate.loop_lag` logger at DEBUG the loop thread is
 also sampled every `tick` while a beat is overdue, and each sample is attributed to the
 callback running (its task, else the function the loop called): the longest run of
-samples in one callback bounds that callback's time from below. Each interval's longest
+samples in one callback bounds that callback's time from below (less the time the
+kernel kept the thread waiting for a core, on Linux: a preempted loop is no callback's
+doing). Each interval's longest
 such run is observed into `tallygate_event_loop_callback_seconds`, a stall in which one
 callback ran longer than `log_above` is counted as `tallygate_event_loop_blocked_total`,
 and each stall gets one log line: one callback named with its stack, or "busy: N
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -147,13 +150,23 @@ class _Sampler:
         self._distinct: set[object] = set()
         self._held = 0.0  # the closed stall's longest single callback, seconds
         self._closed: tuple[int, FrameType | None] = (0, None)  # (distinct, its frame)
+        self._schedstat: int | None = None
+        self._in_alarm = False
 
     def start(self) -> None:
+        """On the loop thread (its /proc entry is opened here)."""
         gc.callbacks.append(self._gc)
+        try:
+            self._schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self._schedstat = None
 
     def stop(self) -> None:
         if self._gc in gc.callbacks:
             gc.callbacks.remove(self._gc)
+        if self._schedstat is not None:
+            os.close(self._schedstat)
+            self._schedstat = None
 
     def beat(self) -> None:
         """On the loop, at every beat on time."""
@@ -195,12 +208,24 @@ class _Sampler:
     def _sample(self, frame: FrameType | None) -> None:
         """One look at the loop thread (in the signal handler): whose callback runs."""
         who = _callback_of(frame, self.loop)
-        now = time.perf_counter()
+        # Time the thread held the loop: wall time less the time the kernel kept it
+        # waiting for a core (a busy machine preempting it mid-step is no callback's).
+        now = time.perf_counter() - self._queued()
         self._distinct.add(who if who is not None else object())
         if who is None or who is not self._last:  # (a look it cannot attribute starts
             self._last, self._run_started, self._run_frame = who, now, frame  # no run)
         elif now - self._run_started > self._best:
             self._best, self._best_frame = now - self._run_started, self._run_frame
+
+    def _queued(self) -> float:
+        """Seconds the loop thread has waited on the kernel's run queue (Linux; 0
+        elsewhere)."""
+        if self._schedstat is None:
+            return 0.0
+        try:
+            return int(os.pread(self._schedstat, 64, 0).split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
 
     def _gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -236,11 +261,16 @@ class _SignalSampler(_Sampler):
 
     def _alarm(self, signum: int, frame: FrameType | None) -> None:
         late = time.perf_counter() - self.monitor.due
-        if late < self.monitor.tick:  # (delivered late to an idle loop: nothing held it)
+        # (delivered late to an idle loop: nothing held it; or to this handler itself)
+        if late < self.monitor.tick or self._in_alarm:
             return
-        self._sample(frame)
-        if late > self.monitor.log_above:
-            self._keep(frame)
+        self._in_alarm = True
+        try:
+            self._sample(frame)
+            if late > self.monitor.log_above:
+                self._keep(frame)
+        finally:
+            self._in_alarm = False
 
 
 class _ThreadSampler(_Sampler):
