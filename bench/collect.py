@@ -11,8 +11,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["load", "overhead", "overhead_aiohttp", "stack", "soak", "server", "inprocess",
-         "stores", "extend", "streamed", "counting", "decide", "ledger", "keys", "observe",
-         "library", "ci_gen", "sim", "demo", "dashboard"]
+         "inprocess_ab", "stores", "extend", "streamed", "counting", "decide", "ledger",
+         "keys", "observe", "library", "ci_gen", "sim", "demo", "dashboard"]
 
 
 def main() -> None:

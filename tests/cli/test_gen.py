@@ -56,9 +56,10 @@ def _policy(tmp: Path, sim_url: str, *, cache: dict | None = None, **feature: An
     return path
 
 
-def _gen(tmp: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+def _gen(tmp: Path, *args: str, env: dict[str, str] | None = None
+         ) -> tuple[int, dict[str, Any], str]:
     done = tallygate("gen", "spec.md", "--out", "out", "--config", "tallygate.yaml",
-                     "--cache", "cache", *args, cwd=tmp)
+                     "--cache", "cache", *args, cwd=tmp, env=env)
     summary = tmp / "out" / "tallygate-gen.json"
     data = json.loads(summary.read_text()) if summary.is_file() else {}
     return done.returncode, data, done.stdout + done.stderr
@@ -119,6 +120,26 @@ def test_three_pieces_then_three_cache_hits(tmp_path: Path) -> None:
     assert report["job-2"]["tokens_saved"] == tokens
     assert report["job-1"]["total_tokens"] == tokens
     assert "3 cache hits" in out and f"{tokens:,} tokens saved" in out
+
+
+def test_the_run_is_the_ci_job_unless_run_is_given(tmp_path: Path) -> None:
+    """Without --run a pipeline's calls are one run per job ($GITHUB_RUN_ID); --run wins;
+    with neither, one run per invocation."""
+    with running_sim() as (sim, _):
+        _policy(tmp_path, sim.url)
+        rc, summary, out = _gen(tmp_path, env={"GITHUB_RUN_ID": "4242"})
+        assert rc == 0, out
+        assert summary["run"] == "4242"
+        assert {r["run"] for r in _rows(tmp_path)} == {"4242"}
+        rc, summary, out = _gen(tmp_path, "--run", "job-1", env={"GITHUB_RUN_ID": "4242"})
+        assert rc == 0, out
+        assert summary["run"] == "job-1"
+        rc, summary, out = _gen(tmp_path, env={"GITHUB_RUN_ID": ""})
+        assert rc == 0, out
+        assert summary["run"].startswith("gen-")
+    runs = [r["run"] for r in _rows(tmp_path)]
+    assert runs[:3] == ["4242"] * 3 and runs[3:6] == ["job-1"] * 3
+    assert len(runs) == 9 and runs[6:] == [summary["run"]] * 3
 
 
 def test_a_tampered_entry_is_regenerated(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ async def test_create_list_revoke(client: TestClient, store: MemoryKeyStore) -> 
     assert {k: data[k] for k in body} == body
     assert data["revoked_at"] is None
     # the secret works against the same store
-    key = await authenticate(store, {"authorization": f"Bearer {secret}"}, anthropic=False)
+    key = await authenticate(store, {"authorization": f"Bearer {secret}"})
     assert key.id == data["id"]
 
     listed = client.get("/admin/keys", headers=AUTH)
@@ -257,27 +257,26 @@ from tallygate.gateway.auth import (  # noqa: E402
     ({}, True, None),
 ])
 def test_extract_secret(headers: dict[str, str], anthropic: bool, expected: str | None) -> None:
-    assert extract_secret(headers, anthropic=anthropic) == expected
+    assert extract_secret(headers, ("x-api-key",) if anthropic else ()) == expected
 
 
 async def test_authenticate(store: MemoryKeyStore) -> None:
     key, secret = await store.create("u", "pro")
-    assert await authenticate(store, {"x-api-key": secret}, anthropic=True) == key
-    assert await authenticate(store, {"authorization": f"Bearer {secret}"},
-                              anthropic=False) == key
+    assert await authenticate(store, {"x-api-key": secret}, ("x-api-key",)) == key
+    assert await authenticate(store, {"authorization": f"Bearer {secret}"}) == key
     with pytest.raises(InvalidApiKey) as missing:
-        await authenticate(store, {}, anthropic=True)
+        await authenticate(store, {}, ("x-api-key",))
     assert "x-api-key" in missing.value.message
     with pytest.raises(InvalidApiKey):
-        await authenticate(store, {"x-api-key": secret}, anthropic=False)
+        await authenticate(store, {"x-api-key": secret})
     wrong = secret[:-2] + "zz"
     with pytest.raises(InvalidApiKey) as bad:
-        await authenticate(store, {"authorization": f"Bearer {wrong}"}, anthropic=False)
+        await authenticate(store, {"authorization": f"Bearer {wrong}"})
     assert wrong not in bad.value.message and wrong[3:20] not in bad.value.message
     assert bad.value.status == 401 and bad.value.code == "invalid_api_key"
     await store.revoke(key.id)
     with pytest.raises(InvalidApiKey):
-        await authenticate(store, {"authorization": f"Bearer {secret}"}, anthropic=False)
+        await authenticate(store, {"authorization": f"Bearer {secret}"})
 
 
 async def test_check_permission(store: MemoryKeyStore) -> None:

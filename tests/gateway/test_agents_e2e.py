@@ -246,5 +246,23 @@ def test_codex_custom_tool_round_trip(gw: RunningGateway, sim) -> None:
     assert_row_is_responses_usage(row_of(gw, headers1), first["usage"])
     assert_row_is_responses_usage(row_of(gw, headers2), second["usage"])
     assert row_of(gw, headers1).reasoning_tokens > 0
-    run, _ = agent_attribution(shape["headers"], body)
-    assert run == shape["headers"]["session-id"]
+    # Codex's session is the run of every turn the gateway recorded.
+    assert row_of(gw, headers1).run == row_of(gw, headers2).run == shape["headers"]["session-id"]
+
+
+def test_codex_thread_id_names_the_run_when_no_session_id_is_sent(gw: RunningGateway) -> None:
+    shape = fixture("codex_round_trip")
+    key = gw.create_key("dev", "pro")
+    only_thread = {**shape, "headers": {k: v for k, v in shape["headers"].items()
+                                        if k != "session-id"}}
+    only_thread["headers"]["thread-id"] = "thread-7"
+    headers1, _ = send(gw, only_thread, shape["body"], key, "authorization")
+    both = {**shape, "headers": {**shape["headers"], "session-id": "session-7",
+                                 "thread-id": "thread-8"}}
+    headers2, _ = send(gw, both, shape["body"], key, "authorization")
+    headers3, _ = send(gw, both, shape["body"], key, "authorization",
+                       **{"x-tallygate-run": "ci-run-1"})
+    assert row_of(gw, headers1).run == "thread-7"
+    assert row_of(gw, headers2).run == "session-7"  # the session outranks the thread
+    assert row_of(gw, headers3).run == "ci-run-1"  # and an explicit run outranks both
+    assert agent_attribution(both["headers"], shape["body"]).run == "session-7"

@@ -135,3 +135,26 @@ def test_over_the_cap_gets_503_while_the_first_are_served(gw: RunningGateway) ->
     with connect(gw) as again:
         again.sendall(HEALTH)
         assert response(again)[0] == 200
+
+
+def test_past_twice_the_cap_is_closed_unanswered_and_logged_once(
+        gw: RunningGateway, caplog: pytest.LogCaptureFixture) -> None:
+    cap = GUARDS.max_connections
+    held = [connect(gw) for _ in range(cap)]
+    try:
+        for sock in held:
+            sock.sendall(HEALTH)
+            assert response(sock)[0] == 200
+        waiting = [connect(gw) for _ in range(cap)]  # between the cap and twice it: 503
+        held += waiting
+        with connect(gw) as far_over:  # past twice the cap: no descriptor kept, no answer
+            data, took = read_until_closed(far_over)
+        assert data == b"" and took < SLACK
+        for sock in waiting:
+            sock.sendall(HEALTH)
+            assert read_until_closed(sock)[0].startswith(b"HTTP/1.1 503 ")
+    finally:
+        for sock in held:
+            sock.close()
+    busy = [r for r in caplog.records if "connection limit reached" in r.getMessage()]
+    assert len(busy) == 1  # one line per 10 s, not one per refused connection

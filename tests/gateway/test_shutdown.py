@@ -58,26 +58,31 @@ def _rows(policy: Path) -> list[dict]:  # type: ignore[type-arg]
     return [dict(r) for r in db.execute("SELECT * FROM calls")]
 
 
-@pytest.mark.parametrize(("presses", "workers"), [(1, 1), (2, 1), (1, 2)])
-def test_ctrl_c_with_a_stream_in_flight(presses: int, workers: int, slow_sim: SimServer,
-                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize(("presses", "workers", "sig"),
+                         [(1, 1, signal.SIGINT), (2, 1, signal.SIGINT), (1, 2, signal.SIGINT),
+                          (1, 1, signal.SIGTERM), (2, 1, signal.SIGTERM)])
+def test_ctrl_c_with_a_stream_in_flight(presses: int, workers: int, sig: signal.Signals,
+                                        slow_sim: SimServer, tmp_path: Path) -> None:
     policy, key = serveable_policy(tmp_path, slow_sim, "1s")
     url, proc = start_gateway(policy, workers=workers)
     reader = Reader(url, key)
     reader.start()
     assert reader.started.wait(20)
     time.sleep(0.5)  # some tokens are relayed
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     began = time.monotonic()
     if presses == 2:
         time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
     code = proc.wait(timeout=20)
     took = time.monotonic() - began
     out = proc.stdout.read().decode() if proc.stdout else ""
     reader.join(10)
     assert code == 0, out
     assert "Traceback" not in out and "CancelledError" not in out, out
+    # What it waits for, said once by the process that has the stream.
+    assert out.count("shutting down: waiting for 1 call(s) in flight (1 streaming)") == 1, out
+    assert out.count("stopping now: cutting 1 call(s) in flight") == 1, out  # (the deadline)
     assert took < (1.5 if presses == 2 else 4.0)  # twice: at once; once: the 1 s deadline
     assert isinstance(reader.error, openai.APIError)  # the protocol's own error event
     assert reader.text and len(reader.text.split()) < 400
@@ -85,3 +90,32 @@ def test_ctrl_c_with_a_stream_in_flight(presses: int, workers: int, slow_sim: Si
     assert row["error_code"] == "shutdown" and row["stream"] == 1
     assert row["output_tokens"] >= len(reader.text.split())  # what was relayed, never 0
     assert row["input_tokens"] > 0
+
+
+@pytest.fixture(scope="module")
+def short_sim() -> Iterator[SimServer]:
+    """A stream of 80 tokens at 40 tokens/s: two seconds long."""
+    with running_sim(SimConfig(tokens_per_second=40, reply_tokens=80)) as (server, _):
+        yield server
+
+
+def test_sigterm_lets_a_stream_finish_within_the_deadline(short_sim: SimServer,
+                                                          tmp_path: Path) -> None:
+    policy, key = serveable_policy(tmp_path, short_sim, "15s")
+    url, proc = start_gateway(policy)
+    reader = Reader(url, key)
+    reader.start()
+    assert reader.started.wait(20)
+    proc.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    code = proc.wait(timeout=20)
+    took = time.monotonic() - began
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    reader.join(10)
+    assert code == 0, out
+    assert "Traceback" not in out and "stopping now" not in out, out
+    assert "shutting down: waiting for 1 call(s) in flight (1 streaming)" in out, out
+    assert reader.error is None and len(reader.text.split()) == 80  # the whole answer
+    assert took < 10  # it stopped when the stream ended, not at the deadline
+    [row] = _rows(policy)
+    assert (row["status"], row["error_code"], row["output_tokens"]) == (200, None, 80)

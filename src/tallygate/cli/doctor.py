@@ -63,18 +63,17 @@ async def _provider(session: Any, name: str, provider: Any) -> tuple[Check, floa
     """GET the provider's model list: any HTTP answer means reachable."""
     import aiohttp
 
+    from tallygate.providers.base import adapter_for
+
     base = provider.base_url.rstrip("/")
     headers = dict(provider.headers)
     try:
         secret = provider.api_key.get_secret_value() if provider.api_key else ""
     except TallygateError as exc:
         return Check("fail", f"provider {name}", exc.message), None
-    if provider.protocol == "anthropic":
-        url = f"{base}/v1/models"
-        headers |= {"x-api-key": secret, "anthropic-version": "2023-06-01"}
-    else:
-        url = f"{base}/models"
-        headers["authorization"] = f"Bearer {secret}"
+    adapter = adapter_for(provider.protocol)
+    url = adapter.upstream_url(base, "models")
+    headers |= adapter.upstream_headers(secret, {})
     started = time.time()
     try:
         async with session.get(url, headers=headers) as resp:

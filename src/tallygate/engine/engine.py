@@ -15,6 +15,7 @@ the process stops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -727,6 +728,12 @@ class Engine:
                         call.id, exc.code)
             call.notes.usage = f"settlement failed ({exc.code})"
             return SettleResult()
+        except Exception:  # a bug, not an outage: give the hold back rather than strand it
+            log.exception("call %s: settling failed; its hold is released", call.id)
+            call.notes.usage = "settlement failed (internal_error)"
+            with contextlib.suppress(Exception):
+                await self.store.release(call.hold_id, now=self.clock())
+            return SettleResult()
         return result
 
     def record_refusal(self, ctx: CallContext, exc: TallygateError, *, started: float,
@@ -745,7 +752,12 @@ class Engine:
         return row
 
     def _record(self, row: CallRecord) -> None:
-        self.recorder.record(row)
+        # The call is settled by now: a broken recorder must not cost the client its
+        # answer (nor turn a refusal into a 500).
+        try:
+            self.recorder.record(row)
+        except Exception:
+            log.exception("call %s: its row could not be recorded", row.request_id)
 
     async def limit_usage(self, call: Call) -> list[LimitUsage]:
         """Usage of the tightest token and request limits that applied (the gateway's

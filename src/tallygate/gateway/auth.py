@@ -1,9 +1,9 @@
 """Who is calling: the virtual key from the request headers, and what it may use.
 
-Every route accepts `Authorization: Bearer <key>`. Anthropic routes also accept
-`x-api-key` (anthropic SDK 0.x sends it, 2.x sends Bearer) whatever the
-`anthropic-version`; when both are present there, `x-api-key` wins. Error messages never
-echo the presented secret.
+Every route accepts `Authorization: Bearer <key>`; a protocol may name other headers a
+client carries its key in (`WireAdapter.key_headers`: Anthropic's `x-api-key`, which the
+anthropic SDK 0.x sends and 2.x replaces with Bearer), and when both are present those
+win. Error messages never echo the presented secret.
 """
 
 from __future__ import annotations
@@ -37,27 +37,29 @@ def bearer_token(value: str | None) -> str | None:
     return token
 
 
-def extract_secret(headers: Mapping[str, str], *, anthropic: bool) -> str | None:
+def extract_secret(headers: Mapping[str, str], key_headers: tuple[str, ...] = ()
+                   ) -> str | None:
     """The presented secret, or None when the request carries none."""
-    if anthropic:
-        api_key = (_header(headers, "x-api-key") or "").strip()
+    for name in key_headers:
+        api_key = (_header(headers, name) or "").strip()
         if api_key:
             return api_key
     return bearer_token(_header(headers, "authorization"))
 
 
-def _missing_message(anthropic: bool) -> str:
-    where = "'x-api-key' or 'Authorization: Bearer'" if anthropic else "'Authorization: Bearer'"
+def _missing_message(key_headers: tuple[str, ...]) -> str:
+    where = " or ".join([*(f"'{name}'" for name in key_headers), "'Authorization: Bearer'"])
     return f"Missing API key: pass your tallygate virtual key in {where}."
 
 
 async def authenticate(
-    store: KeyStore, headers: Mapping[str, str], *, anthropic: bool
+    store: KeyStore, headers: Mapping[str, str], key_headers: tuple[str, ...] = ()
 ) -> VirtualKey:
-    """The caller's active key, or InvalidApiKey (missing, unknown or revoked)."""
-    secret = extract_secret(headers, anthropic=anthropic)
+    """The caller's active key, or InvalidApiKey (missing, unknown or revoked).
+    `key_headers`: the protocol's own key headers, besides Bearer (WireAdapter)."""
+    secret = extract_secret(headers, key_headers)
     if secret is None:
-        raise InvalidApiKey(_missing_message(anthropic))
+        raise InvalidApiKey(_missing_message(key_headers))
     key = await store.verify(secret)
     if key is None:
         raise InvalidApiKey("Invalid API key: unknown or revoked tallygate virtual key.")

@@ -33,19 +33,27 @@ class Drain:
         return len(self._tasks)
 
     @contextmanager
-    def track(self, *, stream: bool = False) -> Iterator[None]:
+    def track(self) -> Iterator[None]:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        self._streams += stream
         self._idle.clear()
         try:
             yield
         finally:
             self._tasks.discard(task)
-            self._streams -= stream
             if not self._tasks:
                 self._idle.set()
+
+    @contextmanager
+    def relaying(self) -> Iterator[None]:
+        """A tracked call relaying a stream (counted in the shutdown log): known only
+        once its body was read — SDKs ask for a stream in the body, not in Accept."""
+        self._streams += 1
+        try:
+            yield
+        finally:
+            self._streams -= 1
 
     def begin(self, deadline: float = DEFAULT_DEADLINE) -> None:
         """Start stopping (idempotent): in-flight calls get `deadline` seconds."""

@@ -30,6 +30,7 @@ from tallygate.gateway.http import (
 )
 from tallygate.keys.base import KeyStore
 from tallygate.providers import anthropic as anthropic_wire
+from tallygate.providers.base import adapter_for
 from tallygate.runtime import Runtime
 
 
@@ -62,19 +63,21 @@ def routes(rt: Runtime, keys: KeyStore | None = None) -> list[Route]:
         return _json(200, {"status": "ok"})
 
     async def models(request: Request) -> Response:
-        anthropic = "anthropic-version" in request.headers
+        # the anthropic SDK's models.list() sends anthropic-version; the openai SDK does not
+        protocol = "anthropic" if "anthropic-version" in request.headers else "openai"
         try:
-            key = await auth.authenticate(keys, request.headers, anthropic=anthropic)
+            key = await auth.authenticate(keys, request.headers,
+                                          adapter_for(protocol).key_headers)
         except TallygateError as exc:
-            return _error(exc, "anthropic" if anthropic else "openai")
+            return _error(exc, protocol)
         found = await listed()
-        if anthropic:
+        if protocol == "anthropic":
             return _json(200, model_list.anthropic_list(found["anthropic"], key))
         return _json(200, model_list.openai_list(found["openai"], key))
 
     async def usage(request: Request) -> Response:
         try:
-            key = await auth.authenticate(keys, request.headers, anthropic=False)
+            key = await auth.authenticate(keys, request.headers)
         except TallygateError as exc:
             return _error(exc)
         return _json(200, {"object": "tallygate.usage", "user": key.user, "plan": key.plan,
@@ -127,7 +130,7 @@ class CountTokens:
             except orjson.JSONDecodeError as exc:
                 raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
             anthropic_wire.validate_request("messages/count_tokens", body)
-            await auth.authenticate(self.keys, headers, anthropic=True)
+            await auth.authenticate(self.keys, headers, adapter_for("anthropic").key_headers)
             model = rt.catalog.get(body["model"])
             count = await acount_request("anthropic", "messages/count_tokens", body, model)
         except ClientGone:

@@ -68,16 +68,16 @@ class Proxy:
             await self._send_error(send, ctx, ShuttingDown(
                 "The gateway is shutting down: retry on another replica."))
             return
-        headers = header_map(scope)
-        with self.drain.track(stream="text/event-stream" in headers.get("accept", "")):
-            await self._handle(route, ctx, scope, receive, send, headers)
+        with self.drain.track():
+            await self._handle(route, ctx, scope, receive, send)
 
     async def _handle(self, route: Route, ctx: CallContext, scope: Scope, receive: Receive,
-                      send: Send, headers: Mapping[str, str]) -> None:
+                      send: Send) -> None:
+        headers = header_map(scope)
         started = self.engine.clock()
         try:
             key = await auth.authenticate(self.keys, headers,
-                                          anthropic=route.protocol == "anthropic")
+                                          adapter_for(route.protocol).key_headers)
         except TallygateError as exc:  # nobody to charge a row to
             await self._send_error(send, ctx, exc)
             return
@@ -154,8 +154,9 @@ class Proxy:
             return call, answer
         out = encode_headers(await self._headers(call, answer))
         async with self.engine.owning(call):
-            await StreamRelay(self.engine, call, answer.stream, receive, send,
-                              self.drain.cut).run(out)
+            with self.drain.relaying():
+                await StreamRelay(self.engine, call, answer.stream, receive, send,
+                                  self.drain.cut).run(out)
         return call, None
 
     # ------------------------------------------------------------ responses

@@ -7,6 +7,7 @@ the events that end a stream. No network (the front doors send), no clock."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -287,5 +288,8 @@ def adapter_for(protocol: str) -> WireAdapter:
     """The adapter of `protocol`; an unknown protocol is an error, never OpenAI by default."""
     found = _ADAPTERS.get(protocol)
     if found is None:
-        raise ConfigError(f"Unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}.")
+        hint = difflib.get_close_matches(str(protocol)[:64], PROTOCOLS, n=1)
+        guess = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(f"Unknown protocol {protocol!r}: expected one of "
+                          f"{', '.join(PROTOCOLS)}.{guess}")
     return found

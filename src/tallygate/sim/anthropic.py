@@ -39,6 +39,7 @@ from tallygate.sim.common import (
     reasoning_tokens,
     reply_budget,
     reply_text,
+    reported_usage,
     send_events,
     sleep_s,
     split_reply,
@@ -275,7 +276,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     body = {
         "id": msg_id, "type": "message", "role": "assistant", "model": req.model,
         "content": content, "stop_reason": reply.stop, "stop_sequence": None,
-        "usage": _usage(req, prompt, reply, cache),
+        "usage": reported_usage(req, _usage(req, prompt, reply, cache), "input_tokens"),
     }
     if req.fault is not None and req.fault.name == "cut":
         return await cut_plain(request, orjson.dumps(body))

@@ -11,6 +11,7 @@ Faults, per request with the header `x-sim-fault: NAME[:ARG]` or queued on the a
   cut[:chunks]    close the connection mid-body / after that many stream chunks
   quota           the provider's own final 429 (OpenAI insufficient_quota, Anthropic
                   enforced_spend_limit_reached), no retry-after
+  absurd_usage    a 200 whose usage reports 2**63 input tokens (a broken provider)
 Per-request overrides: `x-sim-reply-tokens`, `x-sim-cached-tokens`, `x-sim-reasoning-tokens`.
 Tool calls, thinking blocks, reasoning items and prompt caches: agents.py. A request
 asking for a JSON Schema gets a JSON instance of it: structured.py.
@@ -411,6 +412,17 @@ def _take_fault(app: web.Application, header: str | None) -> Fault | None:
         return Fault.parse(header)
     queue = app[FAULTS]
     return queue.popleft() if queue else None
+
+
+ABSURD_TOKENS = 2**63  # past int64: what no provider can have counted
+
+
+def reported_usage(req: SimRequest, usage: dict[str, Any], field: str) -> dict[str, Any]:
+    """The usage an answer reports: the `absurd_usage` fault puts `ABSURD_TOKENS` in
+    `field` (the input tokens of the protocol)."""
+    if req.fault is None or req.fault.name != "absurd_usage":
+        return usage
+    return {**usage, field: ABSURD_TOKENS}
 
 
 async def apply_pre_fault(fault: Fault | None, config: SimConfig) -> None:

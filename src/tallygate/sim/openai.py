@@ -40,6 +40,7 @@ from tallygate.sim.common import (
     reasoning_tokens,
     reply_budget,
     reply_text,
+    reported_usage,
     send_events,
     sleep_s,
     split_reply,
@@ -198,7 +199,8 @@ async def _chat(request: web.Request, req: SimRequest, prompt: int) -> web.Strea
              "logprobs": None, "finish_reason": finish}
             for i, text in enumerate(texts)
         ],
-        "usage": usage, "service_tier": "default", "system_fingerprint": FINGERPRINT,
+        "usage": reported_usage(req, usage, "prompt_tokens"), "service_tier": "default",
+        "system_fingerprint": FINGERPRINT,
     }
     if req.fault is not None and req.fault.name == "cut":
         return await cut_plain(request, orjson.dumps(body))
