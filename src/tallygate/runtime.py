@@ -6,6 +6,7 @@ the library opens one per Governor. Nothing is wired into the engine afterwards.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from tallygate.state import open_state
 from tallygate.state.base import StateStore
 from tallygate.types import CallRecord
 
+log = logging.getLogger("tallygate.runtime")
+
 
 class FanOut:
     """Hands every finished call to several recorders (ledger, metrics …) in order."""
@@ -30,7 +33,11 @@ class FanOut:
 
     def record(self, row: CallRecord) -> None:
         for recorder in self.recorders:
-            recorder.record(row)
+            try:
+                recorder.record(row)
+            except Exception:  # one broken recorder must not cost the others the row
+                log.exception("call %s: a recorder (%s) failed", row.request_id,
+                              type(recorder).__name__)
 
 
 async def open_policy_state(policy: Policy, *, sole_process: bool = False) -> StateStore:

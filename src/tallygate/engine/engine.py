@@ -664,6 +664,10 @@ class Engine:
             except TallygateError as exc:  # the store is down: stop here, never overspend
                 call.notes.stopped = f"budget ({exc.code})"
                 return 0
+            except Exception:  # a fault of ours: stop as a refusal would, blaming nobody
+                log.exception("call %s: its hold could not grow", call.id)
+                call.notes.stopped = "budget (internal_error)"
+                return 0
             if refused is None:
                 return more
             room = (refused.limit - refused.used) if isinstance(refused, Denial) else 0
