@@ -54,6 +54,9 @@ class CallContext:
     # The front door can end a stream early with a length stop (the gateway's relay):
     # only then may a stream hold its output a slice at a time (`reserve: streamed`).
     can_cut: bool = False
+    # True once the client has gone (the server's disconnect flag): an answer settled
+    # after that is recorded as 499, the status of a call nobody received.
+    client_gone: Callable[[], bool] | None = None
 
 
 @dataclass(slots=True)

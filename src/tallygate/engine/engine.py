@@ -556,7 +556,16 @@ class Engine:
     async def settle(self, call: Call, answer: Answer) -> Answer:
         """Close a call with its answer (not an open stream): settle to the reported
         usage on success, give the hold back on failure; returns the answer the client
-        gets (a 502 when the upstream's usage cannot be believed)."""
+        gets (a 502 when the upstream's usage cannot be believed). A client that left
+        meanwhile is recorded as 499: nobody received the answer, whatever it was; the
+        tokens the upstream reported are still charged (it generated them)."""
+        gone = call.ctx.client_gone
+        if gone is not None and gone():
+            usage = self._usage_of(call, answer)[0] if answer.ok else None
+            if answer.ok:
+                call.upstream_ms = _elapsed_ms(call.upstream_started)
+            await self.fail(call, status=499, error_code="client_disconnected", usage=usage)
+            return answer
         if answer.ok:
             call.upstream_ms = _elapsed_ms(call.upstream_started)
             usage, exact = self._usage_of(call, answer)
