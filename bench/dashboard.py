@@ -170,7 +170,7 @@ async def one_backend(label: str, url: str, write_urls: tuple[str, str],
         raw = await raw_floor(store, now)
         rollup_rows = tuple([(await store.query(f"SELECT COUNT(*) FROM {t}"))[0][0]
                              for t in ("rollup_hour", "rollup_day", "rollup_ids",
-                                       "rollup_ids_hour")])
+                                       "rollup_ids_hour", "rollup_runs")])
     finally:
         await store.close()
     return {"label": label, "write": (without, with_trigger), "load_s": load_s,
@@ -207,8 +207,9 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, n: int) -> str:
         lines.append(
             f"- {r['label']}: the 30-day series by user summed from the raw rows instead "
             f"takes {r['raw_ms']:.0f} ms (once); the rollups hold {r['rollup_rows'][0]:,} "
-            f"hourly, {r['rollup_rows'][1]:,} daily, {r['rollup_rows'][2]:,} daily per-id "
-            f"and {r['rollup_rows'][3]:,} hourly per-id rows. Loading the {n:,} rows "
+            f"hourly, {r['rollup_rows'][1]:,} daily, {r['rollup_rows'][2]:,} daily per-id"
+            f", {r['rollup_rows'][3]:,} hourly per-id and {r['rollup_rows'][4]:,} daily "
+            f"per-run rows. Loading the {n:,} rows "
             f"(batches of {CHUNK:,}) took {r['load_s']:.0f} s. `write_batch` in batches of "
             f"200 rows: {with_trigger:.1f} µs a row with the rollup trigger, {without:.1f} "
             f"µs without it (floor, same run, {args.sample:,} rows): "

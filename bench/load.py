@@ -10,9 +10,14 @@ bench/floor.py), measured in the same run with wrk (bench/wrk.py):
    temporary directory), the same way: before and after in one run;
 2. the same targets at 1 connection (`--rounds` rounds of 5 s): each one's p50, and what
    it adds to the simulator's (`direct`) in the same round;
-3. one `--lag-seconds` run at 32 connections against the gateway, with the event-loop
-   stall histogram (`tallygate_event_loop_stall_seconds`: the longest stall of each
-   second) read from /metrics before and after.
+3. event-loop stalls, on a second gateway process run with the stall sampler on
+   (`--log-level debug`: the monitor samples the loop thread while a beat is late):
+   one `--lag-seconds` run at 32 connections (saturated), then one as long paced to
+   about 70 % of that rate (wrk's per-connection delay), each with the stall histogram
+   (`tallygate_event_loop_stall_seconds`: the longest stall of each second), the
+   longest single callback of each second (`tallygate_event_loop_callback_seconds`) and
+   the stalls one callback caused (`tallygate_event_loop_blocked_total`) read from
+   /metrics before and after, and what the debug log named.
 
 Simulator, floor, gateway and wrk share the machine's cores.
 
@@ -41,6 +46,8 @@ from wrk import WrkResult, require_wrk, run_wrk
 
 ROOT = Path(__file__).resolve().parents[1]
 STALL = "tallygate_event_loop_stall_seconds"
+CALLBACK = "tallygate_event_loop_callback_seconds"
+PACED = 0.7  # the paced stall run's rate, a fraction of the saturated one's
 
 
 def stall_buckets(url: str) -> dict[str, float]:
@@ -52,6 +59,10 @@ def stall_buckets(url: str) -> dict[str, float]:
     stalls = re.search(r"^tallygate_event_loop_stalls_total ([\d.e+]+)$", text, re.M)
     out["count"] = float(count.group(1)) if count else 0.0
     out["stalls"] = float(stalls.group(1)) if stalls else 0.0
+    blocked = re.search(r"^tallygate_event_loop_blocked_total ([\d.e+]+)$", text, re.M)
+    out["blocked"] = float(blocked.group(1)) if blocked else 0.0
+    for le, v in re.findall(rf'^{CALLBACK}_bucket{{le="([^"]+)"}} ([\d.e+]+)$', text, re.M):
+        out["cb:" + le] = float(v)
     return out
 
 
@@ -69,15 +80,49 @@ def export_revision(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-def lag_table(before: dict[str, float], after: dict[str, float]) -> list[str]:
-    lines = ["| longest stall in a second | seconds |", "|---|---:|"]
-    previous = 0.0
-    for le in [k for k in after if k not in ("count", "stalls")]:
-        cumulative = after[le] - before.get(le, 0.0)
-        label = "≤ " + (f"{float(le) * 1000:g} ms" if le != "+Inf" else "∞")
-        lines.append(f"| {label} | {cumulative - previous:.0f} |")
+def _per_bucket(before: dict[str, float], after: dict[str, float], prefix: str
+                ) -> dict[str, float]:
+    """le → seconds (intervals) that fell in that bucket during a run."""
+    out, previous = {}, 0.0
+    for key, value in after.items():
+        if not key.startswith(prefix) or key[len(prefix):] in ("count", "stalls", "blocked") \
+                or (prefix == "" and key.startswith("cb:")):
+            continue
+        cumulative = value - before.get(key, 0.0)
+        out[key[len(prefix):]] = cumulative - previous
         previous = cumulative
+    return out
+
+
+def lag_table(runs: list[tuple[str, dict[str, float], dict[str, float]]]) -> list[str]:
+    """Per bucket: seconds whose longest stall / longest single callback fell there."""
+    head = " | ".join(f"{name}: longest stall | {name}: longest callback"
+                      for name, _, _ in runs)
+    lines = [f"| in a second | {head} |", "|---|" + "---:|---:|" * len(runs)]
+    stall = [_per_bucket(b, a, "") for _, b, a in runs]
+    cb = [_per_bucket(b, a, "cb:") for _, b, a in runs]
+    for le in stall[0]:
+        label = "≤ " + (f"{float(le) * 1000:g} ms" if le != "+Inf" else "∞")
+        lines.append(f"| {label} | " + " | ".join(
+            f"{s.get(le, 0):.0f} | {c.get(le, 0):.0f}" for s, c in zip(stall, cb, strict=True))
+            + " |")
     return lines
+
+
+def named(log: Path, start: int = 0) -> tuple[int, int, list[str]]:
+    """(stall lines from byte `start` on, of which one callback, the most frequent
+    callbacks among those)."""
+    with log.open("rb") as fh:
+        fh.seek(start)
+        text = fh.read().decode(errors="replace")
+    stalls = re.findall(r"event loop stalled [\d.]+ ms; running: (.*)", text)
+    single = [line.split(": ", 1)[1] for line in stalls if line.startswith("one callback")]
+    where: dict[str, int] = {}
+    for line in single:
+        top = line.split(" <- ")[0]
+        where[top] = where.get(top, 0) + 1
+    top = sorted(where.items(), key=lambda kv: -kv[1])[:5]
+    return len(stalls), len(single), [f"{n} × {w}" for w, n in top]
 
 
 def main() -> None:
@@ -156,10 +201,38 @@ def main() -> None:
                 single.append({name: run_wrk(url + path, BODY, {**common, **headers},
                                              connections=1, seconds=5)
                                for name, (url, headers) in targets.items()})
-            before = stall_buckets(gw_url)
-            lag_run = run_wrk(gw_url + path, BODY, {**common, **targets["gateway"][1]},
-                              connections=args.connections, seconds=args.lag_seconds)
-            after = stall_buckets(gw_url)
+            lag_dir = tmp / "lag"  # (its own state: one process owns a state file)
+            lag_dir.mkdir()
+            lag_config = gateway_config(lag_dir, sim_url)
+            lag_policy = yaml.safe_load(lag_config.read_text())
+            lag_policy["server"]["loop_lag"] = {"enabled": True}
+            lag_config.write_text(yaml.safe_dump(lag_policy))
+            auth = {**common, "authorization": f"Bearer {create_key(lag_config)}"}
+            lag_url = f"http://127.0.0.1:{free_port()}"
+            lag_log = lag_dir / "gateway.log"
+            procs.append(spawn([sys.executable, "-m", "tallygate", "serve", "--config",
+                                str(lag_config), "--port", lag_url.rsplit(":", 1)[1],
+                                "--log-level", "debug"], lag_url + "/healthz",
+                               stderr=lag_log))
+            run_wrk(lag_url + path, BODY, auth, connections=4, seconds=2)  # warm-up
+            lag_runs = []
+            before = stall_buckets(lag_url)
+            lag_run = run_wrk(lag_url + path, BODY, auth, connections=args.connections,
+                              seconds=args.lag_seconds)
+            after = stall_buckets(lag_url)
+            lag_runs.append(("saturated", before, after, lag_run, named(lag_log)))
+            # Paced: each connection's cycle is its latency plus the delay, so the delay
+            # is the cycle at PACED × the saturated rate less the one-connection p50.
+            cycle_ms = args.connections / (PACED * lag_run.rps) * 1000
+            low_p50 = statistics.median(f["gateway"].p50 for f in single)
+            start = lag_log.stat().st_size
+            before = stall_buckets(lag_url)
+            paced = run_wrk(lag_url + path, BODY, auth, connections=args.connections,
+                            seconds=args.lag_seconds,
+                            delay_ms=max(1.0, cycle_ms - low_p50))
+            after = stall_buckets(lag_url)
+            lag_runs.append((f"paced ({paced.rps / lag_run.rps:.0%})", before, after, paced,
+                             named(lag_log, start)))
         finally:
             for proc in procs:
                 proc.terminate()
@@ -212,16 +285,25 @@ def main() -> None:
     added = {n: statistics.median(f[n].p50 - f["direct"].p50 for f in single) for n in names}
     lines += ["", "Median added p50: " + ", ".join(f"{n} {v:+.3f} ms" for n, v in added.items())
               + f"; gateway / floor {added['gateway'] / added['floor']:.2f}×."]
-    stalls = after["stalls"] - before["stalls"]
     lines += [
-        "", f"## Event-loop stalls during {args.lag_seconds:g} s at {args.connections} "
-        "connections", "",
-        f"The gateway served {lag_run.rps:,.0f} req/s (p50 {lag_run.p50:.2f} ms, p99 "
-        f"{lag_run.p99:.2f} ms, max {lag_run.max:.1f} ms, {lag_run.errors} errors). "
-        "Each second's longest stall (how late a 1 ms timer fired) went into one "
-        f"bucket; stalls longer than 5 ms: {stalls:.0f}.", "",
-        *lag_table(before, after),
+        "", f"## Event-loop stalls: {args.lag_seconds:g} s saturated, then {args.lag_seconds:g}"
+        f" s paced to about {PACED:.0%} of that rate ({args.connections} connections)", "",
+        "A second gateway process, run with `--log-level debug`: the stall monitor then "
+        "samples the loop thread every 1 ms while a beat is late, and tells one callback "
+        "holding the loop from a saturated loop running many short ones. A stall: how "
+        "late a 1 ms timer fired. A callback's length: the time between the first and the "
+        "last sample that found the loop in it (a lower bound).", "",
+        "| run | req/s | p50 ms | p99 ms | max ms | errors | stalls > 5 ms | "
+        "of them one callback > 5 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    for name, before, after, run, _ in lag_runs:
+        lines.append(f"| {name} | {run.rps:,.0f} | {run.p50:.2f} | {run.p99:.2f} | "
+                     f"{run.max:.1f} | {run.errors} | {after['stalls'] - before['stalls']:.0f}"
+                     f" | {after['blocked'] - before['blocked']:.0f} |")
+    lines += ["", *lag_table([(n, b, a) for n, b, a, _, _ in lag_runs])]
+    for name, _, _, _, (logged, single_n, where) in lag_runs:
+        lines += ["", f"{name}: {logged} stall lines logged, {single_n} naming one callback"
+                  + (": " + "; ".join(where) if where else ".")]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -41,17 +41,20 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def _script(body: bytes, headers: dict[str, str]) -> str:
+def _script(body: bytes, headers: dict[str, str], delay_ms: float | None) -> str:
     lines = ['wrk.method = "POST"', f"wrk.body = [==[{body.decode()}]==]"]
     lines += [f'wrk.headers["{k}"] = [==[{v}]==]' for k, v in headers.items()]
+    if delay_ms is not None:  # each connection waits this long before its next request
+        lines.append(f"function delay() return {round(delay_ms)} end")  # (whole ms)
     return "\n".join(lines) + "\n"
 
 
 def run_wrk(url: str, body: bytes, headers: dict[str, str], *, connections: int,
-            seconds: float, threads: int = 1) -> WrkResult:
-    """One wrk run against `url`; stops by itself after `seconds`."""
+            seconds: float, threads: int = 1, delay_ms: float | None = None) -> WrkResult:
+    """One wrk run against `url`; stops by itself after `seconds`. `delay_ms` paces
+    each connection (a pause before each request): a rate below saturation."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(_script(body, headers))
+        fh.write(_script(body, headers, delay_ms))
         script = fh.name
     try:
         out = subprocess.run(

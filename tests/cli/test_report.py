@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from tallygate.cli.report import register
 from tests.support.cli import cli_with
 from tests.support.ledgers import sqlite_ledger
-from tests.support.rows import ROWS
+from tests.support.rows import ROWS, SHARED
 
 
 @pytest.fixture
@@ -65,6 +65,35 @@ def test_report_runs(cli, ledger_url) -> None:
     assert res.exit_code == 0, res.output
     assert "run R2" in res.stdout and "run R1" not in res.stdout
     assert "Runs that looped most" in res.stdout and "review" in res.stdout
+
+
+def test_a_run_id_of_two_owners_is_two_runs_in_tables_csv_and_html(cli, tmp_path) -> None:
+    url = sqlite_ledger(tmp_path / "shared.db", SHARED)
+    res = invoke(cli, "report", "runs", "--run", "shared-id", "--ledger", url)
+    assert res.exit_code == 0, res.output
+    for title in ("run shared-id of user.alice: 40 tokens",
+                  "run shared-id of user.bob: 305 tokens",
+                  "run shared-id of key.k_svc: 4,005 tokens"):
+        assert title in res.stdout
+    res = invoke(cli, "report", "runs", "--format", "csv", "--ledger", url)
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("run,owner,step,") and len(lines) == 4
+    assert sorted(line.split(",")[1] for line in lines[1:]) == [
+        "key.k_svc", "user.alice", "user.bob"]
+    res = invoke(cli, "report", "--by", "run", "--format", "csv", "--ledger", url)
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("key,owner,calls,")
+    assert [line.split(",")[:3] for line in lines[1:]] == [
+        ["shared-id", "key.k_svc", "1"], ["shared-id", "user.bob", "1"],
+        ["shared-id", "user.alice", "2"]]
+    res = invoke(cli, "report", "--by", "run", "--ledger", url, "--wide")
+    assert "owner" in res.stdout and "user.alice" in res.stdout
+    html = tmp_path / "report.html"
+    res = invoke(cli, "report", "--html", str(html), "--ledger", url)
+    assert res.exit_code == 0, res.output
+    page = html.read_text()
+    for owner in ("user.alice", "user.bob", "key.k_svc"):
+        assert f"<td>shared-id</td><td class='text'>{owner}</td>" in page
 
 
 def test_what_if_with_a_configured_model(cli, ledger_url, tmp_path) -> None:

@@ -272,6 +272,41 @@ async def test_runaway_refusals_by_the_engine_fire_too(
     await engine.sender.stop()
 
 
+async def test_a_conversation_without_a_run_alerts_from_the_engines_rows(
+        ledger: LedgerStore, receiver: Receiver) -> None:
+    """on_runaway: alert (the default) and no X-Tallygate-Run: the engine notes each call's
+    conversation on its row, and the alert engine follows that thread."""
+    from tallygate.engine import CallContext, Engine, MemoryRecorder, new_call_id
+    from tests.engine.conftest import Clock, FakePort, body, growing_turns, reply
+
+    rules = [{"metric": "runaway_context", "notify": receiver.url}]
+    alerts = make_engine(rules, ledger, **RUNAWAY)
+    pol = Policy.from_mapping({"alerts": rules, **RUNAWAY}, env={})
+    recorder = MemoryRecorder()
+    engine = Engine(pol, Catalog(pol.models), MemoryStore(), recorder, clock=Clock(HOUR0))
+    port = FakePort(then=lambda call: reply(call.count.tokens, 5))
+
+    def ctx(user: str) -> CallContext:
+        return CallContext("openai", "chat/completions", new_call_id(), user=user,
+                           key_id=f"k-{user}", plan="free")
+
+    for n in range(1, 4):  # alice's conversation grows ~4x a call; nothing is refused
+        await engine.run(ctx("alice"), body(growing_turns(n)), port)
+    await engine.run(ctx("bob"), body(growing_turns(1)), port)  # bob's: one call, calm
+    assert [r.outcome for r in recorder.rows] == [Outcome.OK] * 4
+    for r in recorder.rows:
+        alerts.record(r)
+    [fired] = await alerts.evaluate(HOUR0 + 1)
+    figures = fired["figures"]
+    assert (figures["run"], figures["user"], figures["rule"]) == (None, "alice", "growth")
+    assert figures["conversation"].startswith("conversation:user.alice:")
+    assert figures["refused"] is False and len(figures["recent_inputs"]) == 3
+    assert fired["top_contributors"] == {
+        "conversation": [{"conversation": figures["conversation"], "user": "alice"}]}
+    await alerts.sender.stop()
+    assert len(receiver.posts) == 1
+
+
 def test_a_runaway_alert_needs_the_guard_configured() -> None:
     from tallygate.errors import ConfigError
 

@@ -87,7 +87,7 @@ async def assert_rollups_match(store: LedgerStore) -> None:
             f"SELECT {col}, feature, model, step, plan, outcome, reason, "
             f"{', '.join(HOUR_SUMS)} FROM {table}")
         assert _norm(rolled) == _norm(raw), table
-    for table, col_b, width, dims in (("rollup_ids", "day", 86400, ("user", "key", "run")),
+    for table, col_b, width, dims in (("rollup_ids", "day", 86400, ("user", "key")),
                                       ("rollup_ids_hour", "hour", 3600, ("user", "key"))):
         for dim in dims:
             col = {"user": '"user"', "key": "key_id", "run": "run"}[dim]
@@ -98,6 +98,18 @@ async def assert_rollups_match(store: LedgerStore) -> None:
                 f"SELECT {col_b}, value, {', '.join(IDS_SUMS)}, max_attempt, first_ts, "
                 f"last_ts FROM {table} WHERE dim = ?", [dim])
             assert _norm(rolled) == _norm(raw), (table, dim)
+    # Runs per owner, as their budgets are scoped (the user, else the key, else '-').
+    owner = ("CASE WHEN \"user\" IS NOT NULL THEN 'user.' || \"user\" "
+             "WHEN key_id IS NOT NULL THEN 'key.' || key_id ELSE '-' END")
+    raw = await store.query(
+        f"SELECT {_floor(store, 86400)}, {owner}, run, COUNT(*), SUM(input_tokens), "
+        "SUM(output_tokens), SUM(cost_nusd), SUM(CASE WHEN outcome = 'rejected' THEN 1 "
+        "ELSE 0 END), MAX(step_attempt), MIN(ts), MAX(ts) FROM calls WHERE run IS NOT NULL "
+        "GROUP BY 1, 2, 3")
+    rolled = await store.query(f"SELECT day, owner, run, {', '.join(IDS_SUMS)}, max_attempt, "
+                               "first_ts, last_ts FROM rollup_runs")
+    assert raw and _norm(rolled) == _norm(raw), "rollup_runs"
+    assert await store.query("SELECT COUNT(*) FROM rollup_ids WHERE dim = 'run'") == [(0,)]
 
 
 async def test_rollups_follow_every_insert(ledger_url) -> None:
@@ -122,16 +134,44 @@ async def test_rows_stored_before_the_migration_are_backfilled(ledger_url) -> No
         # Back to a ledger before the rollups' migration: no rollups, no trigger.
         for sql in (drop_trigger, "DROP TABLE rollup_hour", "DROP TABLE rollup_day",
                     "DROP TABLE rollup_ids", "DROP TABLE rollup_ids_hour",
-                    "DELETE FROM schema_version WHERE version = 3"):
+                    "DROP TABLE rollup_runs", "DELETE FROM schema_version WHERE version >= 3"):
             await _execute(ledger_url, sql)
         assert await store.schema_version() == 2  # the store sees the rewound schema
         await store.write_batch(random_rows(800, 2))
     finally:
         await store.close()
-    store = await open_ledger(ledger_url)  # migration 3 runs again: backfill + trigger
+    store = await open_ledger(ledger_url)  # migrations 3 and 4 run again: backfill + trigger
     try:
-        assert await store.schema_version() == 3
+        assert await store.schema_version() == 4
         await store.write_batch(random_rows(40, 3))
+        await assert_rollups_match(store)
+    finally:
+        await store.close()
+
+
+async def test_runs_rolled_up_by_name_alone_are_rebuilt_per_owner(ledger_url) -> None:
+    """A ledger at migration 3 (runs in rollup_ids by name, its trigger writing them) moves
+    to migration 4: every old call's run is read per owner from rollup_runs."""
+    from tallygate.ledger import rollups
+
+    store = await open_ledger(ledger_url)
+    try:
+        v3_trigger = rollups.statements(store.dialect)[-1 if store.dialect == "sqlite" else -3:]
+        drop_trigger = ("DROP TRIGGER calls_rollups" if store.dialect == "sqlite"
+                        else "DROP TRIGGER calls_rollups ON calls")
+        for sql in (drop_trigger, "DROP TABLE rollup_runs", *v3_trigger,
+                    "DELETE FROM schema_version WHERE version = 4"):
+            await _execute(ledger_url, sql)
+        assert await store.schema_version() == 3
+        await store.write_batch(random_rows(600, 4))  # rolled up the migration-3 way
+        named = await store.query("SELECT COUNT(*) FROM rollup_ids WHERE dim = 'run'")
+        assert named[0][0] > 0
+    finally:
+        await store.close()
+    store = await open_ledger(ledger_url)
+    try:
+        assert await store.schema_version() == 4
+        await store.write_batch(random_rows(40, 6))
         await assert_rollups_match(store)
     finally:
         await store.close()
@@ -215,14 +255,16 @@ async def test_runs_keys_and_what_if_from_the_rollups(ledger_url) -> None:
         await store.write_batch(rows)
         month, now = SPANS["month"], T0 + 3 * 86400
         runs = await costliest_runs(store, month, now=now)
-        cost = {}
+        cost: dict[tuple[str, str], int] = {}
         for r in rows:
             if r.run:
-                cost[r.run] = cost.get(r.run, 0) + r.cost_nusd
-        assert [(r.run, r.cost_nusd) for r in runs] == sorted(cost.items(),
-                                                               key=lambda kv: -kv[1])
+                owner = f"user.{r.user}" if r.user else f"key.{r.key_id}" if r.key_id else "-"
+                cost[r.run, owner] = cost.get((r.run, owner), 0) + r.cost_nusd
+        assert len(cost) > 3  # the same run ids under several owners: one row each
+        assert [((r.run, r.owner), r.cost_nusd) for r in runs] == sorted(
+            cost.items(), key=lambda kv: -kv[1])
         looped = await most_looped_runs(store, month, now=now)
-        assert all(r.max_attempt == 5 for r in looped)
+        assert looped and all(r.max_attempt == 5 for r in looped)
         keys = await spend_by_key(store, month, now=now)
         assert keys["key_a"].cost_nusd == sum(r.cost_nusd for r in rows if r.key_id == "key_a")
         assert keys[None].calls == sum(1 for r in rows if r.key_id is None)

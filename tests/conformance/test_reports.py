@@ -22,7 +22,7 @@ from tallygate.reports.usage import dumps, usage_json, usage_report
 from tallygate.types import ModelInfo
 from tallygate.units import parse_when, usd_display, usd_text
 from tests.support.ledgers import fresh_ledger_url
-from tests.support.rows import DAY2, ROWS, T0
+from tests.support.rows import DAY2, ROWS, SHARED, T0
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -140,8 +140,32 @@ async def test_runs_report_with_loops(ledger) -> None:
     assert [r.run for r in only.runs] == ["R2"]
     data = orjson.loads(dumps(runs_json(rep)))
     assert data["runs"][0]["steps"][2]["loops"][1]["cost_usd"] == 0.000018
-    assert data["most_loops"][0] == {"run": "R2", "extra_loops": 2, "cost_nusd": 68600,
-                                     "cost_usd": 0.0000686}
+    assert data["most_loops"][0] == {"run": "R2", "owner": "-", "extra_loops": 2,
+                                     "cost_nusd": 68600, "cost_usd": 0.0000686}
+    assert [(r["run"], r["owner"]) for r in data["runs"]] == [("R1", "user.dave"), ("R2", "-")]
+
+
+async def test_a_run_id_shared_by_owners_is_one_run_each(ledger) -> None:
+    """A run belongs to its caller, as its budgets do: every runs view splits by owner."""
+    await ledger.write_batch(SHARED)
+    rep = await runs_report(ledger, run="shared-id")
+    assert [(r.owner, r.calls, r.total_tokens, r.cost_nusd, r.extra_loops)
+            for r in rep.runs] == [("user.alice", 2, 40, 300, 1), ("user.bob", 1, 305, 3000, 0),
+                                   ("key.k_svc", 1, 4005, 40000, 0)]
+    assert [(r.run, r.owner) for r in rep.most_loops] == [("shared-id", "user.alice")]
+    bob = await runs_report(ledger, run="shared-id", owner="user.bob")
+    assert [(r.owner, r.calls) for r in bob.runs] == [("user.bob", 1)]
+    assert runs_from_json(orjson.loads(dumps(runs_json(rep)))) == rep
+    by_run = await usage_report(ledger, "run", since=DAY2 + 3600)
+    assert [(r.key, r.owner, r.calls, r.total_tokens) for r in by_run.rows] == [
+        ("shared-id", "key.k_svc", 1, 4005), ("shared-id", "user.bob", 1, 305),
+        ("shared-id", "user.alice", 2, 40)]
+    everything = await usage_report(ledger, "run")
+    assert [(r.key, r.owner) for r in everything.rows if r.key != "shared-id"] == [
+        ("R1", "user.dave"), ("R2", "-"), (None, None)]  # calls without a run: one row
+    data = orjson.loads(dumps(usage_json(by_run)))
+    assert data["rows"][1]["owner"] == "user.bob"
+    assert all(r.owner is None for r in (await usage_report(ledger, "user")).rows)  # run only
 
 
 SMALL = ModelInfo(name="small-model", provider="x", context_window=100000,

@@ -153,7 +153,7 @@ def test_run_names_are_shown_literally(world: dict[str, Any], traffic: dict[str,
         expect(page.locator("#run-name")).to_have_text(RUN)
         assert page.locator("img").count() == 0 and page.locator("main b", has_text="loop"
                                                                    ).count() == 0
-        review = page.locator("#steps tr", has_text="review")
+        review = page.locator(".steps tr", has_text="review")
         expect(review.locator("td").nth(1)).to_have_text("3")  # three attempts
         page.screenshot(path=shots / "dashboard-run.png", full_page=True)
         review.get_by_role("link", name="large").click()

@@ -269,3 +269,24 @@ def test_tallygate_dashboard_serves_the_policys_storage(tmp_path: Path) -> None:
         client.post("/dashboard/login", data={"key": ADMIN, "token": token[1]})
         overview = client.get("/dashboard?window=hour")
         assert overview.status_code == 200 and re_.search(r'id="calls">3<', overview.text)
+
+
+def test_a_run_id_of_two_owners_is_two_runs_on_the_runs_pages(site: Site) -> None:
+    """r1 (user NASTY) and r2 (bob) send the same run id: two runs, each its own calls."""
+    from urllib.parse import quote
+
+    from markupsafe import escape
+
+    site.sign_in(VIEWER)
+    runs = site.client.get("/dashboard/runs").text
+    costly = runs.split('id="costly"')[1].split("</table>")[0]
+    owners = re.findall(r'<td class="text">([^<]*)</td><td>(\d+)</td>', costly)
+    assert set(owners) == {("user.bob", "1"), (str(escape(f"user.{NASTY}")), "1")}
+    page = site.client.get("/dashboard/runs/" + quote(NASTY, safe="")).text
+    assert "2 owners sent this run id" in page
+    assert page.count("1 calls, 60 tokens") == 1 and page.count("1 calls, 120 tokens") == 1
+    bob = site.client.get("/dashboard/runs/" + quote(NASTY, safe="") + "?owner=user.bob")
+    assert bob.status_code == 200 and "1 calls, 60 tokens" in bob.text
+    assert "120 tokens" not in bob.text and "owners sent" not in bob.text
+    nobody = site.client.get("/dashboard/runs/" + quote(NASTY, safe="") + "?owner=user.eve")
+    assert nobody.status_code == 404 and "No calls recorded for this run." in nobody.text

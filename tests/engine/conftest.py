@@ -142,6 +142,14 @@ def body(messages: list[dict[str, Any]] | None = None, **kw: Any) -> dict[str, A
     return {"model": "gpt-4o-mini", "messages": messages or HI, **kw}
 
 
+def growing_turns(n: int, opening: str = "You are a careful reviewer.") -> list[dict[str, str]]:
+    """A system turn, then `n` user turns, each four times longer than the one before: a
+    conversation whose context keeps growing (the runaway guard's growth rule)."""
+    turns = [{"role": "system", "content": opening}]
+    turns += [{"role": "user", "content": "more context " * (10 * 4 ** i)} for i in range(n)]
+    return turns
+
+
 @pytest.fixture
 def make_rig() -> Callable[..., Rig]:
     def make(**sections: Any) -> Rig:

@@ -15,7 +15,7 @@ import pytest
 from tallygate.engine import bounds, new_call_id
 from tallygate.errors import BudgetExceeded, InvalidRequest
 from tallygate.types import Outcome
-from tests.engine.conftest import Rig, body, reply
+from tests.engine.conftest import Rig, body, growing_turns, reply
 
 
 def provider_truth(rig: Rig) -> int:
@@ -197,3 +197,36 @@ async def test_a_run_whose_context_keeps_growing_is_refused(make_rig) -> None:  
     assert rig.rows[-1].error_code == "runaway_context" and rig.rows[-1].status == 400
     # Another run of the same user is its own thread.
     await rig.engine.run(rig.ctx(run="fresh"), body(), rig.port)
+
+
+GROWING = {"run": {"max_input_growth": 1.5, "growth_calls": 3}}
+
+
+async def test_a_conversation_without_a_run_whose_context_keeps_growing_is_refused(
+        make_rig) -> None:  # type: ignore[no-untyped-def]
+    """No X-Tallygate-Run: the guard judges the conversation (its owner and opening)."""
+    from tallygate.core.runaway import conversation_key
+    from tallygate.errors import RunawayContext
+
+    rig = make_rig(limits={"run": {**GROWING["run"], "on_runaway": "refuse"}},
+                   plans={"free": {"tokens_per_day": 10**7}})
+    rig.port.then = lambda call: reply(call.count.tokens, 5)
+    sent = 0
+    with pytest.raises(RunawayContext) as refused:
+        for n in range(1, 8):
+            await rig.engine.run(rig.ctx(), body(growing_turns(n)), rig.port)
+            sent += 1
+    assert sent == 2  # the third call grew past 1.5x over 3 calls
+    assert "this conversation" in refused.value.message
+    key = conversation_key("user.u1", growing_turns(1)[:2])
+    assert [orjson.loads(r.detail or "{}").get("conversation") for r in rig.rows] == [key] * 3
+    assert rig.rows[-1].error_code == "runaway_context" and rig.rows[-1].status == 400
+    # Another conversation of the same user, and the same one of another user: their own.
+    await rig.engine.run(rig.ctx(), body(growing_turns(3, "Another task.")), rig.port)
+    await rig.engine.run(rig.ctx(user="u2", key_id="k2"), body(growing_turns(3)), rig.port)
+    assert [r.outcome for r in rig.rows[-2:]] == [Outcome.OK, Outcome.OK]
+
+
+async def test_without_a_guard_rows_carry_no_conversation(rig: Rig) -> None:
+    await rig.engine.run(rig.ctx(), body(growing_turns(1)), rig.port)
+    assert rig.rows[-1].detail is None or "conversation" not in rig.rows[-1].detail

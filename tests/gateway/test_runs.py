@@ -9,10 +9,11 @@ from typing import Any
 
 import anthropic
 import openai
+import orjson
 import pytest
 
 from tallygate.sim import SimServer
-from tests.support.gateway import RunningGateway
+from tests.support.gateway import ADMIN_KEY, RunningGateway, http
 
 HELLO = [{"role": "user", "content": "Hello"}]
 RUNS = {"run": {"tokens_per_run": 300, "max_attempts_per_step": 2}}
@@ -78,6 +79,13 @@ def test_a_runs_lifetime_budget_is_its_own_and_never_resets(gw: RunningGateway) 
     assert "lifetime token limit of run 'shared-id' of user 'alice'" in body["message"]
     assert "it never resets" in body["message"]
     assert caught.value.response.headers["x-should-retry"] == "false"
+    # Bob asks about the same run id: he sees his own run (nothing used), never alice's.
+    alice_sees, bob_sees = _run_usage(gw, alice, "shared-id"), _run_usage(gw, bob, "shared-id")
+    assert set(alice_sees) == {"run:user.alice:shared-id:tokens:run"}
+    assert set(bob_sees) == {"run:user.bob:shared-id:tokens:run"}
+    assert alice_sees["run:user.alice:shared-id:tokens:run"]["used"] > 0
+    assert (bob_sees["run:user.bob:shared-id:tokens:run"]["used"],
+            bob_sees["run:user.bob:shared-id:tokens:run"]["remaining"]) == (0, 300)
     # Bob sends the same run id: another run, with its whole budget.
     _openai(gw, bob, **run).chat.completions.create(model="gpt-4o-mini", messages=HELLO,
                                                     max_tokens=200)
@@ -85,6 +93,44 @@ def test_a_runs_lifetime_budget_is_its_own_and_never_resets(gw: RunningGateway) 
     with pytest.raises(openai.RateLimitError):
         _openai(gw, gw.create_key("alice", "pro"), **run).chat.completions.create(
             model="gpt-4o-mini", messages=HELLO, max_tokens=200)
+
+
+def _run_usage(gw: RunningGateway, key: str, run: str) -> dict[str, Any]:
+    """The run limits `GET /v1/usage` shows a key for X-Tallygate-Run `run`."""
+    status, _, raw = http("GET", gw.url + "/v1/usage", headers={
+        "Authorization": f"Bearer {key}", "X-Tallygate-Run": run})
+    assert status == 200, raw
+    return {item["key"]: item for item in orjson.loads(raw)["limits"]
+            if item["key"].startswith("run:")}
+
+
+def test_two_owners_of_one_run_id_are_two_runs_in_every_report(gw: RunningGateway) -> None:
+    """Alice's and bob's run `shared-id`: each runs view has one run each, with only its
+    owner's calls and tokens."""
+    alice, bob = gw.create_key("alice", "pro"), gw.create_key("bob", "pro")
+    run = {"X-Tallygate-Run": "shared-id", "X-Tallygate-Step": "edit"}
+    for _ in range(2):
+        _openai(gw, alice, **run).chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, max_tokens=20)
+    _anthropic(gw, bob, **run).messages.create(model="claude-haiku-4-5", max_tokens=20,
+                                               messages=HELLO)
+    spent: dict[str, tuple[int, int]] = {}
+    for row in gw.rows():
+        calls, tokens = spent.get(f"user.{row.user}", (0, 0))
+        spent[f"user.{row.user}"] = (calls + 1, tokens + row.input_tokens + row.output_tokens)
+    assert spent["user.alice"][0] == 2 and spent["user.bob"][0] == 1
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    status, _, raw = http("GET", gw.url + "/admin/reports/runs?run=shared-id", headers=admin)
+    assert status == 200, raw
+    runs = {r["owner"]: (r["calls"], r["total_tokens"]) for r in orjson.loads(raw)["runs"]}
+    assert runs == spent
+    status, _, raw = http("GET", gw.url + "/admin/reports/runs?run=shared-id&owner=user.bob",
+                          headers=admin)
+    assert [(r["owner"], r["calls"]) for r in orjson.loads(raw)["runs"]] == [("user.bob", 1)]
+    status, _, raw = http("GET", gw.url + "/admin/reports?by=run", headers=admin)
+    by_run = {(r["key"], r["owner"]): (r["calls"], r["total_tokens"])
+              for r in orjson.loads(raw)["rows"]}
+    assert by_run == {("shared-id", owner): figures for owner, figures in spent.items()}
 
 
 async def test_parallel_calls_of_one_run_never_overspend_it(gw: RunningGateway) -> None:

@@ -51,3 +51,16 @@ ROWS = [
     _code("r15", 9, "R2", "verification", None, "haiku", 1500, 50, 1700, 300),
 ]
 
+
+
+def _shared(rid: str, i: int, user: str | None, key: str | None, tokens: int) -> CallRecord:
+    return CallRecord(request_id=rid, ts=DAY2 + 3600 + 60 * i, outcome=Outcome.OK, status=200,
+                      feature="code", user=user, key_id=key, run="shared-id", step="edit",
+                      step_attempt=1 + i % 2, model_requested="sonnet", model_used="sonnet",
+                      input_tokens=tokens, output_tokens=5, cost_nusd=tokens * 10)
+
+
+# One run id, three owners: alice's two calls (two keys of hers: one run), bob's one, and
+# one of a key without a user.
+SHARED = [_shared("s1", 0, "alice", "k_a1", 10), _shared("s2", 1, "alice", "k_a2", 20),
+          _shared("s3", 2, "bob", "k_b", 300), _shared("s4", 3, None, "k_svc", 4000)]

@@ -87,7 +87,7 @@ def test_runs_and_what_if_fit_and_print_markup(cli: typer.Typer, ledger_url: str
     runs = run(cli, "report", "runs", "--ledger", ledger_url).stdout
     _fits(runs)
     _snapshot("report-runs-80.txt", runs)
-    assert f"run {MARKUP}:" in runs and "[bold]review" in runs
+    assert f"run {MARKUP} of user.[red]eve:" in runs and "[bold]review" in runs
     what = run(cli, "what-if", "--step", "review", "--model", "gpt-4o", "--ledger",
                ledger_url).stdout
     _fits(what)
@@ -107,7 +107,8 @@ def test_report_by_key_and_plan(cli: typer.Typer, ledger_url: str) -> None:
     assert plans["by"] == "plan" and plans["total"]["calls"] == 17
 
 
-@pytest.mark.parametrize("args", [["report", "--by", "user"], ["report", "runs"],
+@pytest.mark.parametrize("args", [["report", "--by", "user"], ["report", "--by", "run"],
+                                  ["report", "runs"],
                                   ["what-if", "--step", "review", "--model", "gpt-4o"]])
 def test_csv_parses_back_to_the_json_figures(cli: typer.Typer, ledger_url: str,
                                              args: list[str]) -> None:
@@ -117,7 +118,8 @@ def test_csv_parses_back_to_the_json_figures(cli: typer.Typer, ledger_url: str,
     if args[0] == "what-if":
         expected = as_json["groups"]
     elif args[1:2] == ["runs"]:
-        expected = [{"run": r["run"], **s} for r in as_json["runs"] for s in r["steps"]]
+        expected = [{"run": r["run"], "owner": r["owner"], **s}
+                    for r in as_json["runs"] for s in r["steps"]]
     else:
         expected = as_json["rows"]
     assert len(as_csv) == len(expected) > 0

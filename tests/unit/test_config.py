@@ -455,3 +455,21 @@ def test_docs_complete_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_recursive_or_exploding_documents_refused(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match="too large or too deeply nested"):
         load_policy(write(tmp_path, text))
+
+
+def test_every_policy_on_the_agents_page_loads() -> None:
+    """docs/agents.md's policies use option names the loader knows (a renamed option
+    would make them fail with "did you mean")."""
+    import re
+
+    import yaml
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "agents.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", page, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        Policy.from_mapping(yaml.safe_load(block), env={})
+    budgets = page.split("## Budgets that suit agents")[1]
+    for name in ("stream_slice", "tokens_per_run", "cost_usd_per_run",
+                 "max_attempts_per_step", "on_runaway"):
+        assert name in budgets

@@ -232,6 +232,8 @@ def _remote(url: str, admin_key: str | None, path: str, params: dict[str, str | 
 
 def runs_main(
     run: Annotated[str | None, typer.Option("--run", help="Only this run (ticket) id.")] = None,
+    owner: Annotated[str | None, typer.Option(
+        "--owner", help="Only this owner's runs (user.NAME or key.ID).")] = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
     json: JsonOpt = False,
@@ -249,7 +251,7 @@ def runs_main(
     out = _format(fmt, json)
     if url is not None:
         _show_remote(_remote(url, admin_key, "/admin/reports/runs",
-                             {"run": run, "since": since, "until": until}),
+                             {"run": run, "owner": owner, "since": since, "until": until}),
                      out, wide, render.runs, runs_from_json, render.runs_csv)
         return
     ledger_url = _ledger_url_checked(config, ledger)
@@ -257,7 +259,8 @@ def runs_main(
     async def work() -> Any:
         start, end = _window(since, until)
         return await _on_ledger(ledger_url,
-                                lambda s: runs_report(s, run=run, since=start, until=end))
+                                lambda s: runs_report(s, run=run, owner=owner, since=start,
+                                                      until=end))
 
     _show(_run(work), out, wide, render.runs, runs_json, render.runs_csv)
 

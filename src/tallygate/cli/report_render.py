@@ -22,8 +22,11 @@ def _window(since: float | None, until: float | None) -> str:
 
 
 def _usage_columns(by: str) -> list[Column]:
+    # a run is its owner's: `--by run` names whose run each row is
+    owner = [Column("owner", lambda r: r.owner or "", number=False)] if by == "run" else []
     return [
         Column(by, lambda r: r.key if r.key is not None else "(none)", number=False),
+        *owner,
         Column("calls", lambda r: _n(r.calls)),
         Column("tokens", lambda r: _n(r.total_tokens)),
         Column("cost", lambda r: usd_display(r.cost_nusd)),
@@ -61,11 +64,18 @@ USAGE_CSV = ("key", "calls", "input_tokens", "output_tokens", "cached_tokens",
 
 
 def usage_csv(report: UsageReport) -> None:
+    names = ("key", "owner", *USAGE_CSV[1:]) if report.by == "run" else USAGE_CSV
+
     def row(r: UsageRow) -> list[object]:
         return [usd_text(r.cost_nusd) if name == "cost_usd" else getattr(r, name)
-                for name in USAGE_CSV]
+                for name in names]
 
-    write_csv(USAGE_CSV, (row(r) for r in report.rows))
+    write_csv(names, (row(r) for r in report.rows))
+
+
+def _of(owner: str) -> str:
+    """` of user.alice` for a run's owner; nothing for `-` (no user, no key)."""
+    return "" if owner == "-" else f" of {owner}"
 
 
 def runs(report: RunsReport, wide: bool = False) -> None:
@@ -84,8 +94,9 @@ def runs(report: RunsReport, wide: bool = False) -> None:
             f"#{lp.attempt if lp.attempt is not None else '-'}: {lp.total_tokens:,} tok "
             f"{usd_display(lp.cost_nusd)}" for lp in s.loops), 2, number=False),
     ]
-    tables = [fit(f"run {run.run}: {run.total_tokens:,} tokens, {usd_display(run.cost_nusd)}, "
-                  f"{run.extra_loops} extra loops", steps, run.steps, wide=wide)
+    tables = [fit(f"run {run.run}{_of(run.owner)}: {run.total_tokens:,} tokens, "
+                  f"{usd_display(run.cost_nusd)}, {run.extra_loops} extra loops", steps,
+                  run.steps, wide=wide)
               for run in report.runs]
     ranked = fit("Costliest steps", [
         Column("step", lambda s: s.step or "(none)", number=False),
@@ -99,19 +110,20 @@ def runs(report: RunsReport, wide: bool = False) -> None:
     if report.most_loops:
         parts.append(fit("Runs that looped most", [
             Column("run", lambda r: r.run, number=False),
+            Column("owner", lambda r: r.owner, number=False),
             Column("extra loops", lambda r: _n(r.extra_loops)),
             Column("cost", lambda r: usd_display(r.cost_nusd)),
         ], report.most_loops[:10], wide=wide))
     show(*parts, wide=wide)
 
 
-RUNS_CSV = ("run", "step", "attempts", "calls", "input_tokens", "output_tokens",
+RUNS_CSV = ("run", "owner", "step", "attempts", "calls", "input_tokens", "output_tokens",
             "total_tokens", "cost_nusd", "cost_usd")
 
 
 def runs_csv(report: RunsReport) -> None:
-    """One line per (run, step)."""
-    write_csv(RUNS_CSV, ([run.run, s.step, s.attempts, s.calls, s.input_tokens,
+    """One line per (run, owner, step)."""
+    write_csv(RUNS_CSV, ([run.run, run.owner, s.step, s.attempts, s.calls, s.input_tokens,
                           s.output_tokens, s.total_tokens, s.cost_nusd, usd_text(s.cost_nusd)]
                          for run in report.runs for s in run.steps))
 

@@ -38,6 +38,7 @@ def sim(
     web.run_app(
         create_sim_app(config),
         sock=sock,
+        backlog=2048,  # aiohttp listens again on the socket, with 128 unless told
         access_log=None,
         print=None,
         handler_cancellation=True,

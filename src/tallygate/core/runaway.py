@@ -82,8 +82,10 @@ class Judgement:
         }
 
 
-    def error(self, run: str | None) -> RunawayContext:
-        """The refusal to raise for a REFUSE verdict (400 runaway_context)."""
+    def error(self, run: str | None, *, conversation: str | None = None) -> RunawayContext:
+        """The refusal to raise for a REFUSE verdict (400 runaway_context); a run-less
+        call's `conversation` key rides along for its ledger row (error details are not
+        part of the protocol's error body)."""
         where = f"run {run!r}" if run else "this conversation"
         if self.rule == "size":
             why = (f"its input of {self.input_tokens} tokens is over "
@@ -98,7 +100,8 @@ class Judgement:
             limit=int(self.limit or 0) if self.rule == "size" else 0, run=run,
             rule=self.rule, recent_inputs=list(self.recent),
             growth=None if self.growth is None else str(self.growth),
-            threshold=None if self.limit is None else str(self.limit))
+            threshold=None if self.limit is None else str(self.limit),
+            conversation=conversation)
 
 
 OK = Judgement(Verdict.OK)

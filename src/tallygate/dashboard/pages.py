@@ -108,13 +108,14 @@ class Pages:
         now = self.src.clock()
         costly = await ov.costliest_runs(self.src.ledger, span, now=now)
         looped = await ov.most_looped_runs(self.src.ledger, span, now=now)
-        exact = await asyncio.gather(*(runs_report(self.src.ledger, run=r.run)
+        exact = await asyncio.gather(*(runs_report(self.src.ledger, run=r.run, owner=r.owner)
                                        for r in looped))
-        loops = {rep.runs[0].run: rep.runs[0].extra_loops for rep in exact if rep.runs}
+        # a run is its owner's: extra loops per (run, owner), as the rollups list them
+        loops = {(run.run, run.owner): run.extra_loops for rep in exact for run in rep.runs}
         steps = await ov.names_in_window(self.src.ledger, span, "step", now=now)
-        bars = hbars([(r.run, loops.get(r.run, 0),
-                       f"{loops.get(r.run, 0)} extra loops, {usd_display(r.cost_nusd)}")
-                      for r in looped], "Runs that looped most")
+        bars = hbars([(f"{r.run} ({r.owner})", loops.get((r.run, r.owner), 0),
+                       f"{loops.get((r.run, r.owner), 0)} extra loops, "
+                       f"{usd_display(r.cost_nusd)}") for r in looped], "Runs that looped most")
         return render("runs.html", self._ctx(
             session, "runs", span=span, spans=ov.SPANS, costly=costly, looped=looped,
             loops=loops, steps=steps, bars=bars, tiers=self.src.policy.tiers))
@@ -123,12 +124,12 @@ class Pages:
         name = request.path_params["run"]
         if not name or len(name) > MAX_NAME:
             raise InvalidRequest(f"A run id is 1-{MAX_NAME} characters.", param="run")
+        owner = _bounded(request, "owner")  # one owner's run; without it, every owner's
         await self.src.fresh()
-        report = await runs_report(self.src.ledger, run=name)
-        run = report.runs[0] if report.runs else None
-        return render("run.html", self._ctx(session, "runs", name=name, run=run,
-                                            tiers=self.src.policy.tiers),
-                      200 if run else 404)
+        report = await runs_report(self.src.ledger, run=name, owner=owner)
+        return render("run.html", self._ctx(session, "runs", name=name, runs=report.runs,
+                                            owner=owner, tiers=self.src.policy.tiers),
+                      200 if report.runs else 404)
 
     async def what_if(self, request: Request, session: Session) -> Response:
         span = _span(request, "month")

@@ -89,7 +89,7 @@ def usage_table(report: UsageReport, label: str, warn_rejected: bool = False) ->
 
 def _runs_section(page: ReportPage) -> str:
     looped = page.runs.most_loops[:8]
-    bars = hbars([(r.run, r.extra_loops, f"{r.extra_loops} extra loops, "
+    bars = hbars([(f"{r.run} ({r.owner})", r.extra_loops, f"{r.extra_loops} extra loops, "
                    f"{usd_display(r.cost_nusd)}") for r in looped],
                  "Runs with the most review loops")
     heads = "".join(f"<th class='text'>{escape(h)}</th>" for h in page.run_headers)
@@ -98,10 +98,12 @@ def _runs_section(page: ReportPage) -> str:
         extra = page.run_cells(r) if page.run_cells else ()
         most = max((s.attempts for s in r.steps), default=0)
         cells = "".join(f"<td class='text'>{escape(c)}</td>" for c in extra)
-        rows.append(f"<tr><td>{escape(r.run)}</td>{cells}<td>{number(most)}</td>"
+        rows.append(f"<tr><td>{escape(r.run)}</td><td class='text'>{escape(r.owner)}</td>"
+                    f"{cells}<td>{number(most)}</td>"
                     f"<td>{number(r.extra_loops)}</td><td>{number(r.total_tokens)}</td>"
                     f"<td>{escape(usd_display(r.cost_nusd))}</td></tr>")
-    table = (f"<table><tr><th>run</th>{heads}<th>most attempts of a step</th>"
+    table = (f"<table><tr><th>run</th><th class='text'>owner</th>{heads}"
+             "<th>most attempts of a step</th>"
              f"<th>extra loops</th><th>tokens</th><th>cost</th></tr>{''.join(rows)}</table>")
     return str(bars) + table
 

@@ -21,7 +21,8 @@ DETAIL_VERSION = 1
 # Notes written into `detail` as they are (the others are reshaped in CallNotes.detail).
 _LISTED = ("unknown_feature", "summarized", "summarize", "trimmed_turns", "attempts",
            "halved", "trimmed_on_retry", "recovery", "fallback", "fallback_refused",
-           "fallback_skipped", "overrun", "usage", "message", "limit", "stopped", "reserve")
+           "fallback_skipped", "overrun", "usage", "message", "limit", "stopped", "reserve",
+           "conversation")
 
 
 @dataclass(slots=True)  # per-call record: not frozen (see types.py)
@@ -53,6 +54,9 @@ class CallContext:
     # The front door can end a stream early with a length stop (the gateway's relay):
     # only then may a stream hold its output a slice at a time (`reserve: streamed`).
     can_cut: bool = False
+    # True once the client has gone (the server's disconnect flag): an answer settled
+    # after that is recorded as 499, the status of a call nobody received.
+    client_gone: Callable[[], bool] | None = None
 
 
 @dataclass(slots=True)
@@ -84,6 +88,7 @@ class CallNotes:
     limit: str | None = None  # the limit a refusal hit
     stopped: str | None = None  # why tallygate ended the call early (shutdown, budget)
     reserve: dict[str, int] | None = None  # a streamed reservation: slice, cap
+    conversation: str | None = None  # a run-less call's runaway thread (core/runaway.py)
 
     def note_attempt(self, entry: dict[str, Any]) -> None:
         if self.attempts is None:

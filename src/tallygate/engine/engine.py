@@ -309,21 +309,26 @@ class Engine:
     def _runaway(self, call: Call) -> None:
         """The runaway-context guard's refusal (`on_runaway: refuse`; alerting alone is
         the alert engine's, from the rows): a run — or, without one, a conversation —
-        whose input per call keeps growing past the policy's bounds (core/runaway.py)."""
+        whose input per call keeps growing past the policy's bounds (core/runaway.py).
+        A run-less call notes its conversation key on its row, so the alert engine
+        follows the same thread."""
         guard = call.policy.limits.run.runaway
-        if guard is None or not guard.refuse:
+        if guard is None:
             return
-        if self._inputs is None or self._inputs.policy is not guard:
-            self._inputs = InputHistory(guard)
         owner = run_owner(self._identity(call.ctx))
         if call.ctx.run is not None:
             thread = f"{owner}:{call.ctx.run}"
         else:
             turns = call.body.get(call.adapter.messages_key(call.ctx.route))
             thread = conversation_key(owner, turns[:2] if isinstance(turns, list) else ())
+            call.notes.conversation = thread
+        if not guard.refuse:
+            return
+        if self._inputs is None or self._inputs.policy is not guard:
+            self._inputs = InputHistory(guard)
         judged = self._inputs.check(thread, call.count.tokens)
         if judged.verdict is Verdict.REFUSE:
-            raise judged.error(call.ctx.run)
+            raise judged.error(call.ctx.run, conversation=call.notes.conversation)
 
     def _apply(self, call: Call, decision: decide.Decision) -> None:
         call.max_output = decision.max_output if call.ctx.route != "embeddings" else None
@@ -551,7 +556,16 @@ class Engine:
     async def settle(self, call: Call, answer: Answer) -> Answer:
         """Close a call with its answer (not an open stream): settle to the reported
         usage on success, give the hold back on failure; returns the answer the client
-        gets (a 502 when the upstream's usage cannot be believed)."""
+        gets (a 502 when the upstream's usage cannot be believed). A client that left
+        meanwhile is recorded as 499: nobody received the answer, whatever it was; the
+        tokens the upstream reported are still charged (it generated them)."""
+        gone = call.ctx.client_gone
+        if gone is not None and gone():
+            usage = self._usage_of(call, answer)[0] if answer.ok else None
+            if answer.ok:
+                call.upstream_ms = _elapsed_ms(call.upstream_started)
+            await self.fail(call, status=499, error_code="client_disconnected", usage=usage)
+            return answer
         if answer.ok:
             call.upstream_ms = _elapsed_ms(call.upstream_started)
             usage, exact = self._usage_of(call, answer)

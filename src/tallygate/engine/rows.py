@@ -68,6 +68,8 @@ def refused(ctx: CallContext, exc: TallygateError, *, started: float, now: float
     notes: dict[str, Any] = {"message": exc.message, "v": DETAIL_VERSION}
     if isinstance(exc, LimitError) and exc.limit_key:
         notes["limit"] = exc.limit_key
+    if exc.details.get("conversation"):  # a runaway refusal of a run-less call
+        notes["conversation"] = exc.details["conversation"]
     return CallRecord(
         request_id=ctx.call_id,
         ts=started,

@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tallygate.gateway.http import CLIENT_GONE
 from tallygate.providers import anthropic as anthropic_wire
 from tallygate.providers import openai as openai_wire
 
@@ -103,6 +104,10 @@ class OneWriteTransport:
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self._head: bytes | None = None
+
+    def gone(self) -> bool:
+        """The client closed the connection (or it was closed): nothing sent reaches it."""
+        return self.transport.is_closing()
 
     def write(self, data: bytes) -> None:
         head, self._head = self._head, None
@@ -219,6 +224,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         cycle.transport = OneWriteTransport(self.transport)
+        cycle.scope["extensions"] = {CLIENT_GONE: cycle.transport.gone}
         super()._start_asgi_task(cycle, app)
 
     # -- deadlines ------------------------------------------------------------------

@@ -27,6 +27,11 @@ def header_map(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
+# ASGI scope extension our server sets (gateway/guarded_http.py): a callable, True once
+# the client's connection is closed (ASGI itself only tells a task waiting on receive()).
+CLIENT_GONE = "tallygate.client_gone"
+
+
 async def read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
     """The whole request body, or RequestTooLarge as soon as it passes `cap` bytes."""
     declared = 0

@@ -24,6 +24,7 @@ from tallygate.gateway import auth
 from tallygate.gateway.drain import Drain
 from tallygate.gateway.errors import render_error
 from tallygate.gateway.http import (
+    CLIENT_GONE,
     ClientGone,
     Receive,
     Scope,
@@ -85,7 +86,9 @@ class Proxy:
         except ClientGone:
             return
         except TallygateError as exc:  # invalid: recorded, so a client that cannot get
-            self.engine.record_refusal(ctx, exc, started=started)  # through shows up
+            if ctx.run is None:  # through shows up, charged to its agent's run if any
+                ctx.run = agent_attribution(headers, None, self.policy.attribution).run
+            self.engine.record_refusal(ctx, exc, started=started)
             await self._send_error(send, ctx, exc)
             return
         try:
@@ -105,10 +108,10 @@ class Proxy:
         ctx.client_request_id = bounds.client_id(headers.get("x-tallygate-request-id"))
         ctx.feature = auth.resolve_feature(
             key, bounds.name(headers.get("x-tallygate-feature"), "X-Tallygate-Feature"))
-        # No X-Tallygate-Run: a coding agent's own session id names the run (its header
-        # now, so even a refused body is charged to it; else its metadata, below).
-        ctx.run = (bounds.name(headers.get("x-tallygate-run"), "X-Tallygate-Run")
-                   or agent_attribution(headers, None, self.policy.attribution).run)
+        # No X-Tallygate-Run: a coding agent's own session id names the run (its header,
+        # else its metadata: below, once the body is read; a refusal before that is
+        # charged to the header's run in _handle).
+        ctx.run = bounds.name(headers.get("x-tallygate-run"), "X-Tallygate-Run")
         ctx.step = bounds.name(headers.get("x-tallygate-step"), "X-Tallygate-Step")
         ctx.step_attempt = bounds.attempt(headers.get("x-tallygate-attempt"))
         auth.check_permission(key, ctx.feature, None)
@@ -132,6 +135,9 @@ class Proxy:
         ctx.client_timeout = client_timeout(headers)
         ctx.upstream_query = scope.get("query_string", b"").decode("latin-1")
         ctx.forward_headers = {n: headers[n] for n in adapter.forwarded_headers if n in headers}
+        extensions = scope.get("extensions")
+        if extensions:
+            ctx.client_gone = extensions.get(CLIENT_GONE)
         return body
 
     async def _call(self, ctx: CallContext, body: dict[str, Any], headers: Mapping[str, str],

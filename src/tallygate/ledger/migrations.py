@@ -128,11 +128,12 @@ def _v2(dialect: Dialect) -> list[str]:
     ]
 
 
-_STATEMENTS = {1: _v1, 2: _v2, 3: rollups.statements}
+_STATEMENTS = {1: _v1, 2: _v2, 3: rollups.statements, 4: rollups.owned_runs_statements}
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calls table and its indexes"),
     Migration(2, "one row per call: keyed on request_id; client_request_id, upstream_ms"),
     Migration(3, "hourly and daily rollups kept by a trigger (ledger/rollups.py)"),
+    Migration(4, "daily run rollups per owner (rollup_runs), as run budgets are scoped"),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -12,9 +12,14 @@ skips fires no trigger, so replays are not counted twice):
   The daily table serves month-long windows: its size does not grow with the traffic of
   an hour.
 - `rollup_ids`: one row per UTC day and (dim, value) for the high-cardinality names
-  (dim `user`, `key` and `run`), with calls, tokens, cost, refusals, the highest
-  X-Tallygate-Attempt seen (how far a run looped) and the first/last call time;
-  `rollup_ids_hour` the same per hour for `user` and `key` (a day's chart by user).
+  (dim `user` and `key`), with calls, tokens, cost, refusals, the highest
+  X-Tallygate-Attempt seen and the first/last call time; `rollup_ids_hour` the same per
+  hour (a day's chart by user).
+- `rollup_runs` (migration 4): the same sums per UTC day and run *of its owner* (owner,
+  run): a run id belongs to its caller, as its budgets do (`owner_sql`), so alice's and
+  bob's run `shared-id` are two rows. Migration 3 kept runs in `rollup_ids` (dim `run`)
+  by name alone; migration 4 rebuilds them from `calls` into `rollup_runs`, drops them
+  from `rollup_ids` and replaces the trigger.
 
 A missing name is stored as '' (primary-key columns cannot be NULL) and read back as
 None. Hours are floor(ts / 3600), days floor(ts / 86400): UTC calendar buckets.
@@ -40,8 +45,22 @@ IDS_KEY = ("day", "dim", "value")
 IDS_SUMS = ("calls", "input_tokens", "output_tokens", "cost_nusd", "rejected")
 IDS_DIMS = {"user": '"user"', "key": "key_id", "run": "run"}
 # table → (bucket column, seconds, dims): hourly ids serve a day's chart by user or key
-IDS_TABLES = {"rollup_ids": ("day", 86400, ("user", "key", "run")),
-              "rollup_ids_hour": ("hour", 3600, ("user", "key"))}
+IdsTables = dict[str, tuple[str, int, tuple[str, ...]]]
+IDS_TABLES: IdsTables = {"rollup_ids": ("day", 86400, ("user", "key")),
+                         "rollup_ids_hour": ("hour", 3600, ("user", "key"))}
+# What migration 3 (released) built: runs by name alone in rollup_ids.
+_V3_IDS_TABLES: IdsTables = {"rollup_ids": ("day", 86400, ("user", "key", "run")),
+                             "rollup_ids_hour": ("hour", 3600, ("user", "key"))}
+RUNS_KEY = ("day", "owner", "run")
+
+
+
+def owner_sql(p: str = "") -> str:
+    """Who a row's run belongs to, as its budgets scope it (core/limits.py `run_owner`), in
+    readable form: `user.<user>`, else `key.<key id>`, else `-`. `p` the row prefix."""
+    return (f"CASE WHEN {p}\"user\" IS NOT NULL THEN 'user.' || {p}\"user\" "
+            f"WHEN {p}key_id IS NOT NULL THEN 'key.' || {p}key_id ELSE '-' END")
+
 
 _INT = {"sqlite": "INTEGER", "postgres": "BIGINT"}
 _REAL = {"sqlite": "REAL", "postgres": "DOUBLE PRECISION"}
@@ -68,6 +87,15 @@ def _tables(d: Dialect) -> list[str]:
         for table, (col, _, _) in IDS_TABLES.items()
     ]
     return [*names, *ids]
+
+
+def _runs_table(d: Dialect) -> str:
+    i = _INT[d]
+    sums = ", ".join(f"{c} {i} NOT NULL" for c in IDS_SUMS)
+    clustered = " WITHOUT ROWID" if d == "sqlite" else ""
+    return (f"CREATE TABLE IF NOT EXISTS rollup_runs (day {i} NOT NULL, owner TEXT NOT NULL, "
+            f"run TEXT NOT NULL, {sums}, max_attempt {i}, first_ts {_REAL[d]} NOT NULL, "
+            f"last_ts {_REAL[d]} NOT NULL, PRIMARY KEY ({', '.join(RUNS_KEY)})){clustered}")
 
 
 def _floor(d: Dialect, expr: str, width: int) -> str:
@@ -141,15 +169,32 @@ def _ids_key(table: str) -> tuple[str, ...]:
     return (IDS_TABLES[table][0], "dim", "value")
 
 
-def _row_upserts(d: Dialect) -> str:
+_RUNS_COLS = "rollup_runs ({})".format(
+    ", ".join((*RUNS_KEY, *IDS_SUMS, "max_attempt", "first_ts", "last_ts")))
+
+
+def _runs_upsert(d: Dialect) -> str:
+    """The rollup_runs upsert of one inserted row (NEW); calls without a run are skipped."""
+    values = [_floor(d, "NEW.ts", 86400), owner_sql("NEW."), "NEW.run", *_day_sums("NEW.", False)]
+    return (f"INSERT INTO {_RUNS_COLS} SELECT {', '.join(values)} WHERE NEW.run IS NOT NULL "
+            f"{_on_conflict('rollup_runs', RUNS_KEY, IDS_SUMS, True)};")
+
+
+def _runs_select(d: Dialect, source: str) -> str:
+    values = [_floor(d, "ts", 86400), owner_sql(), "run", *_day_sums("", True)]
+    return (f"SELECT {', '.join(values)} FROM {source} WHERE run IS NOT NULL "
+            "GROUP BY 1, 2, 3")
+
+
+def _row_upserts(d: Dialect, ids_tables: IdsTables, runs: bool) -> str:
     """The upserts of one inserted row (NEW), for a row trigger's body."""
     names = [
         f"INSERT INTO {_name_cols(t)} VALUES "
         f"({', '.join([*_hour_values(d, 'NEW.', w), *_hour_sums('NEW.', False)])}) "
         f"{_on_conflict(t, _name_key(t), HOUR_SUMS, False)};"
         for t, (_, w) in BUCKETS.items()]
-    days = []
-    for table, (_, width, dims) in IDS_TABLES.items():
+    days = [_runs_upsert(d)] if runs else []
+    for table, (_, width, dims) in ids_tables.items():
         for dim in dims:
             col = IDS_DIMS[dim]
             values = [_floor(d, "NEW.ts", width), f"'{dim}'", f"COALESCE(NEW.{col}, '')",
@@ -162,9 +207,9 @@ def _row_upserts(d: Dialect) -> str:
     return "\n  ".join([*names, *days])
 
 
-def _sqlite_trigger() -> str:
+def _sqlite_trigger(ids_tables: IdsTables, runs: bool) -> str:
     return ("CREATE TRIGGER IF NOT EXISTS calls_rollups AFTER INSERT ON calls BEGIN\n  "
-            f"{_row_upserts('sqlite')}\nEND")
+            f"{_row_upserts('sqlite', ids_tables, runs)}\nEND")
 
 
 def _hour_select(d: Dialect, source: str, width: int = 3600) -> str:
@@ -174,9 +219,9 @@ def _hour_select(d: Dialect, source: str, width: int = 3600) -> str:
             f"WHERE 1=1 GROUP BY {group}")
 
 
-def _day_select(d: Dialect, source: str, table: str = "rollup_ids") -> str:
+def _day_select(d: Dialect, source: str, table: str, ids_tables: IdsTables) -> str:
     parts = []
-    _, width, dims = IDS_TABLES[table]
+    _, width, dims = ids_tables[table]
     for dim in dims:
         col = IDS_DIMS[dim]
         values = [_floor(d, "ts", width), f"'{dim}'", f"COALESCE({col}, '')",
@@ -186,15 +231,21 @@ def _day_select(d: Dialect, source: str, table: str = "rollup_ids") -> str:
     return " UNION ALL ".join(parts)
 
 
-def _pg_trigger() -> list[str]:
+def _pg_trigger(ids_tables: IdsTables, runs: bool) -> list[str]:
     names = "\n  ".join(
         f"INSERT INTO {_name_cols(t)} {_hour_select('postgres', 'fresh', w)} "
         f"ORDER BY 1, 2, 3, 4, 5, 6, 7 {_on_conflict(t, _name_key(t), HOUR_SUMS, False)};"
         for t, (_, w) in BUCKETS.items())
-    day = "\n  ".join(
-        f"INSERT INTO {_ids_cols(t)} SELECT * FROM ({_day_select('postgres', 'fresh', t)}) AS d"
+    upserts = [
+        f"INSERT INTO {_ids_cols(t)} SELECT * FROM "
+        f"({_day_select('postgres', 'fresh', t, ids_tables)}) AS d"
         f" ORDER BY 1, 2, 3 {_on_conflict(t, _ids_key(t), IDS_SUMS, True)};"
-        for t in IDS_TABLES)
+        for t in ids_tables]
+    if runs:
+        upserts.append(
+            f"INSERT INTO {_RUNS_COLS} SELECT * FROM ({_runs_select('postgres', 'fresh')}) AS r"
+            f" ORDER BY 1, 2, 3 {_on_conflict('rollup_runs', RUNS_KEY, IDS_SUMS, True)};")
+    day = "\n  ".join(upserts)
     return [
         "CREATE OR REPLACE FUNCTION calls_rollups() RETURNS trigger LANGUAGE plpgsql AS $fn$\n"
         f"BEGIN\n  PERFORM pg_advisory_xact_lock({_PG_LOCK_ID});\n  {names}\n  {day}\n"
@@ -206,13 +257,27 @@ def _pg_trigger() -> list[str]:
 
 
 def statements(d: Dialect) -> list[str]:
-    """Migration 3: the tables, a backfill from the rows already stored, the trigger.
-    On PostgreSQL `calls` is locked against inserts meanwhile (a row committed between
-    the backfill and the trigger would be missed otherwise)."""
+    """Migration 3 (released: its statements never change): the tables, a backfill from the
+    rows already stored, the trigger. On PostgreSQL `calls` is locked against inserts
+    meanwhile (a row committed between the backfill and the trigger would be missed)."""
     lock = ["LOCK TABLE calls IN SHARE MODE"] if d == "postgres" else []
     backfill = [*(f"INSERT INTO {_name_cols(t)} {_hour_select(d, 'calls', w)}"
                   for t, (_, w) in BUCKETS.items()),
-                *(f"INSERT INTO {_ids_cols(t)} {_day_select(d, 'calls', t)}"
-                  for t in IDS_TABLES)]
-    trigger = [_sqlite_trigger()] if d == "sqlite" else _pg_trigger()
+                *(f"INSERT INTO {_ids_cols(t)} {_day_select(d, 'calls', t, _V3_IDS_TABLES)}"
+                  for t in _V3_IDS_TABLES)]
+    trigger = ([_sqlite_trigger(_V3_IDS_TABLES, False)] if d == "sqlite"
+               else _pg_trigger(_V3_IDS_TABLES, False))
     return [*lock, *_tables(d), *backfill, *trigger]
+
+
+def owned_runs_statements(d: Dialect) -> list[str]:
+    """Migration 4: runs per owner. rollup_runs built from every stored call (the ledger
+    keeps them all, so the rebuild is exact for old rows too), the owner-less `run` rows
+    of rollup_ids dropped, and the trigger replaced by one that keeps rollup_runs."""
+    if d == "sqlite":
+        trigger = ["DROP TRIGGER IF EXISTS calls_rollups", _sqlite_trigger(IDS_TABLES, True)]
+    else:
+        trigger = _pg_trigger(IDS_TABLES, True)
+    lock = ["LOCK TABLE calls IN SHARE MODE"] if d == "postgres" else []
+    return [*lock, _runs_table(d), f"INSERT INTO {_RUNS_COLS} {_runs_select(d, 'calls')}",
+            "DELETE FROM rollup_ids WHERE dim = 'run'", *trigger]

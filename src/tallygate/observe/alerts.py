@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from tallygate.config import Policy
 from tallygate.config.models import Alert
 from tallygate.core.catalog import Catalog
@@ -69,9 +71,27 @@ class _HotCall:
     window: int  # the model's context window
 
 
+def _owner(row: CallRecord) -> str:
+    return f"user.{row.user}" if row.user else f"key.{row.key_id}" if row.key_id else "-"
+
+
+def _thread(row: CallRecord) -> str | None:
+    """The runaway guard's thread of a row: its run (of its owner), else the conversation
+    key the engine noted in its detail (engine `_runaway`), else None."""
+    if row.run is not None:
+        return f"{_owner(row)}:{row.run}"
+    if not row.detail or '"conversation"' not in row.detail:  # no parse for most rows
+        return None
+    try:
+        found = orjson.loads(row.detail).get("conversation")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
 @dataclass(frozen=True, slots=True)
 class _Runaway:
-    """A call of a run the runaway-context guard objected to."""
+    """A call of a run (or a run-less conversation) the runaway-context guard objected to."""
 
     row: CallRecord
     thread: str
@@ -139,12 +159,11 @@ class AlertEngine:
                 self._seen.popitem(last=False)
 
     def _note_runaway(self, row: CallRecord) -> None:
-        owner = f"user.{row.user}" if row.user else f"key.{row.key_id}" if row.key_id else "-"
-        thread = f"{owner}:{row.run}"
+        thread = _thread(row)
         if row.error_code == "runaway_context":  # judged (and refused) by the engine
-            self._runaways.append(_Runaway(row, thread, None))
+            self._runaways.append(_Runaway(row, thread or f"{_owner(row)}:", None))
             return
-        if (self._inputs is None or row.run is None or not row.input_tokens
+        if (self._inputs is None or thread is None or not row.input_tokens
                 or row.outcome is Outcome.REJECTED):
             return
         judgement = self._inputs.check(thread, row.input_tokens)
@@ -255,7 +274,9 @@ class AlertEngine:
                 suffix = f"{digest.hexdigest()[:16]}:{window.value}:{number}"
                 if not await self._claim(i, suffix, end, row.ts):
                     continue
-                figures = {"run": row.run, "user": row.user, "key_id": row.key_id,
+                conversation = _thread(row) if row.run is None else None
+                figures = {"run": row.run, "conversation": conversation,
+                           "user": row.user, "key_id": row.key_id,
                            "feature": row.feature, "step": row.step,
                            "request_id": row.request_id, "ts": row.ts,
                            "refused": hot.judgement is None
@@ -264,7 +285,9 @@ class AlertEngine:
                     figures.update(hot.judgement.figures())
                 else:
                     figures.update({"input_tokens": row.input_tokens, "detail": row.detail})
-                top = {"run": [{"run": row.run, "user": row.user}]}
+                top = ({"run": [{"run": row.run, "user": row.user}]} if conversation is None
+                       else {"conversation": [{"conversation": conversation,
+                                               "user": row.user}]})
                 out.append(self._payload(i, window, start, end, row.ts, figures, top))
         return out
 

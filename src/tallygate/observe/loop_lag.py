@@ -6,10 +6,19 @@ long. A timer due every `tick` (1 ms) measures it; the longest stall of each `in
 is observed into the `tallygate_event_loop_stall_seconds` histogram, and stalls longer
 than `log_above` are counted (`tallygate_event_loop_stalls_total`).
 
-With the `tallygate.loop_lag` logger at DEBUG, each such stall also gets one log line
-naming what ran: the stack the loop thread was in while the timer was overdue (and the
-task it belongs to), or the garbage collection that lasted that long. The sampling runs
-only when that log is on: the histogram alone costs one timer callback a millisecond.
+A late timer does not say whether one callback held the loop or a saturated loop ran
+many short ones back to back (an iteration that serves 30 requests takes 10 ms with no
+callback over 0.5 ms). With the `tallygate.loop_lag` logger at DEBUG the loop thread is
+also sampled every `tick` while a beat is overdue, and each sample is attributed to the
+callback running (its task, else the function the loop called): the longest run of
+samples in one callback bounds that callback's time from below (less the time the
+kernel kept the thread waiting for a core, on Linux: a preempted loop is no callback's
+doing). Each interval's longest
+such run is observed into `tallygate_event_loop_callback_seconds`, a stall in which one
+callback ran longer than `log_above` is counted as `tallygate_event_loop_blocked_total`,
+and each stall gets one log line: one callback named with its stack, or "busy: N
+callbacks", or the garbage collection that lasted that long. The sampling runs only when
+that log is on: the histogram alone costs one timer callback a millisecond.
 
 uvloop's timers have millisecond resolution: stalls are measured to about 1 ms."""
 
@@ -18,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -50,8 +60,18 @@ class LoopLagMonitor:
         self.stalls = Counter(
             "tallygate_event_loop_stalls",
             "Event-loop stalls longer than server.loop_lag.log_above.", registry=registry)
+        self.callbacks = Histogram(
+            "tallygate_event_loop_callback_seconds",
+            "Longest single callback seen in each interval (sampled at DEBUG only).",
+            buckets=STALL_BUCKETS, registry=registry)
+        self.blocked = Counter(
+            "tallygate_event_loop_blocked",
+            "Stalls in which one callback held the loop longer than log_above "
+            "(sampled at DEBUG only).", registry=registry)
         self.worst = 0.0  # the longest stall of the interval so far
         self.longest = 0.0  # the longest since start (tests, benchmarks)
+        self.worst_callback = 0.0  # the longest single callback seen this interval
+        self.longest_callback = 0.0  # ... since start
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0
@@ -83,6 +103,11 @@ class LoopLagMonitor:
         if late > self.worst:
             self.worst = late
             self.longest = max(self.longest, late)
+        if self._sampler is not None:
+            held = self._sampler.close_stall()
+            if held > self.worst_callback:
+                self.worst_callback = held
+                self.longest_callback = max(self.longest_callback, held)
         if late > self.log_above:
             self.stalls.inc()
             if self._sampler is not None:
@@ -90,6 +115,9 @@ class LoopLagMonitor:
         if now >= self._window_end:
             self.histogram.observe(self.worst)
             self.worst = 0.0
+            if self._sampler is not None:
+                self.callbacks.observe(self.worst_callback)
+                self.worst_callback = 0.0
             self._window_end = now + self.interval
         self._due = now + self.tick
         if self._sampler is not None:
@@ -112,27 +140,92 @@ class _Sampler:
         self._seen: str | None = None  # what the loop was running during this stall
         self._gc_started = 0.0
         self._gc_note: str | None = None
+        # The samples of the stall in progress: the callback of the last one, how many
+        # in a row it has, the longest run (its length, its frame), distinct callbacks.
+        self._last: object = None
+        self._run_started = 0.0
+        self._best = 0.0  # seconds between the first and last look of the longest run
+        self._best_frame: FrameType | None = None
+        self._run_frame: FrameType | None = None
+        self._distinct: set[object] = set()
+        self._held = 0.0  # the closed stall's longest single callback, seconds
+        self._closed: tuple[int, FrameType | None] = (0, None)  # (distinct, its frame)
+        self._schedstat: int | None = None
+        self._in_alarm = False
 
     def start(self) -> None:
+        """On the loop thread (its /proc entry is opened here)."""
         gc.callbacks.append(self._gc)
+        try:
+            self._schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self._schedstat = None
 
     def stop(self) -> None:
         if self._gc in gc.callbacks:
             gc.callbacks.remove(self._gc)
+        if self._schedstat is not None:
+            os.close(self._schedstat)
+            self._schedstat = None
 
     def beat(self) -> None:
         """On the loop, at every beat on time."""
+
+    def close_stall(self) -> float:
+        """On the loop, at every beat: the longest single callback the samples since
+        the previous beat saw (0 when none was sampled), in seconds; they start over.
+        Consecutive looks in one callback: it ran at least from the first to the last."""
+        self._closed = (len(self._distinct), self._best_frame)
+        self._held = self._best
+        self._last, self._best = None, 0.0
+        self._best_frame = self._run_frame = None
+        self._distinct.clear()
+        return self._held
 
     def report(self, late: float) -> None:
         """On the loop: the stall that just ended, with what was seen running."""
         seen, self._seen = self._seen, None
         note, self._gc_note = self._gc_note, None
-        what = note or seen or "(nothing caught: shorter than the sampler's look)"
+        (distinct, frame), held = self._closed, self._held
+        if held > self.monitor.log_above:
+            self.monitor.blocked.inc()
+        if note is not None:
+            what = note
+        elif held > self.monitor.log_above:
+            what = (f"one callback for at least {held * 1000:.0f} ms: "
+                    + _describe(frame, self.loop))
+        elif distinct > 1:
+            what = (f"busy: {distinct} callbacks, none seen longer than "
+                    f"{max(held, self.monitor.tick) * 1000:.0f} ms (a saturated loop)")
+        else:
+            what = seen or "(nothing caught: shorter than the sampler's look)"
         log.debug("event loop stalled %.1f ms; running: %s", late * 1000, what)
 
     def _keep(self, frame: FrameType | None) -> None:
         if self._seen is None:
             self._seen = _describe(frame, self.loop)
+
+    def _sample(self, frame: FrameType | None) -> None:
+        """One look at the loop thread (in the signal handler): whose callback runs."""
+        who = _callback_of(frame, self.loop)
+        # Time the thread held the loop: wall time less the time the kernel kept it
+        # waiting for a core (a busy machine preempting it mid-step is no callback's).
+        now = time.perf_counter() - self._queued()
+        self._distinct.add(who if who is not None else object())
+        if who is None or who is not self._last:  # (a look it cannot attribute starts
+            self._last, self._run_started, self._run_frame = who, now, frame  # no run)
+        elif now - self._run_started > self._best:
+            self._best, self._best_frame = now - self._run_started, self._run_frame
+
+    def _queued(self) -> float:
+        """Seconds the loop thread has waited on the kernel's run queue (Linux; 0
+        elsewhere)."""
+        if self._schedstat is None:
+            return 0.0
+        try:
+            return int(os.pread(self._schedstat, 64, 0).split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
 
     def _gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -145,11 +238,12 @@ class _Sampler:
 
 
 class _SignalSampler(_Sampler):
-    """A loop on the main thread: each beat arms a one-shot SIGALRM for `log_above`
-    ahead; when the next beat is that late the signal's handler runs on the loop thread
-    itself, between two bytecodes of whatever holds it, and keeps that frame. (A thread
-    could only look while the loop thread has let go of the GIL — in a system call —
-    and would name those alone.)"""
+    """A loop on the main thread: each beat arms a SIGALRM two ticks ahead, repeating
+    every tick while the next beat is late; the handler runs on the loop thread itself,
+    between two bytecodes of whatever holds it, and notes whose callback that is (and
+    keeps the frame of the first look past `log_above`). (A thread could only look while
+    the loop thread has let go of the GIL — in a system call — and would name those
+    alone.)"""
 
     def start(self) -> None:
         super().start()
@@ -162,10 +256,21 @@ class _SignalSampler(_Sampler):
         super().stop()
 
     def beat(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, self.monitor.log_above + self.monitor.tick)
+        tick = self.monitor.tick
+        signal.setitimer(signal.ITIMER_REAL, 2 * tick, tick)
 
     def _alarm(self, signum: int, frame: FrameType | None) -> None:
-        self._keep(frame)
+        late = time.perf_counter() - self.monitor.due
+        # (delivered late to an idle loop: nothing held it; or to this handler itself)
+        if late < self.monitor.tick or self._in_alarm:
+            return
+        self._in_alarm = True
+        try:
+            self._sample(frame)
+            if late > self.monitor.log_above:
+                self._keep(frame)
+        finally:
+            self._in_alarm = False
 
 
 class _ThreadSampler(_Sampler):
@@ -193,6 +298,25 @@ class _ThreadSampler(_Sampler):
         while not self._stop.wait(every):
             if time.perf_counter() - self.monitor.due > self.monitor.log_above:
                 self._keep(sys._current_frames().get(self.loop_thread))
+
+
+_LOOP_FILES = ("/asyncio/", "/uvloop/", "/uvicorn/server.py", "/uvicorn/_compat.py")
+
+
+def _callback_of(frame: FrameType | None, loop: asyncio.AbstractEventLoop) -> object:
+    """Whose callback the loop thread runs: its task, else the code of the outermost
+    frame below the loop's own (the function the loop called: two calls of one plain
+    callback function in a row look like one; the gateway's work runs in tasks)."""
+    current = getattr(asyncio.tasks, "_current_tasks", {}).get(loop)
+    if current is not None:
+        return current
+    entry = None
+    while frame is not None:
+        if any(part in frame.f_code.co_filename for part in _LOOP_FILES):
+            break
+        entry = frame.f_code
+        frame = frame.f_back
+    return entry
 
 
 def _describe(frame: FrameType | None, loop: asyncio.AbstractEventLoop) -> str:

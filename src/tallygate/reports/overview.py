@@ -310,6 +310,7 @@ class RunSummary:
     max_attempt: int | None
     first_ts: float
     last_ts: float
+    owner: str | None = None  # a run's owner (`user.<user>`, `key.<key id>` or `-`)
 
 
 def _days(span: Span, now: float) -> tuple[int, int]:
@@ -322,27 +323,46 @@ _DAY_SQL = """SELECT value, SUM(calls), SUM(input_tokens + output_tokens), SUM(c
 FROM rollup_ids WHERE dim = ? AND day >= ? AND day < ? GROUP BY value"""
 
 
+# A run is its owner's (ledger/rollups.py, rollup_runs): one row per (run, owner).
+_RUNS_SQL = """SELECT run, SUM(calls), SUM(input_tokens + output_tokens), SUM(cost_nusd),
+  SUM(rejected), MAX(max_attempt), MIN(first_ts), MAX(last_ts), owner
+FROM rollup_runs WHERE day >= ? AND day < ? GROUP BY run, owner"""
+
+
+def _summary(r: tuple[Any, ...]) -> RunSummary:
+    return RunSummary(str(r[0]), as_int(r[1]), as_int(r[2]), as_int(r[3]), as_int(r[4]),
+                      None if r[5] is None else int(r[5]), float(r[6]), float(r[7]),
+                      *(str(o) for o in r[8:]))
+
+
 async def _day_rows(store: LedgerStore, dim: str, span: Span, now: float,
                     order: str, limit: int) -> list[RunSummary]:
     first, end = _days(span, now)
     sql = f"{_DAY_SQL} ORDER BY {order} LIMIT ?"
     rows = await store.query(sql, [dim, first, end, limit])
-    return [RunSummary(str(r[0]), as_int(r[1]), as_int(r[2]), as_int(r[3]), as_int(r[4]),
-                       None if r[5] is None else int(r[5]), float(r[6]), float(r[7]))
-            for r in rows]
+    return [_summary(r) for r in rows]
+
+
+async def _run_rows(store: LedgerStore, span: Span, now: float, order: str,
+                    limit: int, having: str = "") -> list[RunSummary]:
+    first, end = _days(span, now)
+    rows = await store.query(f"{_RUNS_SQL} {having} ORDER BY {order}, 9 LIMIT ?",
+                             [first, end, limit])
+    return [_summary(r) for r in rows]
 
 
 async def costliest_runs(store: LedgerStore, span: Span, *, now: float,
                          limit: int = 15) -> list[RunSummary]:
-    """Runs with calls on the window's days, costliest first."""
-    return await _day_rows(store, "run", span, now, "4 DESC, 3 DESC, 1", limit)
+    """Runs (each of its owner) with calls on the window's days, costliest first."""
+    return await _run_rows(store, span, now, "4 DESC, 3 DESC, 1", limit)
 
 
 async def most_looped_runs(store: LedgerStore, span: Span, *, now: float,
                            limit: int = 10) -> list[RunSummary]:
     """Runs with calls on the window's days by the highest attempt number they reached."""
-    rows = await _day_rows(store, "run", span, now, "6 DESC, 4 DESC, 1", limit)
-    return [r for r in rows if (r.max_attempt or 0) > 1]
+    # HAVING, not a filter after LIMIT: PostgreSQL sorts NULL attempts first when DESC.
+    return await _run_rows(store, span, now, "6 DESC, 4 DESC, 1", limit,
+                           "HAVING MAX(max_attempt) > 1")
 
 
 async def spend_by_key(store: LedgerStore, span: Span, *, now: float,

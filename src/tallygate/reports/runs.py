@@ -4,6 +4,10 @@ steps, the runs that looped most, and what-if re-pricing of a step on another mo
 A *run* is X-Tallygate-Run, a *step* X-Tallygate-Step, and each distinct X-Tallygate-Attempt
 (`step_attempt`) of a step is one *loop* (rows without an attempt number count as one loop).
 A run's extra loops are the sum over its steps of (loops − 1).
+
+A run belongs to its owner, as its budgets do (core/limits.py): the same run id sent by
+two users is two runs, each with only its own calls. The owner is `user.<user>` (the
+call's user), else `key.<key id>`, else `-`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
+from tallygate.ledger.rollups import owner_sql
 from tallygate.ledger.rows import time_filter
 from tallygate.reports.usage import as_int
 from tallygate.types import ModelInfo
@@ -50,6 +55,7 @@ class RunRow:
     cost_nusd: int
     extra_loops: int
     steps: list[StepRow]
+    owner: str = "-"  # whose run: `user.<user>`, `key.<key id>` or `-` (module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +80,12 @@ class RunsReport:
     most_loops: list[RunRow] = field(default_factory=list)
 
 
-_RUNS_SQL = """
-SELECT run, step, step_attempt, COUNT(*), SUM(input_tokens), SUM(output_tokens),
+_OWNER = owner_sql()
+_RUNS_SQL = f"""
+SELECT {_OWNER}, run, step, step_attempt, COUNT(*), SUM(input_tokens), SUM(output_tokens),
        SUM(input_tokens + output_tokens), SUM(cost_nusd), MIN(ts)
-FROM calls WHERE run IS NOT NULL AND {where}
-GROUP BY run, step, step_attempt"""
+FROM calls WHERE run IS NOT NULL AND {{where}}
+GROUP BY 1, run, step, step_attempt"""
 
 
 def _sums(rows: Sequence[Any], *names: str) -> dict[str, int]:
@@ -94,24 +101,25 @@ def _step_row(step: str | None, loops: list[tuple[LoopRow, float]]) -> tuple[Ste
 
 
 def _assemble(raw: list[tuple[Any, ...]]) -> list[RunRow]:
-    grouped: dict[str, dict[str | None, list[tuple[LoopRow, float]]]] = {}
-    for run, step, attempt, calls, inp, out, total, cost, first in raw:
+    grouped: dict[tuple[str, str], dict[str | None, list[tuple[LoopRow, float]]]] = {}
+    for owner, run, step, attempt, calls, inp, out, total, cost, first in raw:
         loop = LoopRow(
             None if attempt is None else int(attempt),
             as_int(calls), as_int(inp), as_int(out), as_int(total), as_int(cost),
         )
-        grouped.setdefault(str(run), {}).setdefault(step, []).append((loop, float(first)))
+        grouped.setdefault((str(run), str(owner)), {}).setdefault(step, []).append(
+            (loop, float(first)))
     runs: list[tuple[float, RunRow]] = []
-    for run, steps in grouped.items():
+    for (run, owner), steps in grouped.items():
         built = sorted(
             (_step_row(step, loops) for step, loops in steps.items()),
             key=lambda st: (st[1], st[0].step or ""),
         )
         rows = [s for s, _ in built]
         runs.append((built[0][1], RunRow(
-            run=run, steps=rows, extra_loops=sum(s.attempts - 1 for s in rows),
+            run=run, steps=rows, extra_loops=sum(s.attempts - 1 for s in rows), owner=owner,
             **_sums(rows, "calls", "total_tokens", "cost_nusd"))))
-    return [r for _, r in sorted(runs, key=lambda fr: (fr[0], fr[1].run))]
+    return [r for _, r in sorted(runs, key=lambda fr: (fr[0], fr[1].run, fr[1].owner))]
 
 
 def _rank_steps(runs: list[RunRow]) -> list[StepRank]:
@@ -129,19 +137,23 @@ def _rank_steps(runs: list[RunRow]) -> list[StepRank]:
 
 async def runs_report(
     store: LedgerStore, *, run: str | None = None, since: float | None = None,
-    until: float | None = None,
+    until: float | None = None, owner: str | None = None,
 ) -> RunsReport:
     """Each run's steps and loops (oldest run first), the costliest step names, and the runs
-    with the most extra loops (ties broken by cost)."""
+    with the most extra loops (ties broken by cost). `run` keeps the runs of that id (one
+    per owner), `owner` those of one owner (`user.alice`)."""
     where, params = time_filter(since, until)
     if run is not None:
         where += " AND run = ?"
         params.append(run)
+    if owner is not None:
+        where += f" AND {_OWNER} = ?"
+        params.append(owner)
     raw = await store.query(_RUNS_SQL.format(where=where), params)
     runs = _assemble(raw)
     looped = sorted(
         (r for r in runs if r.extra_loops > 0),
-        key=lambda r: (-r.extra_loops, -r.cost_nusd, r.run),
+        key=lambda r: (-r.extra_loops, -r.cost_nusd, r.run, r.owner),
     )
     return RunsReport(since, until, runs, _rank_steps(runs), looped)
 
@@ -161,8 +173,8 @@ def runs_json(report: RunsReport) -> dict[str, Any]:
         "runs": [with_usd(asdict(r)) for r in report.runs],
         "costliest_steps": [with_usd(asdict(s)) for s in report.costliest_steps],
         "most_loops": [
-            {"run": r.run, "extra_loops": r.extra_loops, "cost_nusd": r.cost_nusd,
-             "cost_usd": usd(r.cost_nusd)}
+            {"run": r.run, "owner": r.owner, "extra_loops": r.extra_loops,
+             "cost_nusd": r.cost_nusd, "cost_usd": usd(r.cost_nusd)}
             for r in report.most_loops
         ],
     }
@@ -309,11 +321,12 @@ def runs_from_json(data: dict[str, Any]) -> RunsReport:
                          "steps": [step(s) for s in item.get("steps", [])]})
 
     runs = [run(r) for r in data.get("runs", [])]
-    by_name = {r.run: r for r in runs}
+    by_name = {(r.run, r.owner): r for r in runs}
+    looped = ((r["run"], r.get("owner", "-")) for r in data.get("most_loops", []))
     return RunsReport(
         from_iso(data.get("since")), from_iso(data.get("until")), runs,
         [StepRank(**_fields(StepRank, s)) for s in data.get("costliest_steps", [])],
-        [by_name[r["run"]] for r in data.get("most_loops", []) if r["run"] in by_name],
+        [by_name[k] for k in looped if k in by_name],
     )
 
 

@@ -20,6 +20,7 @@ import orjson
 from tallygate.config.names import did_you_mean
 from tallygate.errors import InvalidRequest
 from tallygate.ledger.base import LedgerStore
+from tallygate.ledger.rollups import owner_sql
 from tallygate.ledger.rows import time_filter
 from tallygate.units import from_iso, iso, usd
 
@@ -41,6 +42,10 @@ _DAY_SQL = {
     "postgres": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
 }
 _SAME = {"sqlite": "{a} IS {b}", "postgres": "{a} IS NOT DISTINCT FROM {b}"}
+# A run belongs to its owner (reports/runs.py): `--by run` has one row per (run, owner);
+# the calls without a run stay one row.
+_OWNER_SQL = {"run": f"CASE WHEN run IS NULL THEN NULL ELSE {owner_sql()} END"}
+_NO_OWNER = "CAST(NULL AS TEXT)"
 
 
 # ---------------------------------------------------------------- money and time at the edge
@@ -88,6 +93,7 @@ class UsageRow:
     estimated: int = 0  # calls whose tokens are our estimate, not provider-reported
     p50_latency_ms: int | None = None
     p95_latency_ms: int | None = None
+    owner: str | None = None  # by run: whose run (`user.<user>`, `key.<key id>` or `-`)
 
     @property
     def cost_usd(self) -> Decimal:
@@ -113,35 +119,37 @@ _SUMS = """COUNT(*) AS calls,
   SUM(CASE WHEN exact THEN 0 ELSE 1 END)"""
 
 
-def _usage_sql(key_sql: str, dialect: str, where: str) -> str:
-    same = _SAME[dialect].format(a="agg.k", b="pct.k")
+def _usage_sql(key_sql: str, dialect: str, where: str, owner_sql: str = _NO_OWNER) -> str:
+    same = " AND ".join(_SAME[dialect].format(a=f"agg.{c}", b=f"pct.{c}") for c in "ko")
     return f"""
 WITH base AS (
-  SELECT {key_sql} AS k, input_tokens, output_tokens, cached_tokens, cache_write_tokens,
-         reasoning_tokens, cost_nusd, outcome, trimmed_tokens, tokens_saved, exact, latency_ms
+  SELECT {key_sql} AS k, {owner_sql} AS o, input_tokens, output_tokens, cached_tokens,
+         cache_write_tokens, reasoning_tokens, cost_nusd, outcome, trimmed_tokens, tokens_saved,
+         exact, latency_ms
   FROM calls WHERE {where}
 ), ranked AS (
-  SELECT k, latency_ms,
-         ROW_NUMBER() OVER (PARTITION BY k ORDER BY latency_ms) AS rn,
-         COUNT(*) OVER (PARTITION BY k) AS n
+  SELECT k, o, latency_ms,
+         ROW_NUMBER() OVER (PARTITION BY k, o ORDER BY latency_ms) AS rn,
+         COUNT(*) OVER (PARTITION BY k, o) AS n
   FROM base WHERE outcome <> 'rejected'
 ), pct AS (
-  SELECT k, MAX(CASE WHEN rn = (50 * n + 99) / 100 THEN latency_ms END) AS p50,
-            MAX(CASE WHEN rn = (95 * n + 99) / 100 THEN latency_ms END) AS p95
-  FROM ranked GROUP BY k
+  SELECT k, o, MAX(CASE WHEN rn = (50 * n + 99) / 100 THEN latency_ms END) AS p50,
+               MAX(CASE WHEN rn = (95 * n + 99) / 100 THEN latency_ms END) AS p95
+  FROM ranked GROUP BY k, o
 ), agg AS (
-  SELECT k, {_SUMS} FROM base GROUP BY k
+  SELECT k, {_SUMS}, o FROM base GROUP BY k, o
 )
 SELECT agg.*, pct.p50, pct.p95 FROM agg LEFT JOIN pct ON {same}"""
 
 
 def _row(values: tuple[Any, ...]) -> UsageRow:
-    key, *nums, p50, p95 = values
+    key, *nums, owner, p50, p95 = values
     return UsageRow(
         None if key is None else str(key),
         *(as_int(v) for v in nums),
         p50_latency_ms=None if p50 is None else int(p50),
         p95_latency_ms=None if p95 is None else int(p95),
+        owner=None if owner is None else str(owner),
     )
 
 
@@ -150,7 +158,8 @@ def _order(by: str, rows: list[UsageRow]) -> list[UsageRow]:
         return sorted(rows, key=lambda r: r.key or "")
     return sorted(
         rows,
-        key=lambda r: (-r.cost_nusd, -r.total_tokens, -r.calls, r.key is None, r.key or ""),
+        key=lambda r: (-r.cost_nusd, -r.total_tokens, -r.calls, r.key is None, r.key or "",
+                       r.owner or ""),
     )
 
 
@@ -164,7 +173,8 @@ async def usage_report(
                              f"of {', '.join(DIMENSIONS)}", param="by")
     key_sql = _DAY_SQL[store.dialect] if by == "day" else _KEY_SQL[by]
     where, params = time_filter(since, until)
-    rows = await store.query(_usage_sql(key_sql, store.dialect, where), params)
+    owner = _OWNER_SQL.get(by, _NO_OWNER)
+    rows = await store.query(_usage_sql(key_sql, store.dialect, where, owner), params)
     totals = await store.query(_usage_sql("CAST(NULL AS TEXT)", store.dialect, where), params)
     total = _row(totals[0]) if totals else UsageRow(key=None)
     return UsageReport(by, since, until, _order(by, [_row(r) for r in rows]), total)

@@ -46,6 +46,7 @@ def report_routes(rt: Runtime, admin_key: str | None,
     async def runs(request: Request) -> Response:
         since, until = await _window(request)
         report = await runs_report(rt.ledger, run=request.query_params.get("run"),
+                                   owner=request.query_params.get("owner"),
                                    since=since, until=until)
         return _exact_json(runs_json(report))
 

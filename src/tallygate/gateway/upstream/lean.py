@@ -23,6 +23,22 @@ MAX_IDLE = 64  # idle connections kept per upstream host
 CACHED = 256  # parsed URLs and request heads kept (then the caches start over)
 
 
+class _Closed:
+    """The parser of a closed connection: nothing more is fed to it."""
+
+    def feed_data(self, data: bytes) -> None:
+        raise httptools.HttpParserError("data after the connection closed")
+
+    def get_status_code(self) -> int:
+        return 0
+
+    def should_keep_alive(self) -> bool:
+        return False
+
+
+_CLOSED = _Closed()
+
+
 class _Exchange(asyncio.Protocol):
     """One connection; one request/response at a time (HTTP/1.1 keep-alive)."""
 
@@ -60,6 +76,9 @@ class _Exchange(asyncio.Protocol):
         self.closed = True
         if not self.done.done():
             self._fail(exc or ConnectionResetError("upstream closed the connection"))
+        # The parser holds this protocol (its callbacks): a cycle, left to the garbage
+        # collector once per connection cut short (a dropped stream) otherwise.
+        self.parser = _CLOSED
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -188,10 +207,12 @@ class LeanUpstream:
             except (ConnectionError, OSError):
                 if reused and not conn.received:
                     continue  # stale socket, nothing was processed: once more, fresh
+                conn = None  # (the traceback keeps this frame: no cycle through conn)
                 raise
             except BaseException:
                 if conn.transport is not None:
                     conn.transport.close()
+                conn = None
                 raise
         raise ConnectionError("unreachable")  # pragma: no cover - loop returns or raises
 
@@ -229,6 +250,9 @@ class LeanUpstream:
         except BaseException as exc:
             if conn is not None and conn.transport is not None:
                 conn.transport.close()  # a response cut short: never reused
+            # The exception sits in conn's future and its traceback holds this frame:
+            # let go of conn, or the three make a cycle only a collection frees.
+            conn = None
             if isinstance(exc, TimeoutError):
                 raise UpstreamError("Upstream timed out.", status=504, timeout=True) from exc
             if isinstance(exc, ConnectionError | OSError):
