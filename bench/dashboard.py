@@ -55,8 +55,10 @@ def make_rows(n: int, now: float, seed: int = 7) -> list[CallRecord]:
         out.append(CallRecord(
             request_id=f"b-{i:08d}", ts=min(ts, now - 1), status=429 if rejected else 200,
             outcome=Outcome.REJECTED if rejected else Outcome.OK,
-            key_id=f"key_{rnd.randrange(200):04d}", user=f"user-{rnd.randrange(1000)}",
-            plan=rnd.choice(PLANS), feature=rnd.choice(FEATURES), run=f"TICKET-{run_no}",
+            # a run is one user's (one agent session through one of their keys), as in life
+            key_id=f"key_{run_no % 1000 % 200:04d}", user=f"user-{run_no % 1000}",
+            plan=PLANS[run_no % 1000 % len(PLANS)], feature=rnd.choice(FEATURES),
+            run=f"TICKET-{run_no}",
             step=rnd.choice(STEPS), step_attempt=rnd.randint(1, 4),
             model_requested="auto", model_used=None if rejected else rnd.choice(MODELS),
             input_tokens=inp, output_tokens=0 if rejected else rnd.randint(50, 1500),
@@ -190,7 +192,8 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, n: int) -> str:
         "Shared 2-core machine: medians and ratios of the same run.",
         "",
         f"The ledger: {n:,} calls over {DAYS} days ending now, 8 features, 6 models, 5 steps, "
-        f"3 plans, 1,000 users, 200 keys, {n // 50:,} runs (each within an hour), 3% refused. "
+        f"3 plans, 1,000 users, 200 keys, {n // 50:,} runs (each one user's, within an "
+        "hour), 3% refused. "
         f"Each query ran {args.reps} times after one warm-up; p50 / p95 in ms.",
         "",
     ]
