@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import orjson
 import yaml
+from output import command_line, machine, stop
 from overhead import BODY, create_key, free_port, gateway_config, spawn, wait_up
 from wrk import WrkResult, require_wrk, run_wrk
 
@@ -234,15 +234,11 @@ def main() -> None:
             lag_runs.append((f"paced ({paced.rps / lag_run.rps:.0%})", before, after, paced,
                              named(lag_log, start)))
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=15)
-    command = ("python bench/load.py " + " ".join(sys.argv[1:])).strip()
+            stop(procs, timeout=15)
     lines = [
         "# Sustained load: the gateway against the bare aiohttp forwarder (wrk)", "",
-        f"Command: `{command}`",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; simulator, floor, gateway and wrk (1 thread, "
+        f"Command: `{command_line('load.py')}`",
+        f"{machine()}; simulator, floor, gateway and wrk (1 thread, "
         f"{args.connections} connections) share the cores. Rounds alternate the targets; "
         "`direct` is the simulator called without a proxy. Errors: non-2xx answers, "
         "socket errors and timeouts.", "",

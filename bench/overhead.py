@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import orjson
 import yaml
+from output import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 16,
@@ -266,9 +267,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 asyncio.run(run_round(targets, args.requests, results))
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=10)
+            stop(procs, timeout=10)
     command = "python bench/overhead.py " + " ".join(sys.argv[1:])
     text = report(results, command.strip(), args.upstream)
     print(text)

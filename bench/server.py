@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from output import stop
 from overhead import create_key, free_port, gateway_config, load, pct, wait_up
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,9 +152,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 asyncio.run(run_round(targets, args.requests, results))
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=10)
+            stop(procs, timeout=10)
     text = report(results, ("python bench/server.py " + " ".join(sys.argv[1:])).strip())
     print(text)
     if args.out:

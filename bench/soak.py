@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import signal
 import sqlite3
 import statistics
@@ -44,6 +43,7 @@ import aiohttp
 import orjson
 import uvloop
 import yaml
+from output import command_line, machine, stop
 from overhead import create_key, free_port, gateway_config, spawn
 
 HELLO = [{"role": "user", "content": "Say hello to the soak test."}]
@@ -266,13 +266,6 @@ def start_gateway(tmp: Path, sim_url: str, procs: list[subprocess.Popen[bytes]],
     return base, key
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
-
-
 def calibrate(rates: list[float], target: str) -> None:
     """20 s at each rate: what the target sustained."""
     lines = [f"Calibration against `{target}` (20 s a rate, the soak's mix):", "",
@@ -289,7 +282,7 @@ def calibrate(rates: list[float], target: str) -> None:
                     base, key = start_gateway(Path(tmpdir), sim_url, procs, None)
                 seen, _, achieved = uvloop.run(drive(base, key, None, seconds=20, rate=rate))
             finally:
-                stop(procs)
+                stop(procs, timeout=60)
         lat = sorted(seen.latencies)
         lines.append(f"| {rate:,.0f} | {achieved:,.0f} | {len(seen.calls):,} | "
                      f"{len(seen.failures):,} | {pct_ms(lat, 0.5):.1f} | "
@@ -326,19 +319,17 @@ def main() -> None:
             gateway.wait(timeout=60)
             rows, inside = ledger_rows(tmp / "ledger.db")
         finally:
-            stop(procs)
+            stop(procs, timeout=60)
     found = reconcile(seen, rows)
     problems = found.problems
     base_rss = next((rss for t, rss, _ in samples if t >= WARM_UP), samples[0][1])
     last_rss = samples[-1][1]
     fds = [f for t, _, f in samples if t >= WARM_UP] or [samples[-1][2]]
     lat = sorted(seen.latencies)
-    command = ("python bench/soak.py " + " ".join(sys.argv[1:])).strip()
     lines = [
         "# Soak: a steady mixed load for minutes", "",
-        f"Command: `{command}`",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; simulator, gateway and the aiohttp load generator "
+        f"Command: `{command_line('soak.py')}`",
+        f"{machine()}; simulator, gateway and the aiohttp load generator "
         "share the cores. Traffic: 5/10 chat completions, 3/10 streams (1 in 3 dropped "
         "after its first chunk), 2/10 Anthropic messages.", "",
         f"- Rate: {achieved:,.0f} req/s asked for {args.minutes:g} min "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from output import command_line, machine, stop
 from overhead import BODY, create_key, free_port, gateway_config, wait_up
 from wrk import WrkResult, require_wrk, run_wrk
 
@@ -132,15 +132,11 @@ def main() -> None:
                                         connections=connections, seconds=args.seconds)
                         results.setdefault((target, connections), []).append(found)
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=15)
-    command = ("python bench/stack.py " + " ".join(sys.argv[1:])).strip()
+            stop(procs, timeout=15)
     lines = [
         "# The serving stack: one gateway under each server (wrk)", "",
-        f"Command: `{command}`",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; simulator, servers, Redis and wrk (1 thread) share "
+        f"Command: `{command_line('stack.py')}`",
+        f"{machine()}; simulator, servers, Redis and wrk (1 thread) share "
         f"the cores. Medians over {args.rounds} rounds of {args.seconds:g} s; `vs serve` "
         "compares with today's `serve` (uvicorn + defences, one worker) in the same run "
         "(the hello rows with uvicorn + defences).", "",
