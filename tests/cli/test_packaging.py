@@ -119,6 +119,17 @@ def test_metrics_only_import_does_not_load_opentelemetry() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_counting_does_not_import_the_second_tokenizer() -> None:
+    """The rank files are read from bpe-openai's data folder; importing the package would
+    build its own copy of every encoding first (a third of a second at every CLI start)."""
+    code = ("import sys; from tallygate import count_tokens; "
+            "n = count_tokens('hello world', model='gpt-4o'); "
+            "print(n, any(m.startswith('bpe_openai') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
+
+
 def test_otlp_exporter_ships_with_the_otel_extra() -> None:
     """`tracing.exporter: otlp` works out of `pip install 'tallygate[otel]'`: spans
     reach a loopback OTLP/HTTP collector as protobuf."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import bpe_openai
 import pytest
 
@@ -28,6 +30,31 @@ def test_expected_hashes_come_from_tiktoken() -> None:
 def test_tampered_file_is_refused() -> None:
     with pytest.raises(bpe.BpeIntegrityError, match="failed verification"):
         bpe.parse_verified(b"IQ== 0\n", bpe.expected_hash("o200k_base"), "x")
+
+
+def test_ranks_parse_as_tiktoken_parses_them() -> None:
+    raw = b"IQ== 0\nIg== 1\n\nIw== 2\n"
+    expected = load_tiktoken_bpe_bytes(raw)
+    assert bpe.parse_verified(raw, sha256(raw), "x") == expected == {b"!": 0, b'"': 1, b"#": 2}
+    odd = b"IQ== 0\nIg==\n"
+    with pytest.raises(bpe.BpeIntegrityError, match="not `<token> <rank>` lines"):
+        bpe.parse_verified(odd, sha256(odd), "x")
+
+
+def test_a_missing_rank_file_is_an_integrity_error() -> None:
+    with pytest.raises(bpe.BpeIntegrityError, match="no local BPE file 'p50k_base"):
+        bpe.load_verified_ranks("p50k_base.tiktoken.gz", "0" * 64)
+
+
+def sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def load_tiktoken_bpe_bytes(raw: bytes) -> dict[bytes, int]:
+    """tiktoken's own parse (`tiktoken.load.load_tiktoken_bpe`), on bytes."""
+    import base64
+    return {base64.b64decode(token): int(rank)
+            for token, rank in (line.split() for line in raw.splitlines() if line)}
 
 
 def test_special_tokens_match_tiktoken_constructor() -> None:

@@ -12,13 +12,14 @@ patched and no network call can happen.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import gzip
 import hashlib
-import importlib.resources
+import importlib.util
 import threading
 import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import tiktoken
@@ -29,7 +30,7 @@ from tallygate.errors import ConfigError
 # Encodings whose rank file a local package ships; o200k_harmony reuses o200k_base's ranks.
 SUPPORTED_ENCODINGS: tuple[str, ...] = ("cl100k_base", "o200k_base", "o200k_harmony")
 
-_DATA_PACKAGE = "bpe_openai.data"
+_DATA_PACKAGE = "bpe_openai"  # its `data/` folder; the package itself is never imported
 _lock = threading.Lock()
 _cache: dict[str, tiktoken.Encoding] = {}
 
@@ -43,12 +44,20 @@ def _rank_file_name(url: str) -> str:
     return url.rsplit("/", 1)[-1] + ".gz"
 
 
+def _data_file(file_name: str) -> Path:
+    """Where bpe-openai keeps `file_name`, found without importing the package: importing
+    it builds its own copy of every encoding (a third of a second and tens of MB)."""
+    spec = importlib.util.find_spec(_DATA_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "data" / file_name
+        if path.is_file():
+            return path
+    raise BpeIntegrityError(f"no local BPE file {file_name!r} in {_DATA_PACKAGE}/data")
+
+
 def load_verified_ranks(file_name: str, expected_hash: str) -> dict[bytes, int]:
     """Read a gzipped rank file from bpe-openai's data, verify its sha256, parse it."""
-    try:
-        packed = (importlib.resources.files(_DATA_PACKAGE) / file_name).read_bytes()
-    except (FileNotFoundError, ModuleNotFoundError) as exc:
-        raise BpeIntegrityError(f"no local BPE file {file_name!r} in {_DATA_PACKAGE}") from exc
+    packed = _data_file(file_name).read_bytes()
     raw = gzip.decompress(packed)
     return parse_verified(raw, expected_hash, file_name)
 
@@ -60,12 +69,15 @@ def parse_verified(raw: bytes, expected_hash: str, label: str) -> dict[bytes, in
         raise BpeIntegrityError(
             f"BPE file {label!r} failed verification: sha256 {actual} != expected {expected_hash}"
         )
-    ranks: dict[bytes, int] = {}
-    for line in raw.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    return ranks
+    return _parse(raw, label)
+
+
+def _parse(raw: bytes, label: str) -> dict[bytes, int]:
+    fields = raw.split()  # a token and its rank on every line (blank lines ignored)
+    if len(fields) % 2:
+        raise BpeIntegrityError(f"BPE file {label!r} is not `<token> <rank>` lines")
+    return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]),
+                    strict=True))
 
 
 def _offline_loader(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
