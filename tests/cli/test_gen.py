@@ -1,7 +1,9 @@
 """`tallygate gen` against the simulated provider, run as a pipeline runs it: a 3-piece
 spec generated with its rows (run and step filled), the second run served from the signed
 artifact cache (0 tokens, `saved` in `tallygate report`), a tampered entry regenerated,
-the cache shared through Redis, budgets and SDK retries applied, bad answers not kept."""
+the cache shared through Redis, budgets and SDK retries applied, bad answers not kept.
+The first test runs `tallygate` as a subprocess; the others through its entry point in
+this process (`tallygate_here`)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.support.cli import tallygate
+from tests.support.cli import tallygate, tallygate_here
 from tests.support.gateway import running_sim
 
 SCHEMA = {
@@ -56,9 +58,9 @@ def _policy(tmp: Path, sim_url: str, *, cache: dict | None = None, **feature: An
     return path
 
 
-def _gen(tmp: Path, *args: str, env: dict[str, str] | None = None
+def _gen(tmp: Path, *args: str, env: dict[str, str] | None = None, run: Any = tallygate_here
          ) -> tuple[int, dict[str, Any], str]:
-    done = tallygate("gen", "spec.md", "--out", "out", "--config", "tallygate.yaml",
+    done = run("gen", "spec.md", "--out", "out", "--config", "tallygate.yaml",
                      "--cache", "cache", *args, cwd=tmp, env=env)
     summary = tmp / "out" / "tallygate-gen.json"
     data = json.loads(summary.read_text()) if summary.is_file() else {}
@@ -76,8 +78,8 @@ def _rows(tmp: Path) -> list[dict[str, Any]]:
         db.close()
 
 
-def _report(tmp: Path, by: str = "run") -> dict[str, Any]:
-    done = tallygate("report", "--config", "tallygate.yaml", "--by", by, "--json", cwd=tmp)
+def _report(tmp: Path, by: str = "run", run: Any = tallygate_here) -> dict[str, Any]:
+    done = run("report", "--config", "tallygate.yaml", "--by", by, "--json", cwd=tmp)
     assert done.returncode == 0, done.stderr
     return {row["key"]: row for row in json.loads(done.stdout)["rows"]}
 
@@ -85,7 +87,7 @@ def _report(tmp: Path, by: str = "run") -> dict[str, Any]:
 def test_three_pieces_then_three_cache_hits(tmp_path: Path) -> None:
     with running_sim() as (sim, _):
         _policy(tmp_path, sim.url)
-        rc, first, out = _gen(tmp_path, "--run", "job-1")
+        rc, first, out = _gen(tmp_path, "--run", "job-1", run=tallygate)
         assert rc == 0, out
         assert sim.stats.count("chat/completions") == 3
         bodies = [b for r, b in sim.stats.bodies if r == "chat/completions"]
@@ -104,7 +106,7 @@ def test_three_pieces_then_three_cache_hits(tmp_path: Path) -> None:
         assert {c["name"]: c["input_tokens"] for c in first["chunks"]} == {
             c["name"]: c["planned_input_tokens"] for c in first["chunks"]}  # counted as sent
 
-        rc, second, out = _gen(tmp_path, "--run", "job-2")
+        rc, second, out = _gen(tmp_path, "--run", "job-2", run=tallygate)
         assert rc == 0, out
         assert sim.stats.count("chat/completions") == 3  # nothing new reached the provider
     assert second["calls"] == 0 and second["cache_hits"] == 3 and second["tokens"] == 0
@@ -115,7 +117,7 @@ def test_three_pieces_then_three_cache_hits(tmp_path: Path) -> None:
         ("cached", 0, 0)}
     keys = {c["name"]: c["key"][4:20] for c in second["chunks"]}
     assert all(json.loads(r["detail"])["key"] == keys[r["step"]] for r in hits)
-    report = _report(tmp_path)
+    report = _report(tmp_path, run=tallygate)
     assert report["job-2"]["cache_hits"] == 3 and report["job-2"]["total_tokens"] == 0
     assert report["job-2"]["tokens_saved"] == tokens
     assert report["job-1"]["total_tokens"] == tokens
@@ -170,8 +172,8 @@ def test_a_tampered_entry_is_regenerated(tmp_path: Path) -> None:
 def test_dry_run_shows_chunks_and_what_is_cached_without_calling(tmp_path: Path) -> None:
     with running_sim() as (sim, _):
         _policy(tmp_path, sim.url)
-        done = tallygate("gen", "spec.md", "--out", "out", "--cache", "cache", "--dry-run",
-                         "--json", cwd=tmp_path)
+        done = tallygate_here("gen", "spec.md", "--out", "out", "--cache", "cache",
+                              "--dry-run", "--json", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         plan = json.loads(done.stdout)
         assert [c["status"] for c in plan["chunks"]] == ["planned"] * 3
@@ -182,8 +184,8 @@ def test_dry_run_shows_chunks_and_what_is_cached_without_calling(tmp_path: Path)
                                                        "a number, an amount and a due date"))
         assert _gen(tmp_path)[0] == 0
         (tmp_path / "spec.md").write_text(SPEC)
-        again = tallygate("gen", "spec.md", "--out", "out", "--cache", "cache", "--dry-run",
-                          cwd=tmp_path)
+        again = tallygate_here("gen", "spec.md", "--out", "out", "--cache", "cache",
+                               "--dry-run", cwd=tmp_path)
         assert sim.stats.total == 3
     assert again.returncode == 0
     assert "2 cached, 1 to generate" in again.stdout  # the restored piece is not cached
@@ -312,7 +314,7 @@ def test_without_an_hmac_key_the_cache_is_off(tmp_path: Path) -> None:
 def test_usage_errors_exit_2(tmp_path: Path, spec: str, args: list[str], message: str) -> None:
     _policy(tmp_path, "http://127.0.0.1:9")
     (tmp_path / "spec.yaml").write_text(spec)
-    done = tallygate("gen", "spec.yaml", "--out", "out", *args, cwd=tmp_path)
+    done = tallygate_here("gen", "spec.yaml", "--out", "out", *args, cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()

@@ -1,5 +1,7 @@
-"""Running the `tallygate` command as a user does (a subprocess) or one wing of it in
-process, and throwaway git repositories that read no configuration from outside the
+"""Running the `tallygate` command as a user does (a subprocess), through its console
+entry point in this process (the same `run()`, argv, streams, environment and working
+directory, without paying an interpreter and its imports per command), or one wing of it
+in process; and throwaway git repositories that read no configuration from outside the
 test's directory."""
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from click.testing import CliRunner
 
 
 def tallygate(*args: str, cwd: Path, env: dict[str, str] | None = None,
@@ -18,6 +21,33 @@ def tallygate(*args: str, cwd: Path, env: dict[str, str] | None = None,
     return subprocess.run([sys.executable, "-m", "tallygate", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, **(env or {})})
+
+
+def tallygate_here(*args: str, cwd: Path, env: dict[str, str] | None = None,
+                   stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`tallygate ARGS` run by its console entry point (`tallygate.cli.main.run`) in this
+    process, answering as `tallygate()` does: exit code, stdout, stderr. Each test file keeps
+    at least one command run as a real subprocess."""
+    from tallygate.cli.main import run
+
+    argv, here = sys.argv, Path.cwd()
+    code: int | str | None = 0
+    with CliRunner().isolation(input=stdin, env=env) as (out, err, _):
+        sys.argv = ["tallygate", *args]
+        os.chdir(cwd)
+        try:
+            run()
+        except SystemExit as stop:
+            code = stop.code
+        finally:
+            sys.argv = argv
+            os.chdir(here)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    if isinstance(code, str):  # sys.exit("message"): printed to stderr, exit 1
+        stderr, code = stderr + code + "\n", 1
+    return subprocess.CompletedProcess(["tallygate", *args], code or 0, stdout, stderr)
 
 
 def cli_with(*wings: Callable[[typer.Typer], None]) -> typer.Typer:
