@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tallygate.sim import SimServer
+from tests.support.cli import tallygate_here
 from tests.support.gateway import running_sim
 
 CALLS = 6
@@ -83,9 +84,9 @@ def _policy(tmp: Path, sim: SimServer) -> Path:
 
 
 def _report(policy: Path) -> dict:  # type: ignore[type-arg]
-    out = subprocess.run(
-        [sys.executable, "-m", "tallygate", "report", "--config", str(policy), "--by", "user",
-         "--json"], capture_output=True, text=True, timeout=60, check=True)
+    out = tallygate_here("report", "--config", str(policy), "--by", "user", "--json",
+                         cwd=policy.parent)
+    assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
@@ -111,3 +112,40 @@ def test_every_call_is_in_the_report_however_the_script_ends(
         assert len(told) == 5 and row["total_tokens"] > sum(told)
     else:
         assert len(told) == CALLS and row["total_tokens"] == sum(told)
+
+
+MANY = """
+import threading
+hooks = len(threading._threading_atexits)
+for _ in range(40):  # governors made and closed by the dozen: no hook left per governor
+    with tallygate.Governor.from_config(sys.argv[1]) as each:
+        each.openai(openai.OpenAI(base_url=SIM + "/v1", api_key="sk", max_retries=0),
+                    feature="chat", user="closed").chat.completions.create(
+                        model="gpt-4o-mini", messages=HI)
+others = [tallygate.Governor.from_config(path) for path in sys.argv[3:]]
+sync_calls(6)
+for other in others:  # left open, as a script leaves them: each flushed at exit
+    other.openai(openai.OpenAI(base_url=SIM + "/v1", api_key="sk", max_retries=0),
+                 feature="chat", user="exiter").chat.completions.create(
+                     model="gpt-4o-mini", messages=HI)
+print("hooks", len(threading._threading_atexits) - hooks, flush=True)
+"""
+
+
+def test_several_open_governors_are_all_flushed_at_exit_by_one_hook(
+        sim: SimServer, tmp_path: Path) -> None:
+    policies = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        policies.append(_policy(tmp_path / name, sim))
+    script = tmp_path / "script.py"
+    script.write_text(PRELUDE + MANY)
+    done = subprocess.run([sys.executable, str(script), *(str(p) for p in policies[:1]),
+                           sim.url, *(str(p) for p in policies[1:])], check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "hooks 1" in done.stdout
+    rows = {row["key"]: row["calls"] for row in _report(policies[0])["rows"]}
+    assert rows == {"closed": 40, "exiter": CALLS}
+    for policy in policies[1:]:
+        assert [(r["key"], r["calls"]) for r in _report(policy)["rows"]] == [("exiter", 1)]

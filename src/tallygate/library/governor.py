@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import logging
 import os
 import threading
 import weakref
@@ -171,7 +172,7 @@ class Governor:
             self._check_usable()
             if self._private is None:
                 self._private = _PrivateLoop()
-                _close_at_exit(weakref.ref(self))
+                _close_at_exit(self)
             return self._private.loop
 
     def _check_usable(self) -> None:
@@ -291,17 +292,32 @@ async def _record_cached(engine: Engine, ctx: Any, model: str, saved: Usage,
     return engine.record_cached(call, saved)
 
 
-def _close_at_exit(ref: weakref.ReferenceType[Governor]) -> None:
+_open_governors: weakref.WeakSet[Governor] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_set = False
+
+
+def _close_at_exit(gov: Governor) -> None:
     """Close the Governor when the main thread finishes, before the interpreter shuts
     down the thread pools its loop needs (threading's own exit hooks run first, in
-    reverse order of registration: concurrent.futures registered its one at import)."""
-
-    def close() -> None:
-        gov = ref()
-        if gov is not None:
-            gov.close()
-
+    reverse order of registration: concurrent.futures registered its one at import).
+    One hook for every Governor, holding none alive: a process that makes governors by
+    the thousand does not grow a hook per governor."""
+    global _exit_hook_set
+    _open_governors.add(gov)
+    with _exit_hook_lock:
+        if _exit_hook_set:
+            return
+        _exit_hook_set = True
     try:
-        threading._register_atexit(close)  # type: ignore[attr-defined]
+        threading._register_atexit(_close_open_governors)  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError):  # already shutting down, or no such hook
-        atexit.register(close)
+        atexit.register(_close_open_governors)
+
+
+def _close_open_governors() -> None:
+    for gov in list(_open_governors):
+        try:
+            gov.close()
+        except Exception:  # one governor's failure must not keep the others' rows unflushed
+            logging.getLogger("tallygate").exception("closing a Governor at exit failed")
