@@ -1,6 +1,7 @@
 """`tallygate check` driven by the policy's `check:` section on a sample tree: every
 format (table, JSON, GitHub annotations + job summary, JUnit), `--compare-to` on a
-throwaway git repository, pyproject.toml, and the errors (exit 2) a typo must give."""
+throwaway git repository, pyproject.toml, and the errors (exit 2) a typo must give. The
+first test runs `tallygate` as a subprocess, the others in this process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 from tallygate.core.catalog import resolve_model
 from tallygate.core.tokens import count_request, count_text
 from tallygate.types import Usage
-from tests.support.cli import commit_all, tallygate
+from tests.support.cli import commit_all, tallygate, tallygate_here
 
 SYSTEM = "You are a careful reviewer. " * 5
 REVIEW = "Review the diff line by line and name each risk. " * 12
@@ -95,7 +96,7 @@ def test_json_report_counts_what_the_library_counts(tmp_path: Path) -> None:
 
 def test_table_names_each_breach_and_passes_once_fixed(tmp_path: Path) -> None:
     _tree(tmp_path)
-    done = tallygate("check", cwd=tmp_path)
+    done = tallygate_here("check", cwd=tmp_path)
     assert done.returncode == 1
     assert "OVER BUDGET: prompts/review.txt: " in done.stdout
     assert "OVER BUDGET: prompts/chat/long.json: " in done.stdout
@@ -104,7 +105,7 @@ def test_table_names_each_breach_and_passes_once_fixed(tmp_path: Path) -> None:
     assert "2 problem(s) in 5 files" in done.stdout.replace("\n", " ")
     (tmp_path / "prompts" / "review.txt").write_text(SYSTEM)
     (tmp_path / "prompts" / "chat" / "long.json").unlink()
-    fixed = tallygate("check", cwd=tmp_path)
+    fixed = tallygate_here("check", cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stdout
     assert "OVER BUDGET" not in fixed.stdout and "within 4 budgets" in fixed.stdout
 
@@ -116,7 +117,7 @@ def test_per_entry_total_and_cost_limits(tmp_path: Path) -> None:
         {"path": "docs/**", "max_cost_usd": 0.000000001},
     ]}}
     _tree(tmp_path, policy)
-    report = json.loads(tallygate("check", "--json", cwd=tmp_path).stdout)
+    report = json.loads(tallygate_here("check", "--json", cwd=tmp_path).stdout)
     parts, docs = report["entries"]
     total = _tokens(SYSTEM) + _tokens(REVIEW)
     assert parts["problems"] == [f"the entry's 2 files total {total:,} tokens, over max_tokens "
@@ -130,7 +131,7 @@ def test_a_file_past_the_counting_cap_is_a_problem_not_a_crash(tmp_path: Path) -
               "check": {"budgets": [{"path": "prompts/*.txt", "max_tokens": 100_000}]}}
     _tree(tmp_path, policy)
     (tmp_path / "prompts" / "huge.txt").write_text("x" * 5_000)
-    done = tallygate("check", "--json", cwd=tmp_path)
+    done = tallygate_here("check", "--json", cwd=tmp_path)
     assert done.returncode == 1
     files = {f["file"]: f for f in json.loads(done.stdout)["entries"][0]["files"]}
     assert files["prompts/huge.txt"]["problems"] == [
@@ -144,7 +145,7 @@ def test_github_annotations_and_job_summary(tmp_path: Path) -> None:
     _tree(tmp_path)
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")
-    done = tallygate("check", "--format", "github", cwd=tmp_path,
+    done = tallygate_here("check", "--format", "github", cwd=tmp_path,
                      env={"GITHUB_STEP_SUMMARY": str(summary)})
     assert done.returncode == 1
     errors = [line for line in done.stdout.splitlines() if line.startswith("::error ")]
@@ -165,7 +166,7 @@ def test_github_escapes_workflow_command_characters(tmp_path: Path) -> None:
     _tree(tmp_path, policy)
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "50%,a:b.txt").write_text("many words here\n::error::fake")
-    done = tallygate("check", "--format", "github", cwd=tmp_path)
+    done = tallygate_here("check", "--format", "github", cwd=tmp_path)
     errors = [line for line in done.stdout.splitlines() if line.startswith("::")]
     assert len(errors) == 1  # the file's own "::error::" text cannot start a command
     assert errors[0].startswith("::error file=odd/50%25%2Ca%3Ab.txt,line=1,")
@@ -178,7 +179,7 @@ def test_entry_problem_points_at_its_line_in_the_config(tmp_path: Path) -> None:
         "storage: {state: 'memory://', ledger: 'memory://'}\n"
         "check:\n  budgets:\n    - {path: 'prompts/*.txt', max_tokens: 10000}\n"
         "    - {path: 'promtps/*.md', max_tokens: 100}\n")
-    done = tallygate("check", "--format", "github", cwd=tmp_path)
+    done = tallygate_here("check", "--format", "github", cwd=tmp_path)
     assert done.returncode == 1
     assert ("::error file=tallygate.yaml,line=5,title=tallygate check%3A promtps/*.md::"
             "promtps/*.md: the glob 'promtps/*.md' matches no files") in done.stdout
@@ -187,7 +188,7 @@ def test_entry_problem_points_at_its_line_in_the_config(tmp_path: Path) -> None:
 def test_junit_report(tmp_path: Path) -> None:
     _tree(tmp_path)
     out = tmp_path / "reports" / "check.xml"
-    done = tallygate("check", "--format", "junit", "--output", str(out), cwd=tmp_path)
+    done = tallygate_here("check", "--format", "junit", "--output", str(out), cwd=tmp_path)
     assert done.returncode == 1
     assert "junit report written to" in done.stdout and "OVER BUDGET" in done.stdout
     root = ET.parse(out).getroot()
@@ -202,7 +203,7 @@ def test_junit_report(tmp_path: Path) -> None:
     assert everything["prompts/logo.png"].find("skipped") is not None
     assert everything["all prompts (total)"].find("failure") is None
     assert suites["all prompts"].get("tests") == "6"
-    stdout = tallygate("check", "--format", "junit", cwd=tmp_path).stdout
+    stdout = tallygate_here("check", "--format", "junit", cwd=tmp_path).stdout
     assert ET.fromstring(stdout.split("\n", 1)[1]).get("tests") == root.get("tests")
 
 
@@ -224,13 +225,13 @@ def test_compare_to_catches_a_prompt_that_grew_30_percent(tmp_path: Path) -> Non
     old, new = _tokens(grown), _tokens(bigger)
     assert 1.25 < new / old < 1.35
 
-    done = tallygate("check", "--compare-to", "HEAD", cwd=tmp_path)
+    done = tallygate_here("check", "--compare-to", "HEAD", cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     pct = f"{(new - old) * 100 / old:.1f}"
     assert (f"OVER BUDGET: prompts/review.txt: grew {pct}% ({old:,} → {new:,} tokens), "
             "over max_growth 20%") in done.stdout
     assert done.stdout.count("OVER BUDGET") == 1  # system.txt (+few %) and SPEC (< 50 %) pass
-    report = json.loads(tallygate("check", "--compare-to", "HEAD", "--json",
+    report = json.loads(tallygate_here("check", "--compare-to", "HEAD", "--json",
                                   cwd=tmp_path).stdout)
     files = {f["file"]: f for f in report["entries"][0]["files"]}
     assert files["prompts/review.txt"]["old_tokens"] == old
@@ -240,11 +241,11 @@ def test_compare_to_catches_a_prompt_that_grew_30_percent(tmp_path: Path) -> Non
 
     # Against the first commit, the review prompt grew far more; a CLI --max-growth
     # only sets the default, so the docs entry keeps its own 50 %.
-    wide = tallygate("check", "--compare-to", base, "--max-growth", "500", "--json",
+    wide = tallygate_here("check", "--compare-to", base, "--max-growth", "500", "--json",
                      cwd=tmp_path)
     assert wide.returncode == 0, wide.stdout
     (tmp_path / "prompts" / "system.txt").unlink()
-    gone = json.loads(tallygate("check", "--compare-to", "HEAD", "--json",
+    gone = json.loads(tallygate_here("check", "--compare-to", "HEAD", "--json",
                                 "--max-growth", "1000", cwd=tmp_path).stdout)
     assert gone["entries"][0]["removed"] == ["prompts/system.txt"]
 
@@ -256,14 +257,14 @@ def test_pyproject_table(tmp_path: Path) -> None:
         '[project]\nname = "x"\n\n[tool.tallygate.check]\nmodel = "gpt-4o"\n\n'
         '[[tool.tallygate.check.budgets]]\npath = "prompts/*.txt"\nmax_tokens = 100\n\n'
         '[[tool.tallygate.check.budgets]]\npath = "prompts/chat/*.json"\nfeature = "chat"\n')
-    done = tallygate("check", "--json", cwd=tmp_path)
+    done = tallygate_here("check", "--json", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     report = json.loads(done.stdout)
     assert report["source"] == "pyproject.toml"
     assert report["over"] == ["prompts/chat/long.json", "prompts/review.txt"]
     (tmp_path / "pyproject.toml").write_text(
         '[tool.tallygate.check]\n[[tool.tallygate.check.budgets]]\npath = "p"\nmax_tokns = 1\n')
-    bad = tallygate("check", "--config", "pyproject.toml", cwd=tmp_path)
+    bad = tallygate_here("check", "--config", "pyproject.toml", cwd=tmp_path)
     assert bad.returncode == 2
     assert ("pyproject.toml [tool.tallygate]: check.budgets[0].max_tokns: unknown key "
             "(did you mean 'max_tokens'?)") in bad.stderr
@@ -285,7 +286,7 @@ def test_configuration_errors_exit_2_with_one_line(tmp_path: Path, budget: dict,
     policy = {**POLICY, "features": {"chat": {"max_input": 60}, "summary": {}},
               "check": {"budgets": [budget]}}
     _tree(tmp_path, policy)
-    done = tallygate("check", cwd=tmp_path)
+    done = tallygate_here("check", cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr
@@ -301,7 +302,7 @@ def test_configuration_errors_exit_2_with_one_line(tmp_path: Path, budget: dict,
 ])
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     _tree(tmp_path)
-    done = tallygate("check", *args, cwd=tmp_path)
+    done = tallygate_here("check", *args, cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
 
@@ -312,13 +313,13 @@ def test_unknown_or_hostile_refs_are_usage_errors(tmp_path: Path) -> None:
     for ref, message in (("no-such-branch", "no such commit in this repository"),
                          ("--output=/tmp/x", "expected a git ref"),
                          ("HEAD HEAD", "expected a git ref")):
-        done = tallygate("check", f"--compare-to={ref}", cwd=tmp_path)
+        done = tallygate_here("check", f"--compare-to={ref}", cwd=tmp_path)
         assert done.returncode == 2, (ref, done.stdout, done.stderr)
         assert message in done.stderr
 
 
 def test_no_budgets_anywhere_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "tallygate.yaml").write_text("storage: {state: 'memory://'}\n")
-    done = tallygate("check", cwd=tmp_path)
+    done = tallygate_here("check", cwd=tmp_path)
     assert done.returncode == 2
     assert "no budgets to check" in done.stderr

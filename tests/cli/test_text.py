@@ -1,4 +1,5 @@
-"""The count / chunk / check commands, run as a user runs them (a subprocess)."""
+"""The count / chunk / check commands, run as a user runs them: the first test and the
+serve refusals as a subprocess, the others through the entry point in this process."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ import pytest
 
 from tallygate.core.catalog import resolve_model
 from tallygate.core.tokens import count_request, count_text
+from tests.support.cli import tallygate_here
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return tallygate_here(*args, cwd=ROOT, stdin=stdin)
+
+
+def run_process(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tallygate", *args],
         capture_output=True,
@@ -28,7 +34,7 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
 
 
 def test_count_chat_json_matches_library() -> None:
-    proc = run("count", "examples/chat.json", "--json")
+    proc = run_process("count", "examples/chat.json", "--json")
     assert proc.returncode == 0, proc.stderr
     row = json.loads(proc.stdout)
     body = json.loads((ROOT / "examples/chat.json").read_text())
@@ -102,10 +108,8 @@ def test_config_models_apply_to_count(tmp_path) -> None:
                       "encoding: cl100k_base, input_per_mtok: 0, output_per_mtok: 0}\n")
     text = tmp_path / "p.txt"
     text.write_text("hello world, counted with cl100k")
-    result = subprocess.run(
-        [sys.executable, "-m", "tallygate", "count", str(text), "--model", "my-local-llama",
-         "--config", str(config), "--json"], capture_output=True, text=True, timeout=60,
-        check=False)
+    result = run("count", str(text), "--model", "my-local-llama", "--config", str(config),
+                 "--json")
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)
     assert row["model"] == "my-local-llama" and row["encoding"] == "cl100k_base"
