@@ -30,7 +30,7 @@ def _cli() -> typer.Typer:
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("demo")
     out = tmp / "r.html"
-    result = CliRunner().invoke(_cli(), ["demo", "--seconds", "3", "--dir", str(tmp / "data"),
+    result = CliRunner().invoke(_cli(), ["demo", "--seconds", "1", "--dir", str(tmp / "data"),
                                          "--out", str(out)])
     return {"result": result, "dir": tmp / "data", "html": out}
 
