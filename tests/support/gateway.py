@@ -4,6 +4,7 @@ thread with its own event loop, so sync and async SDK clients can call them."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -103,6 +104,24 @@ class _TestServer(uvicorn.Server):
         self.should_exit = True
         if self._stop is not None:
             loop.call_soon_threadsafe(self._stop.set)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown steps without its fixed pauses (0.1 s after asking the
+        connections to close, then 0.1 s between checks), which every test's gateway paid
+        at teardown: here the waits end as soon as the connections and tasks are gone."""
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        state = self.server_state
+        async with asyncio.timeout(self.config.timeout_graceful_shutdown or 10):
+            while state.connections or state.tasks:  # noqa: ASYNC110 (uvicorn has no event)
+                await asyncio.sleep(0.001)
+        for server in self.servers:
+            await server.wait_closed()
+        await self.lifespan.shutdown()
 
 
 @contextmanager
