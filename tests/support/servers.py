@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -112,6 +113,18 @@ def postgres_server() -> Iterator[Server]:
             time.sleep(0.1)
         yield Server(url=f"postgresql://postgres@127.0.0.1:{port}/postgres", port=port)
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        _fast_shutdown(proc, data)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fast_shutdown(proc: subprocess.Popen[bytes], data: str) -> None:
+    """SIGINT to the postmaster itself: PostgreSQL's fast shutdown (clients disconnected, a
+    clean stop in milliseconds). SIGTERM asks for a smart one that waits for every client,
+    and `runuser` forwards only SIGTERM, killing its child two seconds later."""
+    try:
+        with open(os.path.join(data, "postmaster.pid")) as pid_file:
+            os.kill(int(pid_file.readline()), signal.SIGINT)
+        proc.wait(timeout=20)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait(timeout=20)
