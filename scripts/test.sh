@@ -45,10 +45,12 @@ fi
 .venv/bin/ruff check src tests bench
 # Two worker processes by default (TALLYGATE_TEST_WORKERS=0 runs in this process): most
 # tests wait on sockets and subprocesses, so two share the cores well (about half the time).
-# Each worker starts its own Redis and PostgreSQL on free ports.
+# Each worker starts its own Redis and PostgreSQL on free ports. An idle worker takes
+# tests from the other's queue (worksteal): a few multi-second tests no longer end the run
+# on one worker while the other waits.
 workers="${TALLYGATE_TEST_WORKERS:-2}"
 if [ "$workers" = "0" ]; then
   .venv/bin/python -m pytest "$@"
 else
-  .venv/bin/python -m pytest -n "$workers" "$@"
+  .venv/bin/python -m pytest -n "$workers" --dist worksteal "$@"
 fi
