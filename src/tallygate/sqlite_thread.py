@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tallygate.errors import StoreUnavailable, TallygateError
+from tallygate.sqlite_wal import use_wal
 
 
 class SqliteThread:
@@ -40,7 +41,7 @@ class SqliteThread:
         conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
+        use_wal(conn, 10_000)
         prepare(conn)
         self._conn = conn
 

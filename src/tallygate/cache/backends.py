@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from tallygate.errors import ConfigError
 from tallygate.extras import needs, redis_client_identity
+from tallygate.sqlite_wal import use_wal
 
 
 class CacheBackend(Protocol):
@@ -55,7 +56,7 @@ class SqliteBackend:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        use_wal(self._db, 5000)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS tg_cache (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
             " expires REAL NOT NULL)"

@@ -17,6 +17,7 @@ from tallygate.errors import ConfigError, StoreUnavailable
 from tallygate.ledger.bulk import insert_rows
 from tallygate.ledger.migrations import COLUMN_NAMES, Dialect, migrate_sqlite, quote
 from tallygate.ledger.rows import SqlReads, to_row
+from tallygate.sqlite_wal import use_wal
 from tallygate.types import CallRecord
 
 T = TypeVar("T")
@@ -47,7 +48,7 @@ class SqliteLedger(SqlReads):
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 5000")
             if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode = WAL")
+                use_wal(conn, 5000)
             conn.execute("PRAGMA synchronous = NORMAL")
             migrate_sqlite(conn, time.time())
         except sqlite3.Error as exc:

@@ -27,6 +27,7 @@ import orjson
 
 from tallygate.core.windows import counter_name, live_range, room_returns_at
 from tallygate.errors import InvalidRequest, StoreUnavailable
+from tallygate.sqlite_wal import use_wal
 from tallygate.state.base import RUN_TTL
 from tallygate.state.checks import (
     check_extend,
@@ -290,7 +291,7 @@ def connect_state(path: str, busy_ms: int) -> sqlite3.Connection:
     """A connection in WAL mode with the state tables created (or converted from 0.1)."""
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute(f"PRAGMA busy_timeout = {busy_ms}")
-    db.execute("PRAGMA journal_mode = WAL")
+    use_wal(db, busy_ms)
     db.execute("PRAGMA synchronous = NORMAL")
     db.execute("BEGIN IMMEDIATE")  # concurrent creators wait on busy_timeout
     try:
