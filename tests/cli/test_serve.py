@@ -85,9 +85,11 @@ def test_start_up_block_then_calls_in_the_access_log(sim: SimServer, tmp_path: P
     out = proc.stdout.read() if proc.stdout else ""
     lines = out.splitlines()
     assert lines[0] == f"tallygate {__version__}"
-    assert [line.split()[0] for line in lines[1:10]] == [
-        "policy", "state", "ledger", "providers", "admin", "metrics", "defences", "access",
-        "listening"]
+    assert [line.split()[0] for line in lines[1:11]] == [
+        "policy", "state", "warning", "ledger", "providers", "admin", "metrics", "defences",
+        "access", "listening"]
+    assert lines[3].split(None, 1)[1].startswith(  # the policy keeps its limits in memory://
+        "memory://: the limits live in this process; a restart forgets")
     assert str(config) in out and f"sqlite:///{tmp_path}/ledger.db" in out
     assert "openai (openai, " in out and "admin API  on" in out
     assert f"listening  http://127.0.0.1:{port} (1 worker)" in out

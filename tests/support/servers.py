@@ -42,23 +42,29 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
 class Server:
     url: str
     port: int
+    pid: int = 0
 
 
 @contextmanager
-def redis_server() -> Iterator[Server]:
+def redis_server(*settings: str, port: int | None = None,
+                 directory: str | None = None) -> Iterator[Server]:
+    """A throwaway Redis without persistence; `settings` (e.g. "--appendonly", "yes")
+    come last and win. With `port` and `directory` a test can start it again where it
+    was (its files kept) after killing it."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server not found: run scripts/test.sh, which installs it")
-    port = free_port()
+    port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="tg-redis-") as tmp:
         proc = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", tmp, "--protected-mode", "yes"],
+             "--appendonly", "no", "--dir", directory or tmp, "--protected-mode", "yes",
+             *settings],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
             wait_port(port, proc)
-            yield Server(url=f"redis://127.0.0.1:{port}/0", port=port)
+            yield Server(url=f"redis://127.0.0.1:{port}/0", port=port, pid=proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=10)

@@ -1,7 +1,8 @@
 """`tallygate doctor`: is this machine ready to `serve` this policy? One line per check:
-the policy is valid and its secrets are set, the state store and the ledger answer,
-each provider answers over HTTP, and the clock agrees with the providers' `Date`
-(windows are calendar windows: a skewed clock resets budgets at the wrong time).
+the policy is valid and its secrets are set, the state store and the ledger answer (and
+what a restart of the state store would forget), each provider answers over HTTP, and
+the clock agrees with the providers' `Date` (windows are calendar windows: a skewed
+clock resets budgets at the wrong time).
 Exit code 1 when a check fails; warnings alone exit 0."""
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Check:
 
 async def _state(policy: Any) -> Check:
     from tallygate.cli.listen import redact
-    from tallygate.state import from_url
+    from tallygate.state import from_url, restart_warning
 
     url = policy.storage.state
     try:
@@ -41,8 +42,11 @@ async def _state(policy: Any) -> Check:
             await store.flags_version()
         finally:
             await store.close()
+        warning = await restart_warning(url)
     except TallygateError as exc:
         return Check("fail", "state store", f"{redact(url)}: {exc.message}")
+    if warning:
+        return Check("warn", "state store", f"{redact(url)}: {warning}")
     return Check("ok", "state store", redact(url))
 
 

@@ -7,6 +7,7 @@ and every refusal is one line and exit code 2."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import resource
@@ -113,8 +114,21 @@ def connection_cap(wanted: int) -> tuple[int, str | None]:
     return allowed, f"lowered from {wanted}: the open-file limit is {soft}"
 
 
+def state_warning(url: str) -> str | None:
+    """restart_warning() for the start-up block; a store that does not answer yet is
+    left to `fail_mode` and to `tallygate doctor`."""
+    from tallygate.errors import StoreUnavailable
+    from tallygate.state import restart_warning
+
+    try:
+        return asyncio.run(restart_warning(url))
+    except StoreUnavailable:
+        return None
+
+
 def startup_block(policy: Any, source: str, sock: socket.socket, workers: int,
-                  guards: Any, cap_note: str | None, access_log: str | None) -> str:
+                  guards: Any, cap_note: str | None, access_log: str | None,
+                  warning: str | None = None) -> str:
     from tallygate import __version__
     from tallygate.cli.listen import address, redact
 
@@ -137,6 +151,7 @@ def startup_block(policy: Any, source: str, sock: socket.socket, workers: int,
         defences = "off (server.http: uvicorn)"
     rows = [
         ("policy", source), ("state", redact(storage.state) + mode),
+        *([("warning", warning)] if warning else []),
         ("ledger", redact(storage.ledger)), ("providers", providers),
         ("admin API", admin), ("metrics", metrics), ("defences", defences),
         ("access log", access_log or "off"),
@@ -215,8 +230,9 @@ def register(app: typer.Typer) -> None:
         check_state_free(policy, workers)
         if access_log:
             os.environ[ACCESS_LOG_ENV] = access_log
-        typer.echo(startup_block(policy, source, sock, workers, guards, cap_note, access_log),
-                   err=access_log == "-")
+        block = startup_block(policy, source, sock, workers, guards, cap_note, access_log,
+                              state_warning(policy.storage.state))
+        typer.echo(block, err=access_log == "-")
         _run(sock, workers, log_level, guards, plain=server.http == "uvicorn",
              deadline=server.shutdown_deadline)
 

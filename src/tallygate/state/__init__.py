@@ -19,6 +19,7 @@ __all__ = [
     "check_holds",
     "from_url",
     "open_state",
+    "restart_warning",
 ]
 
 
@@ -60,3 +61,29 @@ async def open_state(url: str, **opts: Any) -> StateStore:
     if isinstance(url, str) and urlsplit(url).scheme.lower() == "sqlite":
         return await asyncio.to_thread(from_url, url, **opts)
     return from_url(url, **opts)
+
+
+async def restart_warning(url: str) -> str | None:
+    """What a restart of the state store at `url` would make the limits forget, said for
+    an operator, or None: a memory:// store lives in its process; Redis keeps what its
+    persistence setting keeps (asked here, on a connection of its own); a file-backed
+    SQLite store keeps everything it acknowledged. Raises StoreUnavailable when Redis
+    does not answer."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        return ("memory://: the limits live in this process; a restart forgets what every "
+                "window has spent (use sqlite:///PATH, or Redis for several replicas)")
+    if scheme not in ("redis", "rediss"):
+        return None
+    with needs("redis", "a redis:// state store"):
+        from tallygate.state.redis import RedisStore
+    store = RedisStore(url)
+    try:
+        found = await store.persistence()
+    finally:
+        await store.close()
+    if found is None:
+        return ("persistence not readable (CONFIG is not allowed here): make sure this "
+                "Redis keeps an append-only file (appendonly yes), or a restart forgets "
+                "what every limit's current window has spent")
+    return found.warning()

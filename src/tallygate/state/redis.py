@@ -19,13 +19,18 @@ Keys expire when nobody writes to them: a limit's cells and leases 2 windows + t
 + 1 h after the last reserve, extend or settle; a lifetime counter (`Window.RUN`) after
 `run_ttl` + the lease, so a run untouched that long starts again from zero (by Redis's
 clock, in real seconds, where the other stores judge by the callers' `now`).
+
+What a restart of Redis keeps is Redis's own setting (`persistence()` reads it): without
+the append-only file every window's spending is forgotten, and limits count from zero.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -33,6 +38,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tallygate.core.windows import (
@@ -135,6 +141,27 @@ def _settled(actual: Mapping[str, int], lines: Sequence[Any]) -> SettleResult:
     return SettleResult(charged=charged, overrun=overrun)
 
 
+@dataclass(frozen=True)
+class RedisPersistence:
+    """What a restart of this Redis keeps (`CONFIG GET appendonly appendfsync save`)."""
+
+    appendonly: bool
+    appendfsync: str
+    save: str  # the snapshot schedule, "" when snapshots are off
+
+    def warning(self) -> str | None:
+        """Why limits would not hold across a Redis restart, or None when they do
+        (the append-only file: at most about a second of charges with `everysec`)."""
+        if self.appendonly:
+            return None
+        fix = "run Redis with appendonly yes"
+        if self.save.strip():
+            return (f"snapshots only (save {self.save}): a Redis restart forgets the "
+                    f"charges made since the last snapshot; {fix}")
+        return ("persistence off (appendonly no, no snapshots): a Redis restart forgets "
+                f"what every limit's current window has spent; {fix}")
+
+
 class RedisStore(PlainFromRead):
     """StateStore on Redis (standalone, or one Cluster slot via the hash tag)."""
 
@@ -146,13 +173,21 @@ class RedisStore(PlainFromRead):
         self._retention = retention
         self._run_ttl = run_ttl
         # A blocking pool: past max_connections a call waits for a free connection
-        # (up to socket_timeout) instead of failing with "Too many connections".
+        # (up to socket_timeout) instead of failing with "Too many connections". A
+        # command on a connection the server has closed (Redis restarted, failed over, an
+        # idle timeout) is sent once more on a new one: the retry must be the pool's,
+        # redis-py ignores the client's when given a pool. Every script is safe to send
+        # twice: reserve, settle, release and claim are idempotent, a repeated extend only
+        # holds more until settle, a repeated set or clear of a flag leaves the same flag
+        # (clear's answer may then say none was set). A timeout is not retried: it would
+        # double the wait.
         pool = aioredis.BlockingConnectionPool.from_url(
             url, socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout,
             max_connections=max_connections, timeout=socket_timeout, decode_responses=True,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             **redis_client_identity(),
         )
-        self._redis = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._reserve = self._redis.register_script(_script_source("reserve", common=True))
         self._finish = self._redis.register_script(_script_source("finish", common=True))
         self._extend = self._redis.register_script(_script_source("extend", common=True))
@@ -161,6 +196,21 @@ class RedisStore(PlainFromRead):
         self._clear_flag = self._redis.register_script(
             _script_source("clear_flag", common=False))
         self._claim = self._redis.register_script(_script_source("claim", common=False))
+
+    async def persistence(self) -> RedisPersistence | None:
+        """Redis's persistence settings; None where CONFIG is not allowed (managed
+        services often rename or forbid it: their own settings say)."""
+        try:
+            got = await self._redis.config_get("appendonly", "appendfsync", "save")
+        except ResponseError:
+            return None
+        except _OUTAGE as exc:
+            raise StoreUnavailable(f"Redis state store unreachable: {exc}") from exc
+        if "appendonly" not in got:
+            return None
+        return RedisPersistence(appendonly=got.get("appendonly") == "yes",
+                                appendfsync=str(got.get("appendfsync") or ""),
+                                save=str(got.get("save") or ""))
 
     @property
     def key_prefix(self) -> str:
@@ -311,7 +361,8 @@ class RedisStore(PlainFromRead):
         check_time("now", now)
         gc = max(1, math.ceil(ttl)) + 60
         won = await self._call(self._claim, [f"{self._prefix}:claim:{key}"],
-                               [repr(float(now)), repr(float(now + ttl)), gc])
+                               [repr(float(now)), repr(float(now + ttl)), gc,
+                                os.urandom(8).hex()])
         return bool(int(won))
 
     async def flush_namespace(self) -> int:
