@@ -22,6 +22,8 @@ from tallygate.types import Denial, Hold, Metric, Window
 from tests.support.cli import tallygate_here
 from tests.support.servers import free_port, redis_server
 
+pytestmark = pytest.mark.redis  # some tests start Redis servers of their own
+
 NOW = 1_800_000_000.0
 
 def _hold(amount: int) -> list[Hold]:

@@ -87,40 +87,68 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
-@contextmanager
-def postgres_server() -> Iterator[Server]:
-    port = free_port()
-    tmp = tempfile.mkdtemp(prefix="tg-pg-")
-    data = os.path.join(tmp, "data")
-    if os.geteuid() == 0:
-        shutil.chown(tmp, user="postgres", group="postgres")
-    subprocess.run(
-        _as_postgres([_pg_bin("initdb"), "-D", data, "-U", "postgres", "-A", "trust",
-                      "--no-sync", "-E", "UTF8"]),
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    proc = subprocess.Popen(
-        _as_postgres([_pg_bin("postgres"), "-D", data, "-p", str(port), "-h", "127.0.0.1",
-                      "-k", tmp, "-c", "fsync=off", "-c", "synchronous_commit=off",
-                      "-c", "full_page_writes=off"]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port, proc)
+class Postgres:
+    """A throwaway PostgreSQL cluster on a free port; `restart()` stops it (fast) and
+    starts it again on the same files and port, as an operator's restart does."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix="tg-pg-")
+        self.data = os.path.join(self.tmp, "data")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.proc: subprocess.Popen[bytes] | None = None
+        if os.geteuid() == 0:
+            shutil.chown(self.tmp, user="postgres", group="postgres")
+        subprocess.run(
+            _as_postgres([_pg_bin("initdb"), "-D", self.data, "-U", "postgres", "-A",
+                          "trust", "--no-sync", "-E", "UTF8"]),
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            _as_postgres([_pg_bin("postgres"), "-D", self.data, "-p", str(self.port), "-h",
+                          "127.0.0.1", "-k", self.tmp, "-c", "fsync=off", "-c",
+                          "synchronous_commit=off", "-c", "full_page_writes=off"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, self.proc)
         # Accepting TCP is not the same as accepting logins: wait for readiness.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             ok = subprocess.run(
-                [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
             ).returncode == 0
             if ok:
                 break
             time.sleep(0.1)
-        yield Server(url=f"postgresql://postgres@127.0.0.1:{port}/postgres", port=port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _fast_shutdown(self.proc, self.data)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[Postgres]:
+    cluster = Postgres()
+    try:
+        cluster.start()
+        yield cluster
     finally:
-        _fast_shutdown(proc, data)
-        shutil.rmtree(tmp, ignore_errors=True)
+        cluster.stop()
+        shutil.rmtree(cluster.tmp, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[Server]:
+    with postgres_cluster() as cluster:
+        yield Server(url=cluster.url, port=cluster.port)
 
 
 def _fast_shutdown(proc: subprocess.Popen[bytes], data: str) -> None:

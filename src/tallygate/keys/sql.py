@@ -8,7 +8,6 @@ by a lock (key lookups are cached by `CachedKeyStore`, so traffic here is low).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -16,10 +15,11 @@ from typing import Any
 
 import orjson
 
-from tallygate.errors import ConfigError, StoreUnavailable
+from tallygate.errors import ConfigError
 from tallygate.extras import needs
 from tallygate.keys.base import BaseKeyStore, Clock
 from tallygate.keys.model import VirtualKey
+from tallygate.pg_link import PgLink
 from tallygate.sqlite_thread import SqliteThread
 
 _FIELDS = "id, name, user_id, plan, features, models, limits, created_at, revoked_at"
@@ -142,49 +142,42 @@ def _pg(sql: str) -> str:
 class PostgresKeyStore(BaseKeyStore):
     """Keys in PostgreSQL (shared by every gateway replica), table `tg_keys`."""
 
-    def __init__(self, url: str, conn: Any, clock: Clock = time.time) -> None:
+    def __init__(self, link: PgLink, clock: Clock = time.time) -> None:
         super().__init__(clock)
-        self._url = url
-        self._conn = conn
-        self._lock = asyncio.Lock()
+        self._link = link
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock = time.time) -> PostgresKeyStore:
         with needs("postgres", "a postgresql:// key store"):
             import psycopg
 
+        link = PgLink(url, "Key store")
         try:
-            conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            conn = await link.connect()
             async with conn.transaction():
                 # Replicas starting together must not race on CREATE TABLE.
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tg_keys'))")
                 await conn.execute(schema("BIGINT"))
         except psycopg.Error as exc:
             raise ConfigError(f"Cannot open the key store: {exc}".strip()) from None
-        return cls(url, conn, clock)
-
-    async def _execute(self, sql: str, params: tuple[Any, ...]) -> Any:
-        """Run one statement (caller holds the lock); reconnect once if the link broke."""
-        import psycopg
-
-        try:
-            if self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            return await self._conn.execute(_pg(sql), params)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"Key store unavailable: {exc}".strip()) from exc
+        return cls(link, clock)
 
     async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        async with self._lock:
-            cur = await self._execute(sql, params)
-            return await cur.fetchall() if cur.description else []
+        """A read: sent once more on a fresh connection when the first try finds the old
+        one lost (how a restarted server shows), so verification does not fail a call."""
+        async def fetch(conn: Any) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(_pg(sql), params)
+            return list(await cur.fetchall())
+
+        return await self._link.idempotent(fetch)
 
     async def _insert(self, key: VirtualKey, digest: str) -> None:
-        await self._fetch(INSERT, key_params(key, digest))
+        async with self._link.use() as conn:  # not resent: it may have committed
+            await conn.execute(_pg(INSERT), key_params(key, digest))
 
     async def _replace(self, key: VirtualKey) -> bool:
-        async with self._lock:
-            cur = await self._execute(UPDATE, update_params(key))
+        async with self._link.use() as conn:
+            cur = await conn.execute(_pg(UPDATE), update_params(key))
             return bool(cur.rowcount)
 
     async def _find_by_hash(self, digest: str) -> tuple[VirtualKey, str] | None:
@@ -192,11 +185,11 @@ class PostgresKeyStore(BaseKeyStore):
         return key_from_row(rows[0]) if rows else None
 
     async def _mark_revoked(self, key_id: str, now: int) -> bool:
-        async with self._lock:
-            cur = await self._execute(REVOKE, (now, key_id))
+        async with self._link.use() as conn:
+            cur = await conn.execute(_pg(REVOKE), (now, key_id))
             if cur.rowcount:
                 return True
-            cur = await self._execute(EXISTS, (key_id,))
+            cur = await conn.execute(_pg(EXISTS), (key_id,))
             return await cur.fetchone() is not None
 
     async def get(self, key_id: str) -> VirtualKey | None:
@@ -208,4 +201,4 @@ class PostgresKeyStore(BaseKeyStore):
         return [key_from_row(row)[0] for row in rows]
 
     async def close(self) -> None:
-        await self._conn.close()
+        await self._link.close()

@@ -14,6 +14,7 @@ from tallygate.errors import StoreUnavailable
 from tallygate.extras import needs
 from tallygate.ledger.migrations import COLUMN_NAMES, Dialect, migrate_postgres, quote
 from tallygate.ledger.rows import SqlReads, to_row
+from tallygate.pg_link import PgLink
 from tallygate.types import CallRecord
 
 _COLS = ", ".join(quote(c) for c in COLUMN_NAMES)
@@ -38,8 +39,8 @@ class PostgresLedger(SqlReads):
     def __init__(self, url: str, *, pool_size: int = 2) -> None:
         self.url = url
         self.pool_size = pool_size
-        self._pool: asyncio.Queue[Any] = asyncio.Queue()
-        self._conns: list[Any] = []
+        self._pool: asyncio.Queue[PgLink] = asyncio.Queue()
+        self._links: list[PgLink] = []
 
     async def open(self) -> PostgresLedger:
         with needs("postgres", "a postgresql:// ledger"):
@@ -47,24 +48,26 @@ class PostgresLedger(SqlReads):
 
         try:
             for _ in range(self.pool_size):
-                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-                self._conns.append(conn)
-                self._pool.put_nowait(conn)
-            await migrate_postgres(self._conns[0], time.time())
-        except psycopg.Error as exc:
+                link = PgLink(self.url, f"ledger {_safe(self.url)}")
+                self._links.append(link)
+                await link.connect()
+                self._pool.put_nowait(link)
+            async with self._links[0].use() as conn:
+                await migrate_postgres(conn, time.time())
+        except (psycopg.Error, StoreUnavailable) as exc:
             await self.close()
             raise StoreUnavailable(f"cannot open ledger {_safe(self.url)}: {exc}") from exc
         return self
 
     @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[Any]:
-        if not self._conns:
+    async def _link(self) -> AsyncIterator[PgLink]:
+        if not self._links:
             raise StoreUnavailable(f"ledger {_safe(self.url)} is closed")
-        conn = await self._pool.get()
+        link = await self._pool.get()
         try:
-            yield conn
+            yield link
         finally:
-            self._pool.put_nowait(conn)
+            self._pool.put_nowait(link)
 
     async def write_batch(self, rows: Sequence[CallRecord]) -> None:
         if not rows:
@@ -73,23 +76,32 @@ class PostgresLedger(SqlReads):
         # One COPY into a staging table, one INSERT … SELECT: a single statement inserts
         # the batch, so the rollup trigger (a statement trigger) runs once per batch,
         # not once per row (per-row INSERTs made writes 2.6× slower with it).
-        async with self._conn() as conn, conn.transaction():
-            await conn.execute(_STAGE)
-            async with conn.cursor() as cur:
-                async with cur.copy(_COPY) as copy:
-                    for row in values:
-                        await copy.write_row(row)
-                await cur.execute(_MERGE)
+        # Safe to send twice (rows already there are skipped): a batch that finds its
+        # connection lost goes again at once on a fresh one.
+        async def write(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute(_STAGE)
+                async with conn.cursor() as cur:
+                    async with cur.copy(_COPY) as copy:
+                        for row in values:
+                            await copy.write_row(row)
+                    await cur.execute(_MERGE)
+
+        async with self._link() as link:
+            await link.idempotent(write)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self._conn() as conn:
+        async def fetch(conn: Any) -> list[tuple[Any, ...]]:
             cur = await conn.execute(to_pg(sql), tuple(params))
             return list(await cur.fetchall())
 
+        async with self._link() as link:
+            return await link.idempotent(fetch)
+
     async def close(self) -> None:
-        conns, self._conns = self._conns, []
-        for conn in conns:
-            await conn.close()
+        links, self._links = self._links, []
+        for link in links:
+            await link.close()
 
 
 def _safe(url: str) -> str:

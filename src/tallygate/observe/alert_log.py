@@ -9,7 +9,6 @@ across replicas). Rows older than `KEEP_SECONDS` are dropped as new ones arrive.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import sqlite3
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from tallygate.errors import ConfigError, StoreUnavailable
+from tallygate.pg_link import PgLink
 from tallygate.sqlite_thread import SqliteThread
 
 KEEP_SECONDS = 30 * 86400
@@ -26,7 +26,8 @@ MAX_READ = 500
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS tg_alerts (id TEXT PRIMARY KEY, fired_at {real} NOT NULL,"
            " rule_id TEXT NOT NULL, metric TEXT NOT NULL, payload TEXT NOT NULL)")
 _INDEX = "CREATE INDEX IF NOT EXISTS tg_alerts_fired ON tg_alerts (fired_at)"
-_INSERT = "INSERT INTO tg_alerts (id, fired_at, rule_id, metric, payload) VALUES (?, ?, ?, ?, ?)"
+_INSERT = ("INSERT INTO tg_alerts (id, fired_at, rule_id, metric, payload) VALUES (?, ?, ?, ?, ?)"
+           " ON CONFLICT (id) DO NOTHING")  # an append sent twice keeps one of each
 _PRUNE = "DELETE FROM tg_alerts WHERE fired_at < ?"
 _RECENT = "SELECT payload FROM tg_alerts ORDER BY fired_at DESC, id LIMIT ?"
 
@@ -109,53 +110,46 @@ def _prepare(conn: sqlite3.Connection) -> None:
 
 
 class PostgresAlertLog:
-    """One psycopg 3 async connection, serialised by a lock (a few rows an hour)."""
+    """One psycopg 3 async connection (a PgLink: made again after a server restart),
+    serialised by the link (a few rows an hour)."""
 
     def __init__(self, url: str) -> None:
-        self._url = url
-        self._conn: Any = None
-        self._lock = asyncio.Lock()
+        self._link = PgLink(url, "alert log")
 
     async def open(self) -> PostgresAlertLog:
         import psycopg
 
         try:
-            self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            async with self._conn.transaction():
-                await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('tg_alerts'))")
-                await self._conn.execute(_SCHEMA.format(real="DOUBLE PRECISION"))
-                await self._conn.execute(_INDEX)
+            conn = await self._link.connect()
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tg_alerts'))")
+                await conn.execute(_SCHEMA.format(real="DOUBLE PRECISION"))
+                await conn.execute(_INDEX)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot open the alert log: {exc}".strip()) from None
         return self
 
     async def append(self, payloads: Sequence[dict[str, Any]], *, now: float) -> None:
-        import psycopg
-
         if not payloads:
             return
-        try:
-            async with self._lock, self._conn.transaction(), self._conn.cursor() as cur:
-                await cur.executemany(_INSERT.replace("?", "%s"), _rows(payloads, now))
+        rows = _rows(payloads, now)  # their ids drawn once: sent again, nothing doubles
+
+        async def write(conn: Any) -> None:
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.executemany(_INSERT.replace("?", "%s"), rows)
                 await cur.execute(_PRUNE.replace("?", "%s"), (now - KEEP_SECONDS,))
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"alert log unavailable: {exc}".strip()) from exc
+
+        await self._link.idempotent(write)
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
-        import psycopg
+        async def fetch(conn: Any) -> list[Any]:
+            cur = await conn.execute(_RECENT.replace("?", "%s"), (min(limit, MAX_READ),))
+            return list(await cur.fetchall())
 
-        try:
-            async with self._lock:
-                cur = await self._conn.execute(_RECENT.replace("?", "%s"),
-                                               (min(limit, MAX_READ),))
-                rows = await cur.fetchall()
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"alert log unavailable: {exc}".strip()) from exc
-        return [orjson.loads(r[0]) for r in rows]
+        return [orjson.loads(r[0]) for r in await self._link.idempotent(fetch)]
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+        await self._link.close()
 
 
 async def open_alert_log(url: str) -> AlertLog:
