@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from tallygate.state import from_url
 from tallygate.state.guard import GuardedStore
 from tallygate.state.memory import MemoryStore
 from tallygate.types import Hold, LimitUsage, NotHeld, Window
-from tests.support.servers import free_port, wait_port
+from tests.support.servers import free_port, redis_server, wait_port
 from tests.support.waiting import eventually_async
 
 T0 = 1_718_000_000.0
@@ -297,3 +298,71 @@ async def test_redis_stopped_under_load_loses_no_settled_token(
     assert truth > 0 and (got.used, got.reserved) == (truth, 0)
     await direct.close()
     await guard.close()
+
+
+async def test_two_fail_open_replicas_through_a_redis_killed_and_restarted(
+        tmp_path: Path) -> None:
+    """fail_open, two replicas of 8 tasks each pressing on one limit while Redis (with
+    its append-only file) is SIGKILLed and started again on the same port: during the
+    outage each replica admits at most its share of the limit; once Redis is back and
+    the queued settles have drained, Redis holds exactly the tokens settled, nothing
+    reserved, and the limit was overrun by no more than replicas × share × limit."""
+    limit, share, replicas = 4000, 0.1, 2
+    port, key = free_port(), "user:open:tokens:day"
+    holds = [Hold(key, 20, limit, Window.DAY)]
+    settings = ("--appendonly", "yes")
+    truth = 0
+    stop = asyncio.Event()
+
+    async def worker(guard: GuardedStore, n: int) -> None:
+        nonlocal truth
+        i = 0
+        while not stop.is_set():
+            rid = f"{id(guard)}-{n}-{i}"
+            i += 1
+            try:
+                denied = await guard.reserve(rid, holds, lease=600, now=T0)
+            except StoreUnavailable:
+                denied = True
+            if denied is not None:
+                await asyncio.sleep(0.005)
+                continue
+            used = 1 + (i % 19)
+            await guard.settle(rid, {"tokens": used}, now=T0)  # never raises
+            truth += used
+
+    with redis_server(*settings, port=port, directory=str(tmp_path)) as first:
+        url = first.url
+        guards = [GuardedStore(from_url(url, socket_timeout=0.2, connect_timeout=0.2),
+                               "fail_open", probe_interval=0.05, open_share=share)
+                  for _ in range(replicas)]
+        tasks = [asyncio.ensure_future(worker(g, n)) for g in guards for n in range(8)]
+        await eventually_async(lambda: _at_least(url, key, limit - 100), timeout=20)
+        os.kill(first.pid, signal.SIGKILL)  # the limit is nearly spent: now the outage
+        await asyncio.sleep(0.5)
+    with redis_server(*settings, port=port, directory=str(tmp_path)):
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        for guard in guards:
+            await eventually_async(lambda g=guard: _drained(g), timeout=20)
+        direct = from_url(url)
+        got = await direct.usage(key, limit=limit, window=Window.DAY, now=T0)
+        await direct.close()
+        for guard in guards:
+            await guard.close()
+    assert (got.used, got.reserved) == (truth, 0)
+    assert limit - 100 <= truth <= limit + replicas * share * limit
+
+
+async def _at_least(url: str, key: str, tokens: int) -> bool:
+    store = from_url(url)
+    try:
+        got = await store.usage(key, limit=10**9, window=Window.DAY, now=T0)
+    finally:
+        await store.close()
+    return got.used >= tokens
+
+
+async def _drained(guard: GuardedStore) -> bool:
+    return await guard.reconcile() and guard.pending == 0
