@@ -7,7 +7,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tallygate.core.tokens import count_anthropic_messages, count_request, count_text
+from tallygate.core.tokens import (
+    count_anthropic_messages,
+    count_request,
+    count_text,
+    counts_as_anthropic,
+)
 from tallygate.types import ModelInfo
 
 BINARY_PROBE = 8_192
@@ -45,7 +50,7 @@ def count_bytes(raw: bytes, info: ModelInfo, *, max_chars: int | None = None) ->
     if body is None:
         result = count_text(text, info, max_chars=max_chars)
         kind = "text"
-    elif info.provider == "anthropic" or info.name.startswith("claude"):
+    elif counts_as_anthropic(info):
         result = count_anthropic_messages(body, info, max_chars=max_chars)
         kind = "anthropic-chat"
     else:

@@ -57,6 +57,12 @@ __all__ = [
 ]
 
 
+def counts_as_anthropic(info: ModelInfo) -> bool:
+    """Whether chat messages for this model are counted as an Anthropic Messages body
+    (the Claude estimate) rather than OpenAI's chat framing."""
+    return info.provider == "anthropic" or info.name.startswith("claude")
+
+
 def count_text(
     text: str,
     model: ModelInfo | str | None = None,

@@ -21,18 +21,15 @@ from tallygate.core.tokens import (
     count_anthropic_messages,
     count_openai_chat,
     count_text,
+    counts_as_anthropic,
     message_tokens,
 )
 from tallygate.core.trim import trim_messages
 from tallygate.errors import InvalidRequest
-from tallygate.types import ModelInfo, Usage
+from tallygate.types import Usage
 from tallygate.units import usd
 
 DEFAULT_MODEL = "gpt-4o"
-
-
-def _is_anthropic(info: ModelInfo) -> bool:
-    return info.provider == "anthropic" or info.name.startswith("claude")
 
 
 def _anthropic_body(messages: Sequence[Any], model: str) -> dict[str, Any]:
@@ -63,12 +60,12 @@ def count_tokens(messages_or_text: str | Sequence[Mapping[str, Any]] | Mapping[s
         return count_text(value, info).tokens
     if isinstance(value, Mapping):
         body = dict(value)
-        if _is_anthropic(info):
+        if counts_as_anthropic(info):
             return count_anthropic_messages({**body, "model": info.name}, info).tokens
         return count_openai_chat(body.get("messages") or [], info, tools=body.get("tools"),
                                  functions=body.get("functions")).tokens
     if isinstance(value, list | tuple):
-        if _is_anthropic(info):
+        if counts_as_anthropic(info):
             return count_anthropic_messages(_anthropic_body(value, info.name), info).tokens
         return count_openai_chat(list(value), info).tokens
     raise InvalidRequest(
