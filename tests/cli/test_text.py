@@ -22,8 +22,8 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
 
 
 def run_process(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tallygate", *args],
+    return subprocess.run(  # the console script a user runs
+        [str(Path(sys.executable).parent / "tallygate"), *args],
         capture_output=True,
         check=False,
         text=True,
@@ -114,3 +114,17 @@ def test_config_models_apply_to_count(tmp_path) -> None:
     row = json.loads(result.stdout)
     assert row["model"] == "my-local-llama" and row["encoding"] == "cl100k_base"
     assert row["exact"] is True
+
+
+@pytest.mark.parametrize("args", [
+    ["count", "examples/chat.json", "--json"],     # success, JSON on stdout
+    ["count", "missing.txt"],                      # a TallygateError: one line, exit 2
+    ["count", "examples/chat.json", "--modle", "x"],  # a usage error from the parser
+    ["--version"],
+])
+def test_in_process_runs_answer_as_the_command_does(args: list[str]) -> None:
+    """The in-process runner the other CLI tests use gives the real command's exit code,
+    stdout and stderr (so a test that passes in process passes for a user)."""
+    here, there = run(*args), run_process(*args)
+    assert (here.returncode, here.stdout, here.stderr) == (
+        there.returncode, there.stdout, there.stderr)

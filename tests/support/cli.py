@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,17 +31,20 @@ def tallygate_here(*args: str, cwd: Path, env: dict[str, str] | None = None,
     at least one command run as a real subprocess."""
     from tallygate.cli.main import run
 
-    argv, here = sys.argv, Path.cwd()
+    argv, here, main = sys.argv, Path.cwd(), sys.modules["__main__"]
     code: int | str | None = 0
     with CliRunner().isolation(input=stdin, env=env) as (out, err, _):
         sys.argv = ["tallygate", *args]
+        # As under the console script, click names the program from argv[0] ("Usage:
+        # tallygate …"), not from the test runner's package.
+        sys.modules["__main__"] = types.ModuleType("__main__")
         os.chdir(cwd)
         try:
             run()
         except SystemExit as stop:
             code = stop.code
         finally:
-            sys.argv = argv
+            sys.argv, sys.modules["__main__"] = argv, main
             os.chdir(here)
         sys.stdout.flush()
         sys.stderr.flush()
