@@ -52,6 +52,7 @@ __all__ = [
     "count_openai_chat",
     "count_request",
     "count_text",
+    "counts_as_anthropic",
     "message_cache_info",
     "message_tokens",
 ]
