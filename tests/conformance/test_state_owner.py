@@ -247,6 +247,10 @@ def test_sigkill_keeps_every_acknowledged_settlement(tmp_path: Path, acks: int) 
                 break
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
+        # The child ran on while we read: its last acknowledgment is the last line it
+        # printed before the kill, still in the pipe.
+        for line in child.stdout:
+            last = int(line)
     finally:
         if child.poll() is None:
             child.kill()
@@ -259,8 +263,9 @@ def test_sigkill_keeps_every_acknowledged_settlement(tmp_path: Path, acks: int) 
         return found
 
     used, reserved = asyncio.run(reopened())
-    # Every acknowledged pair is there; at most one more settled or held past it.
-    assert 7 * last <= used <= 7 * (last + 2), (used, last)
+    # Every acknowledged pair is there; at most one more settled (its line not yet
+    # printed) and one more held past it.
+    assert 7 * last <= used <= 7 * (last + 1), (used, last)
     assert reserved in (0, 10)
 
 
