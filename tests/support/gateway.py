@@ -116,9 +116,13 @@ class _TestServer(uvicorn.Server):
         for connection in list(self.server_state.connections):
             connection.shutdown()
         state = self.server_state
-        async with asyncio.timeout(self.config.timeout_graceful_shutdown or 10):
-            while state.connections or state.tasks:  # noqa: ASYNC110 (uvicorn has no event)
-                await asyncio.sleep(0.001)
+        try:
+            async with asyncio.timeout(self.config.timeout_graceful_shutdown or 10):
+                while state.connections or state.tasks:  # noqa: ASYNC110 (no event)
+                    await asyncio.sleep(0.001)
+        except TimeoutError:  # as uvicorn does past its graceful deadline
+            for task in state.tasks:
+                task.cancel()
         for server in self.servers:
             await server.wait_closed()
         await self.lifespan.shutdown()
