@@ -201,3 +201,60 @@ def test_url_errors_are_one_line(runner: CliRunner, app: typer.Typer,
     dead = f"http://127.0.0.1:{free_port()}"
     assert "cannot reach the gateway" in run_fail(runner, app, "keys", "list", "--url", dead,
                                                   "--admin-key", ADMIN)
+
+
+def test_store_update(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> None:
+    """Only what is given changes; the secret and the id stay; names are checked as at
+    creation; every refusal is one line and nothing is written."""
+    store = f"sqlite:///{tmp_path / 'k.db'}"
+    policy = tmp_path / "tallygate.yaml"
+    policy.write_text(POLICY)
+    where = ["--store", store, "--config", str(policy)]
+    made = json.loads(run_ok(runner, app, "keys", "create", "--user", "u1", "--plan", "pro",
+                             "--feature", "chat", "--name", "ci", "--json", *where))
+    data = json.loads(run_ok(runner, app, "keys", "update", made["id"], "--plan",
+                             "enterprise", "--feature", "summarize", "--feature", "chat",
+                             "--limit", "tokens_per_day=70", "--json", *where))
+    assert (data["id"], data["user"], data["name"]) == (made["id"], "u1", "ci")
+    assert data["plan"] == "enterprise" and data["features"] == ["summarize", "chat"]
+    assert data["limits"] == {"tokens_per_day": 70}
+    key = verify(store, made["key"])  # the same secret, the new settings
+    assert key.plan == "enterprise" and key.limits == {"tokens_per_day": 70}  # type: ignore[attr-defined]
+
+    line = run_ok(runner, app, "keys", "update", made["id"], "--all-features", "--no-limits",
+                  "--no-name", *where)
+    assert line.strip() == (f"Updated {made['id']}: plan enterprise, features all, "
+                            "models all, own limits none.")
+    key = verify(store, made["key"])
+    assert (key.features, key.limits, key.name) == ((), {}, None)  # type: ignore[attr-defined]
+
+    for args, says in [
+        (["--plan", "enterprize"], "did you mean 'enterprise'"),
+        (["--feature", "code_reveiw"], "did you mean 'code_review'"),
+        (["--limit", "tokens_per_week=5"], "Unknown limit"),
+        (["--feature", "chat", "--all-features"], "give one or the other"),
+        ([], "Nothing to change"),
+    ]:
+        assert says in run_fail(runner, app, "keys", "update", made["id"], *args, *where)
+    assert verify(store, made["key"]).plan == "enterprise"  # type: ignore[attr-defined]
+    assert "no key with id 'key_nope'" in run_fail(runner, app, "keys", "update", "key_nope",
+                                                   "--plan", "pro", *where)
+    run_ok(runner, app, "keys", "revoke", made["id"], *where)
+    assert "is revoked" in run_fail(runner, app, "keys", "update", made["id"], "--plan",
+                                    "pro", *where)
+
+
+def test_url_update(runner: CliRunner, app: typer.Typer,
+                    gateway: tuple[str, MemoryKeyStore]) -> None:
+    url, store = gateway
+    made = json.loads(run_ok(runner, app, "keys", "create", "--user", "u1", "--plan", "pro",
+                             "--json", "--url", url, "--admin-key", ADMIN))
+    data = json.loads(run_ok(runner, app, "keys", "update", made["id"], "--model", "gpt-4o*",
+                             "--limit", "requests_per_minute=5", "--json", "--url", url,
+                             "--admin-key", ADMIN))
+    assert data["models"] == ["gpt-4o*"] and data["limits"] == {"requests_per_minute": 5}
+    assert "object" not in data
+    key = asyncio.run(store.verify(made["key"]))
+    assert key is not None and key.models == ("gpt-4o*",)
+    assert "no key" in run_fail(runner, app, "keys", "update", "key_nope", "--plan", "pro",
+                                "--url", url, "--admin-key", ADMIN)

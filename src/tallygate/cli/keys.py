@@ -1,5 +1,5 @@
-"""`tallygate keys create|list|revoke`: against the configured storage directly, or a
-running gateway's admin API with `--url` and `--admin-key` (env TALLYGATE_ADMIN_KEY)."""
+"""`tallygate keys create|list|update|revoke`: against the configured storage directly, or
+a running gateway's admin API with `--url` and `--admin-key` (env TALLYGATE_ADMIN_KEY)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,30 @@ def list_keys(target: Target, include_revoked: bool) -> list[dict[str, Any]]:
     return target.with_store(action)
 
 
+def update_key(target: Target, key_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+    """The key after `changes` (the admin API's PATCH fields), or None when there is none."""
+    if target.url:
+        try:
+            return _public(target.call(
+                "PATCH", f"/admin/keys/{urllib.parse.quote(key_id, safe='')}", changes))
+        except TallygateError as exc:
+            if "answered 404" in exc.message:
+                return None
+            raise
+
+    from tallygate.config.names import PolicyNames
+    from tallygate.keys.requests import check_update
+
+    # The same checks the admin API makes, against the local policy's names.
+    checked = check_update(changes, PolicyNames(target.policy()))
+
+    async def action(store: Any) -> dict[str, Any] | None:
+        key = await store.update(key_id, **checked)
+        return key.to_public_dict() if key is not None else None
+
+    return target.with_store(action)
+
+
 def revoke_key(target: Target, key_id: str) -> bool:
     if target.url:
         try:
@@ -214,7 +238,8 @@ def _guard(action: Callable[[], T]) -> T:
         raise _fail(exc.message) from None
 
 
-keys_app = typer.Typer(help="Virtual keys: create, list, revoke.", no_args_is_help=True)
+keys_app = typer.Typer(help="Virtual keys: create, list, update, revoke.",
+                       no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -273,6 +298,70 @@ def list_cmd(
         _keys_csv(found)
     else:
         _show_list(found, include_revoked, wide)
+
+
+@keys_app.command("update")
+def update_cmd(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (key_…).")],
+    plan: Annotated[str | None, typer.Option("--plan", help="A new plan.")] = None,
+    feature: Annotated[list[str] | None, typer.Option(
+        "--feature", help="Allowed feature (repeat): replaces the list.")] = None,
+    all_features: Annotated[bool, typer.Option(
+        "--all-features", help="Allow every feature again.")] = False,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Allowed model (repeat; `*` wildcards): replaces the list.")] = None,
+    all_models: Annotated[bool, typer.Option(
+        "--all-models", help="Allow every model again.")] = False,
+    name: Annotated[str | None, typer.Option("--name", help="A new label.")] = None,
+    no_name: Annotated[bool, typer.Option("--no-name", help="Clear the label.")] = False,
+    limit: Annotated[list[str] | None, typer.Option(
+        "--limit", help="The key's own limit (repeat): replaces its limits.")] = None,
+    no_limits: Annotated[bool, typer.Option(
+        "--no-limits", help="Drop the key's own limits (the plan's stay).")] = False,
+    as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
+    url: UrlOpt = None, admin_key: AdminKeyOpt = None,
+) -> None:
+    """Change a key's plan, allow-lists, label or own limits; what is not given stays.
+    The secret and the id stay, and so do the key's counters."""
+    from tallygate.keys.model import parse_limit_items
+
+    target = Target(store, config, url, admin_key)
+
+    def run() -> dict[str, Any] | None:
+        changes: dict[str, Any] = {}
+        for field, given, clear, option in (
+                ("features", feature or None, all_features, "--feature / --all-features"),
+                ("models", model or None, all_models, "--model / --all-models"),
+                ("name", name, no_name, "--name / --no-name"),
+                ("limits", limit or None, no_limits, "--limit / --no-limits")):
+            if given is not None and clear:
+                raise InvalidRequest(f"{option}: give one or the other.")
+            if given is not None or clear:
+                changes[field] = given
+        if plan is not None:
+            changes["plan"] = plan
+        if not changes:
+            raise InvalidRequest("Nothing to change: give --plan, --feature, --model, --name "
+                                 "or --limit (or --all-features, --all-models, --no-name, "
+                                 "--no-limits).")
+        for field in ("features", "models"):  # cleared: an empty list allows everything
+            if field in changes:
+                changes[field] = list(changes[field] or [])
+        if "limits" in changes:
+            changes["limits"] = parse_limit_items(changes["limits"] or [])
+        return update_key(target, key_id, changes)
+
+    data = _guard(run)
+    if data is None:
+        raise _fail(f"no key with id {key_id!r}")
+    print(json.dumps(data) if as_json else _updated_line(data))
+
+
+def _updated_line(data: dict[str, Any]) -> str:
+    limits = ", ".join(f"{k}={v}" for k, v in (data.get("limits") or {}).items())
+    return (f"Updated {data['id']}: plan {data['plan']}, features "
+            f"{', '.join(data['features']) or 'all'}, models "
+            f"{', '.join(data['models']) or 'all'}, own limits {limits or 'none'}.")
 
 
 @keys_app.command("revoke")
