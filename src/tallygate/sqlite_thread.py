@@ -69,4 +69,6 @@ class SqliteThread:
     async def close(self) -> None:
         if self._conn is not None:
             await self.run(self._close)
-        self._pool.shutdown(wait=True)
+        # The thread has nothing left to run: let it end by itself rather than join it
+        # on the event loop (a join is a blocking wait).
+        self._pool.shutdown(wait=False)
