@@ -74,6 +74,12 @@ class InvalidApiKey(TallygateError):
     anthropic_type = "authentication_error"
 
 
+class KeyExpired(InvalidApiKey):
+    """A virtual key past its `expires_at`: 401, told apart from an unknown key."""
+
+    code = "key_expired"
+
+
 class PermissionDenied(TallygateError):
     status = 403
     code = "permission_denied"

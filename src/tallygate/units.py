@@ -108,12 +108,14 @@ _RELATIVE = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_when(text: str, now: float) -> float:
-    """`24h`, `7d`, `30m`, `2w`, `90s` (that long before `now`), an ISO date (midnight UTC)
-    or an ISO date-time (UTC when it has no offset) → unix seconds."""
+def parse_when(text: str, now: float, *, ahead: bool = False) -> float:
+    """`24h`, `7d`, `30m`, `2w`, `90s` (that long before `now`, or after it when `ahead`:
+    an expiry), an ISO date (midnight UTC) or an ISO date-time (UTC when it has no
+    offset) → unix seconds."""
     m = _RELATIVE.match(text)
     if m:
-        return now - int(m.group(1)) * _UNIT[m.group(2)]
+        span = int(m.group(1)) * _UNIT[m.group(2)]
+        return now + span if ahead else now - span
     try:
         if len(text.strip()) == 10:
             d = date.fromisoformat(text.strip())

@@ -224,7 +224,7 @@ def test_store_update(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> No
     line = run_ok(runner, app, "keys", "update", made["id"], "--all-features", "--no-limits",
                   "--no-name", *where)
     assert line.strip() == (f"Updated {made['id']}: plan enterprise, features all, "
-                            "models all, own limits none.")
+                            "models all, own limits none, expires never.")
     key = verify(store, made["key"])
     assert (key.features, key.limits, key.name) == ((), {}, None)  # type: ignore[attr-defined]
 
@@ -258,3 +258,47 @@ def test_url_update(runner: CliRunner, app: typer.Typer,
     assert key is not None and key.models == ("gpt-4o*",)
     assert "no key" in run_fail(runner, app, "keys", "update", "key_nope", "--plan", "pro",
                                 "--url", url, "--admin-key", ADMIN)
+
+
+def test_store_expiry_and_rotate(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'k.db'}"
+    made = json.loads(run_ok(runner, app, "keys", "create", "--user", "u1", "--plan", "pro",
+                             "--expires", "30d", "--json", "--store", store))
+    assert abs(made["expires_at"] - (time.time() + 30 * 86_400)) < 60
+    panel = run_ok(runner, app, "keys", "create", "--user", "u2", "--plan", "pro",
+                   "--expires", "2099-01-31", "--store", store)
+    assert "expires: 2099-01-31 00:00 UTC" in panel
+    assert "--expires" in run_fail(runner, app, "keys", "create", "--user", "u3", "--plan",
+                                   "pro", "--expires", "soon", "--store", store)
+    assert "not in the future" in run_fail(runner, app, "keys", "create", "--user", "u3",
+                                           "--plan", "pro", "--expires", "2001-01-01",
+                                           "--store", store)
+    line = run_ok(runner, app, "keys", "update", made["id"], "--no-expiry", "--store", store)
+    assert line.strip().endswith("expires never.")
+    assert verify(store, made["key"]).expires_at is None  # type: ignore[attr-defined]
+    assert "expires 2099-06-01T00:00:00Z" in run_ok(
+        runner, app, "keys", "update", made["id"], "--expires", "2099-06-01", "--store", store)
+
+    rotated = json.loads(run_ok(runner, app, "keys", "rotate", made["id"], "--json",
+                                "--store", store))
+    assert rotated["id"] == made["id"] and rotated["key"] != made["key"]
+    assert verify(store, made["key"]) is None
+    assert verify(store, rotated["key"]).id == made["id"]  # type: ignore[attr-defined]
+    shown = run_ok(runner, app, "keys", "rotate", made["id"], "--store", store)
+    assert "New secret" in shown and "shown only once" in shown
+    assert "no key with id 'key_nope'" in run_fail(runner, app, "keys", "rotate", "key_nope",
+                                                   "--store", store)
+
+
+def test_url_rotate(runner: CliRunner, app: typer.Typer,
+                    gateway: tuple[str, MemoryKeyStore]) -> None:
+    url, store = gateway
+    made = json.loads(run_ok(runner, app, "keys", "create", "--user", "u1", "--plan", "pro",
+                             "--json", "--url", url, "--admin-key", ADMIN))
+    rotated = json.loads(run_ok(runner, app, "keys", "rotate", made["id"], "--json",
+                                "--url", url, "--admin-key", ADMIN))
+    assert rotated["key"] != made["key"] and "object" not in rotated
+    assert asyncio.run(store.verify(made["key"])) is None
+    assert asyncio.run(store.verify(rotated["key"])) is not None
+    assert "no key" in run_fail(runner, app, "keys", "rotate", "key_nope", "--url", url,
+                                "--admin-key", ADMIN)

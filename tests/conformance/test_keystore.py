@@ -234,3 +234,83 @@ async def test_update_refuses_bad_values_unknown_and_revoked_keys(store: KeyStor
         await store.update(key.id, plan="pro")
     after = await store.get(key.id)
     assert after is not None and after.plan == "free"
+
+
+async def test_a_key_expires_when_it_says(store: KeyStore) -> None:
+    """Stored and read back on every backend; the store still returns an expired key
+    (the gateway answers 401 key_expired, not "unknown"); an expiry must be ahead."""
+    import time
+
+    soon = int(time.time()) + 3600
+    key, secret = await store.create("u1", "pro", expires_at=soon)
+    found = await store.verify(secret)
+    assert found is not None and found.expires_at == soon
+    assert not found.expired(soon - 1) and found.expired(soon)
+    assert (await store.get(key.id)).expires_at == soon  # type: ignore[union-attr]
+    assert [k.expires_at for k in await store.list()] == [soon]
+    for bad in (int(time.time()) - 5, True, "2027-01-01", 1.5, 2**60):
+        with pytest.raises(InvalidRequest) as refused:
+            await store.create("u2", "pro", expires_at=bad)
+        assert refused.value.param == "expires_at"
+    lasting = await store.update(key.id, expires_at=None)
+    assert lasting is not None and lasting.expires_at is None
+    assert (await store.verify(secret)).expires_at is None  # type: ignore[union-attr]
+    later = await store.update(key.id, expires_at=soon + 60)
+    assert later is not None and later.expires_at == soon + 60 and later.plan == "pro"
+    with pytest.raises(InvalidRequest):
+        await store.update(key.id, expires_at=int(time.time()) - 1)
+
+
+async def test_rotate_gives_a_new_secret_and_refuses_the_old(store: KeyStore) -> None:
+    key, old = await store.create("u1", "pro", features=["chat"],
+                                  limits={"tokens_per_day": 500})
+    rotated = await store.rotate(key.id)
+    assert rotated is not None
+    same, new = rotated
+    assert new != old and new.startswith("tg-")
+    assert same == key  # same id, user, plan, allow-lists and limits
+    assert await store.verify(old) is None
+    assert await store.verify(new) == key
+    assert await store.rotate("key_nope") is None
+    await store.revoke(key.id)
+    with pytest.raises(InvalidRequest, match="revoked"):
+        await store.rotate(key.id)
+    assert await store.verify(new) is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres",
+                                                           marks=pytest.mark.postgres)])
+async def test_a_key_table_from_before_expiry_is_extended(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A tg_keys table written by a tallygate without expiry opens, keeps its keys, and
+    takes expiries from then on (the column is added once, by whoever opens it first)."""
+    store_url = (f"sqlite:///{tmp_path / 'keys.db'}" if kind == "sqlite"
+                 else str(request.getfixturevalue("fresh_pg")))
+    old = ("CREATE TABLE tg_keys (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, name TEXT,"
+           " user_id TEXT NOT NULL, plan TEXT NOT NULL, features TEXT NOT NULL,"
+           " models TEXT NOT NULL, limits TEXT NOT NULL, created_at BIGINT NOT NULL,"
+           " revoked_at BIGINT)")
+    row = ("key_0000000000000001", hash_secret("tg-" + "a" * 40), None, "u0", "free", "[]",
+           "[]", "{}", 1_700_000_000, None)
+    if store_url.startswith("sqlite"):
+        import sqlite3
+
+        db = sqlite3.connect(store_url[len("sqlite:///"):])
+        db.execute(old)
+        db.execute("INSERT INTO tg_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        db.commit()
+        db.close()
+    else:
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            conn.execute(old)
+            conn.execute("INSERT INTO tg_keys VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                         row)
+    first, second = await open_keystore(store_url), await open_keystore(store_url)
+    try:
+        kept = await second.verify("tg-" + "a" * 40)
+        assert kept is not None and kept.user == "u0" and kept.expires_at is None
+        key, _ = await first.create("u1", "free", expires_at=2_000_000_000)
+        assert (await second.get(key.id)).expires_at == 2_000_000_000  # type: ignore[union-attr]
+    finally:
+        await first.close()
+        await second.close()

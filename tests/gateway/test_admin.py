@@ -296,3 +296,31 @@ async def test_check_permission(store: MemoryKeyStore) -> None:
     assert resolve_feature(limited, None) == "chat"
     assert resolve_feature(limited, "summarize") == "summarize"
     assert resolve_feature(open_key, None) is None
+
+
+async def test_expiry_and_rotation_through_the_api(client: TestClient,
+                                                   store: MemoryKeyStore) -> None:
+    import time
+
+    soon = int(time.time()) + 600
+    created = client.post("/admin/keys", json={"user": "u", "plan": "free",
+                                               "expires_at": soon}, headers=AUTH).json()
+    assert created["expires_at"] == soon
+    path = f"/admin/keys/{created['id']}"
+    for bad in (int(time.time()) - 1, "tomorrow", True):
+        error = assert_error(client.patch(path, json={"expires_at": bad}, headers=AUTH), 400,
+                             "invalid_request")
+        assert error["param"] == "expires_at"
+    assert client.patch(path, json={"expires_at": None}, headers=AUTH).json()[
+        "expires_at"] is None
+    rotated = client.post(path + "/rotate", headers=AUTH)
+    assert rotated.status_code == 200, rotated.text
+    data = rotated.json()
+    assert data["id"] == created["id"] and data["key"] != created["key"]
+    assert await store.verify(created["key"]) is None
+    assert (await store.verify(data["key"])).id == created["id"]  # type: ignore[union-attr]
+    assert_error(client.post("/admin/keys/key_nope/rotate", headers=AUTH), 404, "not_found")
+    assert_error(client.post(path + "/rotate"), 401, "invalid_api_key")
+    client.delete(path, headers=AUTH)
+    error = assert_error(client.post(path + "/rotate", headers=AUTH), 400, "invalid_request")
+    assert "revoked" in error["message"]

@@ -173,10 +173,10 @@ KEYS = [
     {"id": "key_0123456789abcdef", "name": "ci pipeline", "user": MARKUP, "plan": "pro",
      "features": ["chat", "code_review"], "models": ["gpt-4o*"],
      "limits": {"tokens_per_day": 50000, "cost_usd_per_day": 2.5},
-     "created_at": 1_790_000_000, "revoked_at": 1_790_086_400},
+     "created_at": 1_790_000_000, "revoked_at": 1_790_086_400, "expires_at": None},
     {"id": "key_fedcba9876543210", "name": None, "user": "bob", "plan": "free",
      "features": [], "models": [], "limits": {}, "created_at": 1_790_000_100,
-     "revoked_at": None},
+     "revoked_at": None, "expires_at": 1_792_592_100},
 ]
 
 
@@ -213,7 +213,8 @@ def test_keys_list_fits_80_columns() -> None:
     back = [{**r, "features": orjson.loads(r["features"]), "models": orjson.loads(r["models"]),
              "limits": orjson.loads(r["limits"]), "name": r["name"] or None,
              "created_at": int(r["created_at"]),
-             "revoked_at": int(r["revoked_at"]) if r["revoked_at"] else None} for r in rows]
+             "revoked_at": int(r["revoked_at"]) if r["revoked_at"] else None,
+             "expires_at": int(r["expires_at"]) if r["expires_at"] else None} for r in rows]
     assert back == KEYS
 
 

@@ -1,4 +1,4 @@
-"""`tallygate keys create|list|update|revoke`: against the configured storage directly, or
+"""`tallygate keys create|list|update|rotate|revoke`: against the configured storage, or
 a running gateway's admin API with `--url` and `--admin-key` (env TALLYGATE_ADMIN_KEY)."""
 
 from __future__ import annotations
@@ -30,6 +30,20 @@ AdminKeyOpt = Annotated[str | None, typer.Option(
     "--admin-key", envvar="TALLYGATE_ADMIN_KEY", show_envvar=True,
     help="The gateway's admin key (with --url).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ExpiresOpt = Annotated[str | None, typer.Option(
+    "--expires", help="When the key stops working: 30d, 12h, 2027-01-31 or an ISO time.")]
+
+
+def expiry(text: str) -> int:
+    """`--expires` → unix seconds (a span counts from now)."""
+    import time
+
+    from tallygate.units import parse_when
+
+    try:
+        return int(parse_when(text, time.time(), ahead=True))
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"--expires: {exc.message}") from None
 
 
 class Target:
@@ -154,6 +168,28 @@ def update_key(target: Target, key_id: str, changes: dict[str, Any]) -> dict[str
     return target.with_store(action)
 
 
+def rotate_key(target: Target, key_id: str) -> dict[str, Any] | None:
+    """The key with its new secret, or None when there is no such key."""
+    if target.url:
+        try:
+            return _public(target.call(
+                "POST", f"/admin/keys/{urllib.parse.quote(key_id, safe='')}/rotate", {}))
+        except TallygateError as exc:
+            if "answered 404" in exc.message:
+                return None
+            raise
+
+    async def action(store: Any) -> dict[str, Any] | None:
+        rotated = await store.rotate(key_id)
+        if rotated is None:
+            return None
+        key, secret = rotated
+        data: dict[str, Any] = key.to_public_dict() | {"key": secret}
+        return data
+
+    return target.with_store(action)
+
+
 def revoke_key(target: Target, key_id: str) -> bool:
     if target.url:
         try:
@@ -170,7 +206,7 @@ def revoke_key(target: Target, key_id: str) -> bool:
     return target.with_store(action)
 
 
-def _show_created(data: dict[str, Any]) -> None:
+def _show_created(data: dict[str, Any], title: str = "New virtual key") -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.panel import Panel
@@ -182,6 +218,8 @@ def _show_created(data: dict[str, Any]) -> None:
         scope.append("models: " + escape(", ".join(data["models"])))
     if data.get("limits"):
         scope.append("limits: " + ", ".join(f"{k}={v}" for k, v in data["limits"].items()))
+    if data.get("expires_at"):
+        scope.append(f"expires: {minute_text(data['expires_at'])} UTC")
     body = "\n".join([
         f"id:   {data['id']}", f"user: {escape(data['user'])}   plan: {escape(data['plan'])}",
         *scope, "",
@@ -189,7 +227,7 @@ def _show_created(data: dict[str, Any]) -> None:
         "[yellow]This secret is shown only once: store it now. "
         "tallygate keeps only its hash.[/yellow]",
     ])
-    Console().print(Panel(body, title="New virtual key", expand=False), soft_wrap=True)
+    Console().print(Panel(body, title=title, expand=False), soft_wrap=True)
 
 
 def _list_columns(include_revoked: bool) -> list[Column]:
@@ -203,6 +241,7 @@ def _list_columns(include_revoked: bool) -> list[Column]:
                or "-", 2, number=False),
         Column("name", lambda k: k.get("name") or "", 3, number=False),
         Column("created", lambda k: minute_text(k["created_at"]), 4, number=False),
+        Column("expires", lambda k: minute_text(k.get("expires_at")), 3, number=False),
     ]
     if include_revoked:
         columns.insert(3, Column("revoked", lambda k: minute_text(k["revoked_at"]), 1,
@@ -218,7 +257,7 @@ def _show_list(keys: list[dict[str, Any]], include_revoked: bool, wide: bool) ->
 
 
 KEYS_CSV = ("id", "name", "user", "plan", "features", "models", "limits", "created_at",
-            "revoked_at")
+            "revoked_at", "expires_at")
 
 
 def _keys_csv(keys: list[dict[str, Any]]) -> None:
@@ -238,7 +277,7 @@ def _guard(action: Callable[[], T]) -> T:
         raise _fail(exc.message) from None
 
 
-keys_app = typer.Typer(help="Virtual keys: create, list, update, revoke.",
+keys_app = typer.Typer(help="Virtual keys: create, list, update, rotate, revoke.",
                        no_args_is_help=True)
 
 
@@ -258,6 +297,7 @@ def create_cmd(
     name: Annotated[str | None, typer.Option("--name", help="A label.")] = None,
     limit: Annotated[list[str] | None, typer.Option(
         "--limit", help="The key's own limit, e.g. tokens_per_day=50000 (repeat).")] = None,
+    expires: ExpiresOpt = None,
     as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
     url: UrlOpt = None, admin_key: AdminKeyOpt = None,
 ) -> None:
@@ -271,6 +311,8 @@ def create_cmd(
                                   "features": list(feature or []),
                                   "models": list(model or []),
                                   "limits": parse_limit_items(limit or [])}
+        if expires is not None:
+            fields["expires_at"] = expiry(expires)
         return create_key(target, fields)
 
     data = _guard(run)
@@ -318,6 +360,9 @@ def update_cmd(
         "--limit", help="The key's own limit (repeat): replaces its limits.")] = None,
     no_limits: Annotated[bool, typer.Option(
         "--no-limits", help="Drop the key's own limits (the plan's stay).")] = False,
+    expires: ExpiresOpt = None,
+    no_expiry: Annotated[bool, typer.Option(
+        "--no-expiry", help="The key lasts until revoked.")] = False,
     as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
     url: UrlOpt = None, admin_key: AdminKeyOpt = None,
 ) -> None:
@@ -333,7 +378,8 @@ def update_cmd(
                 ("features", feature or None, all_features, "--feature / --all-features"),
                 ("models", model or None, all_models, "--model / --all-models"),
                 ("name", name, no_name, "--name / --no-name"),
-                ("limits", limit or None, no_limits, "--limit / --no-limits")):
+                ("limits", limit or None, no_limits, "--limit / --no-limits"),
+                ("expires_at", expires, no_expiry, "--expires / --no-expiry")):
             if given is not None and clear:
                 raise InvalidRequest(f"{option}: give one or the other.")
             if given is not None or clear:
@@ -341,14 +387,16 @@ def update_cmd(
         if plan is not None:
             changes["plan"] = plan
         if not changes:
-            raise InvalidRequest("Nothing to change: give --plan, --feature, --model, --name "
-                                 "or --limit (or --all-features, --all-models, --no-name, "
-                                 "--no-limits).")
+            raise InvalidRequest("Nothing to change: give --plan, --feature, --model, --name, "
+                                 "--limit or --expires (or --all-features, --all-models, "
+                                 "--no-name, --no-limits, --no-expiry).")
         for field in ("features", "models"):  # cleared: an empty list allows everything
             if field in changes:
                 changes[field] = list(changes[field] or [])
         if "limits" in changes:
             changes["limits"] = parse_limit_items(changes["limits"] or [])
+        if changes.get("expires_at") is not None:
+            changes["expires_at"] = expiry(changes["expires_at"])
         return update_key(target, key_id, changes)
 
     data = _guard(run)
@@ -358,10 +406,32 @@ def update_cmd(
 
 
 def _updated_line(data: dict[str, Any]) -> str:
+    from tallygate.units import iso_seconds
+
     limits = ", ".join(f"{k}={v}" for k, v in (data.get("limits") or {}).items())
+    expires = data.get("expires_at")
     return (f"Updated {data['id']}: plan {data['plan']}, features "
             f"{', '.join(data['features']) or 'all'}, models "
-            f"{', '.join(data['models']) or 'all'}, own limits {limits or 'none'}.")
+            f"{', '.join(data['models']) or 'all'}, own limits {limits or 'none'}, "
+            f"expires {iso_seconds(expires) if expires else 'never'}.")
+
+
+@keys_app.command("rotate")
+def rotate_cmd(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (key_…).")],
+    as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
+    url: UrlOpt = None, admin_key: AdminKeyOpt = None,
+) -> None:
+    """A new secret for a key (printed once); the old one is refused from now on. The id,
+    settings and counters stay."""
+    target = Target(store, config, url, admin_key)
+    data = _guard(lambda: rotate_key(target, key_id))
+    if data is None:
+        raise _fail(f"no key with id {key_id!r}")
+    if as_json:
+        print(json.dumps({"id": data["id"], "key": data["key"], **data}))
+    else:
+        _show_created(data, title="New secret")
 
 
 @keys_app.command("revoke")

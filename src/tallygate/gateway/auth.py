@@ -8,11 +8,13 @@ win. Error messages never echo the presented secret.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
-from tallygate.errors import InvalidApiKey, PermissionDenied
+from tallygate.errors import InvalidApiKey, KeyExpired, PermissionDenied
 from tallygate.keys.base import KeyStore
 from tallygate.keys.model import VirtualKey
+from tallygate.units import iso
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -55,7 +57,8 @@ def _missing_message(key_headers: tuple[str, ...]) -> str:
 async def authenticate(
     store: KeyStore, headers: Mapping[str, str], key_headers: tuple[str, ...] = ()
 ) -> VirtualKey:
-    """The caller's active key, or InvalidApiKey (missing, unknown or revoked).
+    """The caller's active key, or InvalidApiKey (missing, unknown or revoked; KeyExpired
+    past its expiry).
     `key_headers`: the protocol's own key headers, besides Bearer (WireAdapter)."""
     secret = extract_secret(headers, key_headers)
     if secret is None:
@@ -63,6 +66,9 @@ async def authenticate(
     key = await store.verify(secret)
     if key is None:
         raise InvalidApiKey("Invalid API key: unknown or revoked tallygate virtual key.")
+    if key.expired(time.time()):
+        raise KeyExpired(f"This tallygate virtual key ({key.id}) expired at "
+                         f"{iso(key.expires_at)}: ask for a new one.")
     return key
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
+from typing import Any
 
 from tallygate.errors import RateLimited
 from tallygate.keys.base import KeyStore
-from tallygate.keys.model import LimitValue, VirtualKey
+from tallygate.keys.model import VirtualKey
 
 log = logging.getLogger("tallygate.auth")
 CLIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tallygate_client",
@@ -90,13 +91,15 @@ class ThrottledKeys:
             self.throttle.failed(address)
         return key
 
-    async def create(
-        self, user: str, plan: str, *, name: str | None = None,
-        features: Sequence[str] = (), models: Sequence[str] = (),
-        limits: Mapping[str, LimitValue] | None = None,
-    ) -> tuple[VirtualKey, str]:
-        return await self.inner.create(user, plan, name=name, features=features,
-                                       models=models, limits=limits)
+    async def create(self, user: str, plan: str, **fields: Any) -> tuple[VirtualKey, str]:
+        """KeyStore.create, passed through (`fields` are its keyword arguments)."""
+        return await self.inner.create(user, plan, **fields)
+
+    async def update(self, key_id: str, **changes: Any) -> VirtualKey | None:
+        return await self.inner.update(key_id, **changes)
+
+    async def rotate(self, key_id: str) -> tuple[VirtualKey, str] | None:
+        return await self.inner.rotate(key_id)
 
     async def get(self, key_id: str) -> VirtualKey | None:
         return await self.inner.get(key_id)

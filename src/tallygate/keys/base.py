@@ -19,6 +19,7 @@ from tallygate.errors import InvalidRequest
 from tallygate.keys.model import (
     LimitValue,
     VirtualKey,
+    check_expires_at,
     check_limits,
     check_names,
     check_text,
@@ -52,12 +53,16 @@ class KeyStore(Protocol):
         features: Sequence[str] = (),
         models: Sequence[str] = (),
         limits: Mapping[str, LimitValue] | None = None,
+        expires_at: int | None = None,
     ) -> tuple[VirtualKey, str]:
-        """A new key and its secret. The secret is not kept: show it once."""
+        """A new key and its secret. The secret is not kept: show it once. `expires_at`
+        (unix seconds, in the future) ends it by itself: the gateway answers 401
+        `key_expired` from then on."""
         ...
 
     async def verify(self, secret: str) -> VirtualKey | None:
-        """The active key for this secret, or None (unknown, revoked, malformed)."""
+        """The active key for this secret, or None (unknown, revoked, malformed). An
+        expired key is returned: its caller says `key_expired` (VirtualKey.expired)."""
         ...
 
     async def get(self, key_id: str) -> VirtualKey | None: ...
@@ -79,11 +84,19 @@ class KeyStore(Protocol):
         features: Sequence[str] | Unset = UNSET,
         models: Sequence[str] | Unset = UNSET,
         limits: Mapping[str, LimitValue] | Unset = UNSET,
+        expires_at: int | Unset | None = UNSET,
     ) -> VirtualKey | None:
-        """Change an active key's plan, name, allow-lists or own limits (fields left UNSET
-        stay; an empty list allows everything again, `{}` drops the key's limits, name
-        None clears it). The secret and the id stay. None when there is no such key;
-        InvalidRequest when it is revoked or a value is malformed."""
+        """Change an active key's plan, name, allow-lists, own limits or expiry (fields
+        left UNSET stay; an empty list allows everything again, `{}` drops the key's
+        limits, name None clears it, expires_at None makes it last). The secret and the
+        id stay. None when there is no such key; InvalidRequest when it is revoked or a
+        value is malformed."""
+        ...
+
+    async def rotate(self, key_id: str) -> tuple[VirtualKey, str] | None:
+        """A new secret for an active key, the old one refused from now on (within the
+        cache's second on other gateways). Same id, settings and counters. None when
+        there is no such key; InvalidRequest when it is revoked."""
         ...
 
     async def close(self) -> None: ...
@@ -97,6 +110,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], object]] = {
     "features": lambda value: check_names(value, "features"),
     "models": lambda value: check_names(value, "models"),
     "limits": check_limits,
+    "expires_at": check_expires_at,
 }
 
 
@@ -122,8 +136,11 @@ class BaseKeyStore:
         given = {"plan": plan, "name": None, "features": (), "models": (), "limits": None,
                  **fields}
         user = str(check_text(user, "user"))
-        key = VirtualKey(id=new_key_id(), user=user, created_at=int(self._clock()),
-                         **checked_fields("create", given))  # type: ignore[arg-type]
+        checked = checked_fields("create", given)
+        now = self._clock()
+        self._check_future(checked, now)
+        key = VirtualKey(id=new_key_id(), user=user, created_at=int(now),
+                         **checked)  # type: ignore[arg-type]
         secret = new_secret()
         await self._insert(key, hash_secret(secret))
         return key, secret
@@ -149,6 +166,7 @@ class BaseKeyStore:
 
     async def update(self, key_id: str, **changes: Any) -> VirtualKey | None:
         checked = checked_fields("update", changes)
+        self._check_future(checked, self._clock())
         key = await self.get(key_id)
         if key is None:
             return None
@@ -161,8 +179,29 @@ class BaseKeyStore:
                                  param="id")
         return updated
 
+    async def rotate(self, key_id: str) -> tuple[VirtualKey, str] | None:
+        key = await self.get(key_id)
+        if key is None:
+            return None
+        secret = new_secret()
+        if not key.active or not await self._rehash(key_id, hash_secret(secret)):
+            raise InvalidRequest(f"Key {key_id[:64]!r} is revoked: create a new one.",
+                                 param="id")
+        return key, secret
+
+    @staticmethod
+    def _check_future(checked: Mapping[str, object], now: float) -> None:
+        expires = checked.get("expires_at")
+        if isinstance(expires, int) and expires <= now:
+            raise InvalidRequest(f"expires_at {expires} is not in the future (revoke a key to "
+                                 "end it now).", param="expires_at")
+
     async def _replace(self, key: VirtualKey) -> bool:
-        """Store `key`'s plan, name, allow-lists and limits if it is still active."""
+        """Store `key`'s plan, name, allow-lists, limits and expiry if it is still active."""
+        raise NotImplementedError
+
+    async def _rehash(self, key_id: str, digest: str) -> bool:
+        """Replace the stored hash of an active key; False when revoked or gone."""
         raise NotImplementedError
 
     async def _insert(self, key: VirtualKey, digest: str) -> None:

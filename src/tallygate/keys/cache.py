@@ -130,6 +130,13 @@ class CachedKeyStore:
         self._good.drop_key(key_id)
         return key
 
+    async def rotate(self, key_id: str) -> tuple[VirtualKey, str] | None:
+        """KeyStore.rotate; this process refuses the old secret at once, others within
+        `ttl`."""
+        rotated = await self.inner.rotate(key_id)
+        self._good.drop_key(key_id)
+        return rotated
+
     def invalidate(self) -> None:
         """Forget everything cached (e.g. after an out-of-band change)."""
         self._good.clear()

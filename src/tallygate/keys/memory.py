@@ -44,6 +44,14 @@ class MemoryKeyStore(BaseKeyStore):
         self._keys[key.id] = key
         return True
 
+    async def _rehash(self, key_id: str, digest: str) -> bool:
+        current = self._keys.get(key_id)
+        if current is None or not current.active:
+            return False
+        self._hashes = {h: k for h, k in self._hashes.items() if k != key_id}
+        self._hashes[digest] = key_id
+        return True
+
     async def get(self, key_id: str) -> VirtualKey | None:
         return self._keys.get(key_id)
 

@@ -74,10 +74,15 @@ class VirtualKey:
     limits: dict[str, LimitValue] = field(default_factory=dict, hash=False)
     created_at: int = 0  # unix seconds
     revoked_at: int | None = None
+    expires_at: int | None = None  # unix seconds; None = never
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    def expired(self, now: float) -> bool:
+        """Past its expiry at `now` (a revoked key is refused whatever this says)."""
+        return self.expires_at is not None and now >= self.expires_at
 
     def allows_feature(self, feature: str) -> bool:
         return _pattern_allows(self.features, feature)
@@ -97,6 +102,7 @@ class VirtualKey:
             "limits": dict(self.limits),
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
+            "expires_at": self.expires_at,
         }
 
 
@@ -122,6 +128,19 @@ def check_names(values: object, what: str) -> tuple[str, ...]:
         raise InvalidRequest(f"'{what}' has more than {MAX_LIST_ITEMS} entries.", param=what)
     out = [check_text(item, what) for item in items]
     return tuple(dict.fromkeys(v for v in out if v is not None))
+
+
+MAX_EXPIRES_AT = 2**53  # unix seconds; any later date is a mistake, not a plan
+
+
+def check_expires_at(value: object) -> int | None:
+    """A key's expiry: whole unix seconds, or None for never."""
+    if value is None:
+        return None
+    if type(value) is not int or not 0 < value < MAX_EXPIRES_AT:
+        raise InvalidRequest(f"expires_at must be unix seconds (an integer) or null, got "
+                             f"{str(value)[:64]!r}", param="expires_at")
+    return value
 
 
 def check_limits(limits: object) -> dict[str, LimitValue]:

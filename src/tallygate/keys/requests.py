@@ -8,11 +8,12 @@ from typing import Any
 
 from tallygate.config.names import PolicyNames, did_you_mean
 from tallygate.errors import InvalidRequest
-from tallygate.keys.model import check_limits, check_names, check_text
+from tallygate.keys.model import check_expires_at, check_limits, check_names, check_text
 
 LimitsValidator = Callable[[Mapping[str, Any]], object]
-CREATE_FIELDS = frozenset({"user", "plan", "name", "features", "models", "limits"})
-UPDATE_FIELDS = frozenset({"plan", "name", "features", "models", "limits"})
+CREATE_FIELDS = frozenset({"user", "plan", "name", "features", "models", "limits",
+                           "expires_at"})
+UPDATE_FIELDS = frozenset({"plan", "name", "features", "models", "limits", "expires_at"})
 
 
 def check_create(data: Mapping[str, Any], names: PolicyNames | None,
@@ -33,6 +34,7 @@ def check_create(data: Mapping[str, Any], names: PolicyNames | None,
         "features": check_names(data.get("features"), "features"),
         "models": check_names(data.get("models"), "models"),
         "limits": limits,
+        "expires_at": check_expires_at(data.get("expires_at")),
     }
     if names is not None:  # the same check as `tallygate keys create` (config/names.py)
         names.check_key(plan=fields["plan"], features=fields["features"],
@@ -49,7 +51,8 @@ def check_update(data: Mapping[str, Any], names: PolicyNames | None,
         raise InvalidRequest(f"Unknown field {name!r}{did_you_mean(name, UPDATE_FIELDS)}.",
                              param=name)
     if not data:
-        raise InvalidRequest("Nothing to change: give plan, name, features, models or limits.")
+        raise InvalidRequest("Nothing to change: give plan, name, features, models, limits "
+                             "or expires_at.")
     out: dict[str, Any] = {}
     if "plan" in data:
         out["plan"] = check_text(data["plan"], "plan")
@@ -58,17 +61,23 @@ def check_update(data: Mapping[str, Any], names: PolicyNames | None,
     for field in ("features", "models"):
         if field in data:
             out[field] = list(check_names(data[field] or [], field))
+    if "expires_at" in data:
+        out["expires_at"] = check_expires_at(data["expires_at"])
     if "limits" in data:
         out["limits"] = check_limits(data["limits"] or {})
         if validate_limits is not None and out["limits"]:
             validate_limits(out["limits"])
     if names is not None:  # the names a creation is checked against (config/names.py)
-        problems = [("plan", out["plan"], names.plan_problem)] if "plan" in out else []
-        problems += [("features", f, names.feature_pattern_problem)
-                     for f in out.get("features", [])]
-        problems += [("models", m, names.model_pattern_problem) for m in out.get("models", [])]
-        for param, value, check in problems:
-            problem = check(value)
-            if problem is not None:
-                raise InvalidRequest(problem[0].upper() + problem[1:] + ".", param=param)
+        _known(out, names)
     return out
+
+
+def _known(out: Mapping[str, Any], names: PolicyNames) -> None:
+    problems = [("plan", out["plan"], names.plan_problem)] if "plan" in out else []
+    problems += [("features", f, names.feature_pattern_problem)
+                 for f in out.get("features", [])]
+    problems += [("models", m, names.model_pattern_problem) for m in out.get("models", [])]
+    for param, value, check in problems:
+        problem = check(value)
+        if problem is not None:
+            raise InvalidRequest(problem[0].upper() + problem[1:] + ".", param=param)

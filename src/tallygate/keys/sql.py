@@ -22,7 +22,8 @@ from tallygate.keys.model import VirtualKey
 from tallygate.pg_link import PgLink
 from tallygate.sqlite_thread import SqliteThread
 
-_FIELDS = "id, name, user_id, plan, features, models, limits, created_at, revoked_at"
+_FIELDS = ("id, name, user_id, plan, features, models, limits, created_at, revoked_at, "
+           "expires_at")
 
 
 def schema(integer: str) -> str:
@@ -31,11 +32,17 @@ def schema(integer: str) -> str:
         " id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, name TEXT,"
         " user_id TEXT NOT NULL, plan TEXT NOT NULL, features TEXT NOT NULL,"
         f" models TEXT NOT NULL, limits TEXT NOT NULL, created_at {integer} NOT NULL,"
-        f" revoked_at {integer})"
+        f" revoked_at {integer}, expires_at {integer})"
     )
 
 
-INSERT = f"INSERT INTO tg_keys (hash, {_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+def add_expiry(integer: str, *, if_not_exists: bool = False) -> str:
+    """Tables made before keys could expire get the column."""
+    guard = " IF NOT EXISTS" if if_not_exists else ""
+    return f"ALTER TABLE tg_keys ADD COLUMN{guard} expires_at {integer}"
+
+
+INSERT = f"INSERT INTO tg_keys (hash, {_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 BY_HASH = f"SELECT hash, {_FIELDS} FROM tg_keys WHERE hash = ?"
 BY_ID = f"SELECT hash, {_FIELDS} FROM tg_keys WHERE id = ?"
 LIST_ALL = f"SELECT hash, {_FIELDS} FROM tg_keys ORDER BY created_at, id"
@@ -44,8 +51,9 @@ LIST_ACTIVE = (
 )
 REVOKE = "UPDATE tg_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
 EXISTS = "SELECT 1 FROM tg_keys WHERE id = ?"
-UPDATE = ("UPDATE tg_keys SET name = ?, plan = ?, features = ?, models = ?, limits = ? "
-          "WHERE id = ? AND revoked_at IS NULL")
+UPDATE = ("UPDATE tg_keys SET name = ?, plan = ?, features = ?, models = ?, limits = ?, "
+          "expires_at = ? WHERE id = ? AND revoked_at IS NULL")
+REHASH = "UPDATE tg_keys SET hash = ? WHERE id = ? AND revoked_at IS NULL"
 
 
 def _json(value: Any) -> str:
@@ -54,21 +62,23 @@ def _json(value: Any) -> str:
 
 def key_params(key: VirtualKey, digest: str) -> tuple[Any, ...]:
     return (digest, key.id, key.name, key.user, key.plan, _json(list(key.features)),
-            _json(list(key.models)), _json(key.limits), key.created_at, key.revoked_at)
+            _json(list(key.models)), _json(key.limits), key.created_at, key.revoked_at,
+            key.expires_at)
 
 
 def update_params(key: VirtualKey) -> tuple[Any, ...]:
     return (key.name, key.plan, _json(list(key.features)), _json(list(key.models)),
-            _json(key.limits), key.id)
+            _json(key.limits), key.expires_at, key.id)
 
 
 def key_from_row(row: Sequence[Any]) -> tuple[VirtualKey, str]:
-    digest, kid, name, user, plan, features, models, limits, created, revoked = row
+    digest, kid, name, user, plan, features, models, limits, created, revoked, expires = row
     key = VirtualKey(
         id=kid, name=name, user=user, plan=plan,
         features=tuple(orjson.loads(features)), models=tuple(orjson.loads(models)),
         limits=dict(orjson.loads(limits)), created_at=int(created),
         revoked_at=None if revoked is None else int(revoked),
+        expires_at=None if expires is None else int(expires),
     )
     return key, digest
 
@@ -107,6 +117,12 @@ class SqliteKeyStore(BaseKeyStore):
     def _replace_sync(self, key: VirtualKey) -> bool:
         return bool(self._sqlite.db().execute(UPDATE, update_params(key)).rowcount)
 
+    def _rehash_sync(self, key_id: str, digest: str) -> bool:
+        return bool(self._sqlite.db().execute(REHASH, (digest, key_id)).rowcount)
+
+    async def _rehash(self, key_id: str, digest: str) -> bool:
+        return bool(await self._sqlite.run(self._rehash_sync, key_id, digest))
+
     async def _replace(self, key: VirtualKey) -> bool:
         return bool(await self._sqlite.run(self._replace_sync, key))
 
@@ -133,6 +149,13 @@ class SqliteKeyStore(BaseKeyStore):
 def _prepare(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute(schema("INTEGER"))
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tg_keys)")}
+    if "expires_at" not in columns:
+        try:
+            conn.execute(add_expiry("INTEGER"))
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _pg(sql: str) -> str:
@@ -158,6 +181,7 @@ class PostgresKeyStore(BaseKeyStore):
                 # Replicas starting together must not race on CREATE TABLE.
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tg_keys'))")
                 await conn.execute(schema("BIGINT"))
+                await conn.execute(add_expiry("BIGINT", if_not_exists=True))
         except psycopg.Error as exc:
             raise ConfigError(f"Cannot open the key store: {exc}".strip()) from None
         return cls(link, clock)
@@ -183,6 +207,11 @@ class PostgresKeyStore(BaseKeyStore):
     async def _find_by_hash(self, digest: str) -> tuple[VirtualKey, str] | None:
         rows = await self._fetch(BY_HASH, (digest,))
         return key_from_row(rows[0]) if rows else None
+
+    async def _rehash(self, key_id: str, digest: str) -> bool:
+        async with self._link.use() as conn:
+            cur = await conn.execute(_pg(REHASH), (digest, key_id))
+            return bool(cur.rowcount)
 
     async def _mark_revoked(self, key_id: str, now: int) -> bool:
         async with self._link.use() as conn:

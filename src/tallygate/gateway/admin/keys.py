@@ -3,7 +3,8 @@
 `Authorization: Bearer <admin key>` (TALLYGATE_ADMIN_KEY), compared in constant time.
 No admin key configured → 403 (admin disabled); a wrong or missing one → 401. Errors are
 OpenAI-format JSON; every malformed body is a 400, never a 500. `PATCH /admin/keys/{id}`
-changes a key's plan, name, allow-lists or limits (only the fields given).
+changes a key's plan, name, allow-lists, limits or expiry (only the fields given);
+`POST /admin/keys/{id}/rotate` gives it a new secret (shown once) and refuses the old one.
 """
 
 from __future__ import annotations
@@ -83,8 +84,17 @@ def admin_routes(
         key = await keystore.update(key_id, **fields)
         return json_response(200, _public(key)) if key else not_found(key_id)
 
+    async def rotate(request: Request) -> Response:
+        key_id = request.path_params["key_id"]
+        rotated = await keystore.rotate(key_id)
+        if rotated is None:
+            return not_found(key_id)
+        key, secret = rotated
+        return json_response(200, {**_public(key), "key": secret})
+
     return [
         Route("/admin/keys", guarded(guard, create), methods=["POST"]),
+        Route("/admin/keys/{key_id}/rotate", guarded(guard, rotate), methods=["POST"]),
         Route("/admin/keys/{key_id}", guarded(guard, update), methods=["PATCH"]),
         Route("/admin/keys", guarded(guard, list_keys), methods=["GET"]),
         Route("/admin/keys/{key_id}", guarded(guard, get_key), methods=["GET"]),
