@@ -173,6 +173,36 @@ def test_keys_created_updated_and_revoked_through_forms(site: Site) -> None:
     assert missing.status_code == 400
 
 
+def test_a_key_with_an_expiry_and_a_new_secret(site: Site) -> None:
+    site.sign_in(ADMIN)
+    csrf = site.csrf()
+    bad = site.client.post("/dashboard/keys", data={
+        "csrf": csrf, "user": "u", "plan": "free", "expires": "soonish"})
+    assert bad.status_code == 400 and "expires: bad time" in bad.text
+    made = site.client.post("/dashboard/keys", data={
+        "csrf": csrf, "user": "exp", "plan": "free", "expires": "2099-01-31"})
+    assert made.status_code == 201 and "expires 2099-01-31 00:00 UTC" in made.text
+    secret = re.search(r'id="secret">([^<]+)<', made.text)
+    assert secret is not None
+    key = site.run(site.sources.keys.verify(secret[1]))
+    assert key is not None and key.expires_at == 4_073_500_800  # 2099-01-31 00:00 UTC
+    listing = site.client.get("/dashboard/keys").text
+    row = listing[listing.index(f'data-key="{key.id}"'):]
+    assert '<td class="expires">2099-01-31 00:00</td>' in row[:row.index("</tr>")]
+    rotated = site.client.post(f"/dashboard/keys/{key.id}/rotate", data={"csrf": csrf})
+    assert rotated.status_code == 200 and "New secret" in rotated.text
+    assert "The old secret is refused from now on." in rotated.text
+    new = re.search(r'id="secret">([^<]+)<', rotated.text)
+    assert new is not None and new[1] != secret[1]
+    assert site.run(site.sources.keys.verify(secret[1])) is None
+    assert site.run(site.sources.keys.verify(new[1])).id == key.id
+    assert site.client.post("/dashboard/keys/key_nope/rotate",
+                            data={"csrf": csrf}).status_code == 400
+    assert site.client.post(f"/dashboard/keys/{key.id}/rotate",
+                            data={"csrf": "forged"}).status_code == 403
+    assert site.run(site.sources.keys.verify(new[1])) is not None  # nothing rotated
+
+
 @pytest.mark.parametrize(("path", "text"), [
     ("/dashboard?window=yesterday", "unknown window"),
     ("/dashboard?by=usr", "did you mean &#39;user&#39;"),

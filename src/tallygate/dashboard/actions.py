@@ -1,11 +1,12 @@
 """The dashboard's changes (admin sessions only, CSRF-checked by `Guard.action`): create,
-update and revoke virtual keys, switch feature flags. Every value goes through the same
+update, rotate and revoke virtual keys, switch feature flags. Every value goes through the same
 checks as the admin API (`gateway/admin/keys.py`), so a form cannot store what
 `POST /admin/keys` would refuse."""
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -20,6 +21,7 @@ from tallygate.errors import InvalidRequest, TallygateError
 from tallygate.keys.model import parse_limit_items
 from tallygate.keys.requests import check_update
 from tallygate.reports.flags import check_feature_name
+from tallygate.units import parse_when
 
 _SPLIT = re.compile(r"[,\s]+")
 
@@ -32,6 +34,14 @@ def names(text: str | None) -> list[str]:
 def limits(text: str | None) -> dict[str, Any]:
     """`tokens_per_day=5000, cost_usd_per_day=2.5` → checked limits."""
     return parse_limit_items(names(text))
+
+
+def expiry(text: str) -> int:
+    """The create form's `expires` (30d, 12h, a date or an ISO time) → unix seconds."""
+    try:
+        return int(parse_when(text.strip(), time.time(), ahead=True))
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"expires: {exc.message}", param="expires_at") from None
 
 
 def key_fields(form: dict[str, str], *, creating: bool) -> dict[str, Any]:
@@ -57,6 +67,8 @@ class Actions:
         try:
             data = key_fields(form, creating=True)
             user = data.pop("user")
+            if (form.get("expires") or "").strip():
+                data["expires_at"] = expiry(form["expires"])
             checked = check_update(data, self.names)
             if not user.strip():
                 raise InvalidRequest("'user' must be a non-empty string.", param="user")
@@ -86,6 +98,17 @@ class Actions:
         if key is None:
             raise InvalidRequest("No such key.", param="id")
         return see_other("/dashboard/keys?done=updated")
+
+    async def rotate_key(self, request: Request, session: Session,
+                         form: dict[str, str]) -> Response:
+        del form
+        rotated = await self.src.keys.rotate(request.path_params["key_id"][:64])
+        if rotated is None:
+            raise InvalidRequest("No such key.", param="id")
+        key, secret = rotated
+        context = self.pages.base(session) | {"page": "keys", "key": key, "secret": secret,
+                                              "heading": "New secret"}
+        return render("key_created.html", context, 200)
 
     async def revoke_key(self, request: Request, session: Session,
                          form: dict[str, str]) -> Response:

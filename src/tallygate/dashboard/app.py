@@ -128,6 +128,8 @@ class Dashboard:
             Route("/dashboard/keys", g.action(a.create_key), methods=["POST"]),
             Route("/dashboard/keys/{key_id}", g.page(p.key), methods=["GET"]),
             Route("/dashboard/keys/{key_id}", g.action(a.update_key), methods=["POST"]),
+            Route("/dashboard/keys/{key_id}/rotate", g.action(a.rotate_key),
+                  methods=["POST"]),
             Route("/dashboard/keys/{key_id}/revoke", g.action(a.revoke_key),
                   methods=["POST"]),
             Route("/dashboard/flags", g.page(p.flags), methods=["GET"]),

@@ -160,7 +160,7 @@ class Pages:
         spend = await ov.spend_by_key(self.src.ledger, span, now=self.src.clock())
         return self._ctx(session, "keys", keys=keys, spend=spend, span=span, spans=ov.SPANS,
                          show_all=show_all, plans=sorted(self.src.policy.plans),
-                         done=self._done(request))
+                         done=self._done(request), now=self.src.clock())
 
     async def keys(self, request: Request, session: Session) -> Response:
         return render("keys.html", await self.keys_context(request, session))
