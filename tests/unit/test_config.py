@@ -162,6 +162,18 @@ storage: {fail_mode: maybe}
     assert len(lines) == 5
 
 
+def test_a_near_miss_of_a_choice_gets_did_you_mean(tmp_path: Path) -> None:
+    lines = problems(tmp_path, "features:\n  chat: {on_exceed: trimm}\n"
+                               "storage: {fail_mode: fail_opne, state_mode: ownr}\n")
+    assert sorted(line for line in lines if "problems in" not in line) == sorted([
+        "features.chat.on_exceed: Input should be 'reject', 'trim' or 'summarize' "
+        "(did you mean 'trim'?)",
+        "storage.fail_mode: Input should be 'fail_closed' or 'fail_open' "
+        "(did you mean 'fail_open'?)",
+        "storage.state_mode: Input should be 'auto', 'owner' or 'shared' "
+        "(did you mean 'owner'?)"])
+
+
 def test_negative_and_boolean_counts_rejected(tmp_path: Path) -> None:
     lines = problems(tmp_path, "features:\n  chat: {max_input: -1, max_output: yes}\n")
     assert any(line.startswith("features.chat.max_input: ") and "0" in line for line in lines)

@@ -294,7 +294,9 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines: list[str] = []
-    for err in exc.errors(include_input=False, include_url=False):
+    # The input stays out of every message (it may be a secret); a choice field's input is
+    # only matched against its choices, for a suggestion.
+    for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         lines.append(f"{source}: {_dotted(loc) or '(top level)'}: {_expectation(err, loc)}")
     if len(lines) > 1:
@@ -312,8 +314,13 @@ def _expectation(err: Any, loc: tuple[Any, ...]) -> str:
         return f"unknown key{guess}; expected one of: {', '.join(allowed)}"
     if kind == "missing":
         return "required key is missing"
-    message = str(err["msg"])
-    return message.removeprefix("Value error, ")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error" and isinstance(err.get("input"), str):
+        choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        hint = difflib.get_close_matches(err["input"], choices, n=1)
+        if hint:
+            return f"{message} (did you mean {hint[0]!r}?)"
+    return message
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
