@@ -333,3 +333,27 @@ async def test_budget_used_on_a_runs_lifetime_budget(
     engine.record(row("c2", HOUR0 + 86_400 * 3, run="r7"))
     assert await engine.evaluate(HOUR0 + 86_400 * 3) == []  # once for the run
     await engine.sender.stop()
+
+
+async def test_a_slack_rule_posts_slacks_shape(ledger: LedgerStore, receiver: Receiver) -> None:
+    """`format: slack`: the webhook gets Slack's `{"text", "blocks"}`, a caller's names
+    escaped; what the engine returns (and the alert log keeps) is the JSON payload."""
+    engine = make_engine([{"metric": "cost_usd", "window": "hour", "above": "0.5",
+                           "notify": receiver.url, "format": "slack"}], ledger)
+    await ledger.write_batch([row("a", HOUR0 + 10, cost_nusd=USD, user="<!channel>")])
+    [fired] = await engine.evaluate(HOUR0 + 20)
+    assert fired["source"] == "tallygate" and fired["figures"]["cost_usd"] == "1"
+    [body] = await receiver.wait_for(1)
+    await engine.sender.stop()
+    assert set(body) == {"text", "blocks"}
+    assert body["text"].startswith(f"*tallygate alert* ({fired['rule']['id']}): spend $1 ")
+    assert "user: &lt;!channel&gt;" in body["text"] and "<!channel>" not in body["text"]
+
+
+def test_an_alert_format_is_json_or_slack() -> None:
+    from tallygate.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        Policy.from_mapping({"alerts": [{"metric": "cost_usd", "above": 1,
+                                         "notify": "http://127.0.0.1:9/x", "format": "slak"}]})
+    assert "format" in refused.value.message and "(did you mean 'slack'?)" in refused.value.message

@@ -412,6 +412,7 @@ class Alert(BaseModel):
                     "runaway_context"]
     above: Ratio | None = None  # required but for runaway_context (limits.run says)
     notify: str
+    format: Literal["json", "slack"] = "json"  # slack: a Slack incoming webhook's body
     window: Window | None = None
     scope: str | None = None  # e.g. user, feature, feature:chat
 

@@ -41,6 +41,7 @@ from tallygate.errors import TallygateError
 from tallygate.keys.base import KeyStore
 from tallygate.observe.alert_log import AlertLog
 from tallygate.observe.figures import FiguresSource, WindowFigures
+from tallygate.observe.slack import slack_message
 from tallygate.observe.tasks import cancel_and_wait
 from tallygate.observe.webhooks import Poster, WebhookSender
 from tallygate.reports.budgets import key_limit_rules
@@ -59,6 +60,8 @@ _ZERO = Amounts(0, 0, 0)
 def rule_id(rule: Alert) -> str:
     """Stable across replicas with the same policy: a digest of the rule's fields."""
     text = f"{rule.metric}|{rule.above}|{rule.window}|{rule.scope}|{rule.notify}"
+    if rule.format != "json":  # (json rules keep the ids they had before formats)
+        text += f"|{rule.format}"
     return f"{rule.metric}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
@@ -212,7 +215,9 @@ class AlertEngine:
         fired += await self._runaway_calls()
         fired += await self._budgets(now)
         for payload in fired:
-            self.sender.send(self.rules[payload["rule"]["index"]].notify, payload)
+            rule = self.rules[payload["rule"]["index"]]
+            body = slack_message(payload) if rule.format == "slack" else payload
+            self.sender.send(rule.notify, body)
         self.fired += fired
         if fired and self.log is not None:
             try:
