@@ -366,8 +366,8 @@ def update_cmd(
     as_json: JsonOpt = False, store: StoreOpt = None, config: ConfigOpt = None,
     url: UrlOpt = None, admin_key: AdminKeyOpt = None,
 ) -> None:
-    """Change a key's plan, allow-lists, label or own limits; what is not given stays.
-    The secret and the id stay, and so do the key's counters."""
+    """Change a key's plan, allow-lists, label, own limits or expiry; what is not given
+    stays. The secret and the id stay, and so do the key's counters."""
     from tallygate.keys.model import parse_limit_items
 
     target = Target(store, config, url, admin_key)
