@@ -357,3 +357,80 @@ def test_an_alert_format_is_json_or_slack() -> None:
         Policy.from_mapping({"alerts": [{"metric": "cost_usd", "above": 1,
                                          "notify": "http://127.0.0.1:9/x", "format": "slak"}]})
     assert "format" in refused.value.message and "(did you mean 'slack'?)" in refused.value.message
+
+
+def refusal(rid: str, ts: float, limit: str, **kw: Any) -> CallRecord:
+    """A row as the engine writes a refusal by a limit (engine/rows.py `refused`)."""
+    return row(rid, ts, outcome=Outcome.REJECTED, status=429, error_code="budget_exceeded",
+               input_tokens=0, output_tokens=0,
+               detail=f'{{"message": "over", "limit": "{limit}", "v": 1}}', **kw)
+
+
+async def test_a_used_up_limit_and_its_reset(ledger: LedgerStore, receiver: Receiver) -> None:
+    """budget_exhausted: the first refusal of a limit in its window, once across replicas;
+    budget_reset: once that window has ended. A rule's scope picks the limits."""
+    engine = make_engine([
+        {"metric": "budget_exhausted", "scope": "user", "notify": receiver.url},
+        {"metric": "budget_reset", "scope": "user", "notify": receiver.url,
+         "format": "slack"},
+    ], ledger)
+    day0 = 1_799_971_200.0  # a UTC midnight (2027-01-15)
+    engine.record(row("ok", day0 + 100))  # served: nothing is used up
+    engine.record(refusal("r1", day0 + 200, "user:alice:tokens:day"))
+    engine.record(refusal("r2", day0 + 300, "user:alice:tokens:day"))  # same window
+    engine.record(refusal("r3", day0 + 300, "feature:chat:requests:minute"))  # not in scope
+    [used_up] = await engine.evaluate(day0 + 310)
+    assert used_up["rule"]["metric"] == "budget_exhausted"
+    assert used_up["figures"] == {"limit_key": "user:alice:tokens:day", "scope": "user",
+                                  "id": "alice", "metric": "tokens", "window": "day",
+                                  "rolling": False, "user": "alice", "request_id": "r1"}
+    assert (used_up["window"]["start_ts"], used_up["window"]["end_ts"]) == (
+        day0, day0 + 86_400)
+    engine.record(refusal("r4", day0 + 400, "user:alice:tokens:day"))
+    assert await engine.evaluate(day0 + 410) == []  # once per window
+    assert await engine.evaluate(day0 + 86_399) == []  # the window has not ended
+    [reset] = await engine.evaluate(day0 + 86_405)
+    assert reset["rule"]["metric"] == "budget_reset"
+    assert reset["window"]["start_ts"] == day0 + 86_400  # the new window
+    assert reset["figures"]["used_up_from"] == "2027-01-15T00:00:00Z"
+    assert await engine.evaluate(day0 + 86_500) == []  # once
+    engine.record(refusal("r5", day0 + 86_600, "user:alice:tokens:day"))
+    [again] = await engine.evaluate(day0 + 86_610)  # used up in the new window: again
+    assert again["rule"]["metric"] == "budget_exhausted"
+    bodies = await receiver.wait_for(3)
+    await engine.sender.stop()
+    assert [set(b) for b in bodies] == [set(used_up), {"text", "blocks"}, set(used_up)]
+    assert "user alice's tokens per day limit has room again" in bodies[1]["text"]
+
+
+async def test_a_run_budget_used_up_fires_once_and_never_resets(
+        ledger: LedgerStore, receiver: Receiver) -> None:
+    engine = make_engine([{"metric": "budget_exhausted", "notify": receiver.url},
+                          {"metric": "budget_reset", "notify": receiver.url}], ledger)
+    key = "run:user.alice:T-1:tokens:run"
+    engine.record(refusal("r1", HOUR0, key, run="T-1"))
+    [fired] = await engine.evaluate(HOUR0 + 1)
+    assert fired["figures"]["window"] == "run" and fired["window"]["start"] is None
+    engine.record(refusal("r2", HOUR0 + 86_400 * 3, key, run="T-1"))
+    assert await engine.evaluate(HOUR0 + 86_400 * 3 + 1) == []  # once while the run lives
+    assert await engine.evaluate(HOUR0 + 86_400 * 29) == []  # and a lifetime never resets
+    await engine.sender.stop()
+
+
+def test_used_up_and_reset_rules_take_no_threshold() -> None:
+    from tallygate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="has no `above`"):
+        Policy.from_mapping({"alerts": [{"metric": "budget_reset", "above": 0.5,
+                                         "notify": "http://127.0.0.1:9/x"}]})
+
+
+async def test_a_rolling_limit_used_up_has_no_reset(ledger: LedgerStore,
+                                                    receiver: Receiver) -> None:
+    engine = make_engine([{"metric": "budget_exhausted", "notify": receiver.url},
+                          {"metric": "budget_reset", "notify": receiver.url}], ledger)
+    engine.record(refusal("r1", HOUR0 + 5, "key:key_1:requests:minute:rolling"))
+    [fired] = await engine.evaluate(HOUR0 + 6)
+    assert fired["figures"]["rolling"] is True
+    assert await engine.evaluate(HOUR0 + 600) == []  # frees up gradually: no reset
+    await engine.sender.stop()

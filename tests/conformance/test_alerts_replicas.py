@@ -111,3 +111,22 @@ async def test_context_rule_fires_once_across_replicas(
     await receiver.wait_for(1)
     await shut(engines, stores)
     assert len(receiver.posts) == 1
+
+
+async def test_a_used_up_limit_and_its_reset_fire_once_across_replicas(
+        redis_url: str, pg_ledger: LedgerStore, receiver: Receiver) -> None:
+    start = hour0()
+    engines, stores = await replicas(
+        [{"metric": "budget_exhausted", "notify": receiver.url},
+         {"metric": "budget_reset", "notify": receiver.url}], redis_url, pg_ledger)
+    try:
+        for n, engine in enumerate(engines):  # both replicas refused calls of one limit
+            engine.record(row(start + 10 + n, outcome=Outcome.REJECTED, status=429,
+                              detail='{"limit": "user:alice:tokens:hour", "v": 1}'))
+        used_up = [p for e in engines for p in await e.evaluate(start + 20)]
+        resets = [p for e in engines for p in await e.evaluate(start + 3601)]
+        assert [p["rule"]["metric"] for p in used_up] == ["budget_exhausted"]
+        assert [p["rule"]["metric"] for p in resets] == ["budget_reset"]
+        await receiver.wait_for(2)
+    finally:
+        await shut(engines, stores)

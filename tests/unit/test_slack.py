@@ -50,6 +50,15 @@ def payload(metric: str, figures: dict[str, Any], top: dict[str, Any] | None = N
                                  "refused": True}),
      "run T-9 (user u1): a call of 120,000 input tokens broke the size rule (limit 100000); "
      "refused"),
+    (payload("budget_exhausted", {"limit_key": "user:alice:tokens:day", "scope": "user",
+                                  "id": "alice", "metric": "tokens", "window": "day",
+                                  "rolling": False, "user": "alice", "request_id": "tg-9"}),
+     "user alice's tokens per day limit is used up this hour (from 2027-01-15T08:00:00Z): "
+     "calls are refused (first: tg-9)"),
+    (payload("budget_reset", {"limit_key": "global:cost:month", "scope": "global",
+                              "id": None, "metric": "cost", "window": "month",
+                              "rolling": False, "user": None}),
+     "global cost per month limit has room again (a new month began)"),
 ])
 def test_every_metric_reads_as_one_line(alert: dict[str, Any], line: str) -> None:
     body = slack_message(alert)

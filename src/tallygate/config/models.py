@@ -405,12 +405,17 @@ class Routing(BaseModel):
     steps: dict[str, str] = Field(default_factory=dict)  # step → tier name or model
 
 
+# Alerts that fire on an event, not past a threshold: a runaway call (limits.run says
+# what that is), a limit used up (its first refusal in a window), that window's end.
+NO_THRESHOLD = frozenset({"runaway_context", "budget_exhausted", "budget_reset"})
+
+
 class Alert(BaseModel):
     model_config = _MODEL_CONFIG
 
     metric: Literal["cost_usd", "context_utilization", "budget_used", "rejection_rate",
-                    "runaway_context"]
-    above: Ratio | None = None  # required but for runaway_context (limits.run says)
+                    "runaway_context", "budget_exhausted", "budget_reset"]
+    above: Ratio | None = None  # required but for the metrics below that have no threshold
     notify: str
     format: Literal["json", "slack"] = "json"  # slack: a Slack incoming webhook's body
     window: Window | None = None
@@ -418,7 +423,11 @@ class Alert(BaseModel):
 
     @model_validator(mode="after")
     def _threshold_and_window(self) -> Alert:
-        if self.above is None and self.metric != "runaway_context":
+        if self.metric in NO_THRESHOLD:
+            if self.above is not None and self.metric != "runaway_context":  # (it took one)
+                raise ValueError(f"a {self.metric} alert has no `above`: it fires on the "
+                                 "event itself")
+        elif self.above is None:
             raise ValueError(f"a {self.metric} alert needs `above` (its threshold)")
         if self.window is Window.RUN:
             raise ValueError("an alert fires once per minute, hour, day or month, not run")

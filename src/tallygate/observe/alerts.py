@@ -40,6 +40,7 @@ from tallygate.core.windows import bucket, bucket_bounds
 from tallygate.errors import TallygateError
 from tallygate.keys.base import KeyStore
 from tallygate.observe.alert_log import AlertLog
+from tallygate.observe.exhaustion import Exhaustion, Refusal
 from tallygate.observe.figures import FiguresSource, WindowFigures
 from tallygate.observe.slack import slack_message
 from tallygate.observe.tasks import cancel_and_wait
@@ -136,6 +137,11 @@ class AlertEngine:
         self._budget_rules = [i for i, r in enumerate(self.rules) if r.metric == "budget_used"]
         self._runaway_rules = [i for i, r in enumerate(self.rules)
                                if r.metric == "runaway_context"]
+        self._exhausted_rules = [i for i, r in enumerate(self.rules)
+                                 if r.metric == "budget_exhausted"]
+        self._reset_rules = [i for i, r in enumerate(self.rules) if r.metric == "budget_reset"]
+        self._exhaustion = (Exhaustion() if self._exhausted_rules or self._reset_rules
+                            else None)
         guard = policy.limits.run.runaway
         self._inputs = InputHistory(guard) if guard and self._runaway_rules else None
         self._runaways: deque[_Runaway] = deque(maxlen=MAX_PENDING_CALLS)
@@ -155,6 +161,8 @@ class AlertEngine:
                     self._hot.append(_HotCall(i, row, window))
         if self._runaway_rules:
             self._note_runaway(row)
+        if self._exhaustion is not None:
+            self._exhaustion.note(row)
         if self._budget_rules and row.outcome is not Outcome.REJECTED:
             ident = (row.key_id, row.user, row.plan, row.run, row.feature, row.model_used)
             self._seen[ident] = None
@@ -214,6 +222,7 @@ class AlertEngine:
         fired += await self._context_calls()
         fired += await self._runaway_calls()
         fired += await self._budgets(now)
+        fired += await self._exhausted(now)
         for payload in fired:
             rule = self.rules[payload["rule"]["index"]]
             body = slack_message(payload) if rule.format == "slack" else payload
@@ -318,6 +327,41 @@ class AlertEngine:
             for i in rules:
                 out += await self._budget_hit(i, hold, usage.used, usage.reset_at, now)
         return out
+
+    async def _exhausted(self, now: float) -> list[dict[str, Any]]:
+        """`budget_exhausted` on a limit's first refusal in a window; `budget_reset` once
+        that window has ended (observe/exhaustion.py)."""
+        if self._exhaustion is None:
+            return []
+        out = []
+        for refusal in self._exhaustion.refusals():
+            # a lifetime budget: once per run while it lives, as budget_used
+            until = (now + self.policy.storage.run_ttl if math.isinf(refusal.end)
+                     else refusal.end)
+            for i in self._exhausted_rules:
+                if _in_scope(self.rules[i].scope, refusal.key) and await self._claim(
+                        i, f"{refusal.key}:{refusal.number}", until, now):
+                    out.append(self._limit_payload(i, refusal, refusal.start, refusal.end,
+                                                   now, {"request_id": refusal.request_id}))
+            if any(_in_scope(self.rules[i].scope, refusal.key) for i in self._reset_rules):
+                self._exhaustion.await_reset(refusal)
+        for refusal in self._exhaustion.resets_due(now):
+            start, end = bucket_bounds(refusal.limit.window, refusal.number + 1)
+            for i in self._reset_rules:
+                if _in_scope(self.rules[i].scope, refusal.key) and await self._claim(
+                        i, f"{refusal.key}:{refusal.number}", end, now):
+                    out.append(self._limit_payload(i, refusal, start, end, now, {
+                        "used_up_from": iso(refusal.start), "used_up_until": iso(refusal.end)}))
+        return out
+
+    def _limit_payload(self, i: int, refusal: Refusal, start: float, end: float, now: float,
+                       more: dict[str, Any]) -> dict[str, Any]:
+        limit = refusal.limit
+        figures = {"limit_key": refusal.key, "scope": limit.scope, "id": limit.ident,
+                   "metric": limit.metric.value, "window": limit.window.value,
+                   "rolling": limit.rolling, "user": refusal.user, **more}
+        top = {limit.scope: [{limit.scope: limit.ident}]}
+        return self._payload(i, limit.window, start, end, now, figures, top)
 
     async def _own_limits(self, key_ids: set[str]) -> dict[str | None, Rules | None]:
         """Each key's own limits (once per evaluation, off the request path); a key that

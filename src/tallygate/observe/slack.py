@@ -34,31 +34,61 @@ def _window(payload: dict[str, Any]) -> str:
     return f"this {escape(window['name'])} (from {escape(window['start'])})"
 
 
+def _cost(p: dict[str, Any], f: dict[str, Any]) -> str:
+    return (f"spend ${escape(f['cost_usd'])} {_window(p)} is past "
+            f"${escape(f['threshold_usd'])} ({_n(f['calls'])} calls, {_n(f['tokens'])} tokens)")
+
+
+def _rejections(p: dict[str, Any], f: dict[str, Any]) -> str:
+    return (f"{_pct(f['rejection_rate'])} of calls rejected {_window(p)}, past "
+            f"{_pct(f['threshold'])} ({_n(f['rejected'])} of {_n(f['calls'])})")
+
+
+def _context(p: dict[str, Any], f: dict[str, Any]) -> str:
+    return (f"a call used {_pct(f['utilization'])} of {escape(f['model'])}'s context "
+            f"({_n(f['input_tokens'])} of {_n(f['context_window'])} tokens), past "
+            f"{_pct(f['threshold'])}; request {escape(f['request_id'])}")
+
+
+def _budget(p: dict[str, Any], f: dict[str, Any]) -> str:
+    return (f"{escape(f['scope'])} {escape(f['id'])} has used {_pct(f['used_fraction'])} "
+            f"of its {escape(f['metric'])} limit ({_n(f['used'])} of {_n(f['limit'])}) "
+            f"{_window(p)}, past {_pct(f['threshold'])}")
+
+
+def _runaway(p: dict[str, Any], f: dict[str, Any]) -> str:
+    who = (f"run {escape(f['run'])}" if f.get("run") is not None
+           else f"conversation {escape(f.get('conversation'))}")
+    verdict = "refused" if f.get("refused") else "served"
+    return (f"{who} (user {escape(f.get('user'))}): a call of {_n(f['input_tokens'])} "
+            f"input tokens broke the {escape(f['rule'])} rule (limit {escape(f['limit'])}); "
+            f"{verdict}")
+
+
+def _limit(f: dict[str, Any]) -> str:
+    holder = escape(f["scope"]) if f.get("id") is None else (
+        f"{escape(f['scope'])} {escape(f['id'])}'s")
+    return f"{holder} {escape(f['metric'])} per {escape(f['window'])} limit"
+
+
+def _used_up(p: dict[str, Any], f: dict[str, Any]) -> str:
+    return (f"{_limit(f)} is used up {_window(p)}: calls are refused (first: "
+            f"{escape(f.get('request_id'))})")
+
+
+def _reset(p: dict[str, Any], f: dict[str, Any]) -> str:
+    return f"{_limit(f)} has room again (a new {escape(f['window'])} began)"
+
+
+_HEADLINES = {"cost_usd": _cost, "rejection_rate": _rejections, "context_utilization": _context,
+              "budget_used": _budget, "runaway_context": _runaway,
+              "budget_exhausted": _used_up, "budget_reset": _reset}
+
+
 def _headline(payload: dict[str, Any]) -> str:
-    metric, f = payload["rule"]["metric"], payload["figures"]
-    if metric == "cost_usd":
-        return (f"spend ${escape(f['cost_usd'])} {_window(payload)} is past "
-                f"${escape(f['threshold_usd'])} ({_n(f['calls'])} calls, "
-                f"{_n(f['tokens'])} tokens)")
-    if metric == "rejection_rate":
-        return (f"{_pct(f['rejection_rate'])} of calls rejected {_window(payload)}, past "
-                f"{_pct(f['threshold'])} ({_n(f['rejected'])} of {_n(f['calls'])})")
-    if metric == "context_utilization":
-        return (f"a call used {_pct(f['utilization'])} of {escape(f['model'])}'s context "
-                f"({_n(f['input_tokens'])} of {_n(f['context_window'])} tokens), past "
-                f"{_pct(f['threshold'])}; request {escape(f['request_id'])}")
-    if metric == "budget_used":
-        return (f"{escape(f['scope'])} {escape(f['id'])} has used {_pct(f['used_fraction'])} "
-                f"of its {escape(f['metric'])} limit ({_n(f['used'])} of {_n(f['limit'])}) "
-                f"{_window(payload)}, past {_pct(f['threshold'])}")
-    if metric == "runaway_context":
-        who = (f"run {escape(f['run'])}" if f.get("run") is not None
-               else f"conversation {escape(f.get('conversation'))}")
-        verdict = "refused" if f.get("refused") else "served"
-        return (f"{who} (user {escape(f.get('user'))}): a call of {_n(f['input_tokens'])} "
-                f"input tokens broke the {escape(f['rule'])} rule (limit "
-                f"{escape(f['limit'])}); {verdict}")
-    return f"{escape(metric)} fired"
+    metric = payload["rule"]["metric"]
+    line = _HEADLINES.get(metric)
+    return line(payload, payload["figures"]) if line else f"{escape(metric)} fired"
 
 
 def _contributors(payload: dict[str, Any]) -> str | None:
