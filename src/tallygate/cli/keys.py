@@ -95,6 +95,17 @@ class Target:
             reason = getattr(exc, "reason", exc)
             raise TallygateError(f"cannot reach the gateway at {self.url}: {reason}") from None
 
+    def call_key(self, method: str, key_id: str, suffix: str, body: Any = None) -> Any:
+        """`call()` on `/admin/keys/{key_id}{suffix}`; None when the gateway has no such
+        key (404)."""
+        path = f"/admin/keys/{urllib.parse.quote(key_id, safe='')}{suffix}"
+        try:
+            return self.call(method, path, body) or {}
+        except TallygateError as exc:
+            if "answered 404" in exc.message:
+                return None
+            raise
+
 
 def _error_text(exc: urllib.error.HTTPError) -> str:
     try:
@@ -147,13 +158,8 @@ def list_keys(target: Target, include_revoked: bool) -> list[dict[str, Any]]:
 def update_key(target: Target, key_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
     """The key after `changes` (the admin API's PATCH fields), or None when there is none."""
     if target.url:
-        try:
-            return _public(target.call(
-                "PATCH", f"/admin/keys/{urllib.parse.quote(key_id, safe='')}", changes))
-        except TallygateError as exc:
-            if "answered 404" in exc.message:
-                return None
-            raise
+        found = target.call_key("PATCH", key_id, "", changes)
+        return None if found is None else _public(found)
 
     from tallygate.config.names import PolicyNames
     from tallygate.keys.requests import check_update
@@ -171,13 +177,8 @@ def update_key(target: Target, key_id: str, changes: dict[str, Any]) -> dict[str
 def rotate_key(target: Target, key_id: str) -> dict[str, Any] | None:
     """The key with its new secret, or None when there is no such key."""
     if target.url:
-        try:
-            return _public(target.call(
-                "POST", f"/admin/keys/{urllib.parse.quote(key_id, safe='')}/rotate", {}))
-        except TallygateError as exc:
-            if "answered 404" in exc.message:
-                return None
-            raise
+        found = target.call_key("POST", key_id, "/rotate", {})
+        return None if found is None else _public(found)
 
     async def action(store: Any) -> dict[str, Any] | None:
         rotated = await store.rotate(key_id)
@@ -192,13 +193,7 @@ def rotate_key(target: Target, key_id: str) -> dict[str, Any] | None:
 
 def revoke_key(target: Target, key_id: str) -> bool:
     if target.url:
-        try:
-            target.call("DELETE", f"/admin/keys/{urllib.parse.quote(key_id, safe='')}")
-        except TallygateError as exc:
-            if "answered 404" in exc.message:
-                return False
-            raise
-        return True
+        return target.call_key("DELETE", key_id, "") is not None
 
     async def action(store: Any) -> bool:
         return bool(await store.revoke(key_id))
