@@ -137,6 +137,13 @@ def test_wrong_keys_are_throttled_per_client(site: Site, monkeypatch: pytest.Mon
     assert site.sign_in(ADMIN).status_code == 429  # even the right key, for this minute
 
 
+def shown_secret(page: str) -> str:
+    """The secret a created or rotated key's page shows (once)."""
+    found = re.search(r'id="secret">([^<]+)<', page)
+    assert found is not None, page[-500:]
+    return found[1]
+
+
 def test_keys_created_updated_and_revoked_through_forms(site: Site) -> None:
     site.sign_in(ADMIN)
     csrf = site.csrf()
@@ -147,11 +154,10 @@ def test_keys_created_updated_and_revoked_through_forms(site: Site) -> None:
         "csrf": csrf, "user": NASTY, "plan": "free", "features": "chat, default",
         "limits": "tokens_per_day=10"})
     assert r.status_code == 201 and NASTY not in r.text
-    secret = re.search(r'id="secret">([^<]+)<', r.text)
-    assert secret is not None
-    key = site.run(site.sources.keys.verify(secret[1]))
+    secret = shown_secret(r.text)
+    key = site.run(site.sources.keys.verify(secret))
     assert key is not None and key.user == NASTY and key.features == ("chat", "default")
-    assert secret[1] not in site.client.get("/dashboard/keys").text  # shown once
+    assert secret not in site.client.get("/dashboard/keys").text  # shown once
     bad = site.client.post(f"/dashboard/keys/{key.id}", data={
         "csrf": csrf, "plan": "gold", "limits": "tokens_per_day=5"})
     assert bad.status_code == 400 and "Unknown plan" in bad.text
@@ -168,7 +174,7 @@ def test_keys_created_updated_and_revoked_through_forms(site: Site) -> None:
     revoked = site.client.post(f"/dashboard/keys/{key.id}/revoke", data={"csrf": csrf},
                                follow_redirects=False)
     assert revoked.status_code == 303
-    assert site.run(site.sources.keys.verify(secret[1])) is None
+    assert site.run(site.sources.keys.verify(secret)) is None
     missing = site.client.post("/dashboard/keys/key_nope/revoke", data={"csrf": csrf})
     assert missing.status_code == 400
 
@@ -182,9 +188,8 @@ def test_a_key_with_an_expiry_and_a_new_secret(site: Site) -> None:
     made = site.client.post("/dashboard/keys", data={
         "csrf": csrf, "user": "exp", "plan": "free", "expires": "2099-01-31"})
     assert made.status_code == 201 and "expires 2099-01-31 00:00 UTC" in made.text
-    secret = re.search(r'id="secret">([^<]+)<', made.text)
-    assert secret is not None
-    key = site.run(site.sources.keys.verify(secret[1]))
+    secret = shown_secret(made.text)
+    key = site.run(site.sources.keys.verify(secret))
     assert key is not None and key.expires_at == 4_073_500_800  # 2099-01-31 00:00 UTC
     listing = site.client.get("/dashboard/keys").text
     row = listing[listing.index(f'data-key="{key.id}"'):]
@@ -192,15 +197,15 @@ def test_a_key_with_an_expiry_and_a_new_secret(site: Site) -> None:
     rotated = site.client.post(f"/dashboard/keys/{key.id}/rotate", data={"csrf": csrf})
     assert rotated.status_code == 200 and "New secret" in rotated.text
     assert "The old secret is refused from now on." in rotated.text
-    new = re.search(r'id="secret">([^<]+)<', rotated.text)
-    assert new is not None and new[1] != secret[1]
-    assert site.run(site.sources.keys.verify(secret[1])) is None
-    assert site.run(site.sources.keys.verify(new[1])).id == key.id
+    new = shown_secret(rotated.text)
+    assert new != secret
+    assert site.run(site.sources.keys.verify(secret)) is None
+    assert site.run(site.sources.keys.verify(new)).id == key.id
     assert site.client.post("/dashboard/keys/key_nope/rotate",
                             data={"csrf": csrf}).status_code == 400
     assert site.client.post(f"/dashboard/keys/{key.id}/rotate",
                             data={"csrf": "forged"}).status_code == 403
-    assert site.run(site.sources.keys.verify(new[1])) is not None  # nothing rotated
+    assert site.run(site.sources.keys.verify(new)) is not None  # nothing rotated
 
 
 @pytest.mark.parametrize(("path", "text"), [
